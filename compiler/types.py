@@ -1,0 +1,279 @@
+"""The type IR of the language, its JSON schemas and (lazily) pydantic validators.
+
+Records are referred to by name (`RecordT`) and looked up in a `TypeTable`, so
+recursive types work and two spellings of one type compare equal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Union
+
+PRIMITIVES = ("str", "int", "float", "bool", "json")
+
+
+@dataclass(frozen=True)
+class Prim:
+    name: str  # one of PRIMITIVES
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ListT:
+    elem: "Type"
+
+    def __str__(self) -> str:
+        return f"list[{self.elem}]"
+
+
+@dataclass(frozen=True)
+class RecordT:
+    """A declared record type, by name."""
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class StructT:
+    """An anonymous record: record literals and `repeat` results."""
+    fields: tuple[tuple[str, "Type"], ...]
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(f"{n}: {t}" for n, t in self.fields) + "}"
+
+    def field(self, name: str) -> "Type | None":
+        return next((t for n, t in self.fields if n == name), None)
+
+
+@dataclass(frozen=True)
+class LiteralT:
+    values: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return " | ".join(f'"{v}"' for v in self.values)
+
+
+@dataclass(frozen=True)
+class OptionalT:
+    inner: "Type"
+
+    def __str__(self) -> str:
+        return f"{self.inner}?"
+
+
+@dataclass(frozen=True)
+class NullT:
+    def __str__(self) -> str:
+        return "null"
+
+
+@dataclass(frozen=True)
+class AnyT:
+    """Unknown: after an error, or `json`-derived; compatible with everything."""
+    def __str__(self) -> str:
+        return "unknown"
+
+
+Type = Union[Prim, ListT, RecordT, StructT, LiteralT, OptionalT, NullT, AnyT]
+STR, INT, FLOAT, BOOL, JSON = (Prim(n) for n in PRIMITIVES)
+NULL, ANY = NullT(), AnyT()
+
+TypeTable = Mapping[str, tuple[tuple[str, Type], ...]]  # record name -> fields
+
+
+def strip_optional(t: Type) -> Type:
+    return t.inner if isinstance(t, OptionalT) else t
+
+
+def record_fields(t: Type, table: TypeTable) -> tuple[tuple[str, Type], ...] | None:
+    t = strip_optional(t)
+    if isinstance(t, RecordT):
+        return table.get(t.name)
+    if isinstance(t, StructT):
+        return t.fields
+    return None
+
+
+def is_assignable(src: Type, dst: Type, table: TypeTable) -> bool:
+    """Whether a value of type `src` may be used where `dst` is expected."""
+    if isinstance(src, AnyT) or isinstance(dst, AnyT) or dst == JSON or src == JSON:
+        return True
+    if src == dst:
+        return True
+    if isinstance(dst, OptionalT):
+        return isinstance(src, NullT) or is_assignable(strip_optional(src), dst.inner, table)
+    if isinstance(src, OptionalT) or isinstance(src, NullT):
+        return False
+    if dst == FLOAT and src == INT:
+        return True
+    if isinstance(src, LiteralT):
+        return dst == STR or (isinstance(dst, LiteralT) and set(src.values) <= set(dst.values))
+    if isinstance(src, ListT) and isinstance(dst, ListT):
+        return is_assignable(src.elem, dst.elem, table)
+    if isinstance(src, StructT) and isinstance(dst, (RecordT, StructT)):
+        want = dict(record_fields(dst, table) or ())
+        have = dict(src.fields)
+        return set(have) <= set(want) and all(
+            is_assignable(have[n], t, table) if n in have else isinstance(t, OptionalT)
+            for n, t in want.items())
+    return False
+
+
+def join(a: Type, b: Type, table: TypeTable) -> Type | None:
+    """The type of `x if c else y` and of list items: the wider of two, or None."""
+    if isinstance(a, NullT):
+        return b if isinstance(b, (OptionalT, AnyT)) else OptionalT(b) if not isinstance(b, NullT) else a
+    if isinstance(b, NullT):
+        return join(b, a, table)
+    if is_assignable(a, b, table):
+        return b
+    if is_assignable(b, a, table):
+        return a
+    if isinstance(a, LiteralT) and isinstance(b, LiteralT):
+        return LiteralT(tuple(dict.fromkeys(a.values + b.values)))
+    if isinstance(strip_optional(a), LiteralT) and strip_optional(b) == STR or \
+            isinstance(strip_optional(b), LiteralT) and strip_optional(a) == STR:
+        return STR
+    return None
+
+
+# ---------------------------------------------------------------- JSON schema
+
+def json_schema(t: Type, table: TypeTable) -> dict:
+    """A self-contained JSON schema; records go to `$defs` (pydantic/OpenAI style)."""
+    defs: dict[str, dict] = {}
+    if isinstance(t, RecordT):  # providers want an object at the root, not a $ref
+        root = _object_schema(table.get(t.name, ()), table, defs, title=t.name)
+    else:
+        root = _schema(t, table, defs)
+    if defs:
+        root = {**root, "$defs": {k: defs[k] for k in sorted(defs)}}
+    return root
+
+
+def _schema(t: Type, table: TypeTable, defs: dict) -> dict:
+    if isinstance(t, Prim):
+        return {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
+                "bool": {"type": "boolean"}, "json": {}}[t.name]
+    if isinstance(t, ListT):
+        return {"type": "array", "items": _schema(t.elem, table, defs)}
+    if isinstance(t, LiteralT):
+        return {"type": "string", "enum": list(t.values)}
+    if isinstance(t, OptionalT):
+        return {"anyOf": [_schema(t.inner, table, defs), {"type": "null"}]}
+    if isinstance(t, NullT):
+        return {"type": "null"}
+    if isinstance(t, RecordT):
+        if t.name not in defs:
+            defs[t.name] = {}
+            defs[t.name] = _object_schema(table.get(t.name, ()), table, defs, title=t.name)
+        return {"$ref": f"#/$defs/{t.name}"}
+    if isinstance(t, StructT):
+        return _object_schema(t.fields, table, defs)
+    return {}
+
+
+def _object_schema(fields, table, defs, title: str | None = None) -> dict:
+    schema = {"type": "object",
+              "properties": {n: _schema(ft, table, defs) for n, ft in fields},
+              "required": [n for n, _ in fields],
+              "additionalProperties": False}
+    if title:
+        schema["title"] = title
+    return schema
+
+
+# ---------------------------------------------------------------- serialisation
+
+def type_to_json(t: Type) -> Any:
+    """A compact, canonical JSON spelling of a type, for plans and hashes."""
+    if isinstance(t, Prim):
+        return t.name
+    if isinstance(t, ListT):
+        return {"list": type_to_json(t.elem)}
+    if isinstance(t, RecordT):
+        return {"record": t.name}
+    if isinstance(t, StructT):
+        return {"struct": [[n, type_to_json(ft)] for n, ft in t.fields]}
+    if isinstance(t, LiteralT):
+        return {"literal": list(t.values)}
+    if isinstance(t, OptionalT):
+        return {"optional": type_to_json(t.inner)}
+    if isinstance(t, NullT):
+        return "null"
+    return "unknown"
+
+
+def type_from_json(data: Any) -> Type:
+    if isinstance(data, str):
+        return {"null": NULL, "unknown": ANY}.get(data) or Prim(data)
+    (kind, value), = data.items()
+    if kind == "list":
+        return ListT(type_from_json(value))
+    if kind == "record":
+        return RecordT(value)
+    if kind == "struct":
+        return StructT(tuple((n, type_from_json(ft)) for n, ft in value))
+    if kind == "literal":
+        return LiteralT(tuple(value))
+    return OptionalT(type_from_json(value))
+
+
+# ---------------------------------------------------------------- validation (runtime)
+
+class Validators:
+    """pydantic TypeAdapters for the types of one program, built on first use.
+
+    pydantic is imported here only, lazily, so `agentflow compile` stays fast.
+    """
+
+    def __init__(self, table: TypeTable) -> None:
+        self.table = table
+        self._models: dict[str, Any] = {}
+        self._adapters: dict[Type, Any] = {}
+
+    def validate(self, t: Type, value: Any) -> Any:
+        """The value as JSON-compatible data, or pydantic.ValidationError."""
+        adapter = self._adapters.get(t)
+        if adapter is None:
+            from pydantic import TypeAdapter
+            adapter = self._adapters[t] = TypeAdapter(self._py(t))
+        return adapter.dump_python(adapter.validate_python(value), mode="json")
+
+    def validate_json(self, t: Type, text: str) -> Any:
+        adapter = self._adapters.get(t)
+        if adapter is None:
+            from pydantic import TypeAdapter
+            adapter = self._adapters[t] = TypeAdapter(self._py(t))
+        return adapter.dump_python(adapter.validate_json(text), mode="json")
+
+    def _py(self, t: Type) -> Any:
+        from typing import Any as TAny, List, Literal, Optional
+        from pydantic import ConfigDict, create_model
+        if isinstance(t, Prim):
+            return {"str": str, "int": int, "float": float, "bool": bool, "json": TAny}[t.name]
+        if isinstance(t, ListT):
+            return List[self._py(t.elem)]
+        if isinstance(t, LiteralT):
+            return Literal[t.values]
+        if isinstance(t, OptionalT):
+            return Optional[self._py(t.inner)]
+        if isinstance(t, NullT):
+            return type(None)
+        if isinstance(t, RecordT):
+            if t.name not in self._models:
+                self._models[t.name] = t.name  # forward reference for recursive records
+                fields = {n: (self._py(ft), ...) for n, ft in self.table.get(t.name, ())}
+                model = create_model(t.name, __config__=ConfigDict(extra="forbid", strict=False), **fields)
+                self._models[t.name] = model
+                model.model_rebuild(_types_namespace=dict(self._models))
+            return self._models[t.name]
+        if isinstance(t, StructT):
+            fields = {n: (self._py(ft), ...) for n, ft in t.fields}
+            return create_model("Record", __config__=ConfigDict(extra="forbid"), **fields)
+        return TAny
+
+
