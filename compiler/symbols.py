@@ -154,3 +154,33 @@ def attr_value(expr: ast.Expr) -> Any:
         value = expr.operand.value
         return -value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return None
+
+
+@dataclass(frozen=True)
+class CallTarget:
+    """What a call expression calls. `kind` is task, tool, choreography, builtin,
+    unknown_role (`x.t()` where x is not a role), unknown (a plain name that is
+    nothing callable) or not_callable (any other callee shape)."""
+
+    kind: str
+    name: str
+    role: str | None = None
+    task: str | None = None
+
+
+def classify_call(call: ast.Call, symbols: Symbols) -> CallTarget:
+    func = call.func
+    if isinstance(func, ast.Name):
+        n = func.id
+        if n in symbols.tools:
+            return CallTarget("tool", n)
+        if n in symbols.choreographies:
+            return CallTarget("choreography", n)
+        if n in BUILTIN_FUNCTIONS:
+            return CallTarget("builtin", n)
+        return CallTarget("unknown", n)
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        role = func.value.id
+        kind = "task" if role in symbols.roles else "unknown_role"
+        return CallTarget(kind, f"{role}.{func.attr}", role, func.attr)
+    return CallTarget("not_callable", "")
