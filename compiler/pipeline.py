@@ -1,0 +1,77 @@
+"""The compiler pipeline, in one place: source -> AST -> symbols -> checks -> plan.
+
+Each phase reports into one sink; a phase that found errors stops the pipeline, so a
+typo does not cascade into twenty messages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import ast
+from .diagnostics import Diagnostic, DiagnosticSink, sorted_diagnostics
+from .parser import parse
+from .plan import Plan, build_plan
+from .source import SourceFile
+from .symbols import Symbols, collect
+
+MAX_SOURCE_BYTES = 10 * 1024 * 1024
+
+
+class SourceError(Exception):
+    """A spec that cannot be read at all (missing, a directory, not UTF-8, too large)."""
+
+
+@dataclass(frozen=True)
+class Compilation:
+    source: SourceFile
+    diagnostics: tuple[Diagnostic, ...]
+    program: ast.Program | None = None
+    symbols: Symbols | None = None
+    plan: Plan | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None
+
+
+def read_source(path: str | Path, display_name: str | None = None) -> SourceFile:
+    """Reads a spec as UTF-8 text, or raises SourceError with a message a user can act on."""
+    p = Path(path)
+    name = display_name or str(path)
+    if not p.exists():
+        raise SourceError(f"{name}: no such file")
+    if p.is_dir():
+        raise SourceError(f"{name}: is a directory, not an .agentflow file")
+    size = p.stat().st_size
+    if size > MAX_SOURCE_BYTES:
+        raise SourceError(f"{name}: file is {size / 1e6:.1f} MB; specs are limited to "
+                          f"{MAX_SOURCE_BYTES // (1024 * 1024)} MB")
+    data = p.read_bytes()
+    if b"\0" in data:
+        raise SourceError(f"{name}: looks like a binary file, not an .agentflow spec")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{name}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None
+    return SourceFile(name, text.removeprefix("\ufeff"))
+
+
+def compile_source(source: SourceFile, entry: str | None = None) -> Compilation:
+    from .checks import check_program
+
+    sink = DiagnosticSink()
+
+    def done(**parts) -> Compilation:
+        return Compilation(source, tuple(sorted_diagnostics(sink.diagnostics)), **parts)
+
+    program = parse(source, sink)
+    if program is None or sink.has_errors:
+        return done(program=program)
+    symbols = collect(program, sink)
+    if sink.has_errors:
+        return done(program=program, symbols=symbols)
+    entry_name = check_program(program, symbols, sink, entry=entry)
+    if sink.has_errors or entry_name is None:
+        return done(program=program, symbols=symbols)
+    return done(program=program, symbols=symbols, plan=build_plan(program, symbols, entry_name, source.name))

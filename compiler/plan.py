@@ -1,0 +1,375 @@
+"""Lowering a checked program to the plan: node templates with stable ids, the
+executable expression IR the runtime interprets, and a networkx DAG for display.
+
+Node template ids come from structure only: `main/plan`, `main/reviews[*]/attempt#*/review`.
+A call nested inside a binding's expression is `<binding>@<n>` in evaluation order; a
+sub-choreography is inlined under its call site's id. The plan is plain JSON data
+(`Plan.data`), so it travels unchanged to a Temporal worker.
+
+Expression IR (JSON lists): ["lit", v] ["name", id] ["list", [e]] ["record", [[n, e]]]
+["attr", e, n] ["index", e, e] ["binop", op, e, e] ["not", e] ["neg", e]
+["cond", c, a, b] ["comp", e, var, iter, cond|null] ["builtin", name, [e]]
+["node", node_id] (a call, `for` or `repeat` node, evaluated by the scheduler).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+import networkx as nx
+
+from . import ast
+from .hashing import canonical_json, digest
+from .symbols import ATTR_DEFAULTS, Symbols, attr_value, classify_call
+from .types import STR, RecordT, json_schema, type_to_json
+
+PLAN_FORMAT = "agentflow-plan/1"
+# Attributes that change what a call returns; retries, timeouts, endpoints and keys do not.
+_RESULT_ATTRS = ("model", "system", "temperature", "max_tokens", "max_turns", "memory", "max_context_tokens")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The compiled plan: canonical JSON data plus its DAG of node templates."""
+
+    data: dict
+    graph: nx.DiGraph
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+    @property
+    def plan_hash(self) -> str:
+        return digest("plan", canonical_json(self.data))
+
+
+def definition_hash(definition: dict) -> str:
+    """The hash of a node's resolved definition; the runtime recomputes it after overrides."""
+    return digest("definition", canonical_json(definition))
+
+
+def _literal_or_none(expr: ast.Expr | None) -> Any:
+    return None if expr is None else attr_value(expr)
+
+
+def _attrs(attrs) -> dict[str, Any]:
+    return {a.name: attr_value(a.value) for a in attrs}
+
+
+def _params(params: tuple[ast.Param, ...], symbols: Symbols) -> list[dict]:
+    return [{"name": p.name, "type": type_to_json(symbols.resolve_type(p.type)),
+             "has_default": p.default is not None, "default": _literal_or_none(p.default)}
+            for p in params]
+
+
+def _returns(texpr, symbols: Symbols):
+    return symbols.resolve_type(texpr) if texpr is not None else STR
+
+
+class _Lowering:
+    def __init__(self, symbols: Symbols, source_name: str) -> None:
+        self.symbols = symbols
+        self.source_name = source_name
+        self.nodes: dict[str, dict] = {}
+        self.graph = nx.DiGraph()
+        self.defaults = {k: attr_value(a.value) for k, a in symbols.defaults.items()}
+
+    # ------------------------------------------------------------ declarations
+
+    def roles(self) -> dict:
+        out = {}
+        for name, role in self.symbols.roles.items():
+            attrs = {**ATTR_DEFAULTS, **{k: v for k, v in self.defaults.items() if k != "cache"}, **_attrs(role.attrs)}
+            attrs.setdefault("system", "")
+            attrs["tools"] = list(attrs.get("tools") or [])
+            for drop in ("python", "command", "builtin", "description", "cwd", "cache", "prompt"):
+                attrs.pop(drop, None)
+            out[name] = attrs
+        return out
+
+    def tasks(self, roles: dict, tools: dict) -> dict:
+        out = {}
+        for (role, task_name), task in self.symbols.tasks.items():
+            task_attrs = _attrs(task.attrs)
+            returns = _returns(task.returns, self.symbols)
+            role_def = roles[role]
+            definition = {
+                "kind": "task", "role": role, "task": task_name,
+                "prompt": task_attrs.get("prompt", ""),
+                "params": _params(task.params, self.symbols),
+                "returns": type_to_json(returns),
+                "output_schema": None if returns == STR else json_schema(returns, self.symbols.type_table),
+                **{k: task_attrs.get(k, role_def.get(k)) for k in _RESULT_ATTRS},
+                "tools": [self.tool_schema(ref, tools) for ref in role_def["tools"]],
+            }
+            runtime = {k: task_attrs.get(k, role_def.get(k)) for k in ("retries", "timeout", "api_base", "api_key_env")}
+            runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", True))
+            out[f"{role}.{task_name}"] = {"definition": definition, "definition_hash": definition_hash(definition),
+                                          **runtime, "replicas": role_def["replicas"]}
+        return out
+
+    def tools(self) -> dict:
+        out = {}
+        for name, tool in self.symbols.tools.items():
+            attrs = _attrs(tool.attrs)
+            returns = _returns(tool.returns, self.symbols)
+            kind = next((k for k in ("python", "command", "builtin") if k in attrs), "builtin")
+            definition = {"kind": "tool", "tool": name, "impl": kind, "target": attrs.get(kind),
+                          "params": _params(tool.params, self.symbols), "returns": type_to_json(returns),
+                          "cwd": attrs.get("cwd")}
+            out[name] = {"definition": definition, "definition_hash": definition_hash(definition),
+                         "description": attrs.get("description", ""),
+                         "parameters": self._params_schema(tool.params),
+                         "timeout": attrs.get("timeout", self.defaults.get("timeout")),
+                         "retries": attrs.get("retries", self.defaults.get("retries", ATTR_DEFAULTS["retries"])),
+                         "cache": attrs.get("cache", self.defaults.get("cache", True))}
+        return out
+
+    def _params_schema(self, params) -> dict:
+        props = {p.name: json_schema(self.symbols.resolve_type(p.type), self.symbols.type_table) for p in params}
+        return {"type": "object", "properties": props,
+                "required": [p.name for p in params if p.default is None]}
+
+    def tool_schema(self, ref: str, tools: dict) -> dict:
+        """What a role's model is told about one granted tool (part of the task's definition)."""
+        if "." in ref:
+            role, task_name = ref.split(".", 1)
+            task = self.symbols.tasks[(role, task_name)]
+            return {"name": f"{role}__{task_name}", "delegate": ref,
+                    "description": f"Ask the `{role}` agent to do `{task_name}`.",
+                    "parameters": self._params_schema(task.params)}
+        return {"name": ref, "tool": ref, "description": tools[ref]["description"],
+                "parameters": tools[ref]["parameters"],
+                "definition_hash": tools[ref]["definition_hash"]}
+
+    # ------------------------------------------------------------ choreographies
+
+    def choreography(self, name: str, prefix: str, cluster: str | None) -> dict:
+        decl = self.symbols.choreographies[name]
+        return self.block(decl.body, prefix, cluster, result_kind="return")
+
+    def block(self, block: ast.Block, prefix: str, cluster: str | None, result_kind: str) -> dict:
+        bindings = {}
+        local_ids = {b.name: f"{prefix}/{b.name}" for b in block.bindings}
+        for b in block.bindings:
+            node_id = local_ids[b.name]
+            expr = self.binding_expr(b, node_id, cluster)
+            bindings[b.name] = {"expr": expr, "after": [a.name for a in b.after], "line": b.span.line}
+            for a in b.after:
+                if a.name in local_ids:
+                    self.edge(local_ids[a.name], node_id, "after")
+        result = None
+        for stmt in block.statements:
+            if isinstance(stmt, (ast.Return, ast.Yield)):
+                kind = "return" if isinstance(stmt, ast.Return) else "yield"
+                rid = f"{prefix}/{kind}"
+                self.graph.add_node(rid, kind=kind, label=kind, cluster=cluster)
+                result = self.expr(stmt.value, rid, cluster, [0])
+        self.link_names(block, local_ids, prefix)
+        return {"bindings": bindings, "result": result}
+
+    def link_names(self, block: ast.Block, local_ids: dict[str, str], prefix: str) -> None:
+        """Data edges between sibling bindings, labelled with the name they carry."""
+        for stmt in block.statements:
+            target = local_ids.get(stmt.name) if isinstance(stmt, ast.Binding) else \
+                f"{prefix}/{'return' if isinstance(stmt, ast.Return) else 'yield'}"
+            for used in sorted(_free_names(stmt.value)):
+                if used in local_ids and local_ids[used] != target:
+                    self.edge(local_ids[used], target, used)
+
+    def edge(self, src: str, dst: str, label: str) -> None:
+        if self.graph.has_edge(src, dst):
+            labels = self.graph.edges[src, dst]["labels"]
+            if label not in labels:
+                labels.append(label)
+        else:
+            self.graph.add_edge(src, dst, labels=[label])
+
+    def binding_expr(self, b: ast.Binding, node_id: str, cluster: str | None) -> list:
+        value = b.value
+        if isinstance(value, ast.Call) and classify_call(value, self.symbols).kind in ("task", "tool", "choreography"):
+            self.call_node(value, node_id, node_id, cluster, [0])
+            return ["node", node_id]
+        if isinstance(value, (ast.ForExpr, ast.RepeatExpr)):
+            self.loop_node(value, node_id, cluster)
+            return ["node", node_id]
+        self.graph.add_node(node_id, kind="value", label=b.name, cluster=cluster)
+        return self.expr(value, node_id, cluster, [0])
+
+    def call_node(self, call: ast.Call, node_id: str, slot: str, cluster: str | None, counter: list) -> None:
+        target = classify_call(call, self.symbols)
+        if target.kind == "task":
+            params = self.symbols.tasks[(target.role, target.task)].params
+        elif target.kind == "tool":
+            params = self.symbols.tools[target.name].params
+        else:
+            params = self.symbols.choreographies[target.name].params
+        args = self.bind_args(call, params, slot, cluster, counter)
+        node = {"kind": target.kind, "target": target.name, "args": args,
+                "line": call.span.line, "scope": cluster}
+        label = target.name
+        if target.kind == "task":
+            node["role"] = target.role
+        if target.kind == "choreography":
+            node["body"] = self.choreography(target.name, node_id, node_id)
+            self.graph.add_node(node_id, kind="choreography", label=label, cluster=cluster, subgraph=True)
+        else:
+            self.graph.add_node(node_id, kind=target.kind, label=label, cluster=cluster,
+                                role=target.role, target=target.name)
+        self.nodes[node_id] = node
+        if slot != node_id:
+            self.edge(node_id, slot, "value")
+
+    def bind_args(self, call: ast.Call, params, slot, cluster, counter) -> dict:
+        """Arguments by parameter name: positional then keyword, defaults for the rest."""
+        by_name: dict[str, list] = {}
+        names = [p.name for p in params]
+        for i, arg in enumerate(call.args):
+            pname = arg.name if arg.name is not None else (names[i] if i < len(names) else f"_{i}")
+            by_name[pname] = self.expr(arg.value, slot, cluster, counter)
+        for p in params:
+            if p.name not in by_name:
+                by_name[p.name] = ["lit", _literal_or_none(p.default)]
+        return {n: by_name[n] for n in names if n in by_name}
+
+    def loop_node(self, loop: ast.ForExpr | ast.RepeatExpr, node_id: str, cluster: str | None) -> None:
+        if isinstance(loop, ast.ForExpr):
+            body_prefix = f"{node_id}[*]"
+            iter_expr = self.expr(loop.iter, node_id, cluster, [0])
+            self.graph.add_node(node_id, kind="for", label=f"for {loop.var}", cluster=cluster)
+            self.graph.add_node(body_prefix, kind="cluster", label=f"for {loop.var} in ...", cluster=cluster)
+            body = self.block(loop.body, body_prefix, body_prefix, "yield")
+            self.nodes[node_id] = {"kind": "for", "var": loop.var, "iter": iter_expr, "body": body,
+                                   "line": loop.span.line, "scope": cluster}
+        else:
+            body_prefix = f"{node_id}#*"
+            self.graph.add_node(node_id, kind="repeat", label="repeat", cluster=cluster)
+            self.graph.add_node(body_prefix, kind="cluster", label="repeat", cluster=cluster)
+            body = self.block(loop.body, body_prefix, body_prefix, "")
+            until = self.expr(loop.until, f"{body_prefix}/until", body_prefix, [0])
+            max_iter = loop.max.value if isinstance(loop.max, ast.Literal) else 1
+            self.nodes[node_id] = {"kind": "repeat", "max": max_iter, "until": until, "body": body,
+                                   "line": loop.span.line, "scope": cluster}
+        self.graph.nodes[body_prefix]["parent"] = node_id
+
+    def expr(self, e: ast.Expr, slot: str, cluster: str | None, counter: list) -> list:
+        """Expression IR; each nested call becomes node `<slot>@<n>`."""
+        r = lambda x: self.expr(x, slot, cluster, counter)  # noqa: E731
+        if isinstance(e, ast.Literal):
+            return ["lit", e.value]
+        if isinstance(e, ast.Duration):
+            return ["lit", e.seconds]
+        if isinstance(e, ast.Name):
+            return ["name", e.id]
+        if isinstance(e, ast.ListExpr):
+            return ["list", [r(i) for i in e.items]]
+        if isinstance(e, ast.RecordExpr):
+            return ["record", [[f.name, r(f.value)] for f in e.fields]]
+        if isinstance(e, ast.Attribute):
+            return ["attr", r(e.value), e.attr]
+        if isinstance(e, ast.Index):
+            return ["index", r(e.value), r(e.index)]
+        if isinstance(e, ast.BinOp):
+            return ["binop", e.op, r(e.left), r(e.right)]
+        if isinstance(e, ast.UnaryOp):
+            return ["not" if e.op == "not" else "neg", r(e.operand)]
+        if isinstance(e, ast.Conditional):
+            return ["cond", r(e.cond), r(e.then), r(e.orelse)]
+        if isinstance(e, ast.Comprehension):
+            return ["comp", r(e.elem), e.var, r(e.iter), r(e.cond) if e.cond is not None else None]
+        if isinstance(e, ast.Call):
+            target = classify_call(e, self.symbols)
+            if target.kind == "builtin":
+                return ["builtin", target.name, [r(a.value) for a in e.args]]
+            counter[0] += 1
+            node_id = f"{slot}@{counter[0]}"
+            self.call_node(e, node_id, slot, cluster, counter)
+            return ["node", node_id]
+        if isinstance(e, (ast.ForExpr, ast.RepeatExpr)):
+            counter[0] += 1
+            node_id = f"{slot}@{counter[0]}"
+            self.loop_node(e, node_id, cluster)
+            self.edge(node_id, slot, "value")
+            return ["node", node_id]
+        raise TypeError(f"cannot lower {type(e).__name__}")
+
+
+def _free_names(e: ast.Expr | None) -> set[str]:
+    """Names an expression reads (not counting names bound inside nested bodies)."""
+    out: set[str] = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None:
+            continue
+        if isinstance(x, ast.Name):
+            out.add(x.id)
+        elif isinstance(x, ast.Literal | ast.Duration):
+            continue
+        elif isinstance(x, ast.ForExpr | ast.RepeatExpr):
+            inner = set()
+            local = {b.name for b in x.body.bindings} | {"prev"}
+            if isinstance(x, ast.ForExpr):
+                stack.append(x.iter)
+                local.add(x.var)
+            else:
+                stack.extend([x.max])
+                inner |= _free_names(x.until)
+            for stmt in x.body.statements:
+                inner |= _free_names(stmt.value)
+            out |= inner - local
+        elif isinstance(x, ast.Comprehension):
+            stack.append(x.iter)
+            out |= (_free_names(x.elem) | _free_names(x.cond)) - {x.var}
+        elif isinstance(x, ast.Call):
+            if not isinstance(x.func, ast.Name) and not (isinstance(x.func, ast.Attribute) and isinstance(x.func.value, ast.Name)):
+                stack.append(x.func)
+            stack.extend(a.value for a in x.args)
+        elif isinstance(x, ast.RecordExpr):
+            stack.extend(f.value for f in x.fields)
+        elif isinstance(x, ast.ListExpr):
+            stack.extend(x.items)
+        elif isinstance(x, ast.Attribute):
+            stack.append(x.value)
+        elif isinstance(x, ast.Index):
+            stack.extend([x.value, x.index])
+        elif isinstance(x, ast.BinOp):
+            stack.extend([x.left, x.right])
+        elif isinstance(x, ast.UnaryOp):
+            stack.append(x.operand)
+        elif isinstance(x, ast.Conditional):
+            stack.extend([x.cond, x.then, x.orelse])
+    return out
+
+
+def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: str) -> Plan:
+    """The plan of a program that passed every check."""
+    lowering = _Lowering(symbols, source_name)
+    tools = lowering.tools()
+    roles = lowering.roles()
+    tasks = lowering.tasks(roles, tools)
+    decl = symbols.choreographies[entry]
+    body = lowering.choreography(entry, entry, None)
+    data = {
+        "format": PLAN_FORMAT,
+        "source": PurePath(source_name).name,
+        "flow": PurePath(source_name).stem,
+        "entry": entry,
+        "params": _params(decl.params, symbols),
+        "returns": type_to_json(symbols.resolve_type(decl.returns)) if decl.returns else None,
+        "types": {name: json_schema(RecordT(name), symbols.type_table) for name in sorted(symbols.type_table)},
+        "type_table": {name: [[n, type_to_json(t)] for n, t in fields] for name, fields in symbols.type_table.items()},
+        "roles": roles,
+        "tasks": tasks,
+        "tools": tools,
+        "body": body,
+        "nodes": lowering.nodes,
+    }
+    for node_id, node in lowering.nodes.items():
+        if node["kind"] in ("task", "tool"):
+            table = tasks if node["kind"] == "task" else tools
+            node["definition_hash"] = table[node["target"]]["definition_hash"]
+            lowering.graph.nodes[node_id]["definition_hash"] = node["definition_hash"]
+    return Plan(data, lowering.graph)
