@@ -133,12 +133,14 @@ class TemplateError(Exception):
 # --------------------------------------------------------------------------------------------
 # Templates
 #
-# `{expr}` where expr is `name`, `a.b.c`, `xs[0]` or `a.b[2].c`; `{{` and `}}` are literal
+# `{expr}` where expr is `name`, `a.b.c`, `xs[0]`, `xs[-1]` or `a.b[2].c`; `{{` and `}}` are literal
 # braces; a lone `{` or `}` is an error (as in Python's str.format).
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_EXPR_RE = re.compile(rf"\s*({_IDENT})((?:\.{_IDENT}|\[[0-9]+\])*)\s*\Z")
-_STEP_RE = re.compile(rf"\.({_IDENT})|\[([0-9]+)\]")
+# Blanks are allowed around the parts, and indexes may be negative (counted from the end), as in
+# the compiler's static template parser (compiler/templates.py).
+_EXPR_RE = re.compile(rf"\s*({_IDENT})((?:\s*\.\s*{_IDENT}|\s*\[\s*-?[0-9]+\s*\])*)\s*\Z")
+_STEP_RE = re.compile(rf"\.\s*({_IDENT})|\[\s*(-?[0-9]+)\s*\]")
 _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 
@@ -146,7 +148,7 @@ _TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 class TemplateRef:
     """One `{expr}` of a template: `path[0]` is the name, then field names and int indexes."""
 
-    expr: str  # as written, without braces and surrounding blanks
+    expr: str  # normalized: `a.b[0]`, without braces and blanks
     path: tuple[str | int, ...]
     offset: int  # offset of the `{` in the template
 
@@ -230,8 +232,7 @@ def _parse_expr(text: str, offset: int) -> TemplateRef:
     for step in _STEP_RE.finditer(m.group(2)):
         field, index = step.groups()
         path.append(field if field is not None else int(index))
-    expr = m.group(1) + m.group(2)
-    return TemplateRef(expr=expr, path=tuple(path), offset=offset)
+    return TemplateRef(expr=_describe(tuple(path)), path=tuple(path), offset=offset)
 
 
 def _describe(path: tuple[str | int, ...]) -> str:
@@ -255,7 +256,7 @@ def _lookup(ref: TemplateRef, values: Mapping[str, Any]) -> Any:
         step = path[i]
         if isinstance(step, int):
             if isinstance(value, (list, tuple)):
-                if step < len(value):
+                if -len(value) <= step < len(value):
                     value = value[step]
                     continue
                 raise TemplateError(
@@ -729,6 +730,11 @@ def _to_json(spec: ToolSpec, value: Any, where: str) -> Any:
     )
 
 
+def _fail(spec: ToolSpec, text: str, cls: type[ToolError] = ToolError) -> ToolError:
+    """A ToolError whose message names the tool: `tool NAME: text`."""
+    return cls(f"tool {spec.name}: {text}", tool=spec.name)
+
+
 def _at(where: str) -> str:
     return f" at result{where}" if where else ""
 
@@ -748,9 +754,9 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
     try:
         argv = [render_template(element, args) for element in template]
     except TemplateError as exc:
-        raise ToolError(f"tool {spec.name}: {exc}", tool=spec.name) from None
+        raise _fail(spec, str(exc)) from None
     if not argv or not argv[0]:
-        raise ToolError(f"tool {spec.name}: the command is empty", tool=spec.name)
+        raise _fail(spec, "the command is empty")
 
     workspace = _workspace(ctx)
     cwd = workspace
@@ -772,13 +778,13 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
             start_new_session=True,  # its own process group, killed as a whole on timeout
         )
     except FileNotFoundError:
-        raise ToolError(f"tool {spec.name}: executable not found: {argv[0]}", tool=spec.name) from None
+        raise _fail(spec, f"executable not found: {argv[0]}") from None
     except PermissionError:
-        raise ToolError(f"tool {spec.name}: cannot execute {argv[0]} (permission denied)", tool=spec.name) from None
+        raise _fail(spec, f"cannot execute {argv[0]} (permission denied)") from None
     except OSError as exc:
         transient = exc.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
         cls = TransientToolError if transient else ToolError
-        raise cls(f"tool {spec.name}: cannot start {argv[0]}: {exc.strerror or exc}", tool=spec.name) from None
+        raise _fail(spec, f"cannot start {argv[0]}: {exc.strerror or exc}", cls) from None
 
     try:
         if spec.timeout_s is None:
@@ -805,7 +811,9 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
         else:
             how = f"exited with status {status}"
         detail = f"; stderr:\n{tail}" if tail.strip() else " (no stderr output)"
-        raise ToolError(f"tool {spec.name} {how}{detail}", tool=spec.name, exit_status=status, stderr=tail)
+        raise ToolError(
+            f"tool {spec.name} {how}{detail}", tool=spec.name, exit_status=status, stderr=tail
+        )
 
     text = stdout.decode("utf-8", errors="replace")
     if spec.returns_str:
@@ -819,7 +827,9 @@ def _reject_constant(name: str) -> Any:
 
 def _parse_json_output(spec: ToolSpec, text: str) -> Any:
     if not text.strip():
-        raise ToolError(f"tool {spec.name} printed nothing; expected JSON on stdout", tool=spec.name)
+        raise ToolError(
+            f"tool {spec.name} printed nothing; expected JSON on stdout", tool=spec.name
+        )
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
@@ -867,7 +877,7 @@ def _confine(spec: ToolSpec, workspace: Path, raw: str) -> Path:
     try:
         resolved = (workspace / raw).resolve()
     except (OSError, RuntimeError, ValueError) as exc:
-        raise ToolError(f"tool {spec.name}: cannot resolve path {raw}: {exc}", tool=spec.name) from None
+        raise _fail(spec, f"cannot resolve path {raw}: {exc}") from None
     if not resolved.is_relative_to(workspace):
         raise ToolError(f"path {raw} is outside the workspace", tool=spec.name)
     return resolved
@@ -878,7 +888,7 @@ def _path_arg(spec: ToolSpec, args: dict, default: str | None) -> str:
     value = args.get(name) if name is not None else None
     if value is None:
         if default is None:
-            raise ToolError(f"tool {spec.name}: missing argument {name or 'path'}", tool=spec.name)
+            raise _fail(spec, f"missing argument {name or 'path'}")
         return default
     if not isinstance(value, str):
         raise ToolError(
@@ -886,7 +896,7 @@ def _path_arg(spec: ToolSpec, args: dict, default: str | None) -> str:
             tool=spec.name,
         )
     if "\x00" in value:
-        raise ToolError(f"tool {spec.name}: path {value!r} contains a NUL character", tool=spec.name)
+        raise _fail(spec, f"path {value!r} contains a NUL character")
     return value
 
 
@@ -900,13 +910,13 @@ def _fs_read(spec: ToolSpec, args: dict, ctx: ToolContext) -> str:
     workspace = _workspace(ctx)
     target = _confine(spec, workspace, raw)
     if target.is_dir():
-        raise ToolError(f"tool {spec.name}: {raw} is a directory, not a file", tool=spec.name)
+        raise _fail(spec, f"{raw} is a directory, not a file")
     try:
         data = target.read_bytes()
     except FileNotFoundError:
-        raise ToolError(f"tool {spec.name}: no such file: {raw}", tool=spec.name) from None
+        raise _fail(spec, f"no such file: {raw}") from None
     except OSError as exc:
-        raise ToolError(f"tool {spec.name}: cannot read {raw}: {exc.strerror or exc}", tool=spec.name) from None
+        raise _fail(spec, f"cannot read {raw}: {exc.strerror or exc}") from None
     return data.decode("utf-8", errors="replace")
 
 
@@ -924,7 +934,7 @@ def _fs_write(spec: ToolSpec, args: dict, ctx: ToolContext) -> str:
     workspace = _workspace(ctx)
     target = _confine(spec, workspace, raw)
     if target == workspace or target.is_dir():
-        raise ToolError(f"tool {spec.name}: {raw} is a directory, not a file", tool=spec.name)
+        raise _fail(spec, f"{raw} is a directory, not a file")
     data = content.encode("utf-8")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -932,7 +942,7 @@ def _fs_write(spec: ToolSpec, args: dict, ctx: ToolContext) -> str:
         _confine(spec, workspace, str(target.parent))
         target.write_bytes(data)
     except OSError as exc:
-        raise ToolError(f"tool {spec.name}: cannot write {raw}: {exc.strerror or exc}", tool=spec.name) from None
+        raise _fail(spec, f"cannot write {raw}: {exc.strerror or exc}") from None
     return f"wrote {len(data)} bytes to {_relative(workspace, target)}"
 
 
@@ -941,16 +951,16 @@ def _fs_list(spec: ToolSpec, args: dict, ctx: ToolContext) -> list[str]:
     workspace = _workspace(ctx)
     target = _confine(spec, workspace, raw)
     if not target.exists():
-        raise ToolError(f"tool {spec.name}: no such directory: {raw}", tool=spec.name)
+        raise _fail(spec, f"no such directory: {raw}")
     if not target.is_dir():
-        raise ToolError(f"tool {spec.name}: {raw} is not a directory", tool=spec.name)
+        raise _fail(spec, f"{raw} is not a directory")
     entries = []
     try:
         for child in target.iterdir():
             rel = child.relative_to(workspace).as_posix()
             entries.append(rel + "/" if child.is_dir() else rel)
     except OSError as exc:
-        raise ToolError(f"tool {spec.name}: cannot list {raw}: {exc.strerror or exc}", tool=spec.name) from None
+        raise _fail(spec, f"cannot list {raw}: {exc.strerror or exc}") from None
     return sorted(entries)
 
 

@@ -84,8 +84,9 @@ def _last_user_text(messages: list) -> str:
 def synthesize(schema: Any, name: str = "value", root: Any = None, depth: int = 0) -> Any:
     """A simple value that fits `schema` (objects, arrays, scalars, enum/const, anyOf, $ref)."""
     root = schema if root is None else root
-    if not isinstance(schema, dict) or depth > 12:
-        return None if depth > 12 else f"{name} text"
+    if not isinstance(schema, dict):
+        return f"{name} text"
+    deep = depth > 6  # recursive types: only what is required, empty arrays
     if "$ref" in schema:
         target: Any = root
         for part in schema["$ref"].lstrip("#/").split("/"):
@@ -106,21 +107,44 @@ def synthesize(schema: Any, name: str = "value", root: Any = None, depth: int = 
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or (kind is None and "properties" in schema):
         props = schema.get("properties", {})
-        return {key: synthesize(sub, key, root, depth + 1) for key, sub in props.items()}
+        keys = [k for k in props if k in schema.get("required", [])] if deep else list(props)
+        return {key: synthesize(props[key], key, root, depth + 1) for key in keys}
     if kind == "array":
-        count = max(1, schema.get("minItems", 1))
+        count = schema.get("minItems", 0) if deep else max(1, schema.get("minItems", 1))
+        count = min(count, schema.get("maxItems", count))
         return [synthesize(schema.get("items", {}), name, root, depth + 1) for _ in range(count)]
     if kind == "string":
-        return f"{name} text"
-    if kind == "integer":
-        return int(schema.get("minimum", 1))
-    if kind == "number":
-        return float(schema.get("minimum", 1.5))
+        text = f"{name} text"
+        text = text.ljust(schema.get("minLength", 0), "x")
+        return text[: schema.get("maxLength", len(text))]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        if low is not None and high is not None:
+            value = (low + high) / 2
+        elif low is not None:
+            value = low + 1
+        elif high is not None:
+            value = high - 1
+        else:
+            value = 1.5
+        if kind == "integer":
+            value = int(value) if low is None or int(value) >= low else int(value) + 1
+        return value
     if kind == "boolean":
         return True
     if kind == "null":
         return None
     return f"{name} text"  # {} means any JSON
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # the client gave up (e.g. its timeout): nothing to report
+        super().handle_error(request, client_address)
 
 
 class OpenAIServer:
@@ -135,8 +159,7 @@ class OpenAIServer:
         self._log: collections.deque[dict] = collections.deque(maxlen=MAX_LOG)
         self._chat_count = 0
         self.latency_ms = latency_ms
-        self._httpd = ThreadingHTTPServer((HOST, port), _make_handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer((HOST, port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
     # lifecycle ---------------------------------------------------------------------------
