@@ -88,3 +88,104 @@ def _history_call(fn, *args):
         return fn(*args)
     except StoreError as err:
         raise UserError(str(err)) from None
+
+
+@main.command("run")
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.option("--input", "input_pairs", multiple=True, metavar="NAME=VALUE",
+              help="An input: raw text for a str parameter, JSON otherwise; NAME=@path reads a file.")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False), default=None,
+              help="A JSON object of inputs.")
+@click.option("--entry", default=None, help="The choreography to run (default: `main`, or the only one).")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="The run database.")
+@click.option("--workspace", default=DEFAULT_WORKSPACE, show_default=True,
+              help="The directory file tools are confined to.")
+@click.option("--model", default=None, help="Use this model for every role (e.g. scripted).")
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Calls running at once, in all.")
+@click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN_ID]",
+              help="Continue an interrupted run (the latest one of this flow, or RUN_ID).")
+@click.option("--force", multiple=True, metavar="NODE", help="Re-run this node (id or glob) even if stored.")
+@click.option("--no-cache", is_flag=True, help="Reuse nothing from earlier runs.")
+@click.option("--dry-run", is_flag=True, help="Say per node whether it would be reused or run, and why.")
+def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
+            no_cache, dry_run) -> None:
+    """Compile, then execute; the result is printed as JSON on stdout."""
+    import asyncio
+    import json
+
+    from agentflow.runtime.inputs import InputError, parse_inputs
+    from agentflow.runtime.progress import SilentReporter, reporter_for
+    from agentflow.runtime.runner import ResumeError, RunRequest, execute
+    from agentflow.runtime.store import StoreError
+
+    result = _compile(file, "text", entry)
+    if not result.ok:
+        sys.exit(EXIT_COMPILE)
+    plan = result.plan
+    try:
+        inputs = parse_inputs(plan.data, input_pairs, inputs_file)
+    except InputError as err:
+        raise UserError(str(err)) from None
+    request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
+                         spec_dir=Path(file).resolve().parent, workspace=Path(workspace).resolve(),
+                         concurrency=concurrency, model=model, force=tuple(force), no_cache=no_cache,
+                         resume=resume is not None, resume_run_id=resume or None, dry_run=dry_run)
+    reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
+    try:
+        outcome = asyncio.run(execute(request, reporter))
+    except KeyboardInterrupt:
+        reporter.close()
+        click.echo("interrupted: state saved; run again with --resume to continue", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (StoreError, ResumeError) as err:
+        reporter.close()
+        raise UserError(str(err)) from None
+    reporter.close()
+    if dry_run:
+        _print_decisions(outcome, plan.data)
+        return
+    if outcome.status == "failed":
+        f = outcome.failure
+        where = f"{f.node_id}" + (f" (role {f.role})" if f and f.role else "") if f else "a node"
+        click.echo(f"error: run {outcome.run_id} failed at {where}: {f.message if f else 'unknown error'}\n"
+                   f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume", err=True)
+        sys.exit(EXIT_FAILED)
+    if outcome.status == "cancelled":
+        click.echo("interrupted: state saved; run again with --resume to continue", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(json.dumps(outcome.value, indent=2, ensure_ascii=False))
+    click.echo(f"run {outcome.run_id} succeeded", err=True)
+
+
+def _print_decisions(outcome, plan: dict) -> None:
+    seen = set()
+    for d in outcome.decisions:
+        seen.add(d.node_id)
+        click.echo(f"{d.action:<6} {d.node_id}  ({d.reason})")
+    from agentflow.runtime.engine import template_id
+    decided = {template_id(n) for n in seen}
+    for tid, node in sorted(plan["nodes"].items()):
+        if node["kind"] in ("task", "tool") and tid not in decided:
+            click.echo(f"{'run':<6} {tid}  (its inputs come from nodes that will run)")
+
+
+@main.command("runs")
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def runs_cmd(db: str, as_json: bool) -> None:
+    """The runs in the database, newest first."""
+    from agentflow.runtime.history import list_runs, print_runs
+    runs = _history_call(list_runs, db)
+    print_runs(runs, as_json)
+
+
+@main.command("show")
+@click.argument("run_id")
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node instances.")
+def show_cmd(run_id: str, db: str, as_json: bool) -> None:
+    """One run: every node instance with status, reuse, attempts, duration, tokens, cost and error."""
+    from agentflow.runtime.history import print_nodes, run_nodes
+    nodes = _history_call(run_nodes, db, run_id)
+    print_nodes(run_id, nodes, as_json)

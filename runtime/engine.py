@@ -1,0 +1,389 @@
+"""The dataflow scheduler: interprets a plan, starting each node as soon as its
+inputs are ready, within each role's `replicas` and the global concurrency.
+
+Bindings of a scope start together and wait on each other's futures, so data alone
+decides order. `for` bodies expand per item, `repeat` bodies per iteration, and a
+conditional evaluates only its chosen side. Where a call runs is the `NodeExecutor`'s
+business (in-process here, a Temporal activity elsewhere); whether it runs at all is
+decided here, from keys: a node whose key has a stored result is reused.
+"""
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agentflow.compiler.hashing import canonical_json, digest, value_hash
+from agentflow.compiler.plan import definition_hash
+from agentflow.compiler.types import Validators, type_from_json
+
+from .evaluate import ExpressionError, evaluate
+
+_INSTANCE = re.compile(r"\[\d+\]|#\d+")
+
+
+def template_id(instance_id: str) -> str:
+    """`main/reviews[2]/attempt#1/review` -> `main/reviews[*]/attempt#*/review`."""
+    return _INSTANCE.sub(lambda m: "[*]" if m.group(0)[0] == "[" else "#*", instance_id)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    run_id: str
+    spec_dir: Path
+    workspace: Path
+    concurrency: int = 16
+    model: str | None = None
+    force: tuple[str, ...] = ()
+    no_cache: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class NodeJob:
+    """One call to execute: JSON-serialisable, so it can travel to a remote worker."""
+
+    node_id: str
+    kind: str  # "task" | "tool"
+    target: str  # "role.task" | tool name
+    args: dict
+    key: str
+    attempt_base: int = 0
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    value: Any
+    attempts: int = 1
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class NodeFailure(Exception):
+    """A node failed after its retries; `show` names the node, its role and this message."""
+
+    def __init__(self, node_id: str, role: str | None, message: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.node_id, self.role, self.message, self.attempts = node_id, role, message, attempts
+
+
+class RunAborted(Exception):
+    """A node did not start because another node failed first."""
+
+
+class NodeExecutor(Protocol):
+    async def execute(self, engine: "Engine", job: NodeJob) -> NodeOutcome: ...
+
+
+class Reporter(Protocol):
+    def node(self, node_id: str, status: str, *, cached: bool = False, detail: str = "") -> None: ...
+
+
+@dataclass
+class Scope:
+    """One instance of a block: its id prefix, its names, and its enclosing scope."""
+
+    prefix: str  # instance prefix, e.g. "main/reviews[2]"
+    template: str  # template prefix, e.g. "main/reviews[*]"
+    consts: dict[str, Any]
+    parent: "Scope | None" = None
+    futures: dict[str, asyncio.Future] = field(default_factory=dict)
+
+    def instance_id(self, template_node_id: str) -> str:
+        return self.prefix + template_node_id[len(self.template):]
+
+
+@dataclass
+class Decision:
+    """Whether a node is reused or run, and why (what `--dry-run` prints)."""
+
+    node_id: str
+    action: str  # "reuse" | "run"
+    reason: str
+
+
+class Engine:
+    def __init__(self, plan: dict, ledger, options: RunOptions, executor: NodeExecutor, reporter: Reporter) -> None:
+        self.plan = plan
+        self.nodes: dict[str, dict] = plan["nodes"]
+        self.ledger = ledger
+        self.options = options
+        self.executor = executor
+        self.reporter = reporter
+        self.validators = Validators({n: tuple((f, type_from_json(t)) for f, t in fields)
+                                      for n, fields in plan["type_table"].items()})
+        self.global_slots = asyncio.Semaphore(max(1, options.concurrency))
+        self.role_slots = {name: asyncio.Semaphore(max(1, role["replicas"])) for name, role in plan["roles"].items()}
+        self.session_locks = {name: asyncio.Lock() for name, role in plan["roles"].items() if role["memory"] == "session"}
+        self.failure: NodeFailure | None = None
+        self.started: set[str] = set()
+        self.decisions: list[Decision] = []
+        self.tasks: set[asyncio.Task] = set()
+        self._task_defs = {name: self._effective(entry) for name, entry in plan["tasks"].items()}
+        self._code_versions: dict[str, str] = {}
+
+    # ------------------------------------------------------------ definitions and keys
+
+    def _effective(self, entry: dict) -> tuple[dict, str]:
+        """A task's definition after `--model`, and its hash."""
+        definition = entry["definition"]
+        if self.options.model:
+            definition = {**definition, "model": self.options.model}
+        return definition, definition_hash(definition)
+
+    def task_definition(self, target: str) -> dict:
+        return self._task_defs[target][0]
+
+    def code_version(self, tool_name: str) -> str:
+        version = self._code_versions.get(tool_name)
+        if version is None:
+            from .tools import tool_code_version
+            version = self._code_versions[tool_name] = tool_code_version(self.tool_spec(tool_name), self.tool_context())
+        return version
+
+    def tool_spec(self, name: str):
+        from .tools import ToolSpec
+        d = self.plan["tools"][name]
+        defn = d["definition"]
+        target = tuple(defn["target"]) if isinstance(defn["target"], list) else defn["target"]
+        return ToolSpec(name=name, params=tuple(p["name"] for p in defn["params"]), kind=defn["impl"],
+                        target=target, returns_str=defn["returns"] == "str", timeout_s=d.get("timeout"),
+                        cwd=defn.get("cwd"))
+
+    def tool_context(self):
+        from .tools import ToolContext
+        return ToolContext(spec_dir=self.options.spec_dir, workspace=self.options.workspace)
+
+    def node_key(self, kind: str, target: str, args: dict, extra: str = "") -> tuple[str, str, dict]:
+        """(key, definition hash, input hashes): everything that can change the result."""
+        if kind == "task":
+            definition, def_hash = self._task_defs[target]
+            versions = [self.code_version(t["tool"]) for t in definition["tools"] if "tool" in t]
+        else:
+            def_hash = self.plan["tools"][target]["definition_hash"]
+            versions = [self.code_version(target)]
+        inputs = {name: value_hash(value) for name, value in args.items()}
+        key = digest("node", def_hash, canonical_json(versions), canonical_json(inputs), extra)
+        return key, def_hash, inputs
+
+    # ------------------------------------------------------------ running a plan
+
+    async def run(self, inputs: dict) -> Any:
+        root = Scope(self.plan["entry"], self.plan["entry"], dict(inputs))
+        try:
+            return await self.block(self.plan["body"], root)
+        except asyncio.CancelledError:
+            for task in list(self.tasks):  # interrupted: stop everything, state stays resumable
+                task.cancel()
+            raise
+        finally:
+            while self.tasks:  # running nodes finish and are stored, whatever happened
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def block(self, body: dict, scope: Scope) -> Any:
+        """Starts every binding of a block, then evaluates its result."""
+        bindings = body["bindings"]
+        for name, binding in bindings.items():
+            scope.futures[name] = self.spawn(self.binding(name, binding, scope))
+        try:
+            result = None if body["result"] is None else await self.eval(body["result"], scope)
+            await asyncio.gather(*scope.futures.values())
+        except BaseException:
+            await asyncio.gather(*scope.futures.values(), return_exceptions=True)
+            raise
+        finally:
+            self.mark_unstarted(scope, bindings)
+        return result
+
+    async def binding(self, name: str, binding: dict, scope: Scope) -> Any:
+        for other in binding["after"]:
+            await self.lookup(other, scope)
+        try:
+            return await self.eval(binding["expr"], scope)
+        except ExpressionError as err:
+            raise self.fail(NodeFailure(f"{scope.prefix}/{name}", None, str(err)))
+
+    def fail(self, failure: NodeFailure) -> NodeFailure:
+        if self.failure is None:
+            self.failure = failure
+        return failure
+
+    def mark_unstarted(self, scope: Scope, bindings: dict) -> None:
+        """Nodes of a finished scope that never started: the unchosen side of a conditional."""
+        if self.failure is not None:
+            return
+        prefix = scope.template + "/"
+        for tid, node in self.nodes.items():
+            if node.get("scope") == (scope.template if scope.parent else None) and tid.startswith(prefix):
+                iid = scope.instance_id(tid)
+                if iid not in self.started:
+                    self.started.add(iid)
+                    self.ledger.node_skipped(iid, node.get("role"))
+                    self.reporter.node(iid, "skipped")
+
+    async def lookup(self, name: str, scope: Scope) -> Any:
+        s: Scope | None = scope
+        while s is not None:
+            if name in s.consts:
+                return s.consts[name]
+            if name in s.futures:
+                return await s.futures[name]
+            s = s.parent
+        raise ExpressionError(f"`{name}` is not bound")
+
+    async def eval(self, expr: list, scope: Scope) -> Any:
+        async def resolve(ref: list) -> Any:
+            if ref[0] == "name":
+                return await self.lookup(ref[1], scope)
+            return await self.node(ref[1], scope)
+        return await evaluate(expr, resolve)
+
+    async def node(self, tid: str, scope: Scope) -> Any:
+        node = self.nodes[tid]
+        iid = scope.instance_id(tid)
+        self.started.add(iid)
+        kind = node["kind"]
+        if kind in ("for", "repeat", "choreography"):
+            self.ledger.structure_started(iid)
+        if kind == "for":
+            return await self.for_node(iid, node, scope)
+        if kind == "repeat":
+            return await self.repeat_node(iid, node, scope)
+        args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
+        if kind == "choreography":
+            return await self.choreography_node(iid, tid, node, args, scope)
+        return await self.call(iid, kind, node["target"], args, node.get("role"))
+
+    # ------------------------------------------------------------ structure
+
+    async def for_node(self, iid: str, node: dict, scope: Scope) -> Any:
+        items = await self.eval(node["iter"], scope)
+        if not isinstance(items, list):
+            raise self.fail(NodeFailure(iid, None, f"`for` needs a list, got {type(items).__name__}"))
+        self.reporter.node(iid, "running", detail=f"{len(items)} items")
+        template = template_id(iid) + "[*]"
+        bodies = [Scope(f"{iid}[{i}]", template, {node["var"]: item}, scope) for i, item in enumerate(items)]
+        if node.get("sequential"):
+            values = [await self.block(node["body"], body) for body in bodies]
+        else:
+            values = await asyncio.gather(*(self.block(node["body"], body) for body in bodies))
+        self.ledger.structure_done(iid, "succeeded")
+        return list(values)
+
+    async def repeat_node(self, iid: str, node: dict, scope: Scope) -> Any:
+        prev = None
+        converged = False
+        record: dict = {}
+        template = template_id(iid) + "#*"
+        iteration = 0
+        for iteration in range(1, node["max"] + 1):
+            body = Scope(f"{iid}#{iteration}", template, {"prev": prev}, scope)
+            await self.block(node["body"], body)
+            record = {name: body.futures[name].result() for name in node["body"]["bindings"]}
+            if await self.eval(node["until"], body):
+                converged = True
+                break
+            prev = record
+        self.ledger.structure_done(iid, "succeeded")
+        return {**record, "iterations": iteration, "converged": converged}
+
+    async def choreography_node(self, iid: str, tid: str, node: dict, args: dict, scope: Scope) -> Any:
+        consts = {name: value for name, value in args.items()}
+        value = await self.block(node["body"], Scope(iid, tid, consts, None))
+        self.ledger.structure_done(iid, "succeeded")
+        return value
+
+    # ------------------------------------------------------------ calls
+
+    def with_defaults(self, kind: str, target: str, args: dict) -> dict:
+        """A null passed to a parameter that has a default gives the default."""
+        params = (self.plan["tasks"][target]["definition"] if kind == "task" else
+                  self.plan["tools"][target]["definition"])["params"]
+        return {p["name"]: (p["default"] if args.get(p["name"]) is None and p["has_default"] else args.get(p["name"]))
+                for p in params}
+
+    def forced(self, node_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(node_id, pattern) or node_id == pattern or
+                   node_id.startswith(pattern + "/") for pattern in self.options.force)
+
+    def cacheable(self, kind: str, target: str) -> bool:
+        table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
+        return bool(table[target].get("cache", True)) and not self.options.no_cache
+
+    async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False) -> Any:
+        """Runs or reuses one task or tool call, and stores its result before returning it.
+
+        A `nested` call (delegation) runs inside its caller's global slot, so a
+        delegation chain can never starve itself of slots."""
+        args = self.with_defaults(kind, target, args)
+        session_lock = self.session_locks.get(role) if role else None
+        if session_lock is not None:
+            async with session_lock:
+                transcript = await self.ledger.session_hash(role)
+                return await self._call(iid, kind, target, args, role, transcript, nested)
+        return await self._call(iid, kind, target, args, role, "", nested)
+
+    async def _call(self, iid, kind, target, args, role, extra, nested) -> Any:
+        key, def_hash, inputs = self.node_key(kind, target, args, extra)
+        decision = await self.decide(iid, kind, target, key, def_hash, inputs)
+        self.decisions.append(decision)
+        if decision.action == "reuse":
+            value = await self.ledger.reused(iid, role, key, def_hash, inputs)
+            self.reporter.node(iid, "succeeded", cached=True)
+            return value
+        if self.options.dry_run:
+            raise _DryRunStop(iid)
+        slots = ([] if nested else [self.global_slots]) + ([self.role_slots[role]] if role else [])
+        for slot in slots:
+            await slot.acquire()
+        try:
+            if self.failure is not None:
+                raise RunAborted(iid)
+            self.ledger.node_started(iid, role, key, def_hash, inputs)
+            self.reporter.node(iid, "running")
+            try:
+                outcome = await self.executor.execute(self, NodeJob(iid, kind, target, args, key))
+            except NodeFailure as failure:
+                await self.ledger.node_failed(iid, role, failure.message, failure.attempts)
+                self.reporter.node(iid, "failed", detail=failure.message)
+                raise self.fail(failure)
+            except asyncio.CancelledError:
+                self.ledger.node_cancelled(iid, role)
+                raise
+            await self.ledger.node_succeeded(iid, role, key, outcome)
+            self.reporter.node(iid, "succeeded")
+            return outcome.value
+        finally:
+            for slot in slots:
+                slot.release()
+
+    async def decide(self, iid, kind, target, key, def_hash, inputs) -> Decision:
+        if self.forced(iid):
+            return Decision(iid, "run", "forced")
+        resumed = self.ledger.resumed_key(iid)
+        if resumed == key:
+            return Decision(iid, "reuse", "finished in the resumed run")
+        if self.cacheable(kind, target) and await self.ledger.has_result(key):
+            return Decision(iid, "reuse", "stored result with the same key")
+        if not self.options.dry_run:  # the cause costs a query: only --dry-run asks for it
+            return Decision(iid, "run", "no stored result")
+        return Decision(iid, "run", await self.ledger.explain(iid, def_hash, inputs,
+                                                               cacheable=self.cacheable(kind, target)))
+
+
+class _DryRunStop(Exception):
+    """In --dry-run, a node that would run: its value, and what depends on it, is unknown."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id

@@ -1,0 +1,73 @@
+"""The read side of the run history, for `runs`, `show` and `graph --run`.
+
+Readers open the database read-only and may run while a run is writing to it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .store import Store, StoreError
+
+
+def _reader(db: str) -> Store:
+    if not Path(db).exists():
+        raise StoreError(f"no run database at {db}; run `agentflow run` first, or pass --db")
+    return Store.open_reader(db)
+
+
+def list_runs(db: str) -> list[dict]:
+    with _reader(db) as store:
+        return store.list_runs()
+
+
+def run_nodes(db: str, run_id: str) -> list[dict]:
+    with _reader(db) as store:
+        if store.get_run(run_id) is None:
+            raise StoreError(f"there is no run {run_id} in {db}; `agentflow runs` lists them")
+        return store.run_nodes(run_id)
+
+
+def run_statuses(db: str, run_id: str) -> dict[str, str]:
+    """Instance node id -> status (`cached` for reused nodes), for `graph --run`."""
+    return {n["node"]: ("cached" if n["cached"] else n["status"]) for n in run_nodes(db, run_id)}
+
+
+def _jsonable(rows: list[dict]) -> str:
+    return json.dumps(rows, indent=2, default=str, ensure_ascii=False)
+
+
+def print_runs(runs: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(_jsonable(runs))
+        return
+    from rich.table import Table
+    table = Table("run", "flow", "entry", "status", "started", "nodes", "reused", "failed", box=None)
+    for r in runs:
+        table.add_row(r["run_id"], r["flow"], r.get("entry") or "", r["status"], str(r["started_at"])[:19],
+                      str(r.get("nodes", "")), str(r.get("cached", "")), str(r.get("failed", "")))
+    _console().print(table if runs else "no runs yet")
+
+
+def print_nodes(run_id: str, nodes: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(_jsonable(nodes))
+        return
+    from rich.table import Table
+    table = Table("node", "role", "status", "reused", "attempts", "ms", "tokens", "cost $", "error",
+                  title=f"run {run_id}", box=None)
+    for n in nodes:
+        tokens = (n.get("prompt_tokens") or 0) + (n.get("completion_tokens") or 0)
+        duration = n.get("duration_ms")
+        table.add_row(n["node"], n.get("role") or "", n["status"], "yes" if n["cached"] else "",
+                      str(n.get("attempts") or 0), "" if duration is None else f"{duration:.0f}",
+                      str(tokens or ""), f"{n['cost_usd']:.4f}" if n.get("cost_usd") else "",
+                      (n.get("error") or "")[:120])
+    _console().print(table)
+
+
+def _console():
+    """A console that never truncates node ids when stdout is a pipe or a file."""
+    import sys
+
+    from rich.console import Console
+    return Console() if sys.stdout.isatty() else Console(width=240)

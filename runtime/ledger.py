@@ -1,0 +1,207 @@
+"""The engine's asynchronous view of the store: group commit and batched lookups.
+
+All store calls run on one worker thread, in order, so the event loop never blocks on
+DuckDB. Lookups made in the same loop turn become one query. A node's result is
+flushed (committed) before `node_succeeded` returns, so nothing that depends on it
+starts before it is durable; writes that need no such promise are only buffered.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from agentflow.compiler.hashing import canonical_json, digest
+
+from .engine import NodeOutcome
+from .store import Store
+
+
+class Ledger:
+    def __init__(self, store: Store, run_id: str, *, dry_run: bool = False) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.dry_run = dry_run
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-store")
+        self.resumed: dict[str, dict] = {}
+        self.previous: dict[str, dict] = {}
+        self._lookups: dict[str, list[asyncio.Future]] = {}
+        self._lookup_scheduled = False
+        self._flush_waiters: list[asyncio.Future] = []
+        self._flushing: asyncio.Task | None = None
+        self._sessions: dict[str, list[list[dict]]] = {}
+
+    async def _io(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # ------------------------------------------------------------ run lifecycle
+
+    async def open(self, plan: dict, plan_hash: str, inputs: dict, resuming: bool) -> None:
+        self.flow = plan["flow"]
+        if resuming:
+            self.resumed = await self._io(self.store.run_node_states, self.run_id)
+        if not self.dry_run:
+            self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
+                                 inputs=inputs)
+            await self.flush()
+
+    async def close(self, status: str) -> None:
+        if not self.dry_run:
+            self.store.finish_run(self.run_id, status)
+            await self.flush()
+        self.pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ decisions
+
+    def resumed_key(self, node_id: str) -> str | None:
+        state = self.resumed.get(node_id)
+        return state.key if state is not None and state.status == "succeeded" else None
+
+    async def has_result(self, key: str) -> bool:
+        return await self._lookup(key) is not None
+
+    async def _lookup(self, key: str):
+        future = asyncio.get_running_loop().create_future()
+        self._lookups.setdefault(key, []).append(future)
+        if not self._lookup_scheduled:
+            self._lookup_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_lookups)
+        return await future
+
+    def _run_lookups(self) -> None:
+        batch, self._lookups, self._lookup_scheduled = self._lookups, {}, False
+
+        async def run() -> None:
+            try:
+                found = await self._io(self.store.lookup_results, list(batch))
+            except BaseException as err:  # every waiter sees the failure
+                for futures in batch.values():
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(err)
+                return
+            for key, futures in batch.items():
+                for f in futures:
+                    if not f.done():
+                        f.set_result(found.get(key))
+        asyncio.ensure_future(run())
+
+    async def explain(self, node_id: str, def_hash: str, inputs: dict, *, cacheable: bool) -> str:
+        """Why a node must run: the cause a user can act on."""
+        if not cacheable:
+            return "not cacheable (cache = false or --no-cache)"
+        records = await self._io(lambda: self.store.last_node_records(self.flow, [node_id]))
+        last = records.get(node_id)
+        if last is None:
+            return "never run"
+        if last.status == "failed":
+            return "failed last time"
+        if last.def_hash and last.def_hash != def_hash:
+            return "definition changed"
+        before = last.input_hashes or {}
+        changed = sorted(n for n in inputs if before.get(n) != inputs[n])
+        if changed:
+            return "input " + ", ".join(f"`{n}`" for n in changed) + " changed"
+        return "no stored result"
+
+    # ------------------------------------------------------------ node records
+
+    def node_started(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> None:
+        if not self.dry_run:
+            self.store.node_started(self.run_id, node_id, role=role, key=key, def_hash=def_hash,
+                                    input_hashes=inputs)
+
+    def structure_started(self, node_id: str) -> None:
+        """A `for`, `repeat` or sub-choreography instance began (it has no key of its own)."""
+        if not self.dry_run:
+            self.store.node_started(self.run_id, node_id, role=None)
+
+    async def reused(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> Any:
+        found = await self._lookup(key)
+        if found is None:
+            raise LookupError(f"stored result of {node_id} disappeared")
+        value, stored_hash = found
+        if not self.dry_run:
+            self.store.node_reused(self.run_id, node_id, role=role, key=key, value_hash=stored_hash,
+                                   def_hash=def_hash, input_hashes=inputs)
+        return value
+
+    async def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None:
+        self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
+                                 attempts=outcome.attempts, key=key, role=role)
+        await self.flush()
+
+    async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None:
+        self.store.node_finished(self.run_id, node_id, status="failed", error=error, attempts=attempts, role=role)
+        await self.flush()
+
+    def node_cancelled(self, node_id: str, role: str | None) -> None:
+        self.store.node_finished(self.run_id, node_id, status="cancelled", error="interrupted", role=role)
+
+    def node_skipped(self, node_id: str, role: str | None) -> None:
+        if not self.dry_run:
+            self.store.node_finished(self.run_id, node_id, status="skipped", role=role, attempts=0)
+
+    def structure_done(self, node_id: str, status: str) -> None:
+        if not self.dry_run:
+            self.store.node_finished(self.run_id, node_id, status=status, value=None, key=f"structure:{self.run_id}:{node_id}"
+                                     if status == "succeeded" else None)
+
+    def record_llm_call(self, node_id: str, response) -> None:
+        if not self.dry_run:
+            self.store.record_llm_call(self.run_id, node_id, model=response.model,
+                                       prompt_tokens=response.prompt_tokens,
+                                       completion_tokens=response.completion_tokens, cost_usd=response.cost_usd,
+                                       latency_ms=response.latency_ms)
+
+    # ------------------------------------------------------------ journal and sessions
+
+    async def load_turns(self, node_id: str, key: str) -> list[dict]:
+        turns = await self._io(self.store.load_turns, self.run_id, node_id, key)
+        return [t.payload for t in turns]
+
+    async def append_turn(self, node_id: str, key: str, message: dict) -> None:
+        self.store.append_turn(self.run_id, node_id, key=key, kind=message["role"], payload=message)
+        await self.flush()
+
+    async def load_session(self, role: str) -> list[list[dict]]:
+        if role not in self._sessions:
+            self._sessions[role] = await self._io(self.store.load_session, self.run_id, role)
+        return self._sessions[role]
+
+    async def append_session(self, role: str, messages: list[dict]) -> None:
+        calls = await self.load_session(role)
+        calls.append(messages)
+        self.store.append_session(self.run_id, role, [messages])
+        await self.flush()
+
+    async def session_hash(self, role: str) -> str:
+        return digest("session", canonical_json(await self.load_session(role)))
+
+    # ------------------------------------------------------------ group commit
+
+    async def flush(self) -> None:
+        """Returns once everything buffered so far is committed. Concurrent callers share
+        one flush (group commit): the store writes whole batches, never row by row."""
+        if self.dry_run:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(future)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush_loop())
+        await future
+
+    async def _flush_loop(self) -> None:
+        while self._flush_waiters:
+            waiters, self._flush_waiters = self._flush_waiters, []
+            try:
+                await self._io(self.store.flush)
+            except BaseException as err:
+                for f in waiters:
+                    if not f.done():
+                        f.set_exception(err)
+                continue
+            for f in waiters:
+                if not f.done():
+                    f.set_result(None)
+

@@ -1,0 +1,99 @@
+"""One `agentflow run`: open the store, pick or resume a run, execute the plan with an
+engine, and report an outcome the CLI maps to an exit code."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .engine import Decision, Engine, NodeFailure, RunOptions, _DryRunStop
+from .ledger import Ledger
+from .local import LocalExecutor
+from .store import Store, StoreError
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    plan: dict
+    plan_hash: str
+    inputs: dict
+    db_path: Path
+    spec_dir: Path
+    workspace: Path
+    concurrency: int = 16
+    model: str | None = None
+    force: tuple[str, ...] = ()
+    no_cache: bool = False
+    resume: bool = False
+    resume_run_id: str | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # succeeded | failed | cancelled | dry-run
+    value: Any = None
+    failure: NodeFailure | None = None
+    decisions: list[Decision] = field(default_factory=list)
+
+
+class ResumeError(Exception):
+    """`--resume` named a run that does not exist or belongs to another flow (exit 2)."""
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _pick_run(store: Store, req: RunRequest) -> tuple[str, bool]:
+    """(run id, resuming?)."""
+    plan = req.plan
+    if not req.resume:
+        return new_run_id(), False
+    if req.resume_run_id:
+        run = store.get_run(req.resume_run_id)
+        if run is None:
+            raise ResumeError(f"there is no run {req.resume_run_id} in {req.db_path}; `agentflow runs` lists them")
+        if run["flow"] != plan["flow"] or run["entry"] != plan["entry"]:
+            raise ResumeError(f"run {req.resume_run_id} ran {run['flow']}:{run['entry']}, "
+                              f"not {plan['flow']}:{plan['entry']}")
+        return req.resume_run_id, True
+    run = store.latest_run(plan["flow"], plan["entry"], unfinished_only=True)
+    if run is None:
+        return new_run_id(), False
+    return run["run_id"], True
+
+
+async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
+    store = Store.open_reader(req.db_path) if req.dry_run else Store.open_writer(req.db_path)
+    try:
+        run_id, resuming = _pick_run(store, req)
+        options = RunOptions(run_id=run_id, spec_dir=req.spec_dir, workspace=req.workspace,
+                             concurrency=req.concurrency, model=req.model, force=req.force,
+                             no_cache=req.no_cache, dry_run=req.dry_run)
+        ledger = Ledger(store, run_id, dry_run=req.dry_run)
+        await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
+        engine = Engine(req.plan, ledger, options, executor or LocalExecutor(), reporter)
+        status, value, failure = "succeeded", None, None
+        try:
+            value = await engine.run(req.inputs)
+        except _DryRunStop:
+            status = "dry-run"
+        except NodeFailure as err:
+            status, failure = "failed", engine.failure or err
+        except asyncio.CancelledError:
+            status = "cancelled"
+        except BaseException:
+            status = "failed"
+            await ledger.close("failed")
+            raise
+        if req.dry_run:
+            status = "dry-run"
+        await ledger.close(status)
+        return RunOutcome(run_id, status, value, failure, engine.decisions)
+    finally:
+        store.close()

@@ -1,0 +1,232 @@
+"""One task call: the model/tool loop, journaled message by message.
+
+Every message that joins the conversation (a model response, a tool result, a repair
+request) is persisted before the loop goes on, so a call interrupted in its fifth turn
+resumes at its fifth turn with nothing paid twice. The loop is a function of the
+conversation so far: replaying the journal and continuing are the same code.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agentflow.compiler.types import type_from_json
+
+from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
+from .models import ModelError, ModelRequest, ModelResponse, TransientModelError, client_for
+from .retry import retrying
+from .tools import TemplateError, ToolError, TransientToolError, call_tool, render_template
+
+SUMMARY_CHARS = 300
+
+
+def _tokens(messages: list[dict]) -> int:
+    return sum(len(json.dumps(m, ensure_ascii=False)) for m in messages) // 4
+
+
+def compact(calls: list[list[dict]], budget: int) -> list[dict]:
+    """A session transcript that fits `budget` tokens: whole older calls are folded into
+    one summary message (a tool call never leaves its result), newest calls kept."""
+    kept: list[list[dict]] = []
+    used = 0
+    for call in reversed(calls):
+        size = _tokens(call)
+        if kept and used + size > budget:
+            break
+        kept.insert(0, call)
+        used += size
+    folded = calls[: len(calls) - len(kept)]
+    if not folded:
+        return [m for call in kept for m in call]
+    lines = []
+    for call in folded:
+        asked = next((m.get("content") or "" for m in call if m["role"] == "user"), "")
+        answered = next((m.get("content") or "" for m in reversed(call) if m["role"] == "assistant"), "")
+        lines.append(f"- asked: {asked[:SUMMARY_CHARS]}\n  answered: {answered[:SUMMARY_CHARS]}")
+    summary = {"role": "user", "content": "Summary of earlier turns in this session:\n" + "\n".join(lines)}
+    return [summary, *(m for call in kept for m in call)]
+
+
+def _assistant_message(response: ModelResponse) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": response.content}
+    if response.tool_calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                                 for c in response.tool_calls]
+    return message
+
+
+class TaskCall:
+    def __init__(self, engine: Engine, job: NodeJob) -> None:
+        self.engine = engine
+        self.job = job
+        self.definition = engine.task_definition(job.target)
+        self.entry = engine.plan["tasks"][job.target]
+        self.role = self.definition["role"]
+        self.returns = type_from_json(self.definition["returns"])
+        self.attempts = 1
+        self.usage = [0, 0, 0.0]
+        self.delegations = 0
+
+    def fail(self, message: str) -> NodeFailure:
+        return NodeFailure(self.job.node_id, self.role, message, self.attempts)
+
+    async def initial_messages(self) -> list[dict]:
+        try:
+            system = render_template(self.definition["system"] or "", self.job.args)
+            prompt = render_template(self.definition["prompt"], self.job.args)
+        except TemplateError as err:
+            raise self.fail(f"prompt template: {err}") from None
+        messages = [{"role": "system", "content": system}] if system else []
+        if self.definition["memory"] == "session":
+            calls = await self.engine.ledger.load_session(self.role)
+            messages += compact(calls, int(self.definition.get("max_context_tokens") or 8000))
+        return messages + [{"role": "user", "content": prompt}]
+
+    async def run(self) -> NodeOutcome:
+        ledger = self.engine.ledger
+        start = await self.initial_messages()
+        journal = await ledger.load_turns(self.job.node_id, self.job.key)
+        messages = start + journal
+        max_turns = int(self.definition.get("max_turns") or 8)
+        retries = int(self.entry.get("retries") or 0)
+        turns = sum(1 for m in journal if m["role"] == "assistant")
+        repairs = sum(1 for m in journal if m.get("repair"))
+        while True:
+            last = messages[-1]
+            if last["role"] == "assistant" and last.get("tool_calls"):
+                answered = {m.get("tool_call_id") for m in messages if m["role"] == "tool"}
+                for call in last["tool_calls"]:
+                    if call["id"] not in answered:
+                        result = await self.tool_result(call)
+                        await self.persist(messages, result)
+                continue
+            if last["role"] == "assistant" and not last.get("tool_calls"):
+                value, error = self.parse_answer(last.get("content"))
+                if error is None:
+                    await self.remember(messages[len(start) - 1:])
+                    return NodeOutcome(value, self.attempts, *self.usage)
+                repairs += 1
+                if repairs > retries:
+                    raise self.fail(f"the answer did not match {self.returns} after {repairs} tries: {error}")
+                await self.persist(messages, {"role": "user", "repair": True, "content":
+                                              f"Your answer was not valid: {error}\nReply again with only "
+                                              f"JSON that matches the schema."})
+                continue
+            if turns >= max_turns:
+                raise self.fail(f"no final answer after {max_turns} model turns (max_turns)")
+            turns += 1
+            response = await self.complete(messages, turns)
+            await self.persist(messages, _assistant_message(response))
+
+    async def persist(self, messages: list[dict], message: dict) -> None:
+        messages.append(message)
+        await self.engine.ledger.append_turn(self.job.node_id, self.job.key, message)
+
+    async def remember(self, conversation: list[dict]) -> None:
+        if self.definition["memory"] == "session":
+            clean = [{k: v for k, v in m.items() if k != "repair"} for m in conversation]
+            await self.engine.ledger.append_session(self.role, clean)
+
+    def parse_answer(self, content: str | None) -> tuple[Any, str | None]:
+        from pydantic import ValidationError
+        if self.definition["output_schema"] is None:
+            return content or "", None
+        text = (content or "").strip()
+        if text.startswith("```"):
+            text = text.strip("`").removeprefix("json").strip()
+        try:
+            return self.engine.validators.validate_json(self.returns, text), None
+        except ValidationError as err:
+            return None, _validation_summary(err)
+
+    async def complete(self, messages: list[dict], turn: int) -> ModelResponse:
+        d = self.definition
+        tools = tuple({"type": "function", "function": {"name": t["name"], "description": t["description"],
+                                                        "parameters": t["parameters"]}} for t in d["tools"])
+        request = ModelRequest(
+            model=d["model"], messages=tuple({k: v for k, v in m.items() if k != "repair"} for m in messages),
+            tools=tools, output_schema=d["output_schema"], output_name=_output_name(d["returns"]),
+            node_id=self.job.node_id, task=self.job.target, turn=turn, attempt=self.attempts,
+            temperature=d.get("temperature"), max_tokens=d.get("max_tokens"), timeout_s=self.entry.get("timeout"),
+            api_base=self.entry.get("api_base"), api_key_env=self.entry.get("api_key_env"),
+            script_dir=str(self.engine.options.spec_dir))
+        client = client_for(d["model"])
+
+        async def once() -> ModelResponse:
+            nonlocal request
+            request = _with_attempt(request, self.attempts)
+            try:
+                return await client.complete(request)
+            except TransientModelError:
+                self.attempts += 1
+                raise
+
+        try:
+            response = await retrying(int(self.entry.get("retries") or 0), TransientModelError, once)
+        except ModelError as err:
+            raise self.fail(f"model {d['model']}: {err}") from None
+        self.usage[0] += response.prompt_tokens
+        self.usage[1] += response.completion_tokens
+        self.usage[2] += response.cost_usd or 0.0
+        self.engine.ledger.record_llm_call(self.job.node_id, response)
+        return response
+
+    async def tool_result(self, call: dict) -> dict:
+        name = call["function"]["name"]
+        try:
+            args = json.loads(call["function"].get("arguments") or "{}")
+            if not isinstance(args, dict):
+                raise ValueError("arguments must be a JSON object")
+        except ValueError as err:
+            return _tool_message(call, f"error: the arguments are not valid JSON: {err}")
+        grant = next((t for t in self.definition["tools"] if t["name"] == name), None)
+        if grant is None:
+            return _tool_message(call, f"error: there is no tool named {name!r}")
+        if "delegate" in grant:
+            self.delegations += 1
+            target = grant["delegate"]
+            sub_id = f"{self.job.node_id}/{target}#{self.delegations}"
+            value = await self.engine.call(sub_id, "task", target, args, target.split(".")[0], nested=True)
+            return _tool_message(call, value)
+        try:
+            value = await run_tool(self.engine, grant["tool"], args)
+        except ToolError as err:
+            return _tool_message(call, f"error: {err}")
+        return _tool_message(call, value)
+
+
+def _with_attempt(request: ModelRequest, attempt: int) -> ModelRequest:
+    from dataclasses import replace
+    return replace(request, attempt=attempt)
+
+
+def _output_name(returns: Any) -> str:
+    return returns["record"] if isinstance(returns, dict) and "record" in returns else "Answer"
+
+
+def _tool_message(call: dict, value: Any) -> dict:
+    content = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return {"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": content}
+
+
+def _validation_summary(err) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ())) or "answer"
+        parts.append(f"{where}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+async def run_tool(engine: Engine, name: str, args: dict) -> Any:
+    """One tool call with transient retries, its value checked against the declared type."""
+    from pydantic import ValidationError
+    entry = engine.plan["tools"][name]
+    spec = engine.tool_spec(name)
+    value = await retrying(int(entry.get("retries") or 0), TransientToolError,
+                           lambda: call_tool(spec, args, engine.tool_context()))
+    try:
+        return engine.validators.validate(type_from_json(entry["definition"]["returns"]), value)
+    except ValidationError as err:
+        raise ToolError(f"tool {name} returned a value that is not a {entry['definition']['returns']}: "
+                        f"{_validation_summary(err)}", tool=name) from None
