@@ -170,6 +170,8 @@ class _ToAst(Transformer_NonRecursive):
         return self._expr(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
 
     def repeat_expr(self, meta, c):
+        if len(c) == 2:  # `repeat until ...` without `max` (E404 in the checker)
+            c = [None, *c]
         max_expr = c[0]
         node = ast.RepeatExpr(max_expr, c[1], c[2], span=_meta_span(meta))
         return self._expr(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))

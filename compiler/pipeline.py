@@ -71,7 +71,7 @@ def compile_source(source: SourceFile, entry: str | None = None) -> Compilation:
     symbols = collect(program, sink)
     if sink.has_errors:
         return done(program=program, symbols=symbols)
-    entry_name = check_program(program, symbols, sink, entry=entry)
+    entry_name = check_program(program, symbols, sink, entry=entry, source=source)
     if sink.has_errors or entry_name is None:
         return done(program=program, symbols=symbols)
     return done(program=program, symbols=symbols, plan=build_plan(program, symbols, entry_name, source.name))

@@ -1,0 +1,166 @@
+"""Deadlock analysis as pure functions over small graphs.
+
+An edge `a -> b` means "a waits for b". `find_cycles` reports one cycle per strongly
+connected component that has one, as the list of its nodes in waiting order, starting
+at the node that comes first in the given node order (source order, for bindings).
+`wait_graph` builds the wait graph of one scope's bindings (data, `after`, session
+order); `delegation_graph` the graph of roles that can call each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
+
+N = TypeVar("N", bound=Hashable)
+
+
+def strongly_connected(nodes: Sequence[N], edges: Mapping[N, Iterable[N]]) -> list[list[N]]:
+    """Tarjan's algorithm, iterative; components listed in no particular order."""
+    index: dict[N, int] = {}
+    low: dict[N, int] = {}
+    on_stack: set[N] = set()
+    stack: list[N] = []
+    comps: list[list[N]] = []
+    counter = 0
+    known = set(nodes)
+    for root in nodes:
+        if root in index:
+            continue
+        work = [(root, iter([m for m in edges.get(root, ()) if m in known]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, it = work[-1]
+            advanced = False
+            for nxt in it:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter([m for m in edges.get(nxt, ()) if m in known])))
+                    advanced = True
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    m = stack.pop()
+                    on_stack.discard(m)
+                    comp.append(m)
+                    if m == node:
+                        break
+                comps.append(comp)
+    return comps
+
+
+def find_cycles(nodes: Sequence[N], edges: Mapping[N, Iterable[N]]) -> list[list[N]]:
+    """One shortest cycle per cyclic component, in waiting order, each starting at its
+    earliest node in `nodes` order; cycles sorted by that node. Self-loops are cycles
+    of one node."""
+    order = {n: i for i, n in enumerate(nodes)}
+    cycles = []
+    for comp in strongly_connected(nodes, edges):
+        members = set(comp)
+        start = min(comp, key=order.__getitem__)
+        if len(comp) == 1 and start not in set(edges.get(start, ())):
+            continue
+
+        def succ(n):
+            return sorted({m for m in edges.get(n, ()) if m in members}, key=order.__getitem__)
+
+        if start in succ(start):
+            cycles.append([start])
+            continue
+        # breadth-first search from `start` back to `start`, inside the component
+        parent: dict[N, N] = {}
+        frontier, seen, last = [start], {start}, None
+        while frontier and last is None:
+            nxt_frontier = []
+            for n in frontier:
+                for m in succ(n):
+                    if m == start:
+                        last = n
+                        break
+                    if m not in seen:
+                        seen.add(m)
+                        parent[m] = n
+                        nxt_frontier.append(m)
+                if last is not None:
+                    break
+            frontier = nxt_frontier
+        path = [last]
+        while path[-1] != start:
+            path.append(parent[path[-1]])
+        cycles.append(path[::-1])
+    cycles.sort(key=lambda c: order[c[0]])
+    return cycles
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A binding (or the scope's `return`/`yield`) as the wait graph sees it.
+
+    `uses`: bindings of the same scope its value reads (data edges); `after`: its
+    `after` list; `session_calls`: (program-order position, role) for each call it makes
+    to a `memory = "session"` role, nested bodies included."""
+
+    name: str
+    uses: frozenset[str] = frozenset()
+    after: tuple[str, ...] = ()
+    session_calls: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Wait:
+    target: str
+    reason: str  # "data" | "after" | "session:<role>"
+
+
+def wait_graph(waiters: Sequence[Waiter]) -> dict[str, list[Wait]]:
+    """The wait graph of one scope: data, `after`, and session-order edges. For each
+    session role, its calls in program order; each call waits for the previous one,
+    so a waiter waits for the waiter that made the previous call (when it is another)."""
+    names = {w.name for w in waiters}
+    graph: dict[str, list[Wait]] = {w.name: [] for w in waiters}
+
+    def add(src: str, dst: str, reason: str) -> None:
+        if dst in names and all(e.target != dst for e in graph[src]):
+            graph[src].append(Wait(dst, reason))
+
+    for w in waiters:
+        for u in sorted(w.uses):
+            add(w.name, u, "data")
+        for a in w.after:
+            add(w.name, a, "after")
+    calls: dict[str, list[tuple[int, str]]] = {}
+    for w in waiters:
+        for pos, role in w.session_calls:
+            calls.setdefault(role, []).append((pos, w.name))
+    for role in sorted(calls):
+        seq = sorted(calls[role])
+        for (_, prev), (_, cur) in zip(seq, seq[1:]):
+            if prev != cur:
+                add(cur, prev, f"session:{role}")
+    return graph
+
+
+def deadlocks(waiters: Sequence[Waiter]) -> list[list[str]]:
+    """The wait cycles of one scope, each in waiting order."""
+    graph = wait_graph(waiters)
+    return find_cycles([w.name for w in waiters], {n: [e.target for e in es] for n, es in graph.items()})
+
+
+def delegation_cycles(roles: Sequence[str], delegates: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Cycles of roles that can call each other through `role.task` tools (self-delegation
+    included), each starting at its earliest role in `roles` order."""
+    return find_cycles(roles, delegates)

@@ -1,0 +1,1 @@
+"""Python tools for the example specs: plain functions, called with keyword arguments."""
