@@ -224,7 +224,8 @@ class Engine:
             return
         prefix = scope.template + "/"
         for tid, node in self.nodes.items():
-            if node.get("scope") == (scope.template if scope.parent else None) and tid.startswith(prefix):
+            if node.get("scope") == (None if scope.template == self.plan["entry"] else scope.template) \
+                    and tid.startswith(prefix):
                 iid = scope.instance_id(tid)
                 if iid not in self.started:
                     self.started.add(iid)
