@@ -71,6 +71,8 @@ def sorted_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
 
 # ---------------------------------------------------------------- text rendering
 
+MAX_LINE_SHOWN = 120
+
 def _caret_lines(source: SourceFile | None, label: Label, marker: str, gutter: int) -> list[str]:
     span = label.span
     pad = " " * gutter
@@ -79,7 +81,13 @@ def _caret_lines(source: SourceFile | None, label: Label, marker: str, gutter: i
     text = source.line_text(span.line).replace("\t", " ")
     end_col = span.end_column if span.end_line == span.line else len(text) + 1
     width = max(1, end_col - span.column)
-    underline = " " * (span.column - 1) + marker * width
+    start_col = span.column
+    if len(text) > MAX_LINE_SHOWN:  # show a window around the span, not a whole minified line
+        cut = max(0, span.column - 1 - MAX_LINE_SHOWN // 4)
+        text = ("..." if cut else "") + text[cut:cut + MAX_LINE_SHOWN] + "..."
+        start_col = span.column - cut + (3 if cut else 0)
+        width = min(width, MAX_LINE_SHOWN - (start_col - 1) + 3)
+    underline = " " * (start_col - 1) + marker * width
     suffix = f" {label.message}" if label.message else ""
     return [f"{str(span.line).rjust(gutter)} | {text}", f"{pad} | {underline}{suffix}"]
 
