@@ -14,11 +14,10 @@ Expression IR (JSON lists): ["lit", v] ["name", id] ["list", [e]] ["record", [[n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import PurePath
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from . import ast
 from .hashing import canonical_json, digest
@@ -30,12 +29,43 @@ PLAN_FORMAT = "agentflow-plan/1"
 _RESULT_ATTRS = ("model", "system", "temperature", "max_tokens", "max_turns", "memory", "max_context_tokens")
 
 
+if TYPE_CHECKING:
+    import networkx as nx
+
+
+@dataclass
+class _GraphParts:
+    """Nodes and labelled edges as the lowering finds them; networkx (slow to import)
+    is loaded only when someone asks for `Plan.graph`."""
+
+    nodes: dict[str, dict] = field(default_factory=dict)
+    edges: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def add_node(self, node_id: str, **attrs) -> None:
+        self.nodes.setdefault(node_id, {}).update(attrs)
+
+    def add_edge(self, src: str, dst: str, label: str) -> None:
+        labels = self.edges.setdefault((src, dst), [])
+        if label not in labels:
+            labels.append(label)
+
+
 @dataclass(frozen=True)
 class Plan:
     """The compiled plan: canonical JSON data plus its DAG of node templates."""
 
     data: dict
-    graph: nx.DiGraph
+    parts: _GraphParts = field(repr=False, compare=False)
+
+    @cached_property
+    def graph(self) -> "nx.DiGraph":
+        import networkx as nx
+        graph = nx.DiGraph()
+        for node_id, attrs in self.parts.nodes.items():
+            graph.add_node(node_id, **attrs)
+        for (src, dst), labels in self.parts.edges.items():
+            graph.add_edge(src, dst, labels=list(labels))
+        return graph
 
     def to_json(self) -> str:
         return json.dumps(self.data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
@@ -73,7 +103,7 @@ class _Lowering:
         self.symbols = symbols
         self.source_name = source_name
         self.nodes: dict[str, dict] = {}
-        self.graph = nx.DiGraph()
+        self.graph = _GraphParts()
         self.defaults = {k: attr_value(a.value) for k, a in symbols.defaults.items()}
 
     # ------------------------------------------------------------ declarations
@@ -180,12 +210,7 @@ class _Lowering:
                     self.edge(local_ids[used], target, used)
 
     def edge(self, src: str, dst: str, label: str) -> None:
-        if self.graph.has_edge(src, dst):
-            labels = self.graph.edges[src, dst]["labels"]
-            if label not in labels:
-                labels.append(label)
-        else:
-            self.graph.add_edge(src, dst, labels=[label])
+        self.graph.add_edge(src, dst, label)
 
     def binding_expr(self, b: ast.Binding, node_id: str, cluster: str | None) -> list:
         value = b.value
@@ -252,7 +277,7 @@ class _Lowering:
             max_iter = loop.max.value if isinstance(loop.max, ast.Literal) else 1
             self.nodes[node_id] = {"kind": "repeat", "max": max_iter, "until": until, "body": body,
                                    "line": loop.span.line, "scope": cluster}
-        self.graph.nodes[body_prefix]["parent"] = node_id
+        self.graph.add_node(body_prefix, parent=node_id)
 
     def expr(self, e: ast.Expr, slot: str, cluster: str | None, counter: list) -> list:
         """Expression IR; each nested call becomes node `<slot>@<n>`."""
@@ -371,5 +396,5 @@ def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: 
         if node["kind"] in ("task", "tool"):
             table = tasks if node["kind"] == "task" else tools
             node["definition_hash"] = table[node["target"]]["definition_hash"]
-            lowering.graph.nodes[node_id]["definition_hash"] = node["definition_hash"]
+            lowering.graph.add_node(node_id, definition_hash=node["definition_hash"])
     return Plan(data, lowering.graph)

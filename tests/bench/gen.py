@@ -1,0 +1,57 @@
+"""Generated programs for the benchmarks: N bindings of realistic shape."""
+from __future__ import annotations
+
+HEADER = """
+defaults {
+  model = "scripted"
+}
+
+type Item {
+  name: str
+  score: int
+}
+
+tool square(x: int) -> int {
+  python = "benchtools:square"
+}
+
+role worker {
+  system = "You work."
+  replicas = 100
+
+  task handle(item: Item, note: str = "") -> Item {
+    prompt = "Handle {item.name} ({note})"
+  }
+}
+"""
+
+
+def wide_program(bindings: int) -> str:
+    """`bindings` top-level bindings in chains of ten: a tool call, then arithmetic on it."""
+    lines = [HEADER, "choreography main(seed: int) -> int {"]
+    for i in range(bindings):
+        if i % 10 == 0:
+            lines.append(f"  b{i} = square(seed + {i})")
+        else:
+            lines.append(f"  b{i} = b{i - 1} + {i % 7} * 2")
+    lines.append("  return " + " + ".join(f"b{i}" for i in range(9, bindings, 10)[:150]))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def fanout_program() -> str:
+    """One `for` over N items, each a trivial python tool call."""
+    return HEADER + """
+choreography main(n: int, salt: int = 0) -> int {
+  results = for i in range(n) {
+    yield square(i + salt)
+  }
+  return len(results)
+}
+"""
+
+
+BENCH_TOOLS = '''
+def square(x: int) -> int:
+    return x * x
+'''
