@@ -361,12 +361,14 @@ class Engine:
             except asyncio.CancelledError:
                 self.ledger.node_cancelled(iid, role)
                 raise
-            await self.ledger.node_succeeded(iid, role, key, outcome)
-            self.reporter.node(iid, "succeeded")
-            return outcome.value
+            self.ledger.node_succeeded(iid, role, key, outcome)
         finally:
             for slot in slots:
                 slot.release()
+        # The slot is free while the result commits: waiting for durability is not work.
+        await self.ledger.flush()
+        self.reporter.node(iid, "succeeded")
+        return outcome.value
 
     async def decide(self, iid, kind, target, key, def_hash, inputs) -> Decision:
         if self.forced(iid):

@@ -2,8 +2,8 @@
 
 All store calls run on one worker thread, in order, so the event loop never blocks on
 DuckDB. Lookups made in the same loop turn become one query. A node's result is
-flushed (committed) before `node_succeeded` returns, so nothing that depends on it
-starts before it is durable; writes that need no such promise are only buffered.
+committed by the `flush()` the engine awaits after `node_succeeded`, so nothing that
+depends on it starts before it is durable; writes that need no such promise are only buffered.
 """
 from __future__ import annotations
 
@@ -126,10 +126,10 @@ class Ledger:
                                    def_hash=def_hash, input_hashes=inputs)
         return value
 
-    async def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None:
+    def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None:
+        """Buffers a success; the caller awaits `flush()` before anyone may use the value."""
         self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
                                  attempts=outcome.attempts, key=key, role=role)
-        await self.flush()
 
     async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None:
         self.store.node_finished(self.run_id, node_id, status="failed", error=error, attempts=attempts, role=role)

@@ -31,6 +31,8 @@ what it covers and what it does not).
 from __future__ import annotations
 
 import asyncio
+import time
+import functools
 import dataclasses
 import errno
 import hashlib
@@ -411,6 +413,8 @@ def tool_code_version(spec: ToolSpec, ctx: ToolContext) -> str:
 _load_lock = threading.RLock()
 # (spec_dir, module) -> (module, fingerprint of the source file beside the spec, or None)
 _modules: dict[tuple[str, str], tuple[ModuleType, tuple[int, int] | None]] = {}
+_checked_at: dict[tuple[str, str], float] = {}
+FRESHNESS_S = 0.5
 _spec_packages: dict[str, str] = {}  # spec_dir -> private package name
 _env_files: dict[str, Path | None] = {}  # module -> its source file in the environment
 _file_hashes: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256
@@ -430,6 +434,7 @@ def _split_target(spec: ToolSpec) -> tuple[str, str]:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _resolved_dir(path: Path) -> Path:
     try:
         return Path(path).resolve()
@@ -606,15 +611,26 @@ def _load_module(spec: ToolSpec, spec_dir: Path, module_name: str) -> ModuleType
 
 
 def _is_fresh(spec_dir: Path, module_name: str) -> ModuleType | None:
-    """The cached module when it can be used without loading anything, else None."""
-    cached = _modules.get((str(spec_dir), module_name))
+    """The cached module when it can be used without loading anything, else None.
+
+    The source file is looked at again at most every FRESHNESS_S: a fan-out of thousands
+    of calls must not pay a few stat calls each, and an edit is still seen promptly."""
+    key = (str(spec_dir), module_name)
+    cached = _modules.get(key)
     if cached is None:
         return None
     module, fingerprint = cached
+    now = time.monotonic()
+    if now - _checked_at.get(key, -FRESHNESS_S) < FRESHNESS_S:
+        return module
     source = _beside_spec_file(spec_dir, module_name)
     if fingerprint is None:
-        return module if source is None else None
-    return module if source is not None and _fingerprint(source) == fingerprint else None
+        fresh = module if source is None else None
+    else:
+        fresh = module if source is not None and _fingerprint(source) == fingerprint else None
+    if fresh is not None:
+        _checked_at[key] = now
+    return fresh
 
 
 def _resolve_attr(spec: ToolSpec, module: ModuleType, module_name: str, attr: str) -> Callable:

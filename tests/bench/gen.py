@@ -42,8 +42,8 @@ def wide_program(bindings: int) -> str:
 def fanout_program() -> str:
     """One `for` over N items, each a trivial python tool call."""
     return HEADER + """
-choreography main(n: int, salt: int = 0) -> int {
-  results = for i in range(n) {
+choreography main(items: list[int], salt: int = 0) -> int {
+  results = for i in items {
     yield square(i + salt)
   }
   return len(results)
