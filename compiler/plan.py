@@ -268,6 +268,9 @@ class _Lowering:
             body = self.block(loop.body, body_prefix, body_prefix, "yield")
             self.nodes[node_id] = {"kind": "for", "var": loop.var, "iter": iter_expr, "body": body,
                                    "line": loop.span.line, "scope": cluster}
+            if self.calls_session_role(body_prefix):
+                # a session role's calls happen in program order: list order across items
+                self.nodes[node_id]["sequential"] = True
         else:
             body_prefix = f"{node_id}#*"
             self.graph.add_node(node_id, kind="repeat", label="repeat", cluster=cluster)
@@ -278,6 +281,13 @@ class _Lowering:
             self.nodes[node_id] = {"kind": "repeat", "max": max_iter, "until": until, "body": body,
                                    "line": loop.span.line, "scope": cluster}
         self.graph.add_node(body_prefix, parent=node_id)
+
+    def calls_session_role(self, prefix: str) -> bool:
+        """Whether any call under `prefix` (nested bodies included) is to a `session` role."""
+        session = {name for name, role in self.symbols.roles.items()
+                   if {**ATTR_DEFAULTS, **self.defaults, **_attrs(role.attrs)}.get("memory") == "session"}
+        return any(node["kind"] == "task" and node.get("role") in session
+                   for node_id, node in self.nodes.items() if node_id.startswith(prefix + "/"))
 
     def expr(self, e: ast.Expr, slot: str, cluster: str | None, counter: list) -> list:
         """Expression IR; each nested call becomes node `<slot>@<n>`."""
