@@ -108,8 +108,14 @@ def _history_call(fn, *args):
 @click.option("--force", multiple=True, metavar="NODE", help="Re-run this node (id or glob) even if stored.")
 @click.option("--no-cache", is_flag=True, help="Reuse nothing from earlier runs.")
 @click.option("--dry-run", is_flag=True, help="Say per node whether it would be reused or run, and why.")
+@click.option("--engine", type=click.Choice(["local", "temporal"]), default="local", show_default=True,
+              help="Where calls run: this process, or Temporal workers (docs/TEMPORAL.md).")
+@click.option("--address", default="localhost:7233", show_default=True, help="Temporal server (--engine temporal).")
+@click.option("--namespace", default="default", show_default=True, help="Temporal namespace.")
+@click.option("--task-queue", default="agentflow", show_default=True, help="Temporal task queue of the workers.")
+@click.option("--blob-dir", default=None, help="Large payloads, shared with the workers [default: blobs beside --db].")
 def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
-            no_cache, dry_run) -> None:
+            no_cache, dry_run, engine, address, namespace, task_queue, blob_dir) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
     import asyncio
     import json
@@ -133,7 +139,15 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
                          resume=resume is not None, resume_run_id=resume or None, dry_run=dry_run)
     reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
     try:
-        outcome = asyncio.run(execute(request, reporter))
+        if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
+            from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
+            settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
+            try:
+                outcome = asyncio.run(execute_temporal(request, reporter, settings))
+            except TemporalError as err:
+                raise StoreError(str(err)) from None
+        else:
+            outcome = asyncio.run(execute(request, reporter))
     except KeyboardInterrupt:
         reporter.close()
         click.echo("interrupted: state saved; run again with --resume to continue", err=True)
@@ -168,6 +182,28 @@ def _print_decisions(outcome, plan: dict) -> None:
     for tid, node in sorted(plan["nodes"].items()):
         if node["kind"] in ("task", "tool") and tid not in decided:
             click.echo(f"{'run':<6} {tid}  (its inputs come from nodes that will run)")
+
+
+@main.command("worker")
+@click.option("--address", default="localhost:7233", show_default=True, help="Temporal server.")
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--task-queue", default="agentflow", show_default=True)
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Model and tool calls this worker runs at once.")
+@click.option("--blob-dir", default=".agentflow/blobs", show_default=True,
+              help="Large payloads: the same directory as the clients' (a shared path across machines).")
+@click.option("--identity", default=None, help="Worker name in Temporal [default: agentflow-worker-PID@HOST].")
+def worker_cmd(address, namespace, task_queue, concurrency, blob_dir, identity) -> None:
+    """Run agentflow workflows and their model and tool calls from a Temporal task queue."""
+    import asyncio
+
+    from agentflow.runtime.temporal.worker import run_worker
+    try:
+        asyncio.run(run_worker(address, namespace, task_queue, concurrency, Path(blob_dir), identity))
+    except ConnectionError as err:
+        raise UserError(str(err)) from None
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command("runs")

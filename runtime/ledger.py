@@ -17,6 +17,10 @@ from .engine import NodeOutcome
 from .store import Store
 
 
+# The journal step in which a session call records what it adds to its role's session.
+SESSION_STEP = "session"
+
+
 class Ledger:
     def __init__(self, store: Store, run_id: str, *, dry_run: bool = False) -> None:
         self.store = store
@@ -30,6 +34,7 @@ class Ledger:
         self._flush_waiters: list[asyncio.Future] = []
         self._flushing: asyncio.Task | None = None
         self._sessions: dict[str, list[list[dict]]] = {}
+        self.session_roles: set[str] = set()
 
     async def _io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -38,9 +43,13 @@ class Ledger:
 
     async def open(self, plan: dict, plan_hash: str, inputs: dict, resuming: bool) -> None:
         self.flow = plan["flow"]
+        self.session_roles = {name for name, role in plan["roles"].items() if role["memory"] == "session"}
         if resuming:
             self.resumed = await self._io(self.store.run_node_states, self.run_id)
         if not self.dry_run:
+            for node_id, state in self.resumed.items():
+                if state.status == "failed":  # it starts over; an interrupted call resumes its journal
+                    self.store.reset_turns(self.run_id, node_id)
             self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
                                  inputs=inputs)
             await self.flush()
@@ -121,6 +130,11 @@ class Ledger:
         if found is None:
             raise LookupError(f"stored result of {node_id} disappeared")
         value, stored_hash = found
+        if role in self.session_roles and self.resumed_key(node_id) != key:
+            # reused from another run: what the call added to its role's session joins this
+            # run's session too, as if it had run here (later calls' keys depend on it)
+            for step in await self._io(self.store.result_journal, key, SESSION_STEP):
+                await self.append_session(role, step["messages"])
         if not self.dry_run:
             self.store.node_reused(self.run_id, node_id, role=role, key=key, value_hash=stored_hash,
                                    def_hash=def_hash, input_hashes=inputs)
@@ -158,7 +172,7 @@ class Ledger:
 
     async def load_turns(self, node_id: str, key: str) -> list[dict]:
         turns = await self._io(self.store.load_turns, self.run_id, node_id, key)
-        return [t.payload for t in turns]
+        return [t.payload for t in turns if t.kind != SESSION_STEP]
 
     async def append_turn(self, node_id: str, key: str, message: dict) -> None:
         self.store.append_turn(self.run_id, node_id, key=key, kind=message["role"], payload=message)
@@ -172,8 +186,9 @@ class Ledger:
     async def append_session(self, role: str, messages: list[dict]) -> None:
         calls = await self.load_session(role)
         calls.append(messages)
-        self.store.append_session(self.run_id, role, [messages])
-        await self.flush()
+        if not self.dry_run:
+            self.store.append_session(self.run_id, role, [messages])
+            await self.flush()
 
     async def session_hash(self, role: str) -> str:
         return digest("session", canonical_json(await self.load_session(role)))

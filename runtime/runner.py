@@ -68,8 +68,37 @@ def _pick_run(store: Store, req: RunRequest) -> tuple[str, bool]:
     return run["run_id"], True
 
 
+class _NoHistory:
+    """The (empty) history of a database that does not exist yet, for `--dry-run`, which
+    reads what it needs and writes nothing, not even an empty database."""
+
+    def get_run(self, run_id: str) -> None:
+        return None
+
+    def latest_run(self, *args, **kwargs) -> None:
+        return None
+
+    def run_node_states(self, run_id: str) -> dict:
+        return {}
+
+    def lookup_results(self, keys) -> dict:
+        return {}
+
+    def last_node_records(self, *args, **kwargs) -> dict:
+        return {}
+
+    def result_journal(self, key: str, kind: str) -> list:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
 async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
-    store = Store.open_reader(req.db_path) if req.dry_run else Store.open_writer(req.db_path)
+    if req.dry_run:
+        store = Store.open_reader(req.db_path) if req.db_path.exists() else _NoHistory()
+    else:
+        store = Store.open_writer(req.db_path)
     try:
         run_id, resuming = _pick_run(store, req)
         options = RunOptions(run_id=run_id, spec_dir=req.spec_dir, workspace=req.workspace,

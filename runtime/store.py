@@ -3,14 +3,26 @@
 Every node's result is kept under its content key, so later runs reuse it and an
 interrupted run resumes. Callers buffer facts (`node_started`, `node_finished`,
 `record_llm_call`, `append_turn`, ...) and `flush()` writes them all in one
-transaction, a few set-based statements (`INSERT ... SELECT * FROM (SELECT
-unnest($1) AS a, ...)` over list parameters: on duckdb 2.0 this is ~100x faster than
-`executemany`). A fact is durable once `flush()` has returned; a kill at any moment
+transaction. A fact is durable once `flush()` has returned; a kill at any moment
 leaves the last committed flush and a database that opens and passes
-`check_consistency()`.
+`check_consistency()`. Values are stored as JSON text, never pickles.
 
 The store keeps what it is given. Callers must not pass API keys or other secrets
 in values, inputs, turns, sessions or errors.
+
+Writes (measured on duckdb 2.0, see tests/bench/bench_store.py)
+----------------------------------------------------------------
+* A batch is one `INSERT INTO t SELECT * FROM (SELECT unnest($1::T[]) AS a, ...)` per
+  table over list parameters: ~80x faster than `executemany`. Columns whose values
+  are all equal (run id, status, NULLs) are sent as one scalar, since converting and
+  unnesting lists is most of a batch's cost.
+* Statement planning dominates small flushes (~0.5-3 ms each), and `ON CONFLICT`
+  (planned as a MERGE with a scan) costs ~5x a plain INSERT. So rows known to be new
+  (nodes of a run begun by this writer and not yet written, results) are appended
+  with plain INSERTs; a key that turns out to exist fails the transaction, which is
+  written again with upserts (and upserts are used from then on).
+* A one-node flush costs ~4 ms while the writer is attached, ~10 ms after it has
+  detached; 10k nodes with results write in a few hundred ms.
 
 Concurrency: one writer, readers at any time
 --------------------------------------------
@@ -22,28 +34,31 @@ and `agentflow show` must read. So:
   held for the writer's whole life and holding its pid and command line. The kernel
   drops it when the process dies (even by kill -9), so a stale lock never blocks; a
   second writer fails at once with `StoreLocked` naming the holder.
-* **The database file is attached only while it is used.** Each `Store` owns one
-  in-memory DuckDB instance (creating an instance costs ~15 ms; ATTACH/DETACH of the
-  file ~0.6 ms) and ATTACHes the file to it. The writer stays attached while it is
-  busy, so back-to-back flushes cost one commit each, and detaches (which checkpoints
-  the WAL into the file) once it has been idle for `IDLE_DETACH_S`, or as soon as a
-  reader asks.
+* **The database file is attached only while it is used.** Opening a DuckDB
+  connection costs ~15-25 ms (instance start-up), but ATTACH/DETACH of a file on a
+  live in-memory instance ~0.6 ms. So each `Store` owns one in-memory instance and
+  ATTACHes the file to it. The writer stays attached while it is busy (back-to-back
+  flushes then cost one commit each, not open + checkpoint + close), and detaches,
+  which checkpoints the WAL into the file, once idle for `IDLE_DETACH_S` or as soon
+  as a reader asks.
 * **Readers ask through `<db>.wait`.** A reader holds `flock(LOCK_SH)` on it while it
   waits and reads; the writer tests it with a non-blocking `LOCK_EX` (microseconds)
   before each flush and from a janitor thread every `JANITOR_TICK_S`, detaches, and
-  attaches again only when no reader is waiting (for at most `READER_YIELD_S`). The
-  reader attaches read-only, retrying with backoff while the file is still held, runs
-  its query and detaches. A reader therefore waits a few tens of milliseconds, and
-  sees everything flushed so far; the janitor also flushes buffered facts that are
-  older than `AUTO_FLUSH_S`, so readers lag a running writer by well under a second
-  even if it never calls `flush()`.
+  attaches again only when no reader waits (or after `READER_YIELD_S`). The reader
+  attaches read-only, retrying with backoff while the file is still held, queries
+  and detaches: it waits a few tens of milliseconds even while the writer flushes
+  continuously, and sees everything flushed so far. The janitor also flushes facts
+  buffered for `AUTO_FLUSH_S` once the caller pauses (and after `AUTO_FLUSH_MAX_S`
+  regardless, so a bulk producer's batches are not cut into small upserts), so
+  readers lag a writer by under a second even if it seldom calls `flush()`.
 * Other programs that open the file (the duckdb CLI) do not know the protocol: we
-  retry while they hold it and then report their pid from DuckDB's own lock error.
-* Within one process, a reader on a path that this process is writing reads through
-  the writer (DuckDB refuses to attach one file twice in a process).
+  retry while they hold it, then report their pid from DuckDB's own lock error.
+* Within one process, a reader of a path this process writes reads through the
+  writer (DuckDB refuses to attach one file twice in a process).
 
-Group commit: `flush()` from several threads writes one batch at a time; a caller
-whose facts went out in another caller's batch returns as soon as that commits.
+Group commit: `flush()` from several threads (or `await flush_async()` from several
+tasks) writes one batch at a time; a caller whose facts went out in another caller's
+batch returns as soon as that commits.
 """
 from __future__ import annotations
 
@@ -71,8 +86,9 @@ STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled")
 FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled")
 FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled")
 
-IDLE_DETACH_S = 0.1  # writer lets go of the file after this long without a flush
-AUTO_FLUSH_S = 0.25  # buffered facts older than this are flushed by the janitor
+IDLE_DETACH_S = 0.2  # writer lets go of the file after this long without a flush
+AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
+AUTO_FLUSH_MAX_S = 0.75  # and facts this old in any case
 JANITOR_TICK_S = 0.02
 READER_YIELD_S = 1.0  # a writer waits at most this long for waiting readers
 READ_TIMEOUT_S = 5.0  # a reader gives up after this long
@@ -157,8 +173,6 @@ class NodeState:
     input_hashes: dict[str, str] | None
     output_hash: str | None
     error: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -224,9 +238,11 @@ def _lock_files(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".lock"), path.with_name(path.name + ".wait")
 
 
-def _read_holder(lock_path: Path) -> tuple[int | None, str | None]:
-    """The pid and command line a writer wrote into its lock file, if readable."""
-    for _ in range(20):  # the holder writes it right after locking: give it a moment
+def _read_holder(lock_path: Path, patience: float = 0.1) -> tuple[int | None, str | None]:
+    """The pid and command line a writer wrote into its lock file, if readable. A holder
+    writes them right after locking, so give it `patience` seconds when it must exist."""
+    deadline = time.monotonic() + patience
+    while True:
         try:
             text = lock_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -234,8 +250,9 @@ def _read_holder(lock_path: Path) -> tuple[int | None, str | None]:
         first, _, rest = text.partition("\n")
         if first.strip().isdigit():
             return int(first), rest.strip() or None
+        if time.monotonic() >= deadline:
+            return None, None
         time.sleep(0.005)
-    return None, None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -319,7 +336,8 @@ class _Batch:
         self.turn_resets: set[tuple[str, str]] = set()
         self.sessions: list[tuple] = []  # run_id, role, message, at
         self.version = 0
-        self.since: float | None = None
+        self.since: float | None = None  # monotonic time of the first and the last fact
+        self.last = 0.0
 
     def empty(self) -> bool:
         return not (self.runs or self.nodes or self.results or self.llm_calls or self.turns
@@ -340,8 +358,8 @@ class _Batch:
         self.turn_resets |= newer.turn_resets
         self.sessions += newer.sessions
         self.version = max(self.version, newer.version)
-        self.since = min(s for s in (self.since, newer.since) if s is not None) \
-            if (self.since or newer.since) else None
+        self.since = min((s for s in (self.since, newer.since) if s is not None), default=None)
+        self.last = max(self.last, newer.last)
         return self
 
 
@@ -369,7 +387,7 @@ def _select(columns: Sequence[tuple[str, str, Any]]) -> tuple[str, list]:
         outer.append(name)
         sql_type, finish = _KINDS[kind]
         first = values[0]
-        if values.count(first) == n and (first is None or type(first) is not bool or kind == "L"):
+        if values.count(first) == n:
             if first is None:
                 expr = f"NULL::{sql_type}"
             else:
@@ -425,9 +443,12 @@ class Store:
         self._open_nodes: dict[tuple[str, str], str] = {}  # started, not finished: key
         self._turn_next: dict[tuple[str, str], int] = {}
         self._session_next: dict[tuple[str, str], int] = {}
+        self._fresh_runs: set[str] = set()  # begun by this writer, absent before
+        self._written: set[tuple[str, str]] = set()  # node rows this writer has written
+        self._careful = False  # upsert everything (after a key turned out to exist)
         self._stop = threading.Event()
         self._janitor: threading.Thread | None = None
-        self.background_error: BaseException | None = None
+        self._background_error: BaseException | None = None  # the janitor's last failure
         self._schema_checked = False
 
     @classmethod
@@ -460,10 +481,12 @@ class Store:
                              f"give a file path with --db")
 
     def _shown(self) -> str:
+        """The path as the user would write it: relative under the current directory."""
         try:
-            return os.path.relpath(self.path)
+            rel = os.path.relpath(self.path)
         except ValueError:
             return str(self.path)
+        return str(self.path) if rel.startswith("..") else rel
 
     def _open_writer(self) -> None:
         self._check_path()
@@ -485,11 +508,9 @@ class Store:
                 f"another database", self.path, pid, cmd) from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n{_own_cmdline()}\n".encode(), 0)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            self.path.unlink()  # killed while creating it: an empty file holds nothing
         with _WRITERS_MU:
-            other = _WRITERS.get(str(self.path))
-            if other is not None and not other._closed:  # flock stops this first; belt and braces
-                raise StoreLocked(f"database {self._shown()} is already open for writing in this "
-                                  f"process", self.path, os.getpid(), _own_cmdline())
             _WRITERS[str(self.path)] = self
         self._duck = duckdb.connect(":memory:")
         with self._io:
@@ -741,13 +762,14 @@ class Store:
     def _buffer(self) -> _Batch:
         """The batch to add to; caller holds `_mu`."""
         if not self.writer:
-            raise StoreError("this store was opened for reading")
+            raise RuntimeError("this store was opened for reading")
         if self._closed:
-            raise StoreError("the store is closed")
+            raise RuntimeError("the store is closed")
         self._version += 1
         self._buf.version = self._version
+        self._buf.last = time.monotonic()
         if self._buf.since is None:
-            self._buf.since = time.monotonic()
+            self._buf.since = self._buf.last
         return self._buf
 
     def _node(self, buf: _Batch, run_id: str, node_id: str) -> _NodeUpdate:
@@ -892,6 +914,12 @@ class Store:
                 return
             self._flush_locked()
 
+    async def flush_async(self) -> None:
+        """`flush()` on a worker thread, so an event loop keeps running meanwhile; tasks
+        flushing at the same time share commits."""
+        import asyncio
+        await asyncio.to_thread(self.flush)
+
     def _flush_locked(self) -> None:
         with self._mu:
             if self._buf.empty():
@@ -910,14 +938,25 @@ class Store:
         self._last_io = time.monotonic()
 
     def _write(self, b: _Batch) -> None:
+        """One transaction. Rows are appended with plain INSERTs where they are known to be
+        new (upserts cost ~5x more on duckdb 2.0); a key that turns out to exist makes
+        the batch be written again with upserts."""
+        try:
+            self._write_once(b, careful=self._careful)
+        except duckdb.ConstraintException:
+            self._careful = True  # e.g. a forced re-run stores a key again: upsert from now on
+            self._write_once(b, careful=True)
+
+    def _write_once(self, b: _Batch, careful: bool) -> None:
         con = self._duck
         assert con is not None
         turn_next = dict(self._turn_next)
         session_next = dict(self._session_next)
+        fresh: set[str] = set()
         try:
             con.execute("BEGIN")
             if b.runs:
-                self._write_runs(con, b.runs)
+                fresh = self._write_runs(con, b.runs)
             if b.turn_resets:
                 r, n = zip(*b.turn_resets)
                 con.execute("DELETE FROM _turns t USING (SELECT unnest($1::VARCHAR[]) AS r, "
@@ -944,20 +983,29 @@ class Store:
                     PUBLIC_VIEWS["llm_calls"], ("V", "V", "V", "B", "B", "D", "D", "L", "T"), cols)))
             if b.results:
                 cols = list(map(list, zip(*b.results.values())))
-                _insert(con, "INSERT OR REPLACE INTO _results", [("key", "V", list(b.results))] + list(zip(
+                _insert(con, "INSERT OR REPLACE INTO _results" if careful else "INSERT INTO _results",
+                        [("key", "V", list(b.results))] + list(zip(
                     ("value", "value_hash", "run_id", "node_id", "created_at"), ("J", "V", "V", "V", "T"), cols)))
+            new: set[tuple[str, str]] = set()
             if b.nodes:
-                self._write_nodes(con, b.nodes)
+                if not careful:  # nodes of a run begun here, never written before
+                    runs = self._fresh_runs | fresh
+                    new = {i for i in b.nodes if i[0] in runs and i not in self._written}
+                self._write_nodes(con, b.nodes, new)
             con.execute("COMMIT")
         except BaseException as err:
             try:
                 con.execute("ROLLBACK")
             except duckdb.Error:
                 pass
+            if isinstance(err, duckdb.ConstraintException) and not careful:
+                raise
             if isinstance(err, duckdb.Error):
                 raise self._translate(err) from None
             raise
         self._turn_next, self._session_next = turn_next, session_next
+        self._fresh_runs |= fresh
+        self._written.update(i for i, u in b.nodes.items() if u.has_state)
 
     def _assign(self, con, table: str, col: str, counters: dict, idents: list[tuple[str, str]]) -> list[int]:
         """Sequence numbers continuing each (run, node|role) journal, in arrival order."""
@@ -977,10 +1025,15 @@ class Store:
         return seqs
 
     @staticmethod
-    def _write_runs(con, runs: dict[str, dict]) -> None:
+    def _write_runs(con, runs: dict[str, dict]) -> set[str]:
+        """Upsert runs; returns the ids begun here that did not exist before."""
         full = [(rid, r) for rid, r in runs.items() if "flow" in r]
         ends = [(rid, r) for rid, r in runs.items() if "flow" not in r]
+        fresh: set[str] = set()
         if full:
+            ids = [rid for rid, _ in full]
+            fresh = set(ids) - {r[0] for r in con.execute(
+                "SELECT run_id FROM _runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))", [ids]).fetchall()}
             kinds = dict(flow="V", entry="V", status="V", started_at="T", finished_at="T", plan_hash="V",
                          inputs="J", pid="I")
             _insert(con, "INSERT INTO _runs", [("run_id", "V", [rid for rid, _ in full])] +
@@ -994,6 +1047,7 @@ class Store:
                 ("run_id", "V", [rid for rid, _ in ends]), ("status", "V", [r["status"] for _, r in ends]),
                 ("finished_at", "T", [r["finished_at"] for _, r in ends])],
                 "ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at")
+        return fresh
 
     _NODE_UPSERT = (
         "ON CONFLICT (run_id, node_id) DO UPDATE SET "
@@ -1012,10 +1066,12 @@ class Store:
         "llm_calls = _node_runs.llm_calls + excluded.llm_calls")
 
     @classmethod
-    def _write_nodes(cls, con, nodes: dict[tuple[str, str], _NodeUpdate]) -> None:
-        # attempts unknown (a node finished without saying): keep the stored count
-        for keep in (False, True):
-            group = [(i, u) for i, u in nodes.items() if u.has_state and (u.attempts is None) == keep]
+    def _write_nodes(cls, con, nodes: dict[tuple[str, str], _NodeUpdate], new: set[tuple[str, str]]) -> None:
+        """`new` rows are appended; the others are upserted (attempts unknown, when a node
+        finished without saying, keeps the stored count)."""
+        for mode in ("new", "set", "keep"):
+            group = [(i, u) for i, u in nodes.items() if u.has_state and (
+                i in new if mode == "new" else i not in new and (u.attempts is None) == (mode == "keep"))]
             if not group:
                 continue
             us = [u for _, u in group]
@@ -1033,7 +1089,8 @@ class Store:
                 ("prompt_tokens", "B", [u.d_prompt for u in us]),
                 ("completion_tokens", "B", [u.d_completion for u in us]),
                 ("cost_usd", "D", [u.d_cost for u in us]), ("llm_calls", "I", [u.d_calls for u in us])],
-                cls._NODE_UPSERT.format(attempts="_node_runs.attempts" if keep else "excluded.attempts"))
+                "" if mode == "new" else
+                cls._NODE_UPSERT.format(attempts="_node_runs.attempts" if mode == "keep" else "excluded.attempts"))
         usage = [(i, u) for i, u in nodes.items() if not u.has_state]
         if usage:
             us = [u for _, u in usage]
@@ -1052,8 +1109,10 @@ class Store:
         while not self._stop.wait(JANITOR_TICK_S):
             try:
                 with self._mu:
-                    since = self._buf.since
-                if since is not None and time.monotonic() - since >= AUTO_FLUSH_S:
+                    since, last = self._buf.since, self._buf.last
+                now = time.monotonic()
+                if since is not None and (now - since >= AUTO_FLUSH_MAX_S or
+                                          now - since >= AUTO_FLUSH_S and now - last >= 0.05):
                     with self._io:
                         if not self._stop.is_set():
                             self._flush_locked()
@@ -1066,7 +1125,7 @@ class Store:
                         finally:
                             self._io.release()
             except Exception as err:  # kept for the caller's next flush to see
-                self.background_error = err
+                self._background_error = err
                 time.sleep(0.2)
 
     # ------------------------------------------------------------ reads
@@ -1092,15 +1151,14 @@ class Store:
         return {r[0] for r in rows}
 
     _NODE_COLS = ("run_id, node_id, role, status, cached, attempts, key, def_hash, input_hash, "
-                  "input_hashes, output_hash, error, started_at, finished_at")
+                  "input_hashes, output_hash, error")
 
     @staticmethod
     def _node_state(row: tuple) -> NodeState:
         (run_id, node_id, role, status, cached, attempts, key, def_hash, input_hash, input_hashes,
-         output_hash, error, started_at, finished_at) = row
-        return NodeState(run_id, node_id, role, status, bool(cached), int(attempts), key, def_hash,
-                         input_hash, None if input_hashes is None else json.loads(input_hashes),
-                         output_hash, error, _aware(started_at), _aware(finished_at))
+         output_hash, error) = row
+        return NodeState(run_id, node_id, role, status, cached, attempts, key, def_hash, input_hash,
+                         None if input_hashes is None else json.loads(input_hashes), output_hash, error)
 
     def run_node_states(self, run_id: str) -> dict[str, NodeState]:
         """Every node a run recorded, by node id: what `--resume` reuses or re-runs."""
@@ -1129,6 +1187,14 @@ class Store:
             "SELECT seq, kind, payload, key FROM _turns WHERE run_id = $1 AND node_id = $2 "
             "AND ($3::VARCHAR IS NULL OR key = $3) ORDER BY seq", [run_id, node_id, key]).fetchall())
         return [Turn(s, k, json.loads(p), ky) for s, k, p, ky in rows]
+
+    def result_journal(self, key: str, kind: str) -> list[Any]:
+        """The journal steps of one kind that the call which produced the result stored
+        under `key` took, in order (e.g. what a session call added to its role's session)."""
+        rows = self._read(lambda con: con.execute(
+            "SELECT t.payload FROM _turns t JOIN _results r ON t.run_id = r.run_id AND t.node_id = r.node_id "
+            "WHERE r.key = $1 AND t.key = $1 AND t.kind = $2 ORDER BY t.seq", [key, kind]).fetchall())
+        return [json.loads(r[0]) for r in rows]
 
     def load_session(self, run_id: str, role: str) -> list[Any]:
         """A role's session memory in this run, oldest message first."""
@@ -1168,7 +1234,7 @@ class Store:
         """The pid of the process writing this database now, if any."""
         if self.writer:
             return os.getpid()
-        pid, _ = _read_holder(self._lock_path) if self._lock_path.exists() else (None, None)
+        pid, _ = _read_holder(self._lock_path, patience=0)
         return pid if pid is not None and _pid_alive(pid) else None
 
     def list_runs(self, limit: int | None = None) -> list[dict]:

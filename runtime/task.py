@@ -126,6 +126,9 @@ class TaskCall:
     async def remember(self, conversation: list[dict]) -> None:
         if self.definition["memory"] == "session":
             clean = [{k: v for k, v in m.items() if k != "repair"} for m in conversation]
+            # journaled under the call's key as well: a run that reuses this call adds the
+            # same messages to its own session (see Ledger.reused)
+            await self.engine.ledger.append_turn(self.job.node_id, self.job.key, {"role": "session", "messages": clean})
             await self.engine.ledger.append_session(self.role, clean)
 
     def parse_answer(self, content: str | None) -> tuple[Any, str | None]:
@@ -153,17 +156,20 @@ class TaskCall:
             script_dir=str(self.engine.options.spec_dir))
         client = client_for(d["model"])
 
+        tries = 0
+
         async def once() -> ModelResponse:
-            nonlocal request
-            request = _with_attempt(request, self.attempts)
-            try:
-                return await client.complete(request)
-            except TransientModelError:
+            nonlocal request, tries
+            if tries:  # a retry is a new attempt; the first try of a turn is not
                 self.attempts += 1
-                raise
+            tries += 1
+            request = _with_attempt(request, self.attempts)
+            return await client.complete(request)
 
         try:
-            response = await retrying(int(self.entry.get("retries") or 0), TransientModelError, once)
+            remote = getattr(self.engine.executor, "complete", None)  # an executor that calls elsewhere
+            response = await (remote(self, request) if remote else
+                              retrying(int(self.entry.get("retries") or 0), TransientModelError, once))
         except ModelError as err:
             raise self.fail(f"model {d['model']}: {err}") from None
         self.usage[0] += response.prompt_tokens
@@ -223,8 +229,10 @@ async def run_tool(engine: Engine, name: str, args: dict) -> Any:
     from pydantic import ValidationError
     entry = engine.plan["tools"][name]
     spec = engine.tool_spec(name)
-    value = await retrying(int(entry.get("retries") or 0), TransientToolError,
-                           lambda: call_tool(spec, args, engine.tool_context()))
+    remote = getattr(engine.executor, "call_tool", None)  # an executor that calls elsewhere (Temporal)
+    value = await (remote(engine, name, args) if remote else
+                   retrying(int(entry.get("retries") or 0), TransientToolError,
+                            lambda: call_tool(spec, args, engine.tool_context())))
     try:
         return engine.validators.validate(type_from_json(entry["definition"]["returns"]), value)
     except ValidationError as err:

@@ -1,0 +1,301 @@
+"""`agentflow run --engine temporal`: the client side of a run on Temporal.
+
+1. Open the run in DuckDB as a local run would (new, or `--resume`).
+2. Reuse-only pass: the local engine in dry-run mode walks the plan as far as stored results
+   take it, collecting every stored result it reaches ({key: value}); tool code versions are
+   computed here too (they read files). On `--resume`, finished keys, session transcripts and
+   the journals of unfinished task calls are read as well.
+3. Start the workflow `agentflow-<flow>-<run id>` with all that, or, on `--resume`, re-attach
+   to it if it is still running (or finished with results not yet collected).
+4. Follow it: poll the `progress` query, write each event to DuckDB through the normal
+   `Ledger` (so `runs`/`show`/`--resume` work as for a local run), report progress, and
+   collect the rest from the workflow result. How far it got is kept beside the database
+   (`<db>.temporal/<run id>.json`), so a client that re-attaches writes nothing twice.
+
+Ctrl-C cancels the workflow (and so its activities) and returns a cancelled outcome (exit 130).
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import CancelledError as TemporalCancelled
+from temporalio.service import RPCError, RPCStatusCode
+
+from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, RunOptions, _DryRunStop
+from ..ledger import Ledger
+from ..local import LocalExecutor
+from ..progress import SilentReporter
+from ..runner import RunOutcome, RunRequest, _pick_run
+from ..store import Store
+from . import wire
+from .codec import BlobMissing
+from .worker import connect
+
+POLL_S = 0.5
+QUERY_TIMEOUT_S = 10.0
+
+
+async def _settle(result):
+    if inspect.isawaitable(result):
+        await result
+
+
+class TemporalError(Exception):
+    """The Temporal server cannot be reached, or refused the run (exit 2)."""
+
+
+@dataclass(frozen=True)
+class TemporalSettings:
+    address: str = "localhost:7233"
+    namespace: str = "default"
+    task_queue: str = wire.DEFAULT_TASK_QUEUE
+    blob_dir: Path | None = None  # default: `blobs` beside the database
+
+
+def default_blob_dir(db_path: Path) -> Path:
+    return Path(db_path).parent / "blobs"
+
+
+def activity_settings(task_queue: str) -> dict:
+    """How activities are scheduled; part of the workflow input, so fixed for a run."""
+    from ..retry import BACKOFF_BASE, BACKOFF_MAX
+    return {"task_queue": task_queue,
+            "heartbeat_s": float(os.environ.get("AGENTFLOW_TEMPORAL_HEARTBEAT", "30")),
+            "backoff_s": max(0.001, BACKOFF_BASE), "max_backoff_s": BACKOFF_MAX,
+            "default_timeout_s": 600.0, "grace_s": 30.0, "extra_attempts": 2}
+
+
+async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings) -> RunOutcome:
+    store = Store.open_writer(req.db_path)
+    try:
+        run_id, resuming = _pick_run(store, req)
+        try:
+            client = await connect(settings.address, settings.namespace,
+                                   settings.blob_dir or default_blob_dir(req.db_path))
+        except ConnectionError as err:
+            raise TemporalError(str(err)) from None
+        ledger = Ledger(store, run_id)
+        await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
+        follower = _Follower(ledger, reporter, req.db_path, run_id)
+        wf_id = wire.workflow_id(req.plan["flow"], run_id)
+        status = "failed"
+        try:
+            handle = await follower.reattach(client, wf_id) if resuming else None
+            if handle is None:
+                config = await _workflow_input(req, store, run_id, resuming, settings)
+                try:
+                    handle = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
+                                                         task_queue=settings.task_queue)
+                except RPCError as err:
+                    raise TemporalError(f"Temporal refused to start workflow {wf_id}: {err}") from None
+                follower.begin(handle.result_run_id or "", 0)
+            status, value, failure = await follower.follow(handle)
+        except BlobMissing as err:
+            raise TemporalError(f"{err}; once it is there, `--resume` collects the run") from None
+        finally:
+            await ledger.close(status)
+        return RunOutcome(run_id, status, value, failure)
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- the reuse-only pass
+
+class _Prefetch(Ledger):
+    """A dry-run ledger that keeps every stored result the engine reaches."""
+
+    def __init__(self, store: Store, run_id: str, plan: dict) -> None:
+        super().__init__(store, run_id, dry_run=True)
+        self.memory_roles = {n for n, r in plan["roles"].items() if r["memory"] == "session"}
+        self.found: dict[str, object] = {}
+        self.session_steps: dict[str, list] = {}  # key -> what its reuse added to a session
+
+    async def reused(self, node_id, role, key, def_hash, inputs):
+        session = await self.load_session(role) if role in self.memory_roles else None
+        before = len(session) if session is not None else 0
+        value = await super().reused(node_id, role, key, def_hash, inputs)
+        self.found[key] = value
+        if session is not None and len(session) > before:
+            self.session_steps[key] = session[before:]
+        return value
+
+    async def explain(self, node_id, def_hash, inputs, *, cacheable):
+        return ""  # nobody reads it: skip the query
+
+
+async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: bool,
+                          settings: TemporalSettings) -> dict:
+    pre = _Prefetch(store, run_id, req.plan)
+    await pre.open(req.plan, req.plan_hash, req.inputs, resuming)
+    try:
+        options = RunOptions(run_id=run_id, spec_dir=req.spec_dir, workspace=req.workspace,
+                             concurrency=req.concurrency, model=req.model, force=req.force,
+                             no_cache=req.no_cache, dry_run=True)
+        engine = Engine(req.plan, pre, options, LocalExecutor(), SilentReporter())
+        code_versions = {name: engine.code_version(name) for name in req.plan["tools"]}
+        try:
+            await engine.run(req.inputs)
+        except (_DryRunStop, NodeFailure, RunAborted):
+            pass  # the workflow meets the same failure, and reports it
+        sessions, journals = {}, {}
+        if resuming:
+            for role, entry in req.plan["roles"].items():
+                if entry["memory"] == "session":
+                    sessions[role] = await pre.load_session(role)
+            for node_id, state in pre.resumed.items():
+                if state.status != "succeeded" and state.key:
+                    turns = await pre.load_turns(node_id, state.key)
+                    if turns:
+                        journals[node_id] = {"key": state.key, "turns": turns}
+        resumed = {node_id: state.key for node_id, state in pre.resumed.items()
+                   if state.status == "succeeded" and state.key}
+    finally:
+        await pre.close("dry-run")
+    return {
+        "plan": req.plan, "inputs": req.inputs, "code_versions": code_versions,
+        "known": pre.found, "resumed": resumed, "sessions": sessions, "journals": journals,
+        "session_steps": pre.session_steps,
+        "options": {"run_id": run_id, "spec_dir": str(req.spec_dir), "workspace": str(req.workspace),
+                    "concurrency": req.concurrency, "model": req.model, "force": list(req.force),
+                    "no_cache": req.no_cache},
+        "activity": activity_settings(settings.task_queue),
+    }
+
+
+# ---------------------------------------------------------------- following a workflow
+
+class _Follower:
+    def __init__(self, ledger: Ledger, reporter, db_path: Path, run_id: str) -> None:
+        self.ledger = ledger
+        self.reporter = reporter
+        self.cursor_path = Path(str(db_path) + ".temporal") / f"{run_id}.json"
+        self.execution = ""
+        self.cursor = 0
+
+    def begin(self, execution: str, cursor: int) -> None:
+        self.execution, self.cursor = execution, cursor
+        self._save()
+
+    def _save(self) -> None:
+        self.cursor_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cursor_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"execution": self.execution, "cursor": self.cursor}))
+        os.replace(tmp, self.cursor_path)
+
+    def _saved_cursor(self, execution: str) -> int:
+        try:
+            saved = json.loads(self.cursor_path.read_text())
+        except (OSError, ValueError):
+            return 0
+        return int(saved.get("cursor", 0)) if saved.get("execution") == execution else 0
+
+    async def reattach(self, client: Client, wf_id: str) -> WorkflowHandle | None:
+        """The workflow to follow on `--resume`, or None when a new execution must start."""
+        try:
+            desc = await client.get_workflow_handle(wf_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise TemporalError(f"cannot describe workflow {wf_id}: {err}") from None
+        handle = client.get_workflow_handle(wf_id, run_id=desc.run_id)
+        self.execution, self.cursor = desc.run_id, self._saved_cursor(desc.run_id)
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            return handle
+        if desc.status == WorkflowExecutionStatus.COMPLETED:
+            result = await handle.result()
+            if self.cursor < len(result["events"]):
+                return handle  # finished while no client followed it: collect, and done
+            return None  # collected already: a new execution continues the run
+        await self.drain(handle)  # cancelled, terminated...: keep what it did, then start anew
+        return None
+
+    async def follow(self, handle: WorkflowHandle) -> tuple[str, object, NodeFailure | None]:
+        result_task = asyncio.ensure_future(handle.result())
+        try:
+            while not result_task.done():
+                await asyncio.wait({result_task}, timeout=POLL_S)
+                if not result_task.done():
+                    await self.poll(handle)
+            result = result_task.result()
+        except WorkflowFailureError as err:
+            await self.drain(handle)
+            cancelled = isinstance(err.cause, TemporalCancelled)
+            return ("cancelled" if cancelled else "failed"), None, \
+                None if cancelled else NodeFailure("", None, f"workflow {handle.id} ended: {err.cause or err}")
+        except asyncio.CancelledError:  # Ctrl-C: cancel the workflow and its activities
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            result_task.cancel()
+            await self.cancel(handle)
+            return "cancelled", None, None
+        await self.apply(result["events"][self.cursor:])
+        failure = result.get("failure")
+        return result["status"], result.get("value"), None if not failure else NodeFailure(
+            failure["node_id"], failure["role"], failure["message"], failure.get("attempts", 1))
+
+    async def cancel(self, handle: WorkflowHandle) -> None:
+        try:
+            await handle.cancel()
+            await asyncio.wait_for(handle.result(), QUERY_TIMEOUT_S * 3)
+        except (Exception, asyncio.TimeoutError):
+            pass  # it ended cancelled (WorkflowFailureError), or did not answer in time
+        await self.drain(handle)
+
+    async def poll(self, handle: WorkflowHandle) -> bool:
+        """Applies the events the workflow has that we do not; False if it did not answer."""
+        while True:
+            try:
+                page = await asyncio.wait_for(handle.query(wire.PROGRESS_QUERY, self.cursor), QUERY_TIMEOUT_S)
+            except (Exception, asyncio.TimeoutError):
+                return False  # no worker answered now; the next poll or the result will
+            if not page["events"]:
+                return True
+            await self.apply(page["events"])
+            if self.cursor >= page["total"]:
+                return True
+
+    async def drain(self, handle: WorkflowHandle) -> None:
+        await self.poll(handle)
+
+    async def apply(self, events: list[dict]) -> None:
+        """Writes events through the normal Ledger (whose record methods may be sync or async)."""
+        ledger = self.ledger
+        for e in events:
+            op = e["op"]
+            if op == "report":
+                self.reporter.node(e["node"], e["status"], cached=e["cached"], detail=e["detail"])
+            elif op == "node_started":
+                await _settle(ledger.node_started(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"]))
+            elif op == "structure_started":
+                await _settle(ledger.structure_started(e["node"]))
+            elif op == "reused":
+                await _settle(ledger.reused(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"]))
+            elif op == "node_succeeded":
+                await _settle(ledger.node_succeeded(e["node"], e["role"], e["key"], NodeOutcome(
+                    e["value"], e["attempts"], e["prompt_tokens"], e["completion_tokens"], e["cost_usd"])))
+            elif op == "node_failed":
+                await _settle(ledger.node_failed(e["node"], e["role"], e["error"], e["attempts"]))
+            elif op == "node_cancelled":
+                await _settle(ledger.node_cancelled(e["node"], e["role"]))
+            elif op == "node_skipped":
+                await _settle(ledger.node_skipped(e["node"], e["role"]))
+            elif op == "structure_done":
+                await _settle(ledger.structure_done(e["node"], e["status"]))
+            elif op == "llm_call":
+                response = SimpleNamespace(**{k: v for k, v in e.items() if k != "op"})
+                await _settle(ledger.record_llm_call(e["node"], response))
+            elif op == "turn":
+                await _settle(ledger.append_turn(e["node"], e["key"], e["message"]))
+            elif op == "session":
+                await _settle(ledger.append_session(e["role"], e["messages"]))
+        self.cursor += len(events)
+        await ledger.flush()
+        self._save()

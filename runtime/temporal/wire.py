@@ -1,0 +1,53 @@
+"""What travels through Temporal: plain JSON dicts, and the names both sides agree on."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..models import ModelRequest, ModelResponse, ToolCall
+from ..tools import ToolSpec
+
+WORKFLOW = "agentflow.run"
+MODEL_ACTIVITY = "agentflow.model_call"
+TOOL_ACTIVITY = "agentflow.tool_call"
+PROGRESS_QUERY = "progress"
+DEFAULT_TASK_QUEUE = "agentflow"
+PAGE = 500  # events per progress query
+
+
+def workflow_id(flow: str, run_id: str) -> str:
+    """Deterministic: the client that resumes a run finds its workflow again."""
+    return f"agentflow-{flow}-{run_id}"
+
+
+def request_to_wire(request: ModelRequest) -> dict:
+    d = dataclasses.asdict(request)
+    d["messages"] = list(request.messages)
+    d["tools"] = list(request.tools)
+    return d
+
+
+def request_from_wire(d: dict) -> ModelRequest:
+    return ModelRequest(**{**d, "messages": tuple(d["messages"]), "tools": tuple(d["tools"])})
+
+
+def response_to_wire(response: ModelResponse) -> dict:
+    d = dataclasses.asdict(response)
+    d["tool_calls"] = [dataclasses.asdict(c) for c in response.tool_calls]
+    return d
+
+
+def response_from_wire(d: dict) -> ModelResponse:
+    return ModelResponse(**{**d, "tool_calls": tuple(ToolCall(**c) for c in d["tool_calls"])})
+
+
+def spec_to_wire(spec: ToolSpec) -> dict:
+    d = dataclasses.asdict(spec)
+    d["params"] = list(spec.params)
+    d["target"] = spec.target if isinstance(spec.target, str) else list(spec.target)
+    return d
+
+
+def spec_from_wire(d: dict) -> ToolSpec:
+    target: Any = d["target"] if isinstance(d["target"], str) else tuple(d["target"])
+    return ToolSpec(**{**d, "params": tuple(d["params"]), "target": target})

@@ -1,0 +1,267 @@
+"""The generic workflow: the local engine's interpreter, run deterministically in workflow code.
+
+`Engine` (runtime/engine.py) schedules with asyncio only (no clock, no randomness), so it runs
+unchanged on Temporal's deterministic event loop. What differs from a local run:
+
+- the ledger is `WorkflowLedger`: in memory, seeded by the client with the stored results it
+  found (`known`), the resumed run's finished keys, session transcripts and task journals; every
+  record it receives becomes an event the client reads back (query `progress`, and the
+  workflow result) and writes to its DuckDB through the normal `Ledger`;
+- the executor is `TemporalExecutor`: the task loop (TaskCall) runs here, and each model call
+  and each tool call is an activity with the spec's `retries` and `timeout`;
+- tool code versions are computed by the client (they read files) and passed in.
+
+`for`/`repeat` expansion, conditionals, delegation and sub-choreographies stay inline in this
+workflow: they share the run's concurrency limits, session locks and keys.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError as TemporalCancelled
+from temporalio.exceptions import TimeoutError as TemporalTimeout
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from agentflow.compiler.hashing import canonical_json, digest
+    from agentflow.runtime.engine import Engine, NodeFailure, RunAborted, RunOptions
+    from agentflow.runtime.local import LocalExecutor
+    from agentflow.runtime.models import ModelError, TransientModelError
+    from agentflow.runtime.task import TaskCall  # noqa: F401  (LocalExecutor imports it lazily)
+    from agentflow.runtime.tools import ToolError
+
+    from . import wire
+
+
+class _Done:
+    """What every record method returns: awaiting it is a no-op, ignoring it is fine too, so
+    the engine may call these methods with or without `await` (the local Ledger has both)."""
+
+    def __await__(self):
+        return iter(())
+
+
+_DONE = _Done()
+
+
+class WorkflowLedger:
+    """The ledger the engine sees inside the workflow: no DuckDB, events instead of writes."""
+
+    def __init__(self, events: list, config: dict) -> None:
+        self.events = events
+        self.results: dict[str, Any] = dict(config.get("known") or {})
+        self.resumed: dict[str, str] = dict(config.get("resumed") or {})
+        self.sessions: dict[str, list] = {r: list(c) for r, c in (config.get("sessions") or {}).items()}
+        self.journals: dict[str, dict] = dict(config.get("journals") or {})
+        # What a session call added to its role's session, by result key: a reuse from another
+        # run replays it, as the local Ledger does (later calls' keys depend on the session).
+        self.session_steps: dict[str, list] = dict(config.get("session_steps") or {})
+        self.session_roles = {n for n, r in config["plan"]["roles"].items() if r["memory"] == "session"}
+        self._last_step: dict[str, list] = {}
+
+    def emit(self, op: str, **fields: Any) -> _Done:
+        self.events.append({"op": op, **fields})
+        return _DONE
+
+    def resumed_key(self, node_id: str) -> str | None:
+        return self.resumed.get(node_id)
+
+    async def has_result(self, key: str) -> bool:
+        return key in self.results
+
+    async def explain(self, node_id: str, def_hash: str, inputs: dict, *, cacheable: bool) -> str:
+        return "no stored result"
+
+    def node_started(self, node_id, role, key, def_hash, inputs):
+        return self.emit("node_started", node=node_id, role=role, key=key, def_hash=def_hash, inputs=inputs)
+
+    def structure_started(self, node_id: str):
+        return self.emit("structure_started", node=node_id)
+
+    async def reused(self, node_id, role, key, def_hash, inputs) -> Any:
+        if role in self.session_roles and self.resumed_key(node_id) != key:
+            # no event: the client's Ledger.reused replays these steps into its database itself
+            self.sessions.setdefault(role, []).extend(copy.deepcopy(self.session_steps.get(key, [])))
+        self.emit("reused", node=node_id, role=role, key=key, def_hash=def_hash, inputs=inputs)
+        return copy.deepcopy(self.results[key])
+
+    def node_succeeded(self, node_id, role, key, outcome):
+        self.results[key] = outcome.value
+        if role in self._last_step:
+            self.session_steps[key] = [self._last_step.pop(role)]
+        return self.emit("node_succeeded", node=node_id, role=role, key=key, value=outcome.value,
+                         attempts=outcome.attempts, prompt_tokens=outcome.prompt_tokens,
+                         completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)
+
+    def node_failed(self, node_id, role, error, attempts):
+        return self.emit("node_failed", node=node_id, role=role, error=error, attempts=attempts)
+
+    def node_cancelled(self, node_id, role):
+        return self.emit("node_cancelled", node=node_id, role=role)
+
+    def node_skipped(self, node_id, role):
+        return self.emit("node_skipped", node=node_id, role=role)
+
+    def structure_done(self, node_id, status):
+        return self.emit("structure_done", node=node_id, status=status)
+
+    def record_llm_call(self, node_id, response):
+        return self.emit("llm_call", node=node_id, model=response.model, prompt_tokens=response.prompt_tokens,
+                         completion_tokens=response.completion_tokens, cost_usd=response.cost_usd,
+                         latency_ms=response.latency_ms)
+
+    async def load_turns(self, node_id: str, key: str) -> list[dict]:
+        journal = self.journals.get(node_id)
+        return list(journal["turns"]) if journal and journal.get("key") == key else []
+
+    def append_turn(self, node_id: str, key: str, message: dict):
+        return self.emit("turn", node=node_id, key=key, message=message)
+
+    async def load_session(self, role: str) -> list:
+        return self.sessions.setdefault(role, [])
+
+    def append_session(self, role: str, messages: list):
+        self.sessions.setdefault(role, []).append(messages)
+        self._last_step[role] = messages  # the call finishing now, under its role's session lock
+        return self.emit("session", role=role, messages=messages)
+
+    async def session_hash(self, role: str) -> str:
+        return digest("session", canonical_json(await self.load_session(role)))
+
+    async def flush(self) -> None:
+        return None
+
+
+class EventReporter:
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def node(self, node_id: str, status: str, *, cached: bool = False, detail: str = "") -> None:
+        self.events.append({"op": "report", "node": node_id, "status": status, "cached": cached, "detail": detail})
+
+
+class WorkflowEngine(Engine):
+    def __init__(self, *args, code_versions: dict[str, str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._code_versions = dict(code_versions)  # computed by the client: they read files
+
+    def code_version(self, tool_name: str) -> str:
+        return self._code_versions[tool_name]
+
+
+def _seconds(value: Any, default: float) -> float:
+    return float(value) if value else default
+
+
+class TemporalExecutor(LocalExecutor):
+    """Task loops run in the workflow (inherited `execute`); model and tool calls are activities.
+
+    Retries: a Temporal retry policy with the spec's `retries` (the activity marks an error
+    non-retryable once they are spent) and `extra_attempts` more for attempts lost to a worker
+    that died (heartbeat timeout). Timeouts: the spec's `timeout` is enforced inside the
+    activity (as locally, a transient error); start-to-close is that plus a grace period."""
+
+    def __init__(self, settings: dict) -> None:
+        self.s = settings
+
+    def _options(self, retries: int, timeout: Any) -> dict:
+        s = self.s
+        return dict(
+            task_queue=s["task_queue"],
+            start_to_close_timeout=timedelta(seconds=_seconds(timeout, s["default_timeout_s"]) + s["grace_s"]),
+            heartbeat_timeout=timedelta(seconds=s["heartbeat_s"]),
+            # a cancelled run ends once its calls have stopped (a tool's process killed)
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=s["backoff_s"]), backoff_coefficient=2.0,
+                                     maximum_interval=timedelta(seconds=s["max_backoff_s"]),
+                                     maximum_attempts=retries + 1 + s["extra_attempts"],
+                                     non_retryable_error_types=["ModelError", "ToolError"]))
+
+    async def complete(self, call, request):
+        """One model turn of `call` (a TaskCall), retries included; bumps `call.attempts`."""
+        from dataclasses import replace
+        retries = int(call.entry.get("retries") or 0)
+        payload = {"request": wire.request_to_wire(replace(request, attempt=call.attempts)), "retries": retries}
+        try:
+            result = await workflow.execute_activity(wire.MODEL_ACTIVITY, payload,
+                                                     **self._options(retries, call.entry.get("timeout")))
+        except ActivityError as err:
+            _raise_if_cancelled(err)
+            attempts, message, permanent = _failure(err, retries + 1)
+            call.attempts += max(0, attempts - 1)
+            raise (ModelError if permanent else TransientModelError)(message) from None
+        call.attempts += max(0, int(result["attempt"]) - 1)
+        return wire.response_from_wire(result["response"])
+
+    async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
+        """One tool call, retries included; raises ToolError as a local call would."""
+        entry = engine.plan["tools"][name]
+        retries = int(entry.get("retries") or 0)
+        payload = {"spec": wire.spec_to_wire(engine.tool_spec(name)), "args": args, "retries": retries,
+                   "spec_dir": str(engine.options.spec_dir), "workspace": str(engine.options.workspace)}
+        try:
+            result = await workflow.execute_activity(wire.TOOL_ACTIVITY, payload,
+                                                     **self._options(retries, entry.get("timeout")))
+        except ActivityError as err:
+            _raise_if_cancelled(err)
+            raise ToolError(_failure(err, retries + 1)[1], tool=name) from None
+        return result["value"]
+
+
+def _raise_if_cancelled(err: ActivityError) -> None:
+    """A call cancelled with its run is a cancellation for the engine, not a failed call."""
+    if isinstance(err.cause, TemporalCancelled):
+        raise asyncio.CancelledError() from None
+
+
+def _failure(err: ActivityError, default_attempts: int) -> tuple[int, str, bool]:
+    """(attempts made, message, permanent?) of a failed activity."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        details = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
+        return int(details.get("attempt", default_attempts)), cause.message, cause.type in ("ModelError", "ToolError")
+    if isinstance(cause, TemporalTimeout):
+        kind = cause.type.name.lower().replace("_", "-") if cause.type is not None else "activity"
+        return default_attempts, f"{kind} timeout (the worker ran out of time or was lost)", False
+    return default_attempts, str(cause or err), False
+
+
+@workflow.defn(name=wire.WORKFLOW, sandboxed=True)
+class RunWorkflow:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    @workflow.query(name=wire.PROGRESS_QUERY)
+    def progress(self, since: int) -> dict:
+        return {"events": self.events[since:since + wire.PAGE], "total": len(self.events)}
+
+    @workflow.run
+    async def run(self, config: dict) -> dict:
+        o = config["options"]
+        options = RunOptions(run_id=o["run_id"], spec_dir=Path(o["spec_dir"]), workspace=Path(o["workspace"]),
+                             concurrency=o["concurrency"], model=o["model"], force=tuple(o["force"]),
+                             no_cache=o["no_cache"])
+        ledger = WorkflowLedger(self.events, config)
+        engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"]),
+                                EventReporter(self.events), code_versions=config["code_versions"])
+        status, value, failure = "succeeded", None, None
+        try:
+            value = await engine.run(config["inputs"])
+        except (NodeFailure, RunAborted) as err:
+            status = "failed"
+            f = engine.failure or (err if isinstance(err, NodeFailure) else None)
+            failure = None if f is None else {"node_id": f.node_id, "role": f.role, "message": f.message,
+                                              "attempts": f.attempts}
+        except asyncio.CancelledError:
+            raise  # the workflow ends cancelled; its events stay readable by query
+        except Exception as err:  # a bug, not a node: fail the run, never loop on the workflow task
+            status = "failed"
+            failure = {"node_id": "", "role": None, "message": f"internal error: {type(err).__name__}: {err}",
+                       "attempts": 1}
+        return {"status": status, "value": value, "failure": failure, "events": self.events}

@@ -1,0 +1,128 @@
+"""Whole-process run figures on generated fan-outs (issue: performance).
+
+    python tests/bench/bench_run.py [--sizes 1000,10000] [--llm-calls 1000]
+
+Cases, one line of figures each:
+  cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
+  rerun   the same again, every node stored: wall time
+  resume  a run killed half-way (SIGKILL), then --resume: wall time of the resume
+  llm     M model calls of 50 ms each through litellm against a local OpenAI-protocol
+          server, --concurrency 100 and replicas = 100: wall time against the ideal
+  rss     peak resident memory of the cold run (from the child's rusage)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from gen import BENCH_TOOLS, fanout_program  # noqa: E402
+
+ENV = {**os.environ, "AGENTFLOW_BACKOFF_BASE": "0.05"}
+
+
+def agentflow(args: list[str], cwd: Path) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in MB of this child, stderr tail)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"agentflow {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) // 1024, proc.stderr[-200:]
+
+
+def startup(cwd: Path) -> float:
+    return min(agentflow(["compile", "fan.agentflow"], cwd)[0] for _ in range(3))
+
+
+def fanout_cases(n: int, tmp: Path) -> None:
+    work = tmp / f"fan{n}"
+    work.mkdir()
+    (work / "fan.agentflow").write_text(fanout_program())
+    (work / "benchtools.py").write_text(BENCH_TOOLS)
+    (work / "in.json").write_text(json.dumps({"items": list(range(n))}))
+    base = startup(work)
+    run = ["run", "fan.agentflow", "--inputs", "in.json", "--concurrency", "64"]
+    cold, rss, _ = agentflow(run, work)
+    print(f"cold    N={n:>6}: {cold:6.2f} s  ({(cold - base) / n * 1e3:.3f} ms/node over a {base:.2f} s "
+          f"compile)  peak RSS {rss} MB")
+    rerun, _, _ = agentflow(run, work)
+    print(f"rerun   N={n:>6}: {rerun:6.2f} s  (every node reused)")
+    # resume: a fresh flow (salt) killed when half of its nodes are stored
+    resume_args = run + ["--input", "salt=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "agentflow", *resume_args], cwd=work, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = 0
+    for line in proc.stderr:
+        done += line.lstrip().startswith("succeeded")
+        if done >= n // 2:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed, _, _ = agentflow(resume_args + ["--resume"], work)
+    print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)")
+
+
+LLM_SPEC = """
+role caller {
+  model = "openai/bench-model"
+  api_base = "%s"
+  api_key_env = "AGENTFLOW_BENCH_KEY"
+  replicas = 100
+  retries = 0
+
+  task ask(i: int) -> str {
+    prompt = "call {i}"
+  }
+}
+
+choreography main(items: list[int]) -> int {
+  answers = for i in items {
+    yield caller.ask(i)
+  }
+  return len(answers)
+}
+"""
+
+
+def llm_case(calls: int, tmp: Path) -> None:
+    from openai_server import OpenAIServer
+    work = tmp / "llm"
+    work.mkdir()
+    with OpenAIServer(latency_ms=50) as server:
+        (work / "llm.agentflow").write_text(LLM_SPEC % server.base_url)
+        (work / "in.json").write_text(json.dumps({"items": list(range(calls))}))
+        os.environ["AGENTFLOW_BENCH_KEY"] = ENV["AGENTFLOW_BENCH_KEY"] = "bench-key"
+        wall, _, _ = agentflow(["run", "llm.agentflow", "--inputs", "in.json", "--concurrency", "100"], work)
+        ideal = calls * 0.05 / 100
+        print(f"llm     {calls} calls x 50 ms at concurrency 100: {wall:6.2f} s  (ideal {ideal:.2f} s, "
+              f"x{wall / ideal:.2f}; {server.chat_count} requests served)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--llm-calls", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(s) for s in args.sizes.split(",") if s):
+            fanout_cases(n, Path(tmp))
+        if args.llm_calls:
+            llm_case(args.llm_calls, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Tools of the Temporal tests: slow enough to be caught running, big enough to need the blob store."""
+from __future__ import annotations
+
+import asyncio
+
+
+async def slow(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return x * 10
+
+
+def big(n: int) -> str:
+    return "".join(chr(97 + i % 26) for i in range(n))
+
+
+def measure(text: str) -> int:
+    return len(text)
+
+
+def shout(text: str) -> str:
+    return text.upper() + "!"

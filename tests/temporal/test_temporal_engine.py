@@ -1,0 +1,331 @@
+"""`agentflow run --engine temporal` against a real Temporal dev server and two real workers.
+
+Checked: the example specs give the local engine's result (scripted model, and litellm against
+our OpenAI-protocol server); activities run on both workers; a worker killed with SIGKILL in
+the middle of an activity does not stop the run; a rerun reuses everything from DuckDB and
+starts no activity; a client killed and started again with `--resume` re-attaches to the same
+workflow; Ctrl-C cancels the workflow and kills the running tool; a 3 MB tool output (above
+Temporal's 2 MB payload limit) travels through the blob directory, not the history.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from temporal_support import HERE, KEY_ENV, SECRET, base_env
+
+REPO = HERE.parent.parent
+SPECS = REPO / "specs"
+WORK = HERE / "specs" / "work.agentflow"
+sys.path.insert(0, str(HERE.parent))
+from openai_server import OpenAIServer  # noqa: E402
+
+EXAMPLES = [
+    ("research_report.agentflow", ["--input", "topic=bees"]),
+    ("support_triage.agentflow", ["--inputs", str(SPECS / "tickets.json")]),
+    ("build_project.agentflow", ["--input", "project_spec=A command-line todo list"]),
+    ("incident_postmortem.agentflow", ["--inputs", str(SPECS / "logs.json")]),
+]
+
+
+# ---------------------------------------------------------------- helpers
+
+def af(cwd: Path, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=env or base_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def af_start(cwd: Path, *args: str) -> subprocess.Popen:
+    out, err = open(cwd / f"client-{time.monotonic_ns()}.out", "w+"), open(cwd / f"client-{time.monotonic_ns()}.err", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=base_env(),
+                            stdout=out, stderr=err, text=True)
+    proc.files = (out, err)  # type: ignore[attr-defined]
+    return proc
+
+
+def texts(proc: subprocess.Popen) -> tuple[str, str]:
+    result = []
+    for f in proc.files:  # type: ignore[attr-defined]
+        f.flush()
+        f.seek(0)
+        result.append(f.read())
+    return result[0], result[1]
+
+
+def ok(result: subprocess.CompletedProcess, code: int = 0) -> subprocess.CompletedProcess:
+    assert result.returncode == code, (f"exit {result.returncode}, expected {code}\n--- stdout\n{result.stdout}"
+                                       f"\n--- stderr\n{result.stderr[-3000:]}")
+    return result
+
+
+def last_run(db: Path) -> dict:
+    from agentflow.runtime.history import list_runs
+    return list_runs(str(db))[0]
+
+
+def nodes(db: Path, run_id: str) -> dict[str, dict]:
+    from agentflow.runtime.history import run_nodes
+    return {r["node"]: r for r in run_nodes(str(db), run_id)}
+
+
+def workflow_of(db: Path) -> str:
+    from agentflow.runtime.temporal.wire import workflow_id
+    run = last_run(db)
+    return workflow_id(run["flow"], run["run_id"])
+
+
+def wait_until(predicate, timeout: float = 30, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def temporal(address: str, fn):
+    """Runs `await fn(client)` against the server."""
+    from temporalio.client import Client
+
+    async def main():
+        return await fn(await Client.connect(address))
+    return asyncio.run(main())
+
+
+def activity_history(address: str, wf_id: str) -> dict:
+    """Activities of a workflow's (latest execution's) history: how many were scheduled, and
+    the worker identity and attempt of each that started."""
+    async def fetch(client):
+        history = await client.get_workflow_handle(wf_id).fetch_history()
+        scheduled, started, biggest = 0, [], 0
+        for event in history.events:
+            biggest = max(biggest, event.ByteSize())
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                scheduled += 1
+            if event.HasField("activity_task_started_event_attributes"):
+                a = event.activity_task_started_event_attributes
+                started.append((a.identity, a.attempt))
+        return {"scheduled": scheduled, "started": started, "biggest_event": biggest}
+    return temporal(address, fetch)
+
+
+def describe(address: str, wf_id: str):
+    return temporal(address, lambda c: c.get_workflow_handle(wf_id).describe())
+
+
+def running_on(address: str, wf_id: str) -> set[str]:
+    """Identities of the workers running an activity of the workflow now."""
+    from temporalio.api.enums.v1 import PendingActivityState
+    try:
+        desc = describe(address, wf_id)
+    except Exception:
+        return set()
+    return {p.last_worker_identity for p in desc.raw_description.pending_activities
+            if p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED}
+
+
+def started_workflow(db: Path) -> str | None:
+    """The workflow id of the run a client has started (its cursor file exists), else None."""
+    folder = Path(str(db) + ".temporal")
+    files = list(folder.glob("*.json")) if folder.exists() else []
+    if not files:
+        return None
+    from agentflow.runtime.temporal.wire import workflow_id
+    return workflow_id("work", files[0].stem)
+
+
+def processes_with(*parts: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                if all(p.encode() in cmdline for p in parts):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+# ---------------------------------------------------------------- tests
+
+def test_examples_match_local_spread_over_workers_and_rerun_reuses_all(cluster, tmp_path):
+    identities: set[str] = set()
+    for spec, inputs in EXAMPLES:
+        path = str(SPECS / spec)
+        local = ok(af(tmp_path, "run", path, *inputs, "--db", "local.duckdb", "--workspace", "ws-local"))
+        remote = ok(af(tmp_path, "run", path, *inputs, "--db", "t.duckdb", "--workspace", "ws-t", *cluster.run_args()))
+        assert remote.stdout == local.stdout, spec
+        local_nodes = nodes(tmp_path / "local.duckdb", last_run(tmp_path / "local.duckdb")["run_id"])
+        run = last_run(tmp_path / "t.duckdb")
+        assert run["status"] == "succeeded"
+        remote_nodes = nodes(tmp_path / "t.duckdb", run["run_id"])
+        view = lambda ns: {n: (r["status"], r["cached"], r["attempts"]) for n, r in ns.items()}  # noqa: E731
+        assert view(remote_nodes) == view(local_nodes), spec
+        history = activity_history(cluster.server.address, workflow_of(tmp_path / "t.duckdb"))
+        assert history["scheduled"] > 0
+        identities |= {identity for identity, _ in history["started"]}
+
+        again = ok(af(tmp_path, "run", path, *inputs, "--db", "t.duckdb", "--workspace", "ws-t", *cluster.run_args()))
+        assert json.loads(again.stdout) == json.loads(local.stdout)  # stored values print with sorted keys
+        rerun = last_run(tmp_path / "t.duckdb")
+        assert rerun["run_id"] != run["run_id"] and rerun["status"] == "succeeded"
+        assert activity_history(cluster.server.address, workflow_of(tmp_path / "t.duckdb"))["scheduled"] == 0, \
+            f"{spec}: the rerun started activities"
+        rerun_nodes = nodes(tmp_path / "t.duckdb", rerun["run_id"])
+        assert {n for n, r in rerun_nodes.items() if r["role"] and r["status"] != "skipped" and not r["cached"]} == set(), spec
+    assert identities == {w.identity for w in cluster.workers}, "activities did not run on both workers"
+
+
+def test_litellm_through_openai_protocol_server_matches_local(cluster, tmp_path):
+    with OpenAIServer() as server:
+        shutil.copytree(HERE / "specs" / "ttools", tmp_path / "ttools")
+        spec = tmp_path / "llm.agentflow"
+        spec.write_text(f"""
+defaults {{
+  model = "openai/gpt-4o-mini"
+  api_base = "{server.base_url}"
+  api_key_env = "{KEY_ENV}"
+  retries = 2
+}}
+
+type Verdict {{
+  verdict: "OK" | "BAD"
+  reason: str
+}}
+
+tool shout(text: str) -> str {{
+  python = "ttools.work:shout"
+  description = "Upper-cases a text."
+}}
+
+role analyst {{
+  replicas = 4
+  task classify(text: str) -> Verdict {{ prompt = "CLASSIFY {{text}}" }}
+}}
+
+role worker {{
+  tools = [shout]
+  task use_tool(text: str) -> str {{ prompt = "USE THE TOOL on {{text}}" }}
+}}
+
+choreography main(items: list[str]) -> json {{
+  verdicts = for t in items {{
+    yield analyst.classify(t)
+  }}
+  return {{verdicts: verdicts, tooled: worker.use_tool("hi")}}
+}}
+""")
+
+        def script() -> None:
+            server.reset()
+            server.add_rule("USE THE TOOL", {"tool_calls": "auto"}, times=1)
+            server.add_rule("RATE LIMITED", {"status": 429, "message": "slow down"}, times=1)
+
+        inputs = ["--input", 'items=["fine", "RATE LIMITED", "also fine"]']
+        script()
+        local = ok(af(tmp_path, "run", str(spec), *inputs, "--db", "local.duckdb"))
+        local_requests = server.chat_count
+        script()
+        remote = ok(af(tmp_path, "run", str(spec), *inputs, "--db", "t.duckdb", *cluster.run_args()))
+        assert json.loads(remote.stdout) == json.loads(local.stdout)
+        assert server.chat_count == local_requests == 6  # 3 classify + 1 retried 429 + 2 tool-loop turns
+        tool_results = [m for r in server.requests for m in r["messages"] if m.get("role") == "tool"]
+        assert tool_results and all(m["content"].endswith("!") for m in tool_results)
+        remote_nodes = nodes(tmp_path / "t.duckdb", last_run(tmp_path / "t.duckdb")["run_id"])
+        local_nodes = nodes(tmp_path / "local.duckdb", last_run(tmp_path / "local.duckdb")["run_id"])
+        view = lambda ns: {n: (r["status"], r["cached"], r["attempts"]) for n, r in ns.items()}  # noqa: E731
+        assert view(remote_nodes) == view(local_nodes)
+        assert remote_nodes["main/verdicts[1]/yield@1"]["attempts"] == 2  # the 429, retried by Temporal
+        for f in [*tmp_path.rglob("*"), *cluster.blob_dir.rglob("*")]:
+            assert not (f.is_file() and SECRET.encode() in f.read_bytes()), f"the API key leaked into {f}"
+
+
+def test_worker_killed_mid_activity_still_completes(private_cluster, tmp_path):
+    k1, k2 = private_cluster.workers
+    db = tmp_path / "t.duckdb"
+    client = af_start(tmp_path, "run", str(WORK), "--input", "items=[1, 2, 3, 4, 5, 6]", "--input", "seconds=1.5",
+                      "--db", str(db), *private_cluster.run_args())
+    try:
+        wf_id = wait_until(lambda: started_workflow(db), what="the workflow to start")
+        wait_until(lambda: k1.identity in running_on(private_cluster.server.address, wf_id), timeout=30,
+                   what=f"an activity running on {k1.identity}")
+        os.kill(k1.proc.pid, signal.SIGKILL)
+        client.wait(90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    out, err = texts(client)
+    assert client.returncode == 0, err[-3000:]
+    assert json.loads(out)["values"] == [10, 20, 30, 40, 50, 60]
+    history = activity_history(private_cluster.server.address, wf_id)
+    assert max(attempt for _, attempt in history["started"]) >= 2, "no activity was retried after the kill"
+    retried_on = {identity for identity, attempt in history["started"] if attempt >= 2}
+    assert retried_on == {k2.identity}
+
+
+def test_client_killed_then_resume_reattaches_to_the_same_workflow(cluster, tmp_path):
+    db = tmp_path / "t.duckdb"
+    args = ["run", str(WORK), "--input", "items=[1, 2, 3, 4]", "--input", "seconds=1.5", "--db", str(db),
+            *cluster.run_args()]
+    client = af_start(tmp_path, *args)
+    try:
+        wf_id = wait_until(lambda: started_workflow(db), what="the workflow to start")
+        wait_until(lambda: running_on(cluster.server.address, wf_id), what="an activity to start")
+    finally:
+        client.kill()
+        client.wait(10)
+    before = describe(cluster.server.address, wf_id)
+    resumed = ok(af(tmp_path, *args[:-len(cluster.run_args())], "--resume", *cluster.run_args()))
+    after = describe(cluster.server.address, wf_id)
+    assert after.run_id == before.run_id, "--resume started a new workflow execution instead of re-attaching"
+    assert json.loads(resumed.stdout)["values"] == [10, 20, 30, 40]
+    run = last_run(db)
+    assert run["status"] == "succeeded" and len(list((Path(str(db) + ".temporal")).glob("*.json"))) == 1
+    statuses = {n: r["status"] for n, r in nodes(db, run["run_id"]).items()}
+    assert set(statuses.values()) == {"succeeded"}, statuses
+
+
+def test_ctrl_c_cancels_the_workflow_and_its_activities(cluster, tmp_path):
+    db = tmp_path / "t.duckdb"
+    tag = f"agentflow-nap-{uuid.uuid4().hex}"
+    client = af_start(tmp_path, "run", str(WORK), "--entry", "sleeper", "--input", f"tag={tag}", "--db", str(db),
+                      *cluster.run_args())
+    try:
+        wait_until(lambda: processes_with(tag, "time.sleep"), what="the tool process to start")
+        wf_id = started_workflow(db)
+        client.send_signal(signal.SIGINT)
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    out, err = texts(client)
+    assert client.returncode == 130, err[-3000:]
+    from temporalio.client import WorkflowExecutionStatus
+    assert describe(cluster.server.address, wf_id).status == WorkflowExecutionStatus.CANCELED
+    wait_until(lambda: not processes_with(tag, "time.sleep"), timeout=15, what="the cancelled tool process to be killed")
+    assert last_run(db)["status"] == "cancelled"
+
+
+def test_large_payloads_go_through_the_blob_directory(cluster, tmp_path):
+    n = 3_000_000  # above Temporal's 2 MB payload limit
+    args = ["run", str(WORK), "--entry", "large", "--input", f"n={n}"]
+    local = ok(af(tmp_path, *args, "--db", "local.duckdb"))
+    remote = ok(af(tmp_path, *args, "--db", "t.duckdb", *cluster.run_args()))
+    assert remote.stdout == local.stdout and json.loads(remote.stdout)["length"] == n
+    blobs = [p for p in cluster.blob_dir.rglob("*") if p.is_file() and p.stat().st_size > n]
+    assert blobs, "no payload went to the blob directory"
+    history = activity_history(cluster.server.address, workflow_of(tmp_path / "t.duckdb"))
+    assert history["biggest_event"] < 300_000, "a large payload is in the workflow history"
