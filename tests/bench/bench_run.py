@@ -61,17 +61,19 @@ def fanout_cases(n: int, tmp: Path) -> None:
           f"compile)  peak RSS {rss} MB")
     rerun, _, _ = agentflow(run, work)
     print(f"rerun   N={n:>6}: {rerun:6.2f} s  (every node reused)")
-    # resume: a fresh flow (salt) killed when half of its nodes are stored
-    resume_args = run + ["--input", "salt=1"]
+    # resume: fresh inputs (salt), killed when half of its nodes are stored
+    resume_args = run + ["--input", f"salt={10 * n}"]  # values no earlier run stored
     proc = subprocess.Popen([sys.executable, "-m", "agentflow", *resume_args], cwd=work, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    done = 0
+    done, tail = 0, []
     for line in proc.stderr:
+        tail = (tail + [line])[-5:]
         done += line.lstrip().startswith("succeeded")
         if done >= n // 2:
             break
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    if proc.wait() != -signal.SIGKILL:
+        raise SystemExit(f"the run to interrupt ended by itself ({proc.returncode}):\n{''.join(tail)}")
     resumed, _, _ = agentflow(resume_args + ["--resume"], work)
     print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)")
 
