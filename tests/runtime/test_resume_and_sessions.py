@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from agentflow.runtime.store import Store
 from conftest import DB, af, last_run, ok, ran, result_json, reused, show, write
 
@@ -97,3 +99,37 @@ def test_rerun_of_a_session_flow_reuses_every_call(tmp_path):
     assert {"main/a", "main/b"} <= reused(nodes)
     assert {"main/each[0]/n", "main/each[1]/n"} <= ran(nodes)
     assert third["a"] == first["a"] and third["each"][1] != first["each"][1]
+
+
+ORDER_SPEC = """
+defaults {
+  model = "scripted"
+}
+
+tool slow(x: str) -> str {
+  python = "tools:slow"
+}
+
+role scribe {
+  memory = "session"
+  task note(x: str) -> str { prompt = "NOTE {x}" }
+}
+
+choreography main() -> json {
+  ready = slow("one")
+  a = scribe.note(ready)
+  b = scribe.note("two")
+  return [a, b]
+}
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="open: sibling bindings calling one session role run in the order "
+                                       "their inputs are ready, not in program (textual) order")
+def test_session_calls_of_sibling_bindings_follow_program_order(tmp_path):
+    write(tmp_path / "flow.agentflow", ORDER_SPEC)
+    write(tmp_path / "tools.py", "import asyncio\n\nasync def slow(x):\n    await asyncio.sleep(0.3)\n    return x\n")
+    ok(af(tmp_path, "run", "flow.agentflow"))
+    with Store.open_reader(tmp_path / DB) as store:
+        session = store.load_session(last_run(tmp_path)["run_id"], "scribe")
+    assert [call[0]["content"] for call in session] == ["NOTE one", "NOTE two"]
