@@ -105,6 +105,9 @@ class _Lowering:
         self.nodes: dict[str, dict] = {}
         self.graph = _GraphParts()
         self.defaults = {k: attr_value(a.value) for k, a in symbols.defaults.items()}
+        self.session_roles = {name for name, role in symbols.roles.items()
+                              if {**ATTR_DEFAULTS, **self.defaults, **_attrs(role.attrs)}.get("memory") == "session"}
+        self._session_calls: list[set[str]] = []  # the session roles each open binding calls
 
     # ------------------------------------------------------------ declarations
 
@@ -183,10 +186,16 @@ class _Lowering:
     def block(self, block: ast.Block, prefix: str, cluster: str | None, result_kind: str) -> dict:
         bindings = {}
         local_ids = {b.name: f"{prefix}/{b.name}" for b in block.bindings}
+        last_caller: dict[str, str] = {}  # session role -> the latest binding (in text order) calling it
         for b in block.bindings:
             node_id = local_ids[b.name]
-            expr = self.binding_expr(b, node_id, cluster)
+            roles, expr = self.collecting_session_calls(lambda: self.binding_expr(b, node_id, cluster))
             bindings[b.name] = {"expr": expr, "after": [a.name for a in b.after], "line": b.span.line}
+            previous = sorted({last_caller[r] for r in roles if r in last_caller})
+            if previous:
+                # a session role sees its calls in program order (the E401 wait graph has these edges)
+                bindings[b.name]["session_after"] = previous
+            last_caller.update({r: b.name for r in roles})
             for a in b.after:
                 if a.name in local_ids:
                     self.edge(local_ids[a.name], node_id, "after")
@@ -208,6 +217,15 @@ class _Lowering:
             for used in sorted(_free_names(stmt.value)):
                 if used in local_ids and local_ids[used] != target:
                     self.edge(local_ids[used], target, used)
+
+    def collecting_session_calls(self, lower):
+        """(session roles called while `lower()` runs, nested bodies included; its result)."""
+        roles: set[str] = set()
+        self._session_calls.append(roles)
+        try:
+            return roles, lower()
+        finally:
+            self._session_calls.pop()
 
     def edge(self, src: str, dst: str, label: str) -> None:
         self.graph.add_edge(src, dst, label)
@@ -237,6 +255,9 @@ class _Lowering:
         label = target.name
         if target.kind == "task":
             node["role"] = target.role
+            if target.role in self.session_roles:
+                for roles in self._session_calls:
+                    roles.add(target.role)
         if target.kind == "choreography":
             node["body"] = self.choreography(target.name, node_id, node_id)
             self.graph.add_node(node_id, kind="choreography", label=label, cluster=cluster, subgraph=True)
@@ -265,10 +286,11 @@ class _Lowering:
             iter_expr = self.expr(loop.iter, node_id, cluster, [0])
             self.graph.add_node(node_id, kind="for", label=f"for {loop.var}", cluster=cluster)
             self.graph.add_node(body_prefix, kind="cluster", label=f"for {loop.var} in ...", cluster=cluster)
-            body = self.block(loop.body, body_prefix, body_prefix, "yield")
+            roles, body = self.collecting_session_calls(
+                lambda: self.block(loop.body, body_prefix, body_prefix, "yield"))
             self.nodes[node_id] = {"kind": "for", "var": loop.var, "iter": iter_expr, "body": body,
                                    "line": loop.span.line, "scope": cluster}
-            if self.calls_session_role(body_prefix):
+            if roles:
                 # a session role's calls happen in program order: list order across items
                 self.nodes[node_id]["sequential"] = True
         else:
@@ -281,13 +303,6 @@ class _Lowering:
             self.nodes[node_id] = {"kind": "repeat", "max": max_iter, "until": until, "body": body,
                                    "line": loop.span.line, "scope": cluster}
         self.graph.add_node(body_prefix, parent=node_id)
-
-    def calls_session_role(self, prefix: str) -> bool:
-        """Whether any call under `prefix` (nested bodies included) is to a `session` role."""
-        session = {name for name, role in self.symbols.roles.items()
-                   if {**ATTR_DEFAULTS, **self.defaults, **_attrs(role.attrs)}.get("memory") == "session"}
-        return any(node["kind"] == "task" and node.get("role") in session
-                   for node_id, node in self.nodes.items() if node_id.startswith(prefix + "/"))
 
     def expr(self, e: ast.Expr, slot: str, cluster: str | None, counter: list) -> list:
         """Expression IR; each nested call becomes node `<slot>@<n>`."""

@@ -206,7 +206,7 @@ class Engine:
         return result
 
     async def binding(self, name: str, binding: dict, scope: Scope) -> Any:
-        for other in binding["after"]:
+        for other in binding["after"] + binding.get("session_after", []):
             await self.lookup(other, scope)
         try:
             return await self.eval(binding["expr"], scope)

@@ -124,8 +124,6 @@ choreography main() -> json {
 """
 
 
-@pytest.mark.xfail(strict=True, reason="open: sibling bindings calling one session role run in the order "
-                                       "their inputs are ready, not in program (textual) order")
 def test_session_calls_of_sibling_bindings_follow_program_order(tmp_path):
     write(tmp_path / "flow.agentflow", ORDER_SPEC)
     write(tmp_path / "tools.py", "import asyncio\n\nasync def slow(x):\n    await asyncio.sleep(0.3)\n    return x\n")
