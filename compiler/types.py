@@ -235,19 +235,21 @@ class Validators:
         self._models: dict[str, Any] = {}
         self._adapters: dict[Type, Any] = {}
 
-    def validate(self, t: Type, value: Any) -> Any:
-        """The value as JSON-compatible data, or pydantic.ValidationError."""
+    def _adapter(self, t: Type):
         adapter = self._adapters.get(t)
         if adapter is None:
             from pydantic import TypeAdapter
             adapter = self._adapters[t] = TypeAdapter(self._py(t))
-        return adapter.dump_python(adapter.validate_python(value), mode="json")
+        return adapter
+
+    def validate(self, t: Type, value: Any, *, strict: bool = False) -> Any:
+        """The value as JSON-compatible data, or pydantic.ValidationError. `strict` refuses
+        conversions such as "3" for an int (for what users type; models get lax parsing)."""
+        adapter = self._adapter(t)
+        return adapter.dump_python(adapter.validate_python(value, strict=strict), mode="json")
 
     def validate_json(self, t: Type, text: str) -> Any:
-        adapter = self._adapters.get(t)
-        if adapter is None:
-            from pydantic import TypeAdapter
-            adapter = self._adapters[t] = TypeAdapter(self._py(t))
+        adapter = self._adapter(t)
         return adapter.dump_python(adapter.validate_json(text), mode="json")
 
     def _py(self, t: Type) -> Any:

@@ -70,7 +70,7 @@ def validate_inputs(plan: dict, raw: dict[str, Any]) -> dict[str, Any]:
             out[name] = p["default"]
             continue
         try:
-            out[name] = validators.validate(type_from_json(p["type"]), raw[name])
+            out[name] = validators.validate(type_from_json(p["type"]), raw[name], strict=True)
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ()))

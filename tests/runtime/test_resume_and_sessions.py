@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from agentflow.runtime.store import Store
 from conftest import DB, af, last_run, ok, ran, result_json, reused, show, write
 
