@@ -2,15 +2,13 @@
 
 A placeholder is a name followed by field accesses and integer indexes (`{mod.path}`,
 `{xs[0].name}`); `{{` and `}}` are literal braces. `placeholders` returns every
-placeholder with its offsets so diagnostics can point inside the string, and
-`render` fills a template from values (str as is, null as "", anything else as compact JSON).
+placeholder with its offsets so diagnostics can point inside the string; the runtime
+renders templates from the same parse (`runtime/tools.py`).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
 
 from .source import SourceFile, Span
 
@@ -116,40 +114,3 @@ def text_span(literal_span: Span, value: str, start: int, end: int, source: Sour
         return Span(literal_span.file, offset + start, offset + end, literal_span.line,
                     literal_span.column + 1 + start, literal_span.line, literal_span.column + 1 + end)
     return literal_span
-
-
-# ---------------------------------------------------------------- rendering (runtime)
-
-def _to_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
-
-
-def _walk(value: Any, path: tuple[str | int, ...]) -> Any:
-    for step in path:
-        if value is None:
-            return None
-        if isinstance(step, int):
-            value = value[step] if isinstance(value, list) and -len(value) <= step < len(value) else None
-        else:
-            value = value.get(step) if isinstance(value, Mapping) else None
-    return value
-
-
-def render(template: str, values: Mapping[str, Any] | Callable[[str], Any]) -> str:
-    """Fills a template. `values` maps parameter names to JSON-like values. Malformed
-    placeholders are kept as written (the checker reports them at compile time)."""
-    get = values.get if isinstance(values, Mapping) else values
-    out, last = [], 0
-    for ph in placeholders(template):
-        out.append(template[last:ph.start].replace("{{", "{").replace("}}", "}"))
-        if ph.root is None:
-            out.append(ph.text)
-        else:
-            out.append(_to_text(_walk(get(ph.root), ph.path)))
-        last = ph.end
-    out.append(template[last:].replace("{{", "{").replace("}}", "}"))
-    return "".join(out)

@@ -53,6 +53,7 @@ from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from agentflow.compiler.hashing import canonical_json, digest
+from agentflow.compiler.templates import format_path, placeholders
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -138,14 +139,6 @@ class TemplateError(Exception):
 # `{expr}` where expr is `name`, `a.b.c`, `xs[0]`, `xs[-1]` or `a.b[2].c`; `{{` and `}}` are literal
 # braces; a lone `{` or `}` is an error (as in Python's str.format).
 
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-# Blanks are allowed around the parts, and indexes may be negative (counted from the end), as in
-# the compiler's static template parser (compiler/templates.py).
-_EXPR_RE = re.compile(rf"\s*({_IDENT})((?:\s*\.\s*{_IDENT}|\s*\[\s*-?[0-9]+\s*\])*)\s*\Z")
-_STEP_RE = re.compile(rf"\.\s*({_IDENT})|\[\s*(-?[0-9]+)\s*\]")
-_TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-
-
 @dataclass(frozen=True)
 class TemplateRef:
     """One `{expr}` of a template: `path[0]` is the name, then field names and int indexes."""
@@ -180,39 +173,27 @@ class CompiledTemplate:
 
 @lru_cache(maxsize=4096)
 def compile_template(template: str) -> CompiledTemplate:
-    """Parse a template once (cached by its text). Raises TemplateError on bad syntax."""
+    """Parse a template once (cached by its text), with the compiler's own template
+    parser, so run time and compile time agree on what a template says."""
     parts: list[str | TemplateRef] = []
-    literal: list[str] = []
-    pos = 0
-    for m in _TOKEN_RE.finditer(template):
-        literal.append(template[pos : m.start()])
-        pos = m.end()
-        token = m.group(0)
-        if token == "{{":
-            literal.append("{")
-        elif token == "}}":
-            literal.append("}")
-        elif token == "{":
-            raise TemplateError(
-                f"unmatched `{{` at offset {m.start()} (write `{{{{` for a literal brace)",
-                offset=m.start(),
-            )
-        elif token == "}":
-            raise TemplateError(
-                f"unmatched `}}` at offset {m.start()} (write `}}}}` for a literal brace)",
-                offset=m.start(),
-            )
-        else:
-            ref = _parse_expr(m.group(1), m.start())
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            parts.append(ref)
-    literal.append(template[pos:])
-    tail = "".join(literal)
+    last = 0
+    for ph in placeholders(template):
+        if ph.root is None:
+            raise TemplateError(f"{ph.error} at offset {ph.start} (write `{{{{` and `}}}}` for literal "
+                                f"braces)", offset=ph.start)
+        literal = _unescape_braces(template[last:ph.start])
+        if literal:
+            parts.append(literal)
+        parts.append(TemplateRef(expr=format_path(ph.root, ph.path), path=(ph.root, *ph.path), offset=ph.start))
+        last = ph.end
+    tail = _unescape_braces(template[last:])
     if tail or not parts:
         parts.append(tail)
     return CompiledTemplate(template, tuple(parts))
+
+
+def _unescape_braces(literal: str) -> str:
+    return literal.replace("{{", "{").replace("}}", "}")
 
 
 def render_template(template: str, values: Mapping[str, Any]) -> str:
@@ -220,28 +201,8 @@ def render_template(template: str, values: Mapping[str, Any]) -> str:
     return compile_template(template).render(values)
 
 
-def _parse_expr(text: str, offset: int) -> TemplateRef:
-    m = _EXPR_RE.match(text)
-    if m is None:
-        shown = text.strip()
-        what = "an empty `{}`" if not shown else f"`{{{shown}}}`"
-        raise TemplateError(
-            f"{what} at offset {offset} is not a name, field path or index "
-            "(write `{{` and `}}` for literal braces)",
-            offset=offset,
-        )
-    path: list[str | int] = [m.group(1)]
-    for step in _STEP_RE.finditer(m.group(2)):
-        field, index = step.groups()
-        path.append(field if field is not None else int(index))
-    return TemplateRef(expr=_describe(tuple(path)), path=tuple(path), offset=offset)
-
-
 def _describe(path: tuple[str | int, ...]) -> str:
-    out = str(path[0])
-    for step in path[1:]:
-        out += f"[{step}]" if isinstance(step, int) else f".{step}"
-    return out
+    return format_path(str(path[0]), path[1:])
 
 
 def _lookup(ref: TemplateRef, values: Mapping[str, Any]) -> Any:

@@ -11,7 +11,7 @@ from agentflow.compiler.diagnostics import DiagnosticSink, sorted_diagnostics
 from agentflow.compiler.parser import parse
 from agentflow.compiler.source import SourceFile
 from agentflow.compiler.symbols import collect
-from agentflow.compiler.templates import placeholders, render
+from agentflow.compiler.templates import placeholders
 from agentflow.compiler.typecheck import Typer
 from agentflow.compiler.types import BOOL, INT, STR, ListT, OptionalT, RecordT, StructT
 
@@ -636,11 +636,6 @@ def test_placeholders_with_offsets_paths_and_escapes() -> None:
         ("{x}", 2, "x", (), True), ("{m.path}", 14, "m", ("path",), True),
         ("{xs[0].name}", 23, "xs", (0, "name"), True), ("{bad thing}", 36, None, (), False),
         ("}", 48, None, (), False)]
-
-
-def test_render() -> None:
-    values = {"x": "s", "n": None, "m": {"path": "p.py"}, "xs": [{"a": 1}]}
-    assert render("{x}|{n}|{m.path}|{xs[0]}|{{x}}|{xs[5].a}", values) == 's||p.py|{"a":1}|{x}|'
 
 
 def test_a_rich_valid_program_has_no_diagnostics() -> None:

@@ -134,9 +134,9 @@ def test_render_runtime_errors(template, values, fragment):
 @pytest.mark.parametrize(
     "template, fragment",
     [
-        ("a { b", "unmatched `{`"),
-        ("a } b", "unmatched `}`"),
-        ("{}", "empty `{}`"),
+        ("a { b", "`{` is never closed"),
+        ("a } b", "`}` has no matching `{`"),
+        ("{}", "an empty placeholder"),
         ('{"json": 1}', "is not a name"),
         ("{a.}", "is not a name"),
         ("{xs[1.5]}", "is not a name"),
