@@ -11,6 +11,11 @@
    `Ledger` (so `runs`/`show`/`--resume` work as for a local run), report progress, and
    collect the rest from the workflow result. How far it got is kept beside the database
    (`<db>.temporal/<run id>.json`), so a client that re-attaches writes nothing twice.
+   The same poll answers the stored-result lookups the workflow waits on (keys the reuse-only
+   pass could not reach): one bulk read of DuckDB, one signal `lookups` with the values (and
+   what reused session calls added to their sessions).
+
+On `--resume`, a node that failed starts over, as locally: its journal is reset and not passed.
 
 Ctrl-C cancels the workflow (and so its activities) and returns a cancelled outcome (exit 130).
 """
@@ -29,7 +34,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelled
 from temporalio.service import RPCError, RPCStatusCode
 
 from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, RunOptions, _DryRunStop
-from ..ledger import Ledger
+from ..ledger import SESSION_STEP, Ledger
 from ..local import LocalExecutor
 from ..progress import SilentReporter
 from ..runner import RunOutcome, RunRequest, _pick_run
@@ -89,6 +94,8 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
         try:
             handle = await follower.reattach(client, wf_id) if resuming else None
             if handle is None:
+                if resuming:
+                    await _restart_failed(ledger, run_id)
                 config = await _workflow_input(req, store, run_id, resuming, settings)
                 try:
                     handle = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
@@ -104,6 +111,17 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
         return RunOutcome(run_id, status, value, failure)
     finally:
         store.close()
+
+
+async def _restart_failed(ledger: Ledger, run_id: str) -> None:
+    """What `Ledger.open` does on `--resume`: a node that failed starts over, its journal
+    forgotten. Again here, for failures the execution just drained by `reattach` recorded."""
+    store = ledger.store
+    states = await asyncio.get_running_loop().run_in_executor(ledger.pool, store.run_node_states, run_id)
+    for node_id, state in states.items():
+        if state.status == "failed":
+            store.reset_turns(run_id, node_id)
+    await ledger.flush()
 
 
 # ---------------------------------------------------------------- the reuse-only pass
@@ -149,8 +167,8 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
             for role, entry in req.plan["roles"].items():
                 if entry["memory"] == "session":
                     sessions[role] = await pre.load_session(role)
-            for node_id, state in pre.resumed.items():
-                if state.status != "succeeded" and state.key:
+            for node_id, state in pre.resumed.items():  # a failed node starts over: no journal
+                if state.status not in ("succeeded", "failed") and state.key:
                     turns = await pre.load_turns(node_id, state.key)
                     if turns:
                         journals[node_id] = {"key": state.key, "turns": turns}
@@ -178,9 +196,11 @@ class _Follower:
         self.cursor_path = Path(str(db_path) + ".temporal") / f"{run_id}.json"
         self.execution = ""
         self.cursor = 0
+        self.answered: set[str] = set()  # lookup keys this client has answered
 
     def begin(self, execution: str, cursor: int) -> None:
         self.execution, self.cursor = execution, cursor
+        self.answered.clear()  # a new execution asks anew
         self._save()
 
     def _save(self) -> None:
@@ -250,17 +270,40 @@ class _Follower:
         await self.drain(handle)
 
     async def poll(self, handle: WorkflowHandle) -> bool:
-        """Applies the events the workflow has that we do not; False if it did not answer."""
+        """Applies the events the workflow has that we do not, and answers the stored-result
+        lookups it waits on; False if it did not answer."""
         while True:
             try:
                 page = await asyncio.wait_for(handle.query(wire.PROGRESS_QUERY, self.cursor), QUERY_TIMEOUT_S)
             except (Exception, asyncio.TimeoutError):
                 return False  # no worker answered now; the next poll or the result will
-            if not page["events"]:
+            if page["events"]:
+                await self.apply(page["events"])
+            if not page["events"] or self.cursor >= page["total"]:
+                await self.answer(handle, page.get("lookups") or {})
                 return True
-            await self.apply(page["events"])
-            if self.cursor >= page["total"]:
-                return True
+
+    async def answer(self, handle: WorkflowHandle, lookups: dict[str, bool]) -> None:
+        """Answers the workflow's pending lookups from DuckDB: one bulk read, one signal. A key
+        is answered once per client (the workflow may still list it until the signal lands)."""
+        keys = [k for k in lookups if k not in self.answered]
+        if not keys:
+            return
+        store = self.ledger.store
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self.ledger.pool, store.lookup_results, keys)
+        steps = {}
+        for key in keys:  # only session calls' keys that have a result: few
+            if lookups[key] and key in found:
+                journal = await loop.run_in_executor(self.ledger.pool, store.result_journal, key, SESSION_STEP)
+                steps[key] = [step["messages"] for step in journal]
+        answer = {"found": {k: found[k][0] for k in keys if k in found},
+                  "missing": [k for k in keys if k not in found], "session": steps}
+        try:  # large values go through the blob codec like any payload
+            await asyncio.wait_for(handle.signal(wire.LOOKUP_SIGNAL, answer), QUERY_TIMEOUT_S)
+        except (Exception, asyncio.TimeoutError):
+            return  # it ended meanwhile, or the server did not answer: the next poll asks again
+        self.answered.update(keys)
 
     async def drain(self, handle: WorkflowHandle) -> None:
         await self.poll(handle)

@@ -11,6 +11,7 @@ WORKFLOW = "agentflow.run"
 MODEL_ACTIVITY = "agentflow.model_call"
 TOOL_ACTIVITY = "agentflow.tool_call"
 PROGRESS_QUERY = "progress"
+LOOKUP_SIGNAL = "lookups"  # the client's answer to the stored-result lookups the workflow asked for
 DEFAULT_TASK_QUEUE = "agentflow"
 PAGE = 500  # events per progress query
 

@@ -6,7 +6,9 @@ unchanged on Temporal's deterministic event loop. What differs from a local run:
 - the ledger is `WorkflowLedger`: in memory, seeded by the client with the stored results it
   found (`known`), the resumed run's finished keys, session transcripts and task journals; every
   record it receives becomes an event the client reads back (query `progress`, and the
-  workflow result) and writes to its DuckDB through the normal `Ledger`;
+  workflow result) and writes to its DuckDB through the normal `Ledger`. A key it does not
+  know (reached only once something ran) is a lookup: recorded in workflow state, shown by
+  `progress`, answered by the client from DuckDB with the signal `lookups` (see `Lookups`);
 - the executor is `TemporalExecutor`: the task loop (TaskCall) runs here, and each model call
   and each tool call is an activity with the spec's `retries` and `timeout`;
 - tool code versions are computed by the client (they read files) and passed in.
@@ -53,8 +55,9 @@ _DONE = _Done()
 class WorkflowLedger:
     """The ledger the engine sees inside the workflow: no DuckDB, events instead of writes."""
 
-    def __init__(self, events: list, config: dict) -> None:
+    def __init__(self, events: list, config: dict, lookups: "Lookups") -> None:
         self.events = events
+        self.lookups = lookups
         self.results: dict[str, Any] = dict(config.get("known") or {})
         self.resumed: dict[str, str] = dict(config.get("resumed") or {})
         self.sessions: dict[str, list] = {r: list(c) for r, c in (config.get("sessions") or {}).items()}
@@ -64,6 +67,7 @@ class WorkflowLedger:
         self.session_steps: dict[str, list] = dict(config.get("session_steps") or {})
         self.session_roles = {n for n, r in config["plan"]["roles"].items() if r["memory"] == "session"}
         self._last_step: dict[str, list] = {}
+        self.session_keys: set[str] = set()  # keys of session calls: their lookups want session steps too
 
     def emit(self, op: str, **fields: Any) -> _Done:
         self.events.append({"op": op, **fields})
@@ -73,7 +77,16 @@ class WorkflowLedger:
         return self.resumed.get(node_id)
 
     async def has_result(self, key: str) -> bool:
-        return key in self.results
+        """Known here (the client's reuse-only pass, or this run), or else asked of the client,
+        which reads its database: the lookups of one workflow turn reach it together."""
+        if key not in self.results:
+            answer = await self.lookups.ask(key, key in self.session_keys)
+            if answer is None:
+                return False
+            self.results[key] = answer["value"]
+            if answer.get("session") is not None:
+                self.session_steps.setdefault(key, answer["session"])
+        return True
 
     async def explain(self, node_id: str, def_hash: str, inputs: dict, *, cacheable: bool) -> str:
         return "no stored result"
@@ -138,6 +151,38 @@ class WorkflowLedger:
         return None
 
 
+class Lookups:
+    """Stored-result lookups the workflow waits on, and the client's answers (signal `lookups`).
+
+    A key the ledger does not know is recorded in `pending` (workflow state, which the
+    `progress` query shows); the client answers every pending key it sees with one bulk read
+    of its database and one signal, {"found": {key: value}, "missing": [key], "session":
+    {key: steps}}. Queries are answered between workflow tasks, so every lookup made in one
+    workflow turn reaches the client in the same request. A client that re-attaches answers
+    whatever is still pending; with no client, the run waits."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, bool] = {}  # key -> whether its session steps are wanted
+        self.answers: dict[str, dict | None] = {}
+
+    async def ask(self, key: str, session: bool) -> dict | None:
+        if key not in self.answers:
+            self.pending[key] = self.pending.get(key, False) or session
+            await workflow.wait_condition(lambda: key in self.answers)
+        return self.answers[key]
+
+    def answer(self, answer: dict) -> None:
+        steps = answer.get("session") or {}
+        for key, value in (answer.get("found") or {}).items():
+            if key in self.pending:
+                self.answers[key] = {"value": value, "session": steps.get(key)}
+                del self.pending[key]
+        for key in answer.get("missing") or []:
+            if key in self.pending:
+                self.answers[key] = None
+                del self.pending[key]
+
+
 class EventReporter:
     def __init__(self, events: list) -> None:
         self.events = events
@@ -153,6 +198,11 @@ class WorkflowEngine(Engine):
 
     def code_version(self, tool_name: str) -> str:
         return self._code_versions[tool_name]
+
+    async def decide(self, iid, kind, target, key, def_hash, inputs):
+        if kind == "task" and self.plan["tasks"][target]["definition"].get("memory") == "session":
+            self.ledger.session_keys.add(key)  # a reuse from another run replays its session steps
+        return await super().decide(iid, kind, target, key, def_hash, inputs)
 
 
 def _seconds(value: Any, default: float) -> float:
@@ -236,10 +286,16 @@ def _failure(err: ActivityError, default_attempts: int) -> tuple[int, str, bool]
 class RunWorkflow:
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.lookups = Lookups()
 
     @workflow.query(name=wire.PROGRESS_QUERY)
     def progress(self, since: int) -> dict:
-        return {"events": self.events[since:since + wire.PAGE], "total": len(self.events)}
+        return {"events": self.events[since:since + wire.PAGE], "total": len(self.events),
+                "lookups": dict(self.lookups.pending)}
+
+    @workflow.signal(name=wire.LOOKUP_SIGNAL)
+    def answer_lookups(self, answer: dict) -> None:
+        self.lookups.answer(answer)
 
     @workflow.run
     async def run(self, config: dict) -> dict:
@@ -247,7 +303,7 @@ class RunWorkflow:
         options = RunOptions(run_id=o["run_id"], spec_dir=Path(o["spec_dir"]), workspace=Path(o["workspace"]),
                              concurrency=o["concurrency"], model=o["model"], force=tuple(o["force"]),
                              no_cache=o["no_cache"])
-        ledger = WorkflowLedger(self.events, config)
+        ledger = WorkflowLedger(self.events, config, self.lookups)
         engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"]),
                                 EventReporter(self.events), code_versions=config["code_versions"])
         status, value, failure = "succeeded", None, None

@@ -5,7 +5,10 @@ our OpenAI-protocol server); activities run on both workers; a worker killed wit
 the middle of an activity does not stop the run; a rerun reuses everything from DuckDB and
 starts no activity; a client killed and started again with `--resume` re-attaches to the same
 workflow; Ctrl-C cancels the workflow and kills the running tool; a 3 MB tool output (above
-Temporal's 2 MB payload limit) travels through the blob directory, not the history.
+Temporal's 2 MB payload limit) travels through the blob directory, not the history; stored
+results reached only at run time are looked up through the client and reused (session steps
+included), also by a client that re-attaches; `--resume` of a failed run starts the failed
+task over.
 """
 from __future__ import annotations
 
@@ -329,3 +332,94 @@ def test_large_payloads_go_through_the_blob_directory(cluster, tmp_path):
     assert blobs, "no payload went to the blob directory"
     history = activity_history(cluster.server.address, workflow_of(tmp_path / "t.duckdb"))
     assert history["biggest_event"] < 300_000, "a large payload is in the workflow history"
+
+
+def test_stored_results_reached_only_at_run_time_are_reused(cluster, tmp_path):
+    """`same` always runs, so the reuse-only pass stops there; the two `chat` calls after it
+    have stored keys (the second's key depends on the session the first left): the workflow
+    asks the client for them and reuses both, as the local engine does."""
+    args = ["run", str(WORK), "--entry", "relay", "--input", "text=hi", "--input", "seconds=0"]
+    local = [ok(af(tmp_path, *args, "--db", "local.duckdb")) for _ in range(2)]
+    db = tmp_path / "t.duckdb"
+    first = ok(af(tmp_path, *args, "--db", str(db), *cluster.run_args()))
+    assert json.loads(first.stdout) == json.loads(local[0].stdout)
+    assert activity_history(cluster.server.address, workflow_of(db))["scheduled"] == 3
+    again = ok(af(tmp_path, *args, "--db", str(db), *cluster.run_args()))
+    assert json.loads(again.stdout) == json.loads(local[1].stdout)
+    assert activity_history(cluster.server.address, workflow_of(db))["scheduled"] == 1, \
+        "a stored result was run again (only `same`, cache = false, should run)"
+    def view(db: Path) -> dict:
+        return {n: (r["status"], r["cached"]) for n, r in nodes(db, last_run(db)["run_id"]).items()}
+    assert view(db) == view(tmp_path / "local.duckdb") == {
+        "relay/v": ("succeeded", False), "relay/first": ("succeeded", True), "relay/second": ("succeeded", True)}
+
+
+def test_resume_of_a_failed_run_starts_the_failed_task_over(cluster, tmp_path):
+    """A task that used up its repairs fails; once its script is fixed, `--resume` runs it
+    again from its first turn (its journal is reset, as locally), on a new workflow execution."""
+    shutil.copytree(HERE / "specs" / "ttools", tmp_path / "ttools")
+    spec = tmp_path / "judge.agentflow"
+    spec.write_text("""
+defaults {
+  model = "scripted:script.json"
+  retries = 1
+}
+
+type Verdict {
+  ok: bool
+}
+
+role judge {
+  task rate(text: str) -> Verdict { prompt = "Rate {text}" }
+}
+
+choreography main(text: str) -> Verdict {
+  return judge.rate(text)
+}
+""")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"rules": [{"task": "judge.rate", "raw": "not json {"}]}))
+    db = tmp_path / "t.duckdb"
+    args = ["run", str(spec), "--input", "text=x", "--db", str(db)]
+    failed = ok(af(tmp_path, *args, *cluster.run_args()), 3)
+    run = last_run(db)
+    assert run["status"] == "failed", failed.stderr
+    wf_id = workflow_of(db)
+    assert activity_history(cluster.server.address, wf_id)["scheduled"] == 2  # the answer and its repair
+    script.write_text(json.dumps({"rules": [{"task": "judge.rate", "content": {"ok": True}}]}))
+    resumed = ok(af(tmp_path, *args, "--resume", *cluster.run_args()))
+    assert json.loads(resumed.stdout) == {"ok": True}
+    assert last_run(db)["run_id"] == run["run_id"] and last_run(db)["status"] == "succeeded"
+    assert activity_history(cluster.server.address, wf_id)["scheduled"] == 1, "the task did not start over"
+
+
+def test_lookups_wait_for_a_client_and_a_resumed_client_answers_them(cluster, tmp_path):
+    """The client dies while `same` runs: the workflow then asks for `first`'s stored result
+    and waits; `--resume` re-attaches and answers, and both `chat` calls are reused."""
+    db = tmp_path / "t.duckdb"
+    args = ["run", str(WORK), "--entry", "relay", "--input", "text=hey", "--db", str(db)]
+    ok(af(tmp_path, *args, "--input", "seconds=0", *cluster.run_args()))
+    cursors = Path(f"{db}.temporal")
+    seen = set(cursors.glob("*.json"))
+    args += ["--input", "seconds=1.5"]  # the tool's arguments are not part of `chat`'s keys
+    client = af_start(tmp_path, *args, *cluster.run_args())
+    try:
+        cursor = wait_until(lambda: set(cursors.glob("*.json")) - seen, what="the workflow to start").pop()
+        from agentflow.runtime.temporal.wire import workflow_id
+        wf_id = workflow_id("work", cursor.stem)
+        wait_until(lambda: running_on(cluster.server.address, wf_id), what="`same` to start")
+    finally:
+        client.kill()
+        client.wait(10)
+    pending = lambda: temporal(cluster.server.address, lambda c: c.get_workflow_handle(wf_id).query(  # noqa: E731
+        "progress", 0))["lookups"]
+    assert len(wait_until(pending, what="the workflow to ask for a stored result")) == 1
+    time.sleep(1)
+    assert len(pending()) == 1, "the lookup was answered without a client"
+    before = describe(cluster.server.address, wf_id)
+    resumed = ok(af(tmp_path, *args, "--resume", *cluster.run_args()))
+    assert describe(cluster.server.address, wf_id).run_id == before.run_id
+    assert activity_history(cluster.server.address, wf_id)["scheduled"] == 1
+    statuses = {n: (r["status"], r["cached"]) for n, r in nodes(db, last_run(db)["run_id"]).items()}
+    assert statuses == {"relay/v": ("succeeded", False), "relay/first": ("succeeded", True),
+                        "relay/second": ("succeeded", True)}, resumed.stderr

@@ -19,3 +19,8 @@ def measure(text: str) -> int:
 
 def shout(text: str) -> str:
     return text.upper() + "!"
+
+
+async def same(text: str, seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return text
