@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -574,6 +575,14 @@ def find_secret(text: str) -> tuple[int, int, str] | None:
     return None
 
 
+@functools.cache
+def _child_fields(cls: type) -> tuple[str, ...] | None:
+    """The fields of an AST class that can hold nodes (spans excluded); None for non-nodes."""
+    if not dataclasses.is_dataclass(cls) or cls is Span:
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.endswith("span"))
+
+
 def _nodes(root) -> Iterator:
     """Every AST node under `root`, without recursion."""
     stack = [root]
@@ -581,9 +590,11 @@ def _nodes(root) -> Iterator:
         node = stack.pop()
         if isinstance(node, tuple):
             stack.extend(reversed(node))
-        elif dataclasses.is_dataclass(node):
+            continue
+        names = _child_fields(type(node))
+        if names is not None:
             yield node
-            stack.extend(reversed([getattr(node, f.name) for f in dataclasses.fields(node) if f.name != "span"]))
+            stack.extend(reversed([getattr(node, n) for n in names]))
 
 
 def check_secrets(ctx: Context, sink: DiagnosticSink) -> None:

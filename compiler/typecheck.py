@@ -67,31 +67,26 @@ class Scope:
         return names
 
 
+_CHILDREN = {
+    ast.ListExpr: lambda e: list(e.items),
+    ast.RecordExpr: lambda e: [f.value for f in e.fields],
+    ast.Attribute: lambda e: [e.value],
+    ast.Index: lambda e: [e.value, e.index],
+    ast.Call: lambda e: [e.func, *(a.value for a in e.args)],
+    ast.BinOp: lambda e: [e.left, e.right],
+    ast.UnaryOp: lambda e: [e.operand],
+    ast.Conditional: lambda e: [e.then, e.cond, e.orelse],
+    ast.Comprehension: lambda e: [e.elem, e.iter] + ([e.cond] if e.cond is not None else []),
+    ast.ForExpr: lambda e: [e.iter, *(s.value for s in e.body.statements)],
+    ast.RepeatExpr: lambda e: ([e.max] if e.max is not None else []) + [e.until, *(s.value for s in e.body.statements)],
+}
+
+
 def children(e: ast.Expr) -> list[ast.Expr]:
-    """The direct sub-expressions of an expression, nested bodies included."""
-    if isinstance(e, ast.ListExpr):
-        return list(e.items)
-    if isinstance(e, ast.RecordExpr):
-        return [f.value for f in e.fields]
-    if isinstance(e, ast.Attribute):
-        return [e.value]
-    if isinstance(e, ast.Index):
-        return [e.value, e.index]
-    if isinstance(e, ast.Call):
-        return [e.func, *(a.value for a in e.args)]
-    if isinstance(e, ast.BinOp):
-        return [e.left, e.right]
-    if isinstance(e, ast.UnaryOp):
-        return [e.operand]
-    if isinstance(e, ast.Conditional):
-        return [e.then, e.cond, e.orelse]
-    if isinstance(e, ast.Comprehension):
-        return [e.elem, e.iter] + ([e.cond] if e.cond is not None else [])
-    if isinstance(e, ast.ForExpr):
-        return [e.iter, *(s.value for s in e.body.statements)]
-    if isinstance(e, ast.RepeatExpr):
-        return ([e.max] if e.max is not None else []) + [e.until, *(s.value for s in e.body.statements)]
-    return []
+    """The direct sub-expressions of an expression, nested bodies included
+    (a table by node class: this runs for every node of every check)."""
+    get = _CHILDREN.get(type(e))
+    return get(e) if get is not None else []
 
 
 def walk(e: ast.Expr) -> Iterator[ast.Expr]:
