@@ -125,6 +125,10 @@ class Engine:
         self.tasks: set[asyncio.Task] = set()
         self._task_defs = {name: self._effective(entry) for name, entry in plan["tasks"].items()}
         self._code_versions: dict[str, str] = {}
+        # Per-target parts of a key and tool objects, computed once (not once per node).
+        self._key_parts: dict[tuple[str, str], tuple[str, str]] = {}
+        self._tool_specs: dict[str, Any] = {}
+        self._tool_context = None
 
     # ------------------------------------------------------------ definitions and keys
 
@@ -146,6 +150,12 @@ class Engine:
         return version
 
     def tool_spec(self, name: str):
+        spec = self._tool_specs.get(name)
+        if spec is None:
+            spec = self._tool_specs[name] = self._make_tool_spec(name)
+        return spec
+
+    def _make_tool_spec(self, name: str):
         from .tools import ToolSpec
         d = self.plan["tools"][name]
         defn = d["definition"]
@@ -155,19 +165,25 @@ class Engine:
                         cwd=defn.get("cwd"))
 
     def tool_context(self):
-        from .tools import ToolContext
-        return ToolContext(spec_dir=self.options.spec_dir, workspace=self.options.workspace)
+        if self._tool_context is None:
+            from .tools import ToolContext
+            self._tool_context = ToolContext(spec_dir=self.options.spec_dir, workspace=self.options.workspace)
+        return self._tool_context
 
     def node_key(self, kind: str, target: str, args: dict, extra: str = "") -> tuple[str, str, dict]:
         """(key, definition hash, input hashes): everything that can change the result."""
-        if kind == "task":
-            definition, def_hash = self._task_defs[target]
-            versions = [self.code_version(t["tool"]) for t in definition["tools"] if "tool" in t]
-        else:
-            def_hash = self.plan["tools"][target]["definition_hash"]
-            versions = [self.code_version(target)]
+        parts = self._key_parts.get((kind, target))
+        if parts is None:  # code versions are fixed for the run (cached by code_version)
+            if kind == "task":
+                definition, def_hash = self._task_defs[target]
+                versions = [self.code_version(t["tool"]) for t in definition["tools"] if "tool" in t]
+            else:
+                def_hash = self.plan["tools"][target]["definition_hash"]
+                versions = [self.code_version(target)]
+            parts = self._key_parts[(kind, target)] = (def_hash, canonical_json(versions))
+        def_hash, versions_json = parts
         inputs = {name: value_hash(value) for name, value in args.items()}
-        key = digest("node", def_hash, canonical_json(versions), canonical_json(inputs), extra)
+        key = digest("node", def_hash, versions_json, canonical_json(inputs), extra)
         return key, def_hash, inputs
 
     # ------------------------------------------------------------ running a plan
@@ -197,7 +213,12 @@ class Engine:
             scope.futures[name] = self.spawn(self.binding(name, binding, scope))
         try:
             result = None if body["result"] is None else await self.eval(body["result"], scope)
-            await asyncio.gather(*scope.futures.values())
+            futures = scope.futures.values()
+            if all(f.done() for f in futures):  # the usual case: no gather to build
+                for f in futures:
+                    f.result()
+            else:
+                await asyncio.gather(*futures)
         except BaseException:
             await asyncio.gather(*scope.futures.values(), return_exceptions=True)
             raise

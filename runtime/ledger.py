@@ -31,6 +31,8 @@ class Ledger:
         self.previous: dict[str, dict] = {}
         self._lookups: dict[str, list[asyncio.Future]] = {}
         self._lookup_scheduled = False
+        # What `has_result` found, kept for `reused`: a reuse costs no second query.
+        self._found: dict[str, tuple] = {}
         self._flush_waiters: list[asyncio.Future] = []
         self._flushing: asyncio.Task | None = None
         self._sessions: dict[str, list[list[dict]]] = {}
@@ -67,7 +69,10 @@ class Ledger:
         return state.key if state is not None and state.status == "succeeded" else None
 
     async def has_result(self, key: str) -> bool:
-        return await self._lookup(key) is not None
+        found = await self._lookup(key)
+        if found is not None:
+            self._found[key] = found
+        return found is not None
 
     async def _lookup(self, key: str):
         future = asyncio.get_running_loop().create_future()
@@ -126,7 +131,7 @@ class Ledger:
             self.store.node_started(self.run_id, node_id, role=None)
 
     async def reused(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> Any:
-        found = await self._lookup(key)
+        found = self._found.pop(key, None) or await self._lookup(key)
         if found is None:
             raise LookupError(f"stored result of {node_id} disappeared")
         value, stored_hash = found

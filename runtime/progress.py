@@ -1,17 +1,25 @@
 """Progress on stderr: a live rich display on a terminal, plain lines otherwise."""
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import Counter
 from typing import TextIO
 
 
 class PlainReporter:
-    """One line per node event that matters: start, finish, reuse, failure, skip."""
+    """One line per node event that matters: start, finish, reuse, failure, skip.
+
+    Lines are buffered and written together at most `FLUSH_S` later (one write per batch,
+    not one per node: a fan-out of 10k nodes would otherwise spend a syscall on each)."""
+
+    FLUSH_S = 0.05
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.counts: Counter[str] = Counter()
+        self._lines: list[str] = []
+        self._scheduled = False
 
     def node(self, node_id: str, status: str, *, cached: bool = False, detail: str = "") -> None:
         if status == "running":
@@ -19,9 +27,25 @@ class PlainReporter:
         label = "reused" if cached else status
         self.counts[label] += 1
         suffix = f" ({detail})" if detail else ""
-        print(f"{label:>9}  {node_id}{suffix}", file=self.stream, flush=True)
+        self._lines.append(f"{label:>9}  {node_id}{suffix}\n")
+        if status == "failed":
+            self.flush()
+        elif not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
+                self._scheduled = True
+            except RuntimeError:  # no event loop: write now
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            text, self._lines = "".join(self._lines), []
+            self.stream.write(text)
+            self.stream.flush()
 
     def close(self) -> None:
+        self.flush()
         summary = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
         if summary:
             print(f"    nodes  {summary}", file=self.stream, flush=True)
