@@ -1,17 +1,23 @@
 """Source text -> AST, with syntax errors as E001/E002 diagnostics.
 
 The LALR parser is built once per process from the grammar (Lark caches its tables on
-disk); a non-recursive transformer turns the tree into AST nodes, so depth costs no stack.
+disk). `_fast_parse` drives Lark's LALR table over Lark's lexer and builds AST nodes at each
+reduction with the `_ToAst` methods, exactly as Lark's tree building followed by the
+`_ToAst` transformer would (tests/test_parser.py checks it); no stack grows with depth.
 """
 from __future__ import annotations
 
+import gc
 import re
 import textwrap
 from functools import lru_cache
 
-from lark import Lark, Token, v_args
+from lark import Lark, Token, Tree, v_args
+from lark.lexer import BasicLexer, LexerThread
+from lark.parsers.lalr_analysis import Shift
+from lark.tree import Meta
 from lark.visitors import Transformer_NonRecursive
-from lark.exceptions import VisitError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from agentflow.grammar import GRAMMAR_PATH
 
@@ -79,7 +85,13 @@ class _ToAst(Transformer_NonRecursive):
 
     # -- expression depth guard, so later recursive passes never overflow
     def _expr(self, node, *children):
-        d = 1 + max((self.depth.get(id(c), 0) for c in children), default=0)
+        depth = self.depth
+        d = 0
+        for c in children:
+            x = depth.get(id(c), 0)
+            if x > d:
+                d = x
+        d += 1
         if d > MAX_NESTING:
             raise NestingTooDeep(node.span)
         self.depth[id(node)] = d
@@ -346,6 +358,286 @@ def _report(err: UnexpectedInput, source: SourceFile, sink: DiagnosticSink) -> i
     return max(end, start + 1)
 
 
+# ---------------------------------------------------------------- table-driven fast path
+#
+# Lark's tree building (a Tree with a Meta per reduction, then a transformer pass) dominates
+# parse time. Instead we drive Lark's own LALR table over Lark's own lexer and, at each Reduce,
+# build the AST node directly with the `_ToAst` method, reproducing what Lark's parse-tree
+# builder does for the grammar: anonymous-token filtering, `[ ]` placeholders, `_rule` and
+# `?rule` inlining, aliases and propagate_positions (including its "container" positions,
+# so that e.g. `(a).b` starts at the parenthesis). test_parser.py checks that both paths
+# build identical ASTs, spans included.
+
+class _Meta:
+    """The part of lark.tree.Meta the builders read (see _meta_span)."""
+    __slots__ = ("empty", "line", "column", "start_pos", "end_line", "end_column", "end_pos")
+
+    def __init__(self, first, last) -> None:
+        self.empty = False
+        self.line = first.line
+        self.column = first.column
+        self.start_pos = first.start_pos
+        self.end_line = last.end_line
+        self.end_column = last.end_column
+        self.end_pos = last.end_pos
+
+
+_EMPTY_META = Meta()  # empty=True, like a reduction that covers no text
+
+_UNIT, _INLINE, _NODE = 0, 1, 2                     # what a reduction builds
+_ALL, _PICK, _GENERAL = 0, 1, 2                     # how its children are filtered
+_SHIFT, _UNIT_REDUCE, _REDUCE = 0, 1, 2             # the actions of the table
+
+
+@lru_cache(maxsize=1)
+def _fast_tables():
+    """(states, start state, end state, lexer): Lark's LALR table, with each Reduce's rule
+    replaced by a precomputed description of how Lark's tree builder treats that rule."""
+    lark = _parser()
+    table = lark.parser.parser.parser.parse_table
+    builder = _ToAst()
+    infos = {}
+    for rule in lark.rules:
+        expansion = rule.expansion
+        opts = rule.options
+        size = len(expansion)
+        # -- as parse_tree_builder.maybe_create_child_filter (maybe_placeholders=True)
+        if opts.empty_indices:
+            bits = "".join(str(int(b)) for b in opts.empty_indices)
+            empty_indices = [len(ones) for ones in bits.split("0")]
+        else:
+            empty_indices = [0] * (size + 1)
+        include = []
+        nones = 0
+        for i, sym in enumerate(expansion):
+            nones += empty_indices[i]
+            if opts.keep_all_tokens or not (sym.is_term and sym.filter_out):
+                include.append((i, (not sym.is_term) and sym.name.startswith("_"), nones))
+                nones = 0
+        trailing = nones + empty_indices[size]
+        if any(expand or n for _, expand, n in include):
+            fmode = _GENERAL
+        elif [i for i, _, _ in include] == list(range(size)):
+            fmode = _ALL
+        else:
+            fmode = _PICK
+        picks = tuple(i for i, _, _ in include)
+        # -- as ExpandSingleChild (`?rule` without an alias) and the user callback
+        expand1 = bool(opts.expand1 and not rule.alias)
+        name = rule.alias or opts.template_source or rule.origin.name
+        fn = None
+        if rule.origin.name.startswith("_"):
+            if expand1:
+                raise NotImplementedError("inlined ?_rule")  # not used by the grammar
+            kind = _INLINE  # a list, spliced into the parent's children
+        elif expand1 and size == 1 and fmode == _ALL and not trailing:
+            kind = _UNIT    # `?a: b` is b itself, and b's positions are unchanged
+        else:
+            kind = _NODE
+            method = _ToAst.__dict__.get(name)
+            if method is not None:
+                fn = method.base_func.__get__(builder)
+        # -- propagate_positions: a terminal at either end is always the first/last position
+        first_i = 0 if size and expansion[0].is_term else -1
+        last_i = size - 1 if size and expansion[-1].is_term else -1
+        infos[rule] = (kind, size, rule.origin.name, fmode, picks, tuple(include), trailing,
+                       expand1, name, fn, first_i, last_i)
+    # actions: state -> terminal -> (_SHIFT, next state) | (_UNIT_REDUCE, rule name) | (_REDUCE, info);
+    # gotos: state -> rule name -> next state
+    actions, gotos = {}, {}
+    for state, row in table.states.items():
+        actions[state] = {t: (_SHIFT, arg) if action is Shift else
+                          (_UNIT_REDUCE, arg.origin.name) if infos[arg][0] == _UNIT else (_REDUCE, infos[arg])
+                          for t, (action, arg) in row.items() if t.isupper()}
+        gotos[state] = {t: arg for t, (action, arg) in row.items() if not t.isupper()}
+        assert all(action is Shift for t, (action, arg) in row.items() if not t.isupper())
+    return actions, gotos, table.start_states["start"], table.end_states["start"], lark.parser.lexer
+
+
+def _lex(lexer, text: str):
+    """The tokens of `text`, then `$END` as Lark's LALR parser makes it.
+
+    This is BasicLexer.next_token as one generator, with the lexer's own scanner (its
+    compiled terminal regexes, in its order), its callbacks (keywords) and its ignore and
+    newline sets: the same tokens, positions and UnexpectedCharacters, at about 2/3 of the
+    cost. A lexer of another kind goes through Lark's own lexing loop."""
+    if type(lexer) is not BasicLexer:  # pragma: no cover - the grammar uses lexer="basic"
+        yield from _with_end(LexerThread.from_text(lexer, text).lex(None))
+        return
+    scanner = lexer.scanner
+    mres = scanner._mres
+    ignore = lexer.ignore_types
+    newline_types = lexer.newline_types
+    callback = lexer.callback
+    new_token = Token._future_new
+    pos, line, line_start, end = 0, 1, 0, len(text)
+    token = None
+    while pos < end:
+        for mre in mres:
+            m = mre.match(text, pos, end)
+            if m:
+                break
+        else:
+            raise UnexpectedCharacters(text, pos, line, pos - line_start + 1,
+                                       allowed=(scanner.allowed_types - ignore) or {"<END-OF-FILE>"},
+                                       token_history=token and [token],
+                                       terminals_by_name=lexer.terminals_by_name)
+        value = m.group(0)
+        type_ = m.lastgroup
+        if type_ in ignore and type_ not in callback:
+            if type_ in newline_types:
+                newlines = value.count("\n")
+                if newlines:
+                    line += newlines
+                    line_start = pos + value.rindex("\n") + 1
+            pos += len(value)
+            continue
+        t = new_token(type_, value, pos, line, pos - line_start + 1)
+        if type_ in newline_types:
+            newlines = value.count("\n")
+            if newlines:
+                line += newlines
+                line_start = pos + value.rindex("\n") + 1
+        pos += len(value)
+        t.end_line = line
+        t.end_column = pos - line_start + 1
+        t.end_pos = pos
+        if type_ in callback:
+            t = callback[type_](t)
+        if type_ not in ignore:
+            token = t
+            yield t
+    yield Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
+
+
+def _with_end(tokens):
+    token = None
+    for token in tokens:
+        yield token
+    yield Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
+
+
+def _fast_parse(text: str):
+    """`_ToAst().transform(_parser().parse(text))`, with the same result and the same
+    exceptions, without building the parse tree."""
+    actions, gotos, start_state, end_state, lexer = _fast_tables()
+    state = start_state
+    state_stack = [state]
+    value_stack: list = []
+    pos_stack: list = []    # per value, what propagate_positions sees: a token, a _Meta or None
+    failure = None          # the first exception from a builder, raised if the parse succeeds
+    Token_ = Token
+
+    for token in _lex(lexer, text):
+        ttype = token.type
+        while True:
+            try:
+                action, arg = actions[state][ttype]
+            except KeyError:
+                if ttype == "$END" and state == end_state:
+                    if failure is not None:
+                        raise failure from None
+                    return value_stack[-1]
+                raise UnexpectedToken(token, set(actions[state])) from None
+            if action == _SHIFT:
+                state = arg
+                state_stack.append(state)
+                value_stack.append(token)
+                pos_stack.append(token)
+                break
+            if action == _UNIT_REDUCE:
+                state = state_stack[-1] = gotos[state_stack[-2]][arg]
+                continue
+            kind, size, origin, fmode, picks, include, trailing, expand1, name, fn, first_i, last_i = arg
+            # -- reduce: the children, and the positions Lark would give the node
+            if size:
+                raw = value_stack[-size:]
+                raw_pos = pos_stack[-size:]
+                del state_stack[-size:]
+                del value_stack[-size:]
+                del pos_stack[-size:]
+                if first_i >= 0:
+                    first = raw_pos[first_i]
+                else:
+                    first = None
+                    for first in raw_pos:
+                        if first is not None:
+                            break
+                if first is None:
+                    meta = None
+                else:
+                    if last_i >= 0:
+                        last = raw_pos[last_i]
+                    else:
+                        for last in reversed(raw_pos):
+                            if last is not None:
+                                break
+                    meta = _Meta(first, last)
+                if fmode == _ALL:
+                    children = raw
+                elif fmode == _PICK:
+                    children = [raw[i] for i in picks]
+                else:
+                    children = []
+                    for i, expand, nones in include:
+                        if nones:
+                            children += [None] * nones
+                        if expand:
+                            if children:
+                                children += raw[i]
+                            else:   # left recursion: extend the list in place
+                                children = raw[i]
+                        else:
+                            children.append(raw[i])
+            else:
+                meta = None
+                children = []
+            if trailing:
+                children += [None] * trailing
+            pos = meta
+            if kind == _INLINE:
+                value = children
+            elif expand1 and len(children) == 1:
+                # Lark returns the child itself; propagate_positions then gives a tree the
+                # positions of this reduction as its container (tokens and None stay as they are)
+                value = children[0]
+                if value is None or isinstance(value, Token_):
+                    pos = value
+                elif meta is not None and _child_pos(raw, raw_pos, value) is None:
+                    # Lark would also set the empty child's own positions; no rule does this
+                    raise NotImplementedError(f"inlined empty child in {origin}")
+            elif failure is not None:
+                value = None
+            elif fn is None:
+                value = Tree(name, children, _lark_meta(meta))
+            else:
+                try:
+                    value = fn(_EMPTY_META if meta is None else meta, children)
+                except Exception as err:  # noqa: BLE001 - Lark would have finished parsing first
+                    failure = err
+                    value = None
+            state = gotos[state_stack[-1]][origin]
+            state_stack.append(state)
+            value_stack.append(value)
+            pos_stack.append(pos)
+    raise AssertionError("the LALR parser never accepted")  # pragma: no cover
+
+
+def _child_pos(raw, raw_pos, value):
+    for v, p in zip(raw, raw_pos):
+        if v is value:
+            return p
+    return None
+
+
+def _lark_meta(meta):
+    lm = Meta()
+    if meta is not None:
+        for attr in _Meta.__slots__:
+            setattr(lm, attr, getattr(meta, attr))
+    return lm
+
+
 def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
     """Parses a whole file. On a syntax error it resumes at the next top-level
     declaration, so several independent mistakes are reported in one go."""
@@ -356,10 +648,13 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
     for _ in range(MAX_SYNTAX_ERRORS):
         masked = text if resume_at == 0 else _blank(text[:resume_at]) + text[resume_at:]
         try:
+            gc_was_enabled = gc.isenabled()
+            gc.disable()  # the parser allocates many objects and no cycles
             try:
-                result = _ToAst().transform(_parser().parse(masked))
-            except VisitError as err:
-                raise err.orig_exc from None
+                result = _fast_parse(masked)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
             if resume_at == 0:
                 program = result
             break
