@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 
 import pytest
@@ -12,51 +11,11 @@ from agentflow.compiler.diagnostics import DiagnosticSink, render_json, render_t
 from agentflow.compiler.parser import parse
 from agentflow.compiler.source import SourceFile
 from agentflow.compiler.symbols import collect
+from mutations import mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = sorted((ROOT / "specs").glob("*.agentflow")) + sorted((ROOT / "tests" / "bad").glob("*.agentflow"))
 CASES_PER_SEED = 1500 // max(1, len(SEEDS)) + 1
-TOKENS = ["{", "}", "(", ")", "[", "]", "=", ".", ",", "\"", "for", "repeat", "max", "until", "yield", "return",
-          "after", "prev", "null", "if", "else", "in", "?", "|", "0", "-1", "main", "str", "list[", "x"]
-
-
-IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
-
-
-def mutate(text: str, rng: random.Random) -> str:
-    """Random deletions, duplications, truncations, character swaps and insertions; half
-    of the cases only swap names and numbers, which keeps the syntax and so reaches the checks."""
-    if rng.random() < 0.5:
-        words = IDENT.findall(text)
-        for _ in range(rng.randint(1, 3)):
-            spots = list(IDENT.finditer(text))
-            m = rng.choice(spots)
-            text = text[:m.start()] + rng.choice(words + ["prev", "0", "1", "iterations"]) + text[m.end():]
-        return text
-    for _ in range(rng.randint(1, 4)):
-        if not text:
-            return text
-        i = rng.randrange(len(text))
-        j = min(len(text), i + rng.randint(1, 40))
-        op = rng.choice(["delete", "duplicate", "truncate", "swap", "insert", "line_dup", "line_del"])
-        if op == "delete":
-            text = text[:i] + text[j:]
-        elif op == "duplicate":
-            text = text[:j] + text[i:j] + text[j:]
-        elif op == "truncate":
-            text = text[:i]
-        elif op == "swap" and j - i >= 2:
-            text = text[:i] + text[j - 1] + text[i + 1:j - 1] + text[i] + text[j:]
-        elif op == "insert":
-            text = text[:i] + " " + rng.choice(TOKENS) + " " + text[i:]
-        else:
-            lines = text.split("\n")
-            k = rng.randrange(len(lines))
-            lines[k:k + 1] = [lines[k], lines[k]] if op == "line_dup" else []
-            text = "\n".join(lines)
-    return text
-
-
 def run_checker(name: str, text: str) -> DiagnosticSink:
     source = SourceFile(name, text)
     sink = DiagnosticSink()

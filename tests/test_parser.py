@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,13 @@ from lark.lexer import LexerThread
 from agentflow.compiler import parser as P
 from agentflow.compiler.diagnostics import DiagnosticSink
 from agentflow.compiler.source import SourceFile
+from mutations import mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = sorted((ROOT / "specs").glob("*.agentflow")) + sorted((ROOT / "tests" / "bad").glob("*.agentflow"))
 TOKENS = ["{", "}", "(", ")", "[", "]", "=", ".", ",", ";", "\"", '"""', "for", "repeat", "max", "until",
           "yield", "return", "after", "null", "true", "if", "else", "in", "not in", "not", "and", "or", "?",
           "|", "0", "1.5", "-1", "2s", "main", "str", "list[", "x", "->", "+", "*", "==", "#", "@", "\n"]
-IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 
 EXTRA = {
     "empty": "",
@@ -94,46 +93,13 @@ def _diagnosed(text: str):
     return _dump(program), repr(sink.diagnostics)
 
 
-def _mutate(text: str, rng: random.Random) -> str:
-    if rng.random() < 0.3:
-        words = IDENT.findall(text) or ["x"]
-        for _ in range(rng.randint(1, 3)):
-            spots = list(IDENT.finditer(text))
-            if spots:
-                m = rng.choice(spots)
-                text = text[:m.start()] + rng.choice(words + ["prev", "0", "1"]) + text[m.end():]
-        return text
-    for _ in range(rng.randint(1, 4)):
-        if not text:
-            return text
-        i = rng.randrange(len(text))
-        j = min(len(text), i + rng.randint(1, 40))
-        op = rng.choice(["delete", "duplicate", "truncate", "swap", "insert", "insert", "line_dup", "line_del"])
-        if op == "delete":
-            text = text[:i] + text[j:]
-        elif op == "duplicate":
-            text = text[:j] + text[i:j] + text[j:]
-        elif op == "truncate":
-            text = text[:i]
-        elif op == "swap" and j - i >= 2:
-            text = text[:i] + text[j - 1] + text[i + 1:j - 1] + text[i] + text[j:]
-        elif op == "insert":
-            text = text[:i] + rng.choice(["", " "]) + rng.choice(TOKENS) + rng.choice(["", " "]) + text[i:]
-        else:
-            lines = text.split("\n")
-            k = rng.randrange(len(lines))
-            lines[k:k + 1] = [lines[k], lines[k]] if op == "line_dup" else []
-            text = "\n".join(lines)
-    return text
-
-
 def _cases():
     cases = [(p.name, p.read_text()) for p in SEEDS] + list(EXTRA.items())
     rng = random.Random(20240611)
     for path in SEEDS:
         base = path.read_text()
         for k in range(400 // len(SEEDS) + 1):
-            cases.append((f"{path.stem}~{k}", _mutate(base, rng)))
+            cases.append((f"{path.stem}~{k}", mutate(base, rng, rename_share=0.3, tight=True, tokens=TOKENS)))
     return cases
 
 
