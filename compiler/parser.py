@@ -484,21 +484,16 @@ def _lex(lexer, text: str):
                                        terminals_by_name=lexer.terminals_by_name)
         value = m.group(0)
         type_ = m.lastgroup
-        if type_ in ignore and type_ not in callback:
-            if type_ in newline_types:
-                newlines = value.count("\n")
-                if newlines:
-                    line += newlines
-                    line_start = pos + value.rindex("\n") + 1
-            pos += len(value)
-            continue
-        t = new_token(type_, value, pos, line, pos - line_start + 1)
+        start, start_line, start_column = pos, line, pos - line_start + 1
         if type_ in newline_types:
             newlines = value.count("\n")
             if newlines:
                 line += newlines
                 line_start = pos + value.rindex("\n") + 1
         pos += len(value)
+        if type_ in ignore and type_ not in callback:
+            continue
+        t = new_token(type_, value, start, start_line, start_column)
         t.end_line = line
         t.end_column = pos - line_start + 1
         t.end_pos = pos
