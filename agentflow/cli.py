@@ -122,6 +122,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
 
     from agentflow.runtime.inputs import InputError, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
+    from agentflow.runtime.engine import RunOptions
     from agentflow.runtime.runner import ResumeError, RunRequest, execute
     from agentflow.runtime.store import StoreError
 
@@ -133,10 +134,11 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         inputs = parse_inputs(plan.data, input_pairs, inputs_file)
     except InputError as err:
         raise UserError(str(err)) from None
-    request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
-                         spec_dir=Path(file).resolve().parent, workspace=Path(workspace).resolve(),
+    options = RunOptions(run_id="", spec_dir=Path(file).resolve().parent, workspace=Path(workspace).resolve(),
                          concurrency=concurrency, model=model, force=tuple(force), no_cache=no_cache,
-                         resume=resume is not None, resume_run_id=resume or None, dry_run=dry_run)
+                         dry_run=dry_run)
+    request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
+                         options=options, resume=resume is not None, resume_run_id=resume or None)
     reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
     try:
         if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,15 @@ from .store import Store, StoreError
 
 @dataclass(frozen=True)
 class RunRequest:
+    """What the user asked for; `options.run_id` is filled in once the run is picked."""
+
     plan: dict
     plan_hash: str
     inputs: dict
     db_path: Path
-    spec_dir: Path
-    workspace: Path
-    concurrency: int = 16
-    model: str | None = None
-    force: tuple[str, ...] = ()
-    no_cache: bool = False
+    options: RunOptions
     resume: bool = False
     resume_run_id: str | None = None
-    dry_run: bool = False
 
 
 @dataclass
@@ -95,16 +91,14 @@ class _NoHistory:
 
 
 async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
-    if req.dry_run:
+    if req.options.dry_run:
         store = Store.open_reader(req.db_path) if req.db_path.exists() else _NoHistory()
     else:
         store = Store.open_writer(req.db_path)
     try:
         run_id, resuming = _pick_run(store, req)
-        options = RunOptions(run_id=run_id, spec_dir=req.spec_dir, workspace=req.workspace,
-                             concurrency=req.concurrency, model=req.model, force=req.force,
-                             no_cache=req.no_cache, dry_run=req.dry_run)
-        ledger = Ledger(store, run_id, dry_run=req.dry_run)
+        options = replace(req.options, run_id=run_id)
+        ledger = Ledger(store, run_id, dry_run=req.options.dry_run)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
         engine = Engine(req.plan, ledger, options, executor or LocalExecutor(), reporter)
         status, value, failure = "succeeded", None, None
@@ -120,7 +114,7 @@ async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
             status = "failed"
             await ledger.close("failed")
             raise
-        if req.dry_run:
+        if req.options.dry_run:
             status = "dry-run"
         await ledger.close(status)
         return RunOutcome(run_id, status, value, failure, engine.decisions)

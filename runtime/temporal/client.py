@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +33,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import CancelledError as TemporalCancelled
 from temporalio.service import RPCError, RPCStatusCode
 
-from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, RunOptions, _DryRunStop
+from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, _DryRunStop
 from ..ledger import SESSION_STEP, Ledger
 from ..local import LocalExecutor
 from ..progress import SilentReporter
@@ -153,9 +153,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
     pre = _Prefetch(store, run_id, req.plan)
     await pre.open(req.plan, req.plan_hash, req.inputs, resuming)
     try:
-        options = RunOptions(run_id=run_id, spec_dir=req.spec_dir, workspace=req.workspace,
-                             concurrency=req.concurrency, model=req.model, force=req.force,
-                             no_cache=req.no_cache, dry_run=True)
+        options = replace(req.options, run_id=run_id, dry_run=True)
         engine = Engine(req.plan, pre, options, LocalExecutor(), SilentReporter())
         code_versions = {name: engine.code_version(name) for name in req.plan["tools"]}
         try:
@@ -180,9 +178,9 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
         "plan": req.plan, "inputs": req.inputs, "code_versions": code_versions,
         "known": pre.found, "resumed": resumed, "sessions": sessions, "journals": journals,
         "session_steps": pre.session_steps,
-        "options": {"run_id": run_id, "spec_dir": str(req.spec_dir), "workspace": str(req.workspace),
-                    "concurrency": req.concurrency, "model": req.model, "force": list(req.force),
-                    "no_cache": req.no_cache},
+        "options": {"run_id": run_id, "spec_dir": str(req.options.spec_dir),
+                    "workspace": str(req.options.workspace), "concurrency": req.options.concurrency,
+                    "model": req.options.model, "force": list(req.options.force), "no_cache": req.options.no_cache},
         "activity": activity_settings(settings.task_queue),
     }
 

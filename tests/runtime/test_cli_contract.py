@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import DB, af, af_start, last_run, ok, outputs, ran, result_json, reused, runs, show, stop, \
+from runtime_support import DB, af, af_start, last_run, ok, outputs, ran, result_json, reused, runs, show, stop, \
     wait_until, write
 
 SPEC = """

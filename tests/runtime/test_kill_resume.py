@@ -8,7 +8,7 @@ import signal
 import duckdb
 
 from agentflow.runtime.store import Store
-from conftest import DB, af, af_start, assert_no_secret, llm_defaults, ok, outputs, ran, result_json, \
+from runtime_support import DB, af, af_start, assert_no_secret, llm_defaults, ok, outputs, ran, result_json, \
     reused, runs, show, stop, wait_until, write
 
 BODY = """

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from conftest import DB, SECRET, OpenAIServer, af, assert_no_secret, llm_defaults, ok, ran, \
+from runtime_support import DB, SECRET, OpenAIServer, af, assert_no_secret, llm_defaults, ok, ran, \
     requests_with, result_json, reused, runs, show, write
 
 BODY = """

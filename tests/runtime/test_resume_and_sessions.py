@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from agentflow.runtime.store import Store
-from conftest import DB, af, last_run, ok, ran, result_json, reused, show, write
+from runtime_support import DB, af, last_run, ok, ran, result_json, reused, show, write
 
 REPAIR_SPEC = """
 defaults {

@@ -3,7 +3,7 @@ prompt re-runs exactly that node and what its changed output reaches, and an ups
 re-run whose output is identical does not ripple (early cutoff)."""
 from __future__ import annotations
 
-from conftest import DB, SECRET, af, assert_no_secret, last_run, llm_defaults, ok, ran, requests_with, \
+from runtime_support import DB, SECRET, af, assert_no_secret, last_run, llm_defaults, ok, ran, requests_with, \
     result_json, reused, show, write
 
 BODY = """

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import af, last_run, ok, result_json, show, write
+from runtime_support import af, last_run, ok, result_json, show, write
 
 SPEC = """
 defaults {

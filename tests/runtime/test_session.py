@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import af, last_run, llm_defaults, ok, result_json, show, write
+from runtime_support import af, last_run, llm_defaults, ok, result_json, show, write
 
 BODY = """
 tool delay(x: str, ms: int) -> str {
