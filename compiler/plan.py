@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import ast
 from .hashing import canonical_json, digest
 from .symbols import ATTR_DEFAULTS, Symbols, attr_value, classify_call
+from .typecheck import free_names
 from .types import STR, RecordT, json_schema, type_to_json
 
 PLAN_FORMAT = "agentflow-plan/1"
@@ -214,7 +215,7 @@ class _Lowering:
         for stmt in block.statements:
             target = local_ids.get(stmt.name) if isinstance(stmt, ast.Binding) else \
                 f"{prefix}/{'return' if isinstance(stmt, ast.Return) else 'yield'}"
-            for used in sorted(_free_names(stmt.value)):
+            for used in sorted(free_names(stmt.value)):
                 if used in local_ids and local_ids[used] != target:
                     self.edge(local_ids[used], target, used)
 
@@ -344,54 +345,6 @@ class _Lowering:
             self.edge(node_id, slot, "value")
             return ["node", node_id]
         raise TypeError(f"cannot lower {type(e).__name__}")
-
-
-def _free_names(e: ast.Expr | None) -> set[str]:
-    """Names an expression reads (not counting names bound inside nested bodies)."""
-    out: set[str] = set()
-    stack = [e]
-    while stack:
-        x = stack.pop()
-        if x is None:
-            continue
-        if isinstance(x, ast.Name):
-            out.add(x.id)
-        elif isinstance(x, ast.Literal | ast.Duration):
-            continue
-        elif isinstance(x, ast.ForExpr | ast.RepeatExpr):
-            inner = set()
-            local = {b.name for b in x.body.bindings} | {"prev"}
-            if isinstance(x, ast.ForExpr):
-                stack.append(x.iter)
-                local.add(x.var)
-            else:
-                stack.extend([x.max])
-                inner |= _free_names(x.until)
-            for stmt in x.body.statements:
-                inner |= _free_names(stmt.value)
-            out |= inner - local
-        elif isinstance(x, ast.Comprehension):
-            stack.append(x.iter)
-            out |= (_free_names(x.elem) | _free_names(x.cond)) - {x.var}
-        elif isinstance(x, ast.Call):
-            if not isinstance(x.func, ast.Name) and not (isinstance(x.func, ast.Attribute) and isinstance(x.func.value, ast.Name)):
-                stack.append(x.func)
-            stack.extend(a.value for a in x.args)
-        elif isinstance(x, ast.RecordExpr):
-            stack.extend(f.value for f in x.fields)
-        elif isinstance(x, ast.ListExpr):
-            stack.extend(x.items)
-        elif isinstance(x, ast.Attribute):
-            stack.append(x.value)
-        elif isinstance(x, ast.Index):
-            stack.extend([x.value, x.index])
-        elif isinstance(x, ast.BinOp):
-            stack.extend([x.left, x.right])
-        elif isinstance(x, ast.UnaryOp):
-            stack.append(x.operand)
-        elif isinstance(x, ast.Conditional):
-            stack.extend([x.cond, x.then, x.orelse])
-    return out
 
 
 def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: str) -> Plan:
