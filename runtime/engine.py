@@ -110,6 +110,9 @@ class Engine:
     def __init__(self, plan: dict, ledger, options: RunOptions, executor: NodeExecutor, reporter: Reporter) -> None:
         self.plan = plan
         self.nodes: dict[str, dict] = plan["nodes"]
+        self._scope_nodes: dict[str, list[tuple[str, dict]]] = {}  # scope template -> its node templates
+        for tid, node in self.nodes.items():
+            self._scope_nodes.setdefault(node.get("scope") or plan["entry"], []).append((tid, node))
         self.ledger = ledger
         self.options = options
         self.executor = executor
@@ -223,7 +226,7 @@ class Engine:
             await asyncio.gather(*scope.futures.values(), return_exceptions=True)
             raise
         finally:
-            self.mark_unstarted(scope, bindings)
+            self.mark_unstarted(scope)
         return result
 
     async def binding(self, name: str, binding: dict, scope: Scope) -> Any:
@@ -239,19 +242,16 @@ class Engine:
             self.failure = failure
         return failure
 
-    def mark_unstarted(self, scope: Scope, bindings: dict) -> None:
+    def mark_unstarted(self, scope: Scope) -> None:
         """Nodes of a finished scope that never started: the unchosen side of a conditional."""
         if self.failure is not None:
             return
-        prefix = scope.template + "/"
-        for tid, node in self.nodes.items():
-            if node.get("scope") == (None if scope.template == self.plan["entry"] else scope.template) \
-                    and tid.startswith(prefix):
-                iid = scope.instance_id(tid)
-                if iid not in self.started:
-                    self.started.add(iid)
-                    self.ledger.node_skipped(iid, node.get("role"))
-                    self.reporter.node(iid, "skipped")
+        for tid, node in self._scope_nodes.get(scope.template, ()):
+            iid = scope.instance_id(tid)
+            if iid not in self.started:
+                self.started.add(iid)
+                self.ledger.node_skipped(iid, node.get("role"))
+                self.reporter.node(iid, "skipped")
 
     async def lookup(self, name: str, scope: Scope) -> Any:
         s: Scope | None = scope
