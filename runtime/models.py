@@ -350,13 +350,7 @@ class _Synth:
         return text
 
     def integer(self, schema: dict, path: str) -> int:
-        low, high = _bounds(schema, integer=True)
-        if low is None and high is None:
-            low, high = 0, 100
-        elif low is None:
-            low = high - 100
-        elif high is None:
-            high = low + 100
+        low, high = _span_of(*_bounds(schema, integer=True), 100)
         if high < low:
             raise ModelError(f"scripted model: empty integer range at {path or '/'}")
         value = low + self.n(path, "int") % (high - low + 1)
@@ -367,16 +361,21 @@ class _Synth:
         return value
 
     def number(self, schema: dict, path: str) -> float:
-        low, high = _bounds(schema, integer=False)
-        if low is None and high is None:
-            low, high = 0.0, 100.0
-        elif low is None:
-            low = high - 100.0
-        elif high is None:
-            high = low + 100.0
+        low, high = _span_of(*_bounds(schema, integer=False), 100.0)
         fraction = (self.n(path, "num") % 10_000) / 10_000
         value = round(low + (high - low) * fraction, 2)
         return min(max(value, low), high)
+
+
+def _span_of(low: Any, high: Any, width: Any) -> tuple[Any, Any]:
+    """A schema's bounds with missing ends filled: `width` wide, from 0 when both are missing."""
+    if low is None and high is None:
+        return 0 * width, width
+    if low is None:
+        return high - width, high
+    if high is None:
+        return low, low + width
+    return low, high
 
 
 def _bounds(schema: dict, *, integer: bool) -> tuple[Any, Any]:
