@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
+from polling import wait_until  # noqa: E402,F401  (re-exported for the tests)
 from openai_server import OpenAIServer  # noqa: E402
 
 SECRET = "sk-agentflow-test-Q7v9ZkP2xW"  # the value of AGENTFLOW_TEST_KEY in every subprocess
@@ -113,17 +114,6 @@ def reused(nodes: dict[str, dict]) -> set[str]:
 
 def result_json(result: subprocess.CompletedProcess) -> Any:
     return json.loads(result.stdout)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.1, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -32,6 +32,7 @@ SPECS = REPO / "specs"
 WORK = HERE / "specs" / "work.agentflow"
 sys.path.insert(0, str(HERE.parent))
 from openai_server import OpenAIServer  # noqa: E402
+import polling  # noqa: E402
 
 EXAMPLES = [
     ("research_report.agentflow", ["--input", "topic=bees"]),
@@ -88,14 +89,7 @@ def workflow_of(db: Path) -> str:
 
 
 def wait_until(predicate, timeout: float = 30, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return polling.wait_until(predicate, timeout=timeout, what=what)
 
 
 def temporal(address: str, fn):
