@@ -46,9 +46,6 @@ class Symbols:
     def resolve_type(self, texpr: ast.TypeExpr | None) -> Type:
         return resolve_type(texpr, self.types)
 
-    def global_names(self) -> set[str]:
-        return set(self.tools) | set(self.roles) | set(self.choreographies) | set(BUILTIN_FUNCTIONS)
-
 
 def resolve_type(texpr: ast.TypeExpr | None, types: Mapping[str, Any], sink: DiagnosticSink | None = None) -> Type:
     """An AST type as IR; unknown names become ANY (and E105 when a sink is given)."""
