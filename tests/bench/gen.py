@@ -27,14 +27,17 @@ role worker {
 
 
 def wide_program(bindings: int) -> str:
-    """`bindings` top-level bindings in chains of ten: a tool call, then arithmetic on it."""
+    """`bindings` top-level bindings in links of ten: a tool call on the previous link's
+    result, then arithmetic on it. Every binding is used, so the program compiles clean."""
     lines = [HEADER, "choreography main(seed: int) -> int {"]
     for i in range(bindings):
-        if i % 10 == 0:
-            lines.append(f"  b{i} = square(seed + {i})")
+        if i == 0:
+            lines.append("  b0 = square(seed)")
+        elif i % 10 == 0:
+            lines.append(f"  b{i} = square(b{i - 1} - {i})")
         else:
             lines.append(f"  b{i} = b{i - 1} + {i % 7} * 2")
-    lines.append("  return " + " + ".join(f"b{i}" for i in range(9, bindings, 10)[:150]))
+    lines.append(f"  return b{bindings - 1}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
