@@ -294,13 +294,14 @@ class Engine:
             raise self.fail(NodeFailure(iid, None, f"`for` needs a list, got {type(items).__name__}"))
         self.reporter.node(iid, "running", detail=f"{len(items)} items")
         template = template_id(iid) + "[*]"
-        bodies = [Scope(f"{iid}[{i}]", template, {node["var"]: item}, scope) for i, item in enumerate(items)]
-        if node.get("sequential"):
-            values = [await self.block(node["body"], body) for body in bodies]
-        else:
-            values = await asyncio.gather(*(self.block(node["body"], body) for body in bodies))
+        var, body = node["var"], node["body"]
+
+        def item(i: int):
+            return self.block(body, Scope(f"{iid}[{i}]", template, {var: items[i]}, scope))
+
+        values = await fan_out(len(items), item, 1 if node.get("sequential") else FAN_OUT_WINDOW)
         self.ledger.structure_done(iid, "succeeded")
-        return list(values)
+        return values
 
     async def repeat_node(self, iid: str, node: dict, scope: Scope) -> Any:
         prev = None
@@ -358,7 +359,8 @@ class Engine:
     async def _call(self, iid, kind, target, args, role, extra, nested) -> Any:
         key, def_hash, inputs = self.node_key(kind, target, args, extra)
         decision = await self.decide(iid, kind, target, key, def_hash, inputs)
-        self.decisions.append(decision)
+        if self.options.dry_run:  # what --dry-run prints; a real run keeps no list of them
+            self.decisions.append(decision)
         if decision.action == "reuse":
             value = await self.ledger.reused(iid, role, key, def_hash, inputs)
             self.reporter.node(iid, "succeeded", cached=True)
@@ -403,6 +405,38 @@ class Engine:
             return Decision(iid, "run", "no stored result")
         return Decision(iid, "run", await self.ledger.explain(iid, def_hash, inputs,
                                                                cacheable=self.cacheable(kind, target)))
+
+
+# Items of one `for` in flight at once. Far above any useful concurrency (calls beyond it
+# wait for a slot anyway, and reused items' lookups are batched per loop turn), yet it
+# bounds the memory of a fan-out of 100k items to a few thousand live bodies.
+FAN_OUT_WINDOW = 2048
+
+
+async def fan_out(count: int, item, window: int) -> list:
+    """`[await item(i) for i in range(count)]`, with up to `window` items running at once.
+
+    Lanes pull the next index from one shared iterator, so items start in index order and
+    the schedule is deterministic (a Temporal workflow replays it). After a failure no new
+    item starts; the running ones finish (and are stored) before the first failure is raised."""
+    values: list = [None] * count
+    indices = iter(range(count))
+    failures: list[BaseException] = []
+
+    async def lane() -> None:
+        for i in indices:
+            if failures:
+                return
+            try:
+                values[i] = await item(i)
+            except Exception as err:
+                failures.append(err)
+                return
+
+    await asyncio.gather(*(lane() for _ in range(min(window, count))))
+    if failures:
+        raise failures[0]
+    return values
 
 
 class _DryRunStop(Exception):
