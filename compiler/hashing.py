@@ -12,19 +12,24 @@ from typing import Any
 KEY_FORMAT_VERSION = "agentflow-key-v1"
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time, which
+# costs more than encoding the small values of most keys.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_VERSION = KEY_FORMAT_VERSION.encode()
+
+
 def canonical_json(value: Any) -> str:
     """The one JSON spelling of a value: sorted keys, no whitespace, UTF-8 kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def digest(*parts: str | bytes) -> str:
     """sha256 over length-prefixed parts, so ("ab", "c") and ("a", "bc") differ."""
-    h = hashlib.sha256(KEY_FORMAT_VERSION.encode())
+    chunks = [_VERSION]
     for part in parts:
         data = part.encode() if isinstance(part, str) else part
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()
+        chunks += (len(data).to_bytes(8, "big"), data)
+    return hashlib.sha256(b"".join(chunks)).hexdigest()
 
 
 def value_hash(value: Any) -> str:
