@@ -7,13 +7,12 @@ reduction with the `_ToAst` methods, exactly as Lark's tree building followed by
 """
 from __future__ import annotations
 
-import gc
 import re
 import textwrap
 from functools import lru_cache
 
 from lark import Lark, Token, Tree, v_args
-from lark.lexer import BasicLexer, LexerThread
+from lark.lexer import BasicLexer, LexerThread, UnlessCallback
 from lark.parsers.lalr_analysis import Shift
 from lark.tree import Meta
 from lark.visitors import Transformer_NonRecursive
@@ -67,6 +66,12 @@ def _tok_span(tok: Token) -> Span:
 
 
 def _meta_span(meta) -> Span:
+    """The span of a reduction: from Lark's Meta, or from the (first, last) tokens that the
+    fast path gives instead."""
+    if type(meta) is tuple:
+        first, last = meta
+        return Span(_ToAst.file, first.start_pos, last.end_pos, first.line, first.column,
+                    last.end_line, last.end_column)
     if getattr(meta, "empty", True):
         return Span(_ToAst.file, 0, 0, 0, 0, 0, 0)
     return Span(_ToAst.file, meta.start_pos, meta.end_pos, meta.line, meta.column, meta.end_line, meta.end_column)
@@ -368,20 +373,8 @@ def _report(err: UnexpectedInput, source: SourceFile, sink: DiagnosticSink) -> i
 # so that e.g. `(a).b` starts at the parenthesis). test_parser.py checks that both paths
 # build identical ASTs, spans included.
 
-class _Meta:
-    """The part of lark.tree.Meta the builders read (see _meta_span)."""
-    __slots__ = ("empty", "line", "column", "start_pos", "end_line", "end_column", "end_pos")
-
-    def __init__(self, first, last) -> None:
-        self.empty = False
-        self.line = first.line
-        self.column = first.column
-        self.start_pos = first.start_pos
-        self.end_line = last.end_line
-        self.end_column = last.end_column
-        self.end_pos = last.end_pos
-
-
+# Positions on the fast path: per stack value, the (first, last) tokens it covers, or None
+# when it covers no text. A builder gets them as its `meta` (see _meta_span).
 _EMPTY_META = Meta()  # empty=True, like a reduction that covers no text
 
 _UNIT, _INLINE, _NODE = 0, 1, 2                     # what a reduction builds
@@ -454,54 +447,84 @@ def _fast_tables():
     return actions, gotos, table.start_states["start"], table.end_states["start"], lark.parser.lexer
 
 
+@lru_cache(maxsize=1)
+def _token_regexes(lexer) -> tuple[re.Pattern, re.Pattern] | None:
+    """(ignored, token) for `_lex`, or None for a lexer it does not reproduce.
+
+    `token` is Lark's alternation of terminals (its order, its flags) preceded by `ignored`:
+    a run of ignored terminals (blanks, comments), each allowed only where no terminal
+    before it in Lark's order matches, which is where Lark's scanner would pick it. The run
+    is atomic, so a token never starts inside it. One match per token, not one per token
+    and one per blank."""
+    scanner = lexer.scanner
+    if type(lexer) is not BasicLexer or len(scanner._mres) != 1 or lexer.ignore_types & set(lexer.callback) \
+            or any(type(cb) is not UnlessCallback for cb in lexer.callback.values()):
+        return None  # pragma: no cover - the grammar uses lexer="basic", keywords as its only callbacks
+    (alternation,) = scanner._mres
+    terminals = scanner.terminals
+    guarded = []
+    for i, t in enumerate(terminals):
+        if t.name in lexer.ignore_types:
+            own = t.pattern.to_regexp()
+            earlier = "|".join(e.pattern.to_regexp() for e in terminals[:i])
+            # its own lookahead first: where it cannot match, the others need no trying
+            guarded.append(f"(?=(?:{own}))(?!{earlier})(?:{own})" if earlier else f"(?:{own})")
+    ignored = f"(?>(?:{'|'.join(guarded)})*)"
+    return re.compile(ignored, alternation.flags), re.compile(f"{ignored}(?:{alternation.pattern})", alternation.flags)
+
+
 def _lex(lexer, text: str):
     """The tokens of `text`, then `$END` as Lark's LALR parser makes it.
 
-    This is BasicLexer.next_token as one generator, with the lexer's own scanner (its
-    compiled terminal regexes, in its order), its callbacks (keywords) and its ignore and
-    newline sets: the same tokens, positions and UnexpectedCharacters, at about 2/3 of the
-    cost. A lexer of another kind goes through Lark's own lexing loop."""
-    if type(lexer) is not BasicLexer:  # pragma: no cover - the grammar uses lexer="basic"
+    This is BasicLexer.next_token as one generator, with the lexer's own terminals (its
+    compiled alternation, in its order), its keyword callbacks (memoised per name) and its
+    ignore and newline sets: the same tokens, positions and UnexpectedCharacters, at half
+    the cost of Lark's loop. A lexer of another kind goes through Lark's own lexing loop."""
+    regexes = _token_regexes(lexer)
+    if regexes is None:  # pragma: no cover
         yield from _with_end(LexerThread.from_text(lexer, text).lex(None))
         return
-    scanner = lexer.scanner
-    mres = scanner._mres
-    ignore = lexer.ignore_types
+    ignored, token_re = regexes
     newline_types = lexer.newline_types
-    callback = lexer.callback
+    keywords = {type_: (cb.scanner.fullmatch, {}) for type_, cb in lexer.callback.items()}
     new_token = Token._future_new
-    pos, line, line_start, end = 0, 1, 0, len(text)
+    pos = line_start = 0
+    line = 1
     token = None
-    while pos < end:
-        for mre in mres:
-            m = mre.match(text, pos, end)
-            if m:
-                break
-        else:
-            raise UnexpectedCharacters(text, pos, line, pos - line_start + 1,
-                                       allowed=(scanner.allowed_types - ignore) or {"<END-OF-FILE>"},
-                                       token_history=token and [token],
-                                       terminals_by_name=lexer.terminals_by_name)
-        value = m.group(0)
+    for m in iter(token_re.scanner(text).match, None):
         type_ = m.lastgroup
-        start, start_line, start_column = pos, line, pos - line_start + 1
+        start = m.start(type_)
+        if start != pos:
+            newlines = text.count("\n", pos, start)
+            if newlines:
+                line += newlines
+                line_start = text.rindex("\n", pos, start) + 1
+        pos = m.end()
+        value = text[start:pos]
+        start_line, start_column = line, start - line_start + 1
         if type_ in newline_types:
             newlines = value.count("\n")
             if newlines:
                 line += newlines
-                line_start = pos + value.rindex("\n") + 1
-        pos += len(value)
-        if type_ in ignore and type_ not in callback:
-            continue
-        t = new_token(type_, value, start, start_line, start_column)
-        t.end_line = line
-        t.end_column = pos - line_start + 1
-        t.end_pos = pos
-        if type_ in callback:
-            t = callback[type_](t)
-        if type_ not in ignore:
-            token = t
-            yield t
+                line_start = start + value.rindex("\n") + 1
+        keyword = keywords.get(type_)
+        if keyword is not None:  # a name that is a keyword, `,` that is a comma
+            fullmatch, seen = keyword
+            retyped = seen.get(value)
+            if retyped is None:
+                retyped = seen[value] = fullmatch(value) or type_
+            type_ = retyped
+        token = new_token(type_, value, start, start_line, start_column, line, pos - line_start + 1, pos)
+        yield token
+    stop = ignored.match(text, pos).end()
+    if stop < len(text):
+        newlines = text.count("\n", pos, stop)
+        if newlines:
+            line += newlines
+            line_start = text.rindex("\n", pos, stop) + 1
+        raise UnexpectedCharacters(text, stop, line, stop - line_start + 1,
+                                   allowed=(lexer.scanner.allowed_types - lexer.ignore_types) or {"<END-OF-FILE>"},
+                                   token_history=token and [token], terminals_by_name=lexer.terminals_by_name)
     yield Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
 
 
@@ -512,6 +535,16 @@ def _with_end(tokens):
     yield Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
 
 
+def _after_unit_reductions(actions, gotos, below: int, top: int, ttype: str) -> int:
+    """The state a chain of unit reductions (`?a: b`) ends in: it depends only on the state
+    below the top, the top state and the lookahead, so the parser memoises it."""
+    step = actions[top].get(ttype)
+    while step is not None and step[0] == _UNIT_REDUCE:
+        top = gotos[below][step[1]]
+        step = actions[top].get(ttype)
+    return top
+
+
 def _fast_parse(text: str):
     """`_ToAst().transform(_parser().parse(text))`, with the same result and the same
     exceptions, without building the parse tree."""
@@ -519,7 +552,8 @@ def _fast_parse(text: str):
     state = start_state
     state_stack = [state]
     value_stack: list = []
-    pos_stack: list = []    # per value, what propagate_positions sees: a token, a _Meta or None
+    pos_stack: list = []    # per value, its (first, last) tokens, or None (see _EMPTY_META)
+    unit_chains: dict[tuple[int, int, str], int] = {}
     failure = None          # the first exception from a builder, raised if the parse succeeds
     Token_ = Token
 
@@ -538,10 +572,14 @@ def _fast_parse(text: str):
                 state = arg
                 state_stack.append(state)
                 value_stack.append(token)
-                pos_stack.append(token)
+                pos_stack.append((token, token))
                 break
             if action == _UNIT_REDUCE:
-                state = state_stack[-1] = gotos[state_stack[-2]][arg]
+                key = (state_stack[-2], state, ttype)
+                top = unit_chains.get(key)
+                if top is None:
+                    top = unit_chains[key] = _after_unit_reductions(actions, gotos, *key)
+                state = state_stack[-1] = top
                 continue
             kind, size, origin, fmode, picks, include, trailing, expand1, name, fn, first_i, last_i = arg
             # -- reduce: the children, and the positions Lark would give the node
@@ -567,7 +605,7 @@ def _fast_parse(text: str):
                         for last in reversed(raw_pos):
                             if last is not None:
                                 break
-                    meta = _Meta(first, last)
+                    meta = (first[0], last[1])
                 if fmode == _ALL:
                     children = raw
                 elif fmode == _PICK:
@@ -594,10 +632,12 @@ def _fast_parse(text: str):
                 value = children
             elif expand1 and len(children) == 1:
                 # Lark returns the child itself; propagate_positions then gives a tree the
-                # positions of this reduction as its container (tokens and None stay as they are)
+                # positions of this reduction as its container (tokens and None keep their own)
                 value = children[0]
-                if value is None or isinstance(value, Token_):
-                    pos = value
+                if value is None:
+                    pos = None
+                elif isinstance(value, Token_):
+                    pos = (value, value)
                 elif meta is not None and _child_pos(raw, raw_pos, value) is None:
                     # Lark would also set the empty child's own positions; no rule does this
                     raise NotImplementedError(f"inlined empty child in {origin}")
@@ -626,10 +666,13 @@ def _child_pos(raw, raw_pos, value):
 
 
 def _lark_meta(meta):
+    """Lark's Meta for the (first, last) tokens of a reduction (or None: empty)."""
     lm = Meta()
     if meta is not None:
-        for attr in _Meta.__slots__:
-            setattr(lm, attr, getattr(meta, attr))
+        first, last = meta
+        lm.empty = False
+        lm.line, lm.column, lm.start_pos = first.line, first.column, first.start_pos
+        lm.end_line, lm.end_column, lm.end_pos = last.end_line, last.end_column, last.end_pos
     return lm
 
 
@@ -643,13 +686,7 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
     for _ in range(MAX_SYNTAX_ERRORS):
         masked = text if resume_at == 0 else _blank(text[:resume_at]) + text[resume_at:]
         try:
-            gc_was_enabled = gc.isenabled()
-            gc.disable()  # the parser allocates many objects and no cycles
-            try:
-                result = _fast_parse(masked)
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
+            result = _fast_parse(masked)
             if resume_at == 0:
                 program = result
             break

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Span:
-    """A half-open character range [start, end) in one file, with 1-based line/column."""
+class Span(NamedTuple):
+    """A half-open character range [start, end) in one file, with 1-based line/column.
+    A named tuple, not a dataclass: the parser makes one per token and node it keeps,
+    and a tuple is four times cheaper to make."""
 
     file: str
     start: int
