@@ -8,8 +8,7 @@ order); `delegation_graph` the graph of roles that can call each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
+from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence, TypeVar
 
 N = TypeVar("N", bound=Hashable)
 
@@ -66,8 +65,13 @@ def strongly_connected(nodes: Sequence[N], edges: Mapping[N, Iterable[N]]) -> li
 def find_cycles(nodes: Sequence[N], edges: Mapping[N, Iterable[N]]) -> list[list[N]]:
     """One shortest cycle per cyclic component, in waiting order, each starting at its
     earliest node in `nodes` order; cycles sorted by that node. Self-loops are cycles
-    of one node."""
+    of one node.
+
+    A graph whose every edge points back in `nodes` order (bindings that read the ones
+    written before them, the usual case) has no cycle: that is checked first, in one pass."""
     order = {n: i for i, n in enumerate(nodes)}
+    if all(order.get(m, -1) < i for n, i in order.items() for m in edges.get(n, ())):
+        return []
     cycles = []
     for comp in strongly_connected(nodes, edges):
         members = set(comp)
@@ -106,9 +110,9 @@ def find_cycles(nodes: Sequence[N], edges: Mapping[N, Iterable[N]]) -> list[list
     return cycles
 
 
-@dataclass(frozen=True)
-class Waiter:
-    """A binding (or the scope's `return`/`yield`) as the wait graph sees it.
+class Waiter(NamedTuple):
+    """A binding (or the scope's `return`/`yield`) as the wait graph sees it (named
+    tuples, here and for `Wait`: a scope makes one per binding and per edge).
 
     `uses`: bindings of the same scope its value reads (data edges); `after`: its
     `after` list; `session_calls`: (program-order position, role) for each call it makes
@@ -120,8 +124,7 @@ class Waiter:
     session_calls: tuple[tuple[int, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class Wait:
+class Wait(NamedTuple):
     target: str
     reason: str  # "data" | "after" | "session:<role>"
 
@@ -132,9 +135,11 @@ def wait_graph(waiters: Sequence[Waiter]) -> dict[str, list[Wait]]:
     so a waiter waits for the waiter that made the previous call (when it is another)."""
     names = {w.name for w in waiters}
     graph: dict[str, list[Wait]] = {w.name: [] for w in waiters}
+    linked: set[tuple[str, str]] = set()
 
     def add(src: str, dst: str, reason: str) -> None:
-        if dst in names and all(e.target != dst for e in graph[src]):
+        if dst in names and (src, dst) not in linked:
+            linked.add((src, dst))
             graph[src].append(Wait(dst, reason))
 
     for w in waiters:
