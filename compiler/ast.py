@@ -6,6 +6,7 @@ thing compare equal wherever they were written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Union
 
 from .source import NO_SPAN, Span
@@ -207,8 +208,9 @@ class Block:
     statements: tuple[Statement, ...]
     span: Span = _span()
 
-    @property
+    @cached_property
     def bindings(self) -> tuple[Binding, ...]:
+        """The bindings among the statements (found once: every check asks)."""
         return tuple(s for s in self.statements if isinstance(s, Binding))
 
 

@@ -11,9 +11,7 @@ error stops the run, so one typo does not cascade into twenty messages.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import functools
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,11 +20,12 @@ from typing import Callable, Iterator
 from . import ast
 from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph
 from .diagnostics import DiagnosticSink, Label, did_you_mean
+from .facts import BodyFacts, children, walk
 from .source import SourceFile, Span
 from .symbols import (BUILTIN_FUNCTIONS, BUILTINS, DEFAULTS_ATTRS, ROLE_ATTRS, TASK_ATTRS, TOOL_ATTRS, Symbols,
-                      attr_value, classify_call)
+                      attr_value)
 from .templates import text_span
-from .typecheck import REPEAT_FIELDS, check_templates, check_types, children, free_names, head_span, walk
+from .typecheck import REPEAT_FIELDS, check_templates, check_types, head_span
 
 
 @dataclass
@@ -52,11 +51,9 @@ class Context:
     @cached_property
     def calls(self) -> list[tuple[str, ast.Call]]:
         """Every call in every choreography, with the calling choreography's name."""
-        out = []
-        for name, decl in self.symbols.choreographies.items():
-            for stmt in decl.body.statements:
-                out += [(name, e) for e in walk(stmt.value) if isinstance(e, ast.Call)]
-        return out
+        facts = self.symbols.facts
+        return [(name, call) for name, decl in self.symbols.choreographies.items()
+                for stmt in decl.body.statements for call in facts.of(stmt).calls]
 
     @cached_property
     def delegations(self) -> dict[str, list[tuple[str, str, ast.Expr]]]:
@@ -72,8 +69,8 @@ class Context:
     @cached_property
     def reachable_roles(self) -> set[str]:
         """Roles called by any choreography, directly or through delegation."""
-        todo = [classify_call(c, self.symbols).role for _, c in self.calls
-                if classify_call(c, self.symbols).kind == "task"]
+        targets = [self.symbols.facts.target(c) for _, c in self.calls]
+        todo = [t.role for t in targets if t.kind == "task"]
         seen: set[str] = set()
         while todo:
             r = todo.pop()
@@ -575,37 +572,28 @@ def find_secret(text: str) -> tuple[int, int, str] | None:
     return None
 
 
-@functools.cache
-def _child_fields(cls: type) -> tuple[str, ...] | None:
-    """The fields of an AST class that can hold nodes (spans excluded); None for non-nodes."""
-    if not dataclasses.is_dataclass(cls) or cls is Span:
-        return None
-    return tuple(f.name for f in dataclasses.fields(cls) if not f.name.endswith("span"))
-
-
-def _nodes(root) -> Iterator:
-    """Every AST node under `root`, without recursion."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, tuple):
-            stack.extend(reversed(node))
-            continue
-        names = _child_fields(type(node))
-        if names is not None:
-            yield node
-            stack.extend(reversed([getattr(node, n) for n in names]))
+def _string_literals(decl, facts: BodyFacts) -> Iterator[ast.Literal]:
+    """The string literals of a declaration, in source order: in parameter defaults,
+    attribute values (its tasks' too) and its body."""
+    roots = [p.default for p in getattr(decl, "params", ()) if p.default is not None]
+    roots += [a.value for a in getattr(decl, "attrs", ())]
+    yield from (e for root in roots for e in walk(root) if isinstance(e, ast.Literal) and isinstance(e.value, str))
+    for task in getattr(decl, "tasks", ()):
+        yield from _string_literals(task, facts)
+    if isinstance(decl, ast.ChoreographyDecl):
+        for stmt in decl.body.statements:
+            yield from facts.of(stmt).strings
 
 
 def check_secrets(ctx: Context, sink: DiagnosticSink) -> None:
     """E304: string literals that look like API keys."""
-    for node in _nodes(ctx.program):
-        if isinstance(node, ast.Literal) and isinstance(node.value, str):
-            hit = find_secret(node.value)
+    for decl in ctx.program.decls:
+        for lit in _string_literals(decl, ctx.symbols.facts):
+            hit = find_secret(lit.value)
             if hit is not None:
                 start, end, what = hit
                 sink.error("E304", f"this string looks like a secret: {what}",
-                           text_span(node.span, node.value, start, end, ctx.source), "looks like a secret",
+                           text_span(lit.span, lit.value, start, end, ctx.source), "looks like a secret",
                            help="keys never belong in a spec: put the key in an environment variable and name "
                                 'it with `api_key_env = "OPENAI_API_KEY"` on the role')
 
@@ -634,14 +622,14 @@ def check_template_names(ctx: Context, sink: DiagnosticSink) -> None:
 
 # ================================================================ phase 3: deadlocks and warnings
 
-def _blocks(decl: ast.ChoreographyDecl) -> Iterator[tuple[str, ast.Block, ast.Expr | None]]:
+def _blocks(ctx: Context, decl: ast.ChoreographyDecl) -> Iterator[tuple[str, ast.Block, ast.Expr | None]]:
     """Every block of a choreography: (kind, block, the `until` of a repeat body)."""
     yield "choreography", decl.body, None
     for stmt in decl.body.statements:
-        for e in walk(stmt.value):
+        for e in ctx.symbols.facts.of(stmt).loops:
             if isinstance(e, ast.ForExpr):
                 yield "for", e.body, None
-            elif isinstance(e, ast.RepeatExpr):
+            else:
                 yield "repeat", e.body, e.until
 
 
@@ -650,7 +638,7 @@ def _session_roles_of(ctx: Context) -> dict[str, set[str]]:
     direct: dict[str, set[str]] = {}
     callees: dict[str, set[str]] = {}
     for caller, call in ctx.calls:
-        t = classify_call(call, ctx.symbols)
+        t = ctx.symbols.facts.target(call)
         if t.kind == "task" and ctx.is_session(t.role):
             direct.setdefault(caller, set()).add(t.role)
         elif t.kind == "choreography":
@@ -672,8 +660,21 @@ def _session_roles_of(ctx: Context) -> dict[str, set[str]]:
 def check_wait_cycles(ctx: Context, sink: DiagnosticSink) -> None:
     """E401: cycles in the wait graph of each scope (data, `after`, session order)."""
     session_of = _session_roles_of(ctx)
+    facts = ctx.symbols.facts
+
+    def session_calls(stmt: ast.Statement) -> tuple[tuple[int, str], ...]:
+        out = []
+        for e in facts.of(stmt).calls:
+            t = facts.target(e)
+            if t.kind == "task" and ctx.is_session(t.role):
+                out.append((e.span.start, t.role))
+            elif t.kind == "choreography":
+                out += [(e.span.start, r) for r in sorted(session_of.get(t.name, ()))]
+        return tuple(out)
+
     for decl in ctx.symbols.choreographies.values():
-        for kind, block, _ in _blocks(decl):
+        reaches_session_roles = bool(session_of[decl.name])  # else no statement makes session calls
+        for kind, block, _ in _blocks(ctx, decl):
             names = {b.name for b in block.bindings}
             waiters, spans, seen = [], {}, set()
             for s in block.statements:
@@ -685,17 +686,9 @@ def check_wait_cycles(ctx: Context, sink: DiagnosticSink) -> None:
                 else:
                     name = "return" if isinstance(s, ast.Return) else "yield"
                     span = head_span(s.span, len(name))
-                uses = frozenset(free_names(s.value) & names)
                 after = tuple(a.name for a in s.after) if isinstance(s, ast.Binding) else ()
-                session = []
-                for e in walk(s.value):
-                    if isinstance(e, ast.Call):
-                        t = classify_call(e, ctx.symbols)
-                        if t.kind == "task" and ctx.is_session(t.role):
-                            session.append((e.span.start, t.role))
-                        elif t.kind == "choreography":
-                            session += [(e.span.start, r) for r in sorted(session_of.get(t.name, ()))]
-                waiters.append(Waiter(name, uses, after, tuple(session)))
+                session = session_calls(s) if reaches_session_roles else ()
+                waiters.append(Waiter(name, facts.of(s).reads & names, after, session))
                 spans[name] = span
             graph = wait_graph(waiters)
             order = [w.name for w in waiters]
@@ -763,7 +756,7 @@ def check_unused_declarations(ctx: Context, sink: DiagnosticSink) -> None:
     called_tools = set()
     called_tasks = set()
     for _, call in ctx.calls:
-        t = classify_call(call, s)
+        t = s.facts.target(call)
         if t.kind == "tool":
             called_tools.add(t.name)
         elif t.kind == "task":
@@ -791,12 +784,12 @@ def check_unused_declarations(ctx: Context, sink: DiagnosticSink) -> None:
 def check_unused_bindings(ctx: Context, sink: DiagnosticSink) -> None:
     """W501: a binding nobody reads, waits for, returns or yields."""
     for decl in ctx.symbols.choreographies.values():
-        for kind, block, until in _blocks(decl):
+        for kind, block, until in _blocks(ctx, decl):
             if kind == "repeat":
                 continue  # fields of the repeat's value
             used: set[str] = set()
             for s in block.statements:
-                names = free_names(s.value)
+                names = ctx.symbols.facts.of(s).reads
                 if isinstance(s, ast.Binding):
                     names = names - {s.name}
                     used |= {a.name for a in s.after}

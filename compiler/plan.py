@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import ast
 from .hashing import canonical_json, digest
-from .symbols import ATTR_DEFAULTS, Symbols, attr_value, classify_call
-from .typecheck import free_names
+from .symbols import ATTR_DEFAULTS, Symbols, attr_value
 from .types import STR, RecordT, json_schema, type_to_json
 
 PLAN_FORMAT = "agentflow-plan/1"
@@ -102,6 +101,7 @@ def _returns(texpr, symbols: Symbols):
 class _Lowering:
     def __init__(self, symbols: Symbols, source_name: str) -> None:
         self.symbols = symbols
+        self.facts = symbols.facts
         self.source_name = source_name
         self.nodes: dict[str, dict] = {}
         self.graph = _GraphParts()
@@ -215,7 +215,7 @@ class _Lowering:
         for stmt in block.statements:
             target = local_ids.get(stmt.name) if isinstance(stmt, ast.Binding) else \
                 f"{prefix}/{'return' if isinstance(stmt, ast.Return) else 'yield'}"
-            for used in sorted(free_names(stmt.value)):
+            for used in sorted(self.facts.of(stmt).reads):
                 if used in local_ids and local_ids[used] != target:
                     self.edge(local_ids[used], target, used)
 
@@ -233,7 +233,7 @@ class _Lowering:
 
     def binding_expr(self, b: ast.Binding, node_id: str, cluster: str | None) -> list:
         value = b.value
-        if isinstance(value, ast.Call) and classify_call(value, self.symbols).kind in ("task", "tool", "choreography"):
+        if isinstance(value, ast.Call) and self.facts.target(value).kind in ("task", "tool", "choreography"):
             self.call_node(value, node_id, node_id, cluster, [0])
             return ["node", node_id]
         if isinstance(value, (ast.ForExpr, ast.RepeatExpr)):
@@ -243,7 +243,7 @@ class _Lowering:
         return self.expr(value, node_id, cluster, [0])
 
     def call_node(self, call: ast.Call, node_id: str, slot: str, cluster: str | None, counter: list) -> None:
-        target = classify_call(call, self.symbols)
+        target = self.facts.target(call)
         if target.kind == "task":
             params = self.symbols.tasks[(target.role, target.task)].params
         elif target.kind == "tool":
@@ -310,10 +310,12 @@ class _Lowering:
         r = lambda x: self.expr(x, slot, cluster, counter)  # noqa: E731
         if isinstance(e, ast.Literal):
             return ["lit", e.value]
-        if isinstance(e, ast.Duration):
-            return ["lit", e.seconds]
         if isinstance(e, ast.Name):
             return ["name", e.id]
+        if isinstance(e, ast.BinOp):
+            return ["binop", e.op, r(e.left), r(e.right)]
+        if isinstance(e, ast.Duration):
+            return ["lit", e.seconds]
         if isinstance(e, ast.ListExpr):
             return ["list", [r(i) for i in e.items]]
         if isinstance(e, ast.RecordExpr):
@@ -322,8 +324,6 @@ class _Lowering:
             return ["attr", r(e.value), e.attr]
         if isinstance(e, ast.Index):
             return ["index", r(e.value), r(e.index)]
-        if isinstance(e, ast.BinOp):
-            return ["binop", e.op, r(e.left), r(e.right)]
         if isinstance(e, ast.UnaryOp):
             return ["not" if e.op == "not" else "neg", r(e.operand)]
         if isinstance(e, ast.Conditional):
@@ -331,7 +331,7 @@ class _Lowering:
         if isinstance(e, ast.Comprehension):
             return ["comp", r(e.elem), e.var, r(e.iter), r(e.cond) if e.cond is not None else None]
         if isinstance(e, ast.Call):
-            target = classify_call(e, self.symbols)
+            target = self.facts.target(e)
             if target.kind == "builtin":
                 return ["builtin", target.name, [r(a.value) for a in e.args]]
             counter[0] += 1

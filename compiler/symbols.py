@@ -7,11 +7,15 @@ E106 duplicates); later checks and the plan look names up here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import ast
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .types import ANY, PRIMITIVES, ListT, LiteralT, OptionalT, Prim, RecordT, Type, TypeTable
+
+if TYPE_CHECKING:
+    from .facts import BodyFacts
 
 # Attribute vocabulary: name -> kind of value. Kinds: str, int, number, bool, duration,
 # model (str), memory ("none"|"session"), tool_refs (list of names / role.task),
@@ -45,6 +49,13 @@ class Symbols:
 
     def resolve_type(self, texpr: ast.TypeExpr | None) -> Type:
         return resolve_type(texpr, self.types)
+
+    @cached_property
+    def facts(self) -> "BodyFacts":
+        """What the statements of the choreography bodies read and call, found once for
+        the type checker, the checks and the plan."""
+        from .facts import BodyFacts
+        return BodyFacts(self)
 
 
 def resolve_type(texpr: ast.TypeExpr | None, types: Mapping[str, Any], sink: DiagnosticSink | None = None) -> Type:

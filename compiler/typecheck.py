@@ -10,12 +10,12 @@ compatible with everything: one mistake gives one message.
 from __future__ import annotations
 
 import json as _json
-from typing import Iterator
+from typing import get_args
 
 from . import ast
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .source import SourceFile, Span
-from .symbols import Symbols, attr_value, classify_call
+from .symbols import Symbols, attr_value
 from .templates import Placeholder, format_path, placeholder_span, placeholders
 from .types import (ANY, BOOL, FLOAT, INT, JSON, NULL, STR, AnyT, ListT, LiteralT, NullT, OptionalT,
                     StructT, Type, is_assignable, join, record_fields, strip_optional)
@@ -23,7 +23,7 @@ from .types import (ANY, BOOL, FLOAT, INT, JSON, NULL, STR, AnyT, ListT, Literal
 REPEAT_FIELDS = ("iterations", "converged")
 
 
-# ---------------------------------------------------------------- scopes and free names
+# ---------------------------------------------------------------- scopes
 
 class Scope:
     """One block's names: its bindings (first definition wins), plus the `for`
@@ -65,74 +65,6 @@ class Scope:
                 names.add("prev")
             scope = scope.parent
         return names
-
-
-_CHILDREN = {
-    ast.ListExpr: lambda e: list(e.items),
-    ast.RecordExpr: lambda e: [f.value for f in e.fields],
-    ast.Attribute: lambda e: [e.value],
-    ast.Index: lambda e: [e.value, e.index],
-    ast.Call: lambda e: [e.func, *(a.value for a in e.args)],
-    ast.BinOp: lambda e: [e.left, e.right],
-    ast.UnaryOp: lambda e: [e.operand],
-    ast.Conditional: lambda e: [e.then, e.cond, e.orelse],
-    ast.Comprehension: lambda e: [e.elem, e.iter] + ([e.cond] if e.cond is not None else []),
-    ast.ForExpr: lambda e: [e.iter, *(s.value for s in e.body.statements)],
-    ast.RepeatExpr: lambda e: ([e.max] if e.max is not None else []) + [e.until, *(s.value for s in e.body.statements)],
-}
-
-
-def children(e: ast.Expr) -> list[ast.Expr]:
-    """The direct sub-expressions of an expression, nested bodies included
-    (a table by node class: this runs for every node of every check)."""
-    get = _CHILDREN.get(type(e))
-    return get(e) if get is not None else []
-
-
-def walk(e: ast.Expr) -> Iterator[ast.Expr]:
-    """Every expression under `e` (itself included), in source order, without recursion."""
-    stack = [e]
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(reversed(children(node)))
-
-
-def free_names(e: ast.Expr | None) -> set[str]:
-    """Names an expression reads that it does not bind itself (callees and `role.`
-    prefixes of calls are not reads; `after` lists of nested bodies are)."""
-    if e is None:
-        return set()
-    if isinstance(e, ast.Name):
-        return {e.id}
-    if isinstance(e, ast.Call):
-        out = set()
-        if not isinstance(e.func, (ast.Name, ast.Attribute)) or (
-                isinstance(e.func, ast.Attribute) and not isinstance(e.func.value, ast.Name)):
-            out |= free_names(e.func)
-        for a in e.args:
-            out |= free_names(a.value)
-        return out
-    if isinstance(e, ast.Comprehension):
-        return free_names(e.iter) | ((free_names(e.elem) | free_names(e.cond)) - {e.var})
-    if isinstance(e, ast.ForExpr):
-        return free_names(e.iter) | (free_block(e.body) - {e.var})
-    if isinstance(e, ast.RepeatExpr):
-        inner = (free_block(e.body) | free_names(e.until)) - {b.name for b in e.body.bindings} - {"prev"}
-        return free_names(e.max) | inner
-    out = set()
-    for c in children(e):
-        out |= free_names(c)
-    return out
-
-
-def free_block(block: ast.Block) -> set[str]:
-    out: set[str] = set()
-    for s in block.statements:
-        out |= free_names(s.value)
-        if isinstance(s, ast.Binding):
-            out |= {a.name for a in s.after}
-    return out - {b.name for b in block.bindings}
 
 
 # ---------------------------------------------------------------- helpers
@@ -210,6 +142,7 @@ class Typer:
 
     def __init__(self, symbols: Symbols, sink: DiagnosticSink, source: SourceFile | None = None) -> None:
         self.symbols = symbols
+        self.facts = symbols.facts
         self.table = symbols.type_table
         self.real_sink = sink
         self.sink = sink
@@ -223,9 +156,8 @@ class Typer:
 
     # -- declarations
     def check_all(self) -> None:
-        callees = {name: sorted({c.func.id for stmt in decl.body.statements for c in walk(stmt.value)
-                                 if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
-                                 and c.func.id in self.symbols.choreographies})
+        callees = {name: sorted({c.func.id for stmt in decl.body.statements for c in self.facts.of(stmt).calls
+                                 if isinstance(c.func, ast.Name) and c.func.id in self.symbols.choreographies})
                    for name, decl in self.symbols.choreographies.items()}
         for name in dependency_order(list(self.symbols.choreographies), callees):
             self.choreography_type(name)
@@ -285,7 +217,7 @@ class Typer:
     def check_block(self, scope: Scope) -> None:
         """Types the bindings of a block, dependencies first (so lazy typing stays shallow)."""
         self.register(scope)
-        deps = {n: [d for d in sorted(free_names(b.value)) if d in scope.bindings and d != n]
+        deps = {n: [d for d in sorted(self.facts.of(b).reads) if d in scope.bindings and d != n]
                 for n, b in scope.bindings.items()}
         for name in dependency_order(list(scope.bindings), deps):
             self.binding_type(scope.bindings[name])
@@ -324,8 +256,8 @@ class Typer:
 
     # -- expressions
     def expr(self, e: ast.Expr, scope: Scope) -> Type:
-        method = getattr(self, "e_" + type(e).__name__, None)
-        return method(e, scope) if method is not None else ANY
+        method = _EXPR_METHODS.get(type(e))
+        return method(self, e, scope) if method is not None else ANY
 
     def e_Literal(self, e: ast.Literal, scope: Scope) -> Type:
         v = e.value
@@ -607,7 +539,7 @@ class Typer:
 
     # -- calls
     def e_Call(self, e: ast.Call, scope: Scope) -> Type:
-        target = classify_call(e, self.symbols)
+        target = self.facts.target(e)
         if target.kind in ("task", "tool", "choreography") and self.pure:
             self.impure(e.func.span, f"a call of `{target.name}`")
         if target.kind == "task":
@@ -739,6 +671,10 @@ class Typer:
                 bad(1, "a `str` separator")
             return STR
         return STR  # json(x)
+
+
+# `Typer.e_<Class>` for each expression class, found once rather than by name per expression
+_EXPR_METHODS = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr)}
 
 
 # ---------------------------------------------------------------- templates (E205)
