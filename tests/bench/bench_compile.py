@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gen import BENCH_TOOLS, wide_program  # noqa: E402
+from gen import BENCH_ENV, BENCH_TOOLS, wide_program  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,8 @@ def timed(args: list[str], repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "agentflow", *args], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "agentflow", *args], capture_output=True, text=True,
+                              env=BENCH_ENV)
         times.append(time.perf_counter() - start)
         if proc.returncode not in (0,):
             raise SystemExit(f"agentflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
