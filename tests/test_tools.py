@@ -323,6 +323,37 @@ def test_python_timeout_sync_and_async(ctx):
         run(call_tool(py_tool("slow:raises_timeout", timeout=5), {}, ctx))
 
 
+def test_blocking_sync_tools_run_side_by_side_off_the_event_loop(ctx):
+    write(ctx.spec_dir / "blocking.py", """
+        import threading, time
+        def wait(i):
+            time.sleep(0.4)
+            return [i, threading.current_thread().name]
+    """)
+    spec = py_tool("blocking:wait", ("i",))
+
+    async def main():
+        ticks = 0
+
+        async def ticker():  # the loop keeps running while the tools block their threads
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        beat = asyncio.ensure_future(ticker())
+        results = await asyncio.gather(*(call_tool(spec, {"i": i}, ctx) for i in range(12)))
+        beat.cancel()
+        return results, ticks
+
+    start = time.monotonic()
+    results, ticks = run(main())
+    assert [r[0] for r in results] == list(range(12))
+    assert all(r[1] != "MainThread" for r in results)
+    assert time.monotonic() - start < 2.0  # one after another would take 4.8 s
+    assert ticks >= 4
+
+
 def test_python_unresolvable(ctx):
     with pytest.raises(ToolError) as info:
         run(call_tool(py_tool("no_such_pkg.mod:f"), {}, ctx))
