@@ -264,6 +264,12 @@ class Engine:
         raise ExpressionError(f"`{name}` is not bound")
 
     async def eval(self, expr: list, scope: Scope) -> Any:
+        op = expr[0]
+        if op == "node":  # the shapes of most bindings and arguments, without the interpreter
+            return await self.node(expr[1], scope)
+        if op == "name":
+            return await self.lookup(expr[1], scope)
+
         async def resolve(ref: list) -> Any:
             if ref[0] == "name":
                 return await self.lookup(ref[1], scope)
@@ -336,7 +342,7 @@ class Engine:
                 for p in params}
 
     def forced(self, node_id: str) -> bool:
-        return any(fnmatch.fnmatchcase(node_id, pattern) or node_id == pattern or
+        return bool(self.options.force) and any(fnmatch.fnmatchcase(node_id, pattern) or node_id == pattern or
                    node_id.startswith(pattern + "/") for pattern in self.options.force)
 
     def cacheable(self, kind: str, target: str) -> bool:
