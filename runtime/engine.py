@@ -301,11 +301,17 @@ class Engine:
         self.reporter.node(iid, "running", detail=f"{len(items)} items")
         template = template_id(iid) + "[*]"
         var, body = node["var"], node["body"]
+        unknown: list[_DryRunStop] = []
 
-        def item(i: int):
-            return self.block(body, Scope(f"{iid}[{i}]", template, {var: items[i]}, scope))
+        async def item(i: int) -> Any:
+            try:
+                return await self.block(body, Scope(f"{iid}[{i}]", template, {var: items[i]}, scope))
+            except _DryRunStop as stop:  # --dry-run decides every item, not only those before it
+                unknown.append(stop)
 
         values = await fan_out(len(items), item, 1 if node.get("sequential") else FAN_OUT_WINDOW)
+        if unknown:
+            raise unknown[0]
         self.ledger.structure_done(iid, "succeeded")
         return values
 

@@ -129,6 +129,28 @@ def test_force_no_cache_and_dry_run_reasons(flow):
     assert len(runs(flow)) == 4  # the dry runs recorded nothing
 
 
+def test_dry_run_decides_every_item_of_a_large_fan_out(tmp_path):
+    """More items than the engine keeps in flight: every one is still decided and listed."""
+    write(tmp_path / "fan.agentflow", """
+tool square(x: int) -> int { python = "sq:square" }
+
+choreography main(items: list[int], salt: int = 0) -> int {
+  results = for i in items {
+    yield square(i + salt)
+  }
+  return len(results)
+}
+""")
+    write(tmp_path / "sq.py", "def square(x):\n    return x * x\n")
+    write(tmp_path / "in.json", json.dumps({"items": list(range(3000))}))
+    assert result_json(ok(af(tmp_path, "run", "fan.agentflow", "--inputs", "in.json"))) == 3000
+    # salt 5 shifts every argument: items 0..2994 find the values items 5..2999 stored
+    dry = ok(af(tmp_path, "run", "fan.agentflow", "--inputs", "in.json", "--input", "salt=5", "--dry-run")).stdout
+    actions = {line.split()[1]: line.split()[0] for line in dry.splitlines() if line.strip()}
+    assert len(actions) == 3000
+    assert [n for n, a in actions.items() if a == "run"] == [f"main/results[{i}]/yield@1" for i in range(2995, 3000)]
+
+
 # ------------------------------------------------------------------ failure semantics
 
 FAIL_SPEC = """
