@@ -176,6 +176,8 @@ class Ledger:
     # ------------------------------------------------------------ journal and sessions
 
     async def load_turns(self, node_id: str, key: str) -> list[dict]:
+        if node_id not in self.resumed:  # a journal belongs to its run: a new node has none (no query)
+            return []
         turns = await self._io(self.store.load_turns, self.run_id, node_id, key)
         return [t.payload for t in turns if t.kind != SESSION_STEP]
 
