@@ -10,6 +10,12 @@ Use it in-process::
 or as a subprocess: ``python tests/openai_server.py --port 0 --latency-ms 50`` prints the
 port it listens on (one line, just the number) and serves until SIGTERM/SIGINT.
 
+By default it speaks HTTP/1.0 (one request per connection, so nothing lingers on stop) and
+answers at most ``MAX_CONCURRENT`` chat requests at once (the others get a 503).
+``OpenAIServer(keep_alive=True)`` (``--keep-alive``) speaks HTTP/1.1 with persistent
+connections, as real providers do; ``stop()`` then closes the connections it holds.
+``max_concurrent=N`` (``--max-concurrent N``) raises the cap, e.g. for a load test.
+
 Endpoints
 ---------
 ``POST /v1/chat/completions`` (also ``/chat/completions``)
@@ -18,8 +24,10 @@ Endpoints
     Default answer: with a ``response_format`` json_schema, a JSON object that fits the schema;
     with ``json_object``, ``{"answer": ...}``; otherwise ``"echo: <last user message>"``.
 ``GET /stats``
-    ``{"chat_requests": N, "log": [...]}``: every chat request, with its parsed body,
-    the bearer key it carried and the behaviour it got.
+    ``{"chat_requests": N, "log": [...], "first_chat_at": T0, "last_answer_at": T1}``: every
+    chat request, with its parsed body, the bearer key it carried and the behaviour it got;
+    T0 is when the first chat request arrived and T1 when the last chat answer was sent
+    (``time.time()``, null before any), so T1 - T0 is the call phase of a load test.
 ``POST /control``
     ``{"enqueue": [behaviour, ...]}`` behaviours for the next chat requests, in order;
     ``{"rules": [{"contains": "MARKER", "behaviour": {...}, "times": 1}]}`` appends rules that
@@ -59,6 +67,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_LOG = 1000
 MAX_QUEUE = 1000
 MAX_CONCURRENT = 64
+LISTEN_BACKLOG = 256  # socketserver's default of 5 drops the SYNs of a burst of connections (1 s retransmits)
 MAX_LATENCY_MS = 60_000
 
 
@@ -140,6 +149,32 @@ def synthesize(schema: Any, name: str = "value", root: Any = None, depth: int = 
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End every open connection, waking handlers that wait for a keep-alive request."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the client
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
@@ -150,14 +185,19 @@ class _HTTPServer(ThreadingHTTPServer):
 class OpenAIServer:
     """The server object: start/stop it, steer it, and read what it received."""
 
-    def __init__(self, *, port: int = 0, latency_ms: int = 0) -> None:
+    def __init__(
+        self, *, port: int = 0, latency_ms: int = 0, max_concurrent: int = MAX_CONCURRENT, keep_alive: bool = False
+    ) -> None:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.keep_alive = keep_alive
         self._queue: collections.deque[dict] = collections.deque(maxlen=MAX_QUEUE)
         self._rules: list[dict] = []
         self._log: collections.deque[dict] = collections.deque(maxlen=MAX_LOG)
         self._chat_count = 0
+        self._first_chat_at: float | None = None
+        self._last_answer_at: float | None = None
         self.latency_ms = latency_ms
         self._httpd = _HTTPServer((HOST, port), _make_handler(self))
         self._thread: threading.Thread | None = None
@@ -187,6 +227,7 @@ class OpenAIServer:
             self._thread.join(timeout=5)
             self._thread = None
         self._httpd.server_close()
+        self._httpd.close_connections()
 
     def __enter__(self) -> OpenAIServer:
         return self.start()
@@ -209,6 +250,7 @@ class OpenAIServer:
             self._rules.clear()
             self._log.clear()
             self._chat_count = 0
+            self._first_chat_at = self._last_answer_at = None
 
     def control(self, command: dict) -> None:
         """Apply a /control command (see the module docstring)."""
@@ -233,7 +275,12 @@ class OpenAIServer:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"chat_requests": self._chat_count, "log": list(self._log)}
+            return {
+                "chat_requests": self._chat_count,
+                "log": list(self._log),
+                "first_chat_at": self._first_chat_at,
+                "last_answer_at": self._last_answer_at,
+            }
 
     # internals ---------------------------------------------------------------------------
     def _admit(self, body: dict, api_key: str | None, path: str) -> dict:
@@ -241,6 +288,8 @@ class OpenAIServer:
         last_user = _last_user_text(body.get("messages") or [])
         with self._lock:
             self._chat_count += 1
+            if self._first_chat_at is None:
+                self._first_chat_at = time.time()
             behaviour: dict = {}
             for rule in self._rules:
                 if rule["contains"] in last_user and rule["times"] != 0:
@@ -264,6 +313,10 @@ class OpenAIServer:
                 "body": body,
             })
         return behaviour
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._last_answer_at = time.time()
 
     def _sleep(self, ms: float) -> None:
         if ms > 0:
@@ -306,7 +359,8 @@ def _answer(body: dict, behaviour: dict) -> tuple[str | None, list[dict]]:
 
 def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers on stop
+        protocol_version = "HTTP/1.1" if server.keep_alive else "HTTP/1.0"
+        disable_nagle_algorithm = True  # headers and body are two writes: do not hold the body back
         timeout = 30
         server_version = "agentflow-test-openai/1"
 
@@ -329,6 +383,7 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
         def _read_json(self) -> Any:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
+                self.close_connection = True  # the unread body cannot be skipped to the next request
                 raise ValueError("request body too large")
             raw = self.rfile.read(length) if length else b""
             return json.loads(raw or b"{}")
@@ -365,6 +420,7 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._chat(body)
             finally:
                 server._slots.release()
+                server._answered()
 
         def _chat(self, body: dict) -> None:
             auth = self.headers.get("Authorization") or ""
@@ -423,6 +479,7 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")  # no Content-Length: the body ends when the connection does
             self.end_headers()
 
             def event(choices: list, **extra: Any) -> None:
@@ -450,8 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="OpenAI-compatible test server on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
     parser.add_argument("--latency-ms", type=int, default=0, help="delay before every chat answer")
+    parser.add_argument("--max-concurrent", type=int, default=MAX_CONCURRENT,
+                        help="chat requests answered at once; more get a 503")
+    parser.add_argument("--keep-alive", action="store_true", help="HTTP/1.1 with persistent connections")
     args = parser.parse_args(argv)
-    server = OpenAIServer(port=args.port, latency_ms=args.latency_ms).start()
+    server = OpenAIServer(port=args.port, latency_ms=args.latency_ms, max_concurrent=args.max_concurrent,
+                          keep_alive=args.keep_alive).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

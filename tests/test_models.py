@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -300,6 +301,17 @@ def test_importing_models_does_not_import_litellm() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_loading_litellm_leaves_the_gc_on_and_exit_quiet() -> None:
+    # _load_litellm pauses the GC for the import and freezes every object after it. Here litellm
+    # was already imported by the program, and DuckDB is loaded, as in a run: its bindings
+    # report at exit the objects of theirs still alive, as frozen ones would be.
+    code = ("import os; os.environ['LITELLM_LOCAL_MODEL_COST_MAP'] = 'True'; "
+            "import gc, duckdb, litellm, agentflow.runtime.models as m; con = duckdb.connect(); "
+            "con.execute('select 1').fetchall(); m._load_litellm(); print(gc.isenabled(), gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "True True" and out.stderr == ""
+
+
 @pytest.fixture(scope="module")
 def server() -> Any:
     with OpenAIServer() as srv:
@@ -331,7 +343,11 @@ def test_litellm_plain_answer(srv: OpenAIServer) -> None:
     assert logged["body"]["temperature"] == 0.0 and logged["body"]["max_tokens"] == 50
     assert response.prompt_tokens > 0 and response.completion_tokens > 0
     assert response.latency_ms > 0 and response.model == "openai/gpt-4o-mini"
-    assert response.cost_usd is None or response.cost_usd >= 0
+    import litellm  # loaded by the call above, with its bundled price map
+
+    prices = litellm.cost_per_token(model="openai/gpt-4o-mini", prompt_tokens=response.prompt_tokens,
+                                    completion_tokens=response.completion_tokens)
+    assert response.cost_usd == pytest.approx(sum(prices)) and response.cost_usd > 0
 
 
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/my-local-llama"])
@@ -470,6 +486,26 @@ def test_litellm_counts_once_per_call_over_many_calls(srv: OpenAIServer) -> None
     assert get_json(srv, "/stats")["chat_requests"] == 5
 
 
+def test_litellm_over_keep_alive_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    client = LiteLLMModelClient()
+    with OpenAIServer(keep_alive=True) as srv:
+        srv.enqueue({}, {"status": 500}, {})
+
+        async def calls() -> list[str]:
+            out = []
+            for _ in range(3):  # one after another: each reuses the pooled connection
+                try:
+                    out.append((await client.complete(remote(srv))).content or "")
+                except TransientModelError as err:
+                    out.append(type(err).__name__)
+            return out
+
+        echo = "echo: Review mod_a.py. The coder reported: done"
+        assert run(calls()) == [echo, "TransientModelError", echo]
+        assert srv.chat_count == 3
+
+
 # --------------------------------------------------------------------------------------------
 # The server itself: raw HTTP, streaming, control API, subprocess mode
 # --------------------------------------------------------------------------------------------
@@ -539,13 +575,45 @@ def test_server_control_api_and_rules(srv: OpenAIServer) -> None:
     assert post(srv.port, "/v1/chat/completions", None, raw=b"{broken")[0] == 400
     stats = get_json(srv, "/stats")
     assert stats["chat_requests"] == 3 and [e["n"] for e in stats["log"]] == [1, 2, 3]
+    assert stats["first_chat_at"] <= stats["last_answer_at"] <= time.time()
     post(srv.port, "/control", {"reset": True})
-    assert get_json(srv, "/stats") == {"chat_requests": 0, "log": []}
+    assert get_json(srv, "/stats") == {"chat_requests": 0, "log": [], "first_chat_at": None, "last_answer_at": None}
 
 
-def test_server_as_subprocess() -> None:
+def test_server_keep_alive_reuses_the_connection_and_stop_closes_it() -> None:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    with OpenAIServer(keep_alive=True) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        sockets = []
+        for _ in range(2):
+            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["choices"]
+            sockets.append(conn.sock)
+        assert sockets[0] is not None and sockets[0] is sockets[1]  # HTTP/1.0 would close it after each
+    sockets[0].settimeout(5)
+    assert sockets[0].recv(1) == b""  # stop() ended the idle connection, not the client's timeout
+    conn.close()
+
+
+def test_server_caps_concurrent_chat_requests() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with OpenAIServer(latency_ms=1000, max_concurrent=1) as srv:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, srv.port, "/v1/chat/completions", body)
+            deadline = time.monotonic() + 10
+            while srv.chat_count == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the first request holds the only slot
+            status, _, data = post(srv.port, "/v1/chat/completions", body)
+            assert status == 503 and "capacity" in json.loads(data)["error"]["message"]
+            assert first.result()[0] == 200
+        assert srv.chat_count == 1  # the refused request is not counted
+
+
+@pytest.mark.parametrize("flags", [[], ["--keep-alive", "--max-concurrent", "8"]])
+def test_server_as_subprocess(flags: list[str]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "openai_server.py"), "--port", "0", "--latency-ms", "50"],
+        [sys.executable, str(HERE / "openai_server.py"), "--port", "0", "--latency-ms", "50", *flags],
         stdout=subprocess.PIPE, text=True,
     )
     try:
