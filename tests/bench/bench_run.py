@@ -7,7 +7,9 @@ Cases, one line of figures each:
   rerun   the same again, every node stored: wall time
   resume  a run killed half-way (SIGKILL), then --resume: wall time of the resume
   llm     M model calls of 50 ms each through litellm against a local OpenAI-protocol
-          server, --concurrency 100 and replicas = 100: wall time against the ideal
+          server (HTTP/1.1 keep-alive, as real providers), --concurrency 100 and
+          replicas = 100: wall time against the ideal, split into the time to the first
+          request (startup, compile, litellm import), the call phase and the time after
   rss     peak resident memory of the cold run (from the child's rusage)
 """
 from __future__ import annotations
@@ -78,9 +80,13 @@ def fanout_cases(n: int, tmp: Path) -> None:
     print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)")
 
 
+LLM_CONCURRENCY = 100
+# A priced model name, as a user of a provider (or of a proxy in front of one) has: litellm
+# prices every call. An unpriced name (e.g. a local model's) costs ~0.3 ms more per call in
+# litellm's price-map fallback lookups.
 LLM_SPEC = """
 role caller {
-  model = "openai/bench-model"
+  model = "openai/gpt-4o-mini"
   api_base = "%s"
   api_key_env = "AGENTFLOW_BENCH_KEY"
   replicas = 100
@@ -98,20 +104,42 @@ choreography main(items: list[int]) -> int {
   return len(answers)
 }
 """
+LITELLM_IMPORT = ("import time; from agentflow.runtime.models import _load_litellm; "
+                  "start = time.perf_counter(); _load_litellm(); print(time.perf_counter() - start)")
 
 
 def llm_case(calls: int, tmp: Path) -> None:
+    """The whole process, split at the server's first request and last answer."""
     from openai_server import OpenAIServer
     work = tmp / "llm"
     work.mkdir()
-    with OpenAIServer(latency_ms=50) as server:
+    # Headroom over the client's concurrency: a slot is freed just after its answer is sent,
+    # so the client's next request may arrive before that.
+    with OpenAIServer(latency_ms=50, max_concurrent=2 * LLM_CONCURRENCY, keep_alive=True) as server:
         (work / "llm.agentflow").write_text(LLM_SPEC % server.base_url)
         (work / "in.json").write_text(json.dumps({"items": list(range(calls))}))
         os.environ["AGENTFLOW_BENCH_KEY"] = ENV["AGENTFLOW_BENCH_KEY"] = "bench-key"
-        wall, _, _ = agentflow(["run", "llm.agentflow", "--inputs", "in.json", "--concurrency", "100"], work)
-        ideal = calls * 0.05 / 100
-        print(f"llm     {calls} calls x 50 ms at concurrency 100: {wall:6.2f} s  (ideal {ideal:.2f} s, "
-              f"x{wall / ideal:.2f}; {server.chat_count} requests served)")
+        started, server_cpu, run_cpu = time.time(), time.process_time(), children_cpu()
+        wall, _, _ = agentflow(["run", "llm.agentflow", "--inputs", "in.json",
+                                "--concurrency", str(LLM_CONCURRENCY)], work)
+        server_cpu = time.process_time() - server_cpu  # this process only serves meanwhile
+        run_cpu = children_cpu() - run_cpu
+        stats = server.stats()
+    ideal = calls * 0.05 / LLM_CONCURRENCY
+    before = stats["first_chat_at"] - started
+    phase = stats["last_answer_at"] - stats["first_chat_at"]
+    after = wall - before - phase
+    imported = float(subprocess.run([sys.executable, "-c", LITELLM_IMPORT], env=ENV, capture_output=True,
+                                    text=True, check=True).stdout)
+    print(f"llm     {calls} calls x 50 ms at concurrency {LLM_CONCURRENCY}: {wall:6.2f} s  (ideal {ideal:.2f} s, "
+          f"x{wall / ideal:.2f}) = {before:.2f} s to the first request (litellm import alone: {imported:.2f} s)"
+          f" + {phase:.2f} s call phase (x{phase / ideal:.2f}) + {after:.2f} s after the last answer; "
+          f"run CPU {run_cpu:.2f} s, server CPU {server_cpu:.2f} s, {stats['chat_requests']} requests served")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
