@@ -1,6 +1,6 @@
 """Whole-process run figures on generated fan-outs (issue: performance).
 
-    python tests/bench/bench_run.py [--sizes 1000,10000] [--llm-calls 1000]
+    python tests/bench/bench_run.py [--sizes 1000,10000,100000] [--llm-calls 1000]
 
 Cases, one line of figures each:
   cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
@@ -10,7 +10,7 @@ Cases, one line of figures each:
           server (HTTP/1.1 keep-alive, as real providers), --concurrency 100 and
           replicas = 100: wall time against the ideal, split into the time to the first
           request (startup, compile, litellm import), the call phase and the time after
-  rss     peak resident memory of the cold run (from the child's rusage)
+  rss     peak resident memory of the cold run and of the rerun (each child's own)
 """
 from __future__ import annotations
 
@@ -28,22 +28,25 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from gen import BENCH_TOOLS, fanout_program  # noqa: E402
+from gen import BENCH_ENV, BENCH_TOOLS, fanout_program  # noqa: E402
 
-ENV = {**os.environ, "AGENTFLOW_BACKOFF_BASE": "0.05"}
+ENV = {**BENCH_ENV, "AGENTFLOW_BACKOFF_BASE": "0.05"}
 
 
 def agentflow(args: list[str], cwd: Path) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MB of this child, stderr tail)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    """(wall seconds, peak RSS in MB of this child alone, stderr tail)."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise SystemExit(f"agentflow {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) // 1024, proc.stderr[-200:]
+        raise SystemExit(f"agentflow {' '.join(args)} exited {proc.returncode}:\n{stderr[-3000:]}")
+    return wall, usage.ru_maxrss // 1024, stderr[-200:]
 
 
 def startup(cwd: Path) -> float:
@@ -61,8 +64,9 @@ def fanout_cases(n: int, tmp: Path) -> None:
     cold, rss, _ = agentflow(run, work)
     print(f"cold    N={n:>6}: {cold:6.2f} s  ({(cold - base) / n * 1e3:.3f} ms/node over a {base:.2f} s "
           f"compile)  peak RSS {rss} MB")
-    rerun, _, _ = agentflow(run, work)
-    print(f"rerun   N={n:>6}: {rerun:6.2f} s  (every node reused)")
+    rerun, rerun_rss, _ = agentflow(run, work)
+    print(f"rerun   N={n:>6}: {rerun:6.2f} s  (every node reused; {(rerun - base) / n * 1e3:.3f} ms/node)  "
+          f"peak RSS {rerun_rss} MB")
     # resume: fresh inputs (salt), killed when half of its nodes are stored
     resume_args = run + ["--input", f"salt={10 * n}"]  # values no earlier run stored
     proc = subprocess.Popen([sys.executable, "-m", "agentflow", *resume_args], cwd=work, env=ENV,
@@ -144,7 +148,7 @@ def children_cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--llm-calls", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
