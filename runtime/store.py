@@ -707,13 +707,16 @@ class Store:
             raise StoreSchemaError(f"database {self._shown()} has schema version {version}, which "
                                    f"this agentflow cannot upgrade; use --db to start a new one")
 
-    def _read(self, query: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
-        """Run a read against the file, whoever is writing it."""
+    def _read(self, query: Callable[[duckdb.DuckDBPyConnection], _T], *, flush: bool = True) -> _T:
+        """Run a read against the file, whoever is writing it. The writer flushes first, to
+        read its own writes, unless the query looks at what is buffered itself (`flush=False`;
+        no batch is being written meanwhile)."""
         if self._closed:
             raise StoreError("the store is closed")
         if self.writer:
             with self._io:
-                self._flush_locked()  # read your own writes
+                if flush:
+                    self._flush_locked()
                 self._attach()
                 self._last_io = time.monotonic()
                 return self._run(query)
@@ -1131,14 +1134,24 @@ class Store:
     # ------------------------------------------------------------ reads
 
     def lookup_results(self, keys: Iterable[str]) -> dict[str, tuple[Any, str]]:
-        """Stored results for the keys that have one: key -> (value, value_hash). One query."""
+        """Stored results for the keys that have one: key -> (value, value_hash). One query.
+
+        The writer answers from its buffer what it has not written yet, so a lookup never
+        waits for a flush of the rows buffered meanwhile (a rerun buffers one per node)."""
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        rows = self._read(lambda con: con.execute(
-            "SELECT r.key, r.value, r.value_hash FROM _results r SEMI JOIN "
-            "(SELECT unnest($1::VARCHAR[]) AS key) q ON r.key = q.key", [wanted]).fetchall())
-        return {k: (json.loads(v), h) for k, v, h in rows}
+
+        def query(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+            with self._mu:
+                pending = self._buf.results if self.writer else {}
+                buffered = [(k, pending[k][0], pending[k][1]) for k in wanted if k in pending]
+            rest = [k for k in wanted if k not in pending] if buffered else wanted
+            return buffered + con.execute(
+                "SELECT r.key, r.value, r.value_hash FROM _results r SEMI JOIN "
+                "(SELECT unnest($1::VARCHAR[]) AS key) q ON r.key = q.key", [rest]).fetchall()
+
+        return {k: (json.loads(v), h) for k, v, h in self._read(query, flush=False)}
 
     def has_results(self, keys: Iterable[str]) -> set[str]:
         """The keys that have a stored result, without loading the values."""

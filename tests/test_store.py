@@ -198,6 +198,24 @@ def test_bulk_lookup_is_one_query_over_many_keys(db: Path) -> None:
     assert Store.open_reader(db).has_results(["key1", "nope"]) == {"key1"}
 
 
+def test_lookup_answers_buffered_results_without_writing_them(db: Path) -> None:
+    with Store.open_writer(db) as s:
+        s.begin_run("r", flow="f", entry="main", plan_hash="p", inputs={})
+        s.node_started("r", "main/a", role="w", key="stored")
+        s.node_finished("r", "main/a", status="succeeded", value="written")
+        s.flush()
+        s.node_started("r", "main/b", role="w", key="buffered")
+        s.node_finished("r", "main/b", status="succeeded", value=["not", "yet"])
+        writes = []
+        real = s._write
+        s._write = lambda batch: writes.append(batch) or real(batch)  # type: ignore[method-assign]
+        found = s.lookup_results(["stored", "buffered", "absent"])
+        assert writes == []  # a lookup waits for no flush
+        assert found == {"stored": ("written", value_hash("written")),
+                         "buffered": (["not", "yet"], value_hash(["not", "yet"]))}
+    assert Store.open_reader(db).lookup_results(["buffered"])["buffered"][0] == ["not", "yet"]
+
+
 def test_views_have_exactly_the_documented_columns(db: Path) -> None:
     with Store.open_writer(db) as s:
         s.begin_run("r", flow="f", entry="main", plan_hash="p", inputs={})
