@@ -20,6 +20,8 @@ _VERSION = KEY_FORMAT_VERSION.encode()
 
 def canonical_json(value: Any) -> str:
     """The one JSON spelling of a value: sorted keys, no whitespace, UTF-8 kept."""
+    if type(value) is int:  # most loop items and counters: the encoder would say the same
+        return repr(value)
     return _CANONICAL.encode(value)
 
 
