@@ -445,6 +445,7 @@ class Store:
         self._session_next: dict[tuple[str, str], int] = {}
         self._fresh_runs: set[str] = set()  # begun by this writer, absent before
         self._written: set[tuple[str, str]] = set()  # node rows this writer has written
+        self._rows_of: dict[str, set[str]] = {}  # run -> its node rows, as read by this writer
         self._careful = False  # upsert everything (after a key turned out to exist)
         self._stop = threading.Event()
         self._janitor: threading.Thread | None = None
@@ -993,7 +994,8 @@ class Store:
             if b.nodes:
                 if not careful:  # nodes of a run begun here, never written before
                     runs = self._fresh_runs | fresh
-                    new = {i for i in b.nodes if i[0] in runs and i not in self._written}
+                    new = {i for i in b.nodes if i not in self._written and (
+                        i[0] in runs or i[0] in self._rows_of and i[1] not in self._rows_of[i[0]])}
                 self._write_nodes(con, b.nodes, new)
             con.execute("COMMIT")
         except BaseException as err:
@@ -1174,10 +1176,17 @@ class Store:
                          None if input_hashes is None else json.loads(input_hashes), output_hash, error)
 
     def run_node_states(self, run_id: str) -> dict[str, NodeState]:
-        """Every node a run recorded, by node id: what `--resume` reuses or re-runs."""
+        """Every node a run recorded, by node id: what `--resume` reuses or re-runs.
+
+        The writer remembers which rows the run has (it is the only writer): the nodes a
+        resumed run adds are then appended like a new run's, not upserted (~5x the cost)."""
         rows = self._read(lambda con: con.execute(
             f"SELECT {self._NODE_COLS} FROM _node_runs WHERE run_id = $1", [run_id]).fetchall())
-        return {r[1]: self._node_state(r) for r in rows}
+        states = {r[1]: self._node_state(r) for r in rows}
+        if self.writer:
+            with self._mu:
+                self._rows_of[run_id] = set(states)
+        return states
 
     def last_node_records(self, flow: str, node_ids: Iterable[str] | None = None, *,
                           exclude_run: str | None = None) -> dict[str, NodeState]:
