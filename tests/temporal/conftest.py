@@ -99,14 +99,15 @@ class Worker:
                 self.proc.wait(5)
 
 
-def start_workers(server: Server, queue: str, blob_dir: Path, logs: Path, names: tuple[str, ...]) -> list[Worker]:
+def start_workers(server: Server, queue: str, blob_dir: Path, logs: Path, names: tuple[str, ...],
+                  concurrency: int = 8) -> list[Worker]:
     workers = []
     for name in names:
         identity = f"{name}-{uuid.uuid4().hex[:6]}"
         log = logs / f"{identity}.log"
         proc = subprocess.Popen([sys.executable, "-m", "agentflow", "worker", "--address", server.address,
                                  "--task-queue", queue, "--blob-dir", str(blob_dir), "--identity", identity,
-                                 "--concurrency", "8"],
+                                 "--concurrency", str(concurrency)],
                                 cwd=logs, env=base_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
         workers.append(Worker(identity, proc, log))
     deadline = time.monotonic() + 30
@@ -131,10 +132,11 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster(temporal_server, tmp_path_factory):
-    """Two workers on one task queue, for the session."""
+    """Two workers on one task queue, for the session. Each runs one call at a time, so
+    calls that overlap (a fan-out) are bound to land on both, however fast either is."""
     root = tmp_path_factory.mktemp("cluster")
     blob_dir = root / "blobs"
-    workers = start_workers(temporal_server, "agentflow-tests", blob_dir, root, ("w1", "w2"))
+    workers = start_workers(temporal_server, "agentflow-tests", blob_dir, root, ("w1", "w2"), concurrency=1)
     yield Cluster(temporal_server, "agentflow-tests", blob_dir, workers)
     for w in workers:
         w.stop()
