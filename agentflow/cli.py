@@ -118,6 +118,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
             no_cache, dry_run, engine, address, namespace, task_queue, blob_dir) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
     import asyncio
+    import gc
     import json
 
     from agentflow.runtime.inputs import InputError, parse_inputs
@@ -140,6 +141,9 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
                          options=options, resume=resume is not None, resume_run_id=resume or None)
     reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
+    # Modules, the program and its plan outlive the run: the collector's full passes while
+    # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
+    gc.freeze()
     try:
         if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
             from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
@@ -157,6 +161,8 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     except (StoreError, ResumeError) as err:
         reporter.close()
         raise UserError(str(err)) from None
+    finally:
+        gc.unfreeze()  # everything is collectable again before exit
     reporter.close()
     if dry_run:
         _print_decisions(outcome, plan.data)
