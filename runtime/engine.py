@@ -348,8 +348,9 @@ class Engine:
                 for p in params}
 
     def forced(self, node_id: str) -> bool:
-        return bool(self.options.force) and any(fnmatch.fnmatchcase(node_id, pattern) or node_id == pattern or
-                   node_id.startswith(pattern + "/") for pattern in self.options.force)
+        patterns = self.options.force
+        return bool(patterns) and any(fnmatch.fnmatchcase(node_id, pattern) or node_id == pattern or
+                                      node_id.startswith(pattern + "/") for pattern in patterns)
 
     def cacheable(self, kind: str, target: str) -> bool:
         table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
