@@ -269,12 +269,7 @@ class Engine:
             return await self.node(expr[1], scope)
         if op == "name":
             return await self.lookup(expr[1], scope)
-
-        async def resolve(ref: list) -> Any:
-            if ref[0] == "name":
-                return await self.lookup(ref[1], scope)
-            return await self.node(ref[1], scope)
-        return await evaluate(expr, resolve)
+        return await evaluate(expr, lambda ref: self.eval(ref, scope))  # refs are nodes and names
 
     async def node(self, tid: str, scope: Scope) -> Any:
         node = self.nodes[tid]
