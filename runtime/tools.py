@@ -688,7 +688,7 @@ async def _python_function(spec: ToolSpec, ctx: ToolContext) -> Callable:
             with _load_lock:
                 return _load_module(spec, spec_dir, module_name)
 
-        module = await asyncio.to_thread(load)
+        module = await _tool_threads.run(load)
     return _resolve_attr(spec, module, module_name, attr)
 
 
