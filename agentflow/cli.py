@@ -20,6 +20,14 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def _require_temporal() -> None:
+    """The Temporal engine is an optional extra: say how to install it, not a traceback."""
+    import importlib.util
+    if importlib.util.find_spec("temporalio") is None:
+        raise UserError("the Temporal engine needs the temporal extra: install agentflow[temporal] "
+                        "(pip install 'agentflow[temporal]')")
+
+
 def _compile(path: str, fmt: str = "text", entry: str | None = None):
     """Compiles a spec; prints diagnostics; returns the Compilation (plan None on errors)."""
     from agentflow.compiler.diagnostics import render_json, render_text
@@ -127,6 +135,8 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     from agentflow.runtime.runner import ResumeError, RunRequest, execute
     from agentflow.runtime.store import StoreError
 
+    if engine == "temporal" and not dry_run:
+        _require_temporal()
     result = _compile(file, "text", entry)
     if not result.ok:
         sys.exit(EXIT_COMPILE)
@@ -205,6 +215,7 @@ def worker_cmd(address, namespace, task_queue, concurrency, blob_dir, identity) 
     """Run agentflow workflows and their model and tool calls from a Temporal task queue."""
     import asyncio
 
+    _require_temporal()
     from agentflow.runtime.temporal.worker import run_worker
     try:
         asyncio.run(run_worker(address, namespace, task_queue, concurrency, Path(blob_dir), identity))
