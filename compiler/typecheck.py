@@ -10,7 +10,7 @@ compatible with everything: one mistake gives one message.
 from __future__ import annotations
 
 import json as _json
-from typing import get_args
+from typing import NamedTuple, get_args
 
 from . import ast
 from .diagnostics import DiagnosticSink, Label, did_you_mean
@@ -18,7 +18,7 @@ from .source import SourceFile, Span
 from .symbols import Symbols, attr_value
 from .templates import Placeholder, format_path, placeholder_span, placeholders
 from .types import (ANY, BOOL, FLOAT, INT, JSON, NULL, STR, AnyT, ListT, LiteralT, NullT, OptionalT,
-                    StructT, Type, is_assignable, join, record_fields, strip_optional)
+                    RecordT, StructT, Type, is_assignable, join, record_fields, strip_optional)
 
 REPEAT_FIELDS = ("iterations", "converged")
 
@@ -135,6 +135,42 @@ def param_signature(what: str, params: tuple[ast.Param, ...], symbols: Symbols) 
 NULL_HELP = "it may be null: give a fallback, e.g. `x if x != null else ...`"
 
 
+def field_hint(name: str, names: list[str]) -> str:
+    """The help line for a field a record type does not have."""
+    return did_you_mean(name, names) or (f"its fields are {', '.join(f'`{n}`' for n in names)}"
+                                         if names else "it has no fields")
+
+
+def values_hint(value: str, union: LiteralT) -> str:
+    """The help line for a string that is none of a literal union's values."""
+    close = did_you_mean(value, union.values)
+    values = ", ".join(f'`"{v}"`' for v in union.values)
+    return (f'did you mean `"{close[14:-2]}"`? ' if close else "") + f"the possible values are {values}"
+
+
+def is_string_literal(e: ast.Expr) -> bool:
+    return isinstance(e, ast.Literal) and isinstance(e.value, str)
+
+
+def takes_expectation(e: ast.Expr) -> bool:
+    """Whether an expected type can change the type of `e`: literals, and the list
+    literals and conditionals that pass an expectation on to them."""
+    return isinstance(e, (ast.RecordExpr, ast.ListExpr, ast.Conditional)) or is_string_literal(e)
+
+
+class Misfit(NamedTuple):
+    """Why a literal is not the type expected of it, said at the part that differs. The
+    caller reports it, or drops it when the type was only suggested by a sibling."""
+    code: str
+    message: str
+    span: Span
+    label: str
+    help: str | None
+
+
+Checked = tuple[Type, tuple[Misfit, ...]]
+
+
 # ---------------------------------------------------------------- the typer
 
 class Typer:
@@ -173,8 +209,8 @@ class Typer:
             value = p.default
             if isinstance(value, ast.Literal) or (isinstance(value, (ast.ListExpr, ast.UnaryOp))
                                                   and attr_value(value) is not None):
-                got = self.expr(value, Scope("choreography", None))
-                if not is_assignable(got, want, self.table):
+                got = self.misfit(value, Scope("choreography", None), want)
+                if got is not None:
                     self.sink.error("E201", f"default of `{p.name}` does not fit its type {show(want)}",
                                     value.span, f"this is {show(got)}",
                                     help=f"give a default of type {show(want)}, or change the parameter's type")
@@ -196,13 +232,16 @@ class Typer:
             self.check_block(scope)
             declared = self.symbols.resolve_type(decl.returns) if decl.returns is not None else None
             ret = next((s for s in decl.body.statements if isinstance(s, ast.Return)), None)
-            got = self.expr(ret.value, scope) if ret is not None else ANY
-            if declared is not None and ret is not None and not is_assignable(got, declared, self.table):
-                self.sink.error("E201", f"`{name}` returns {show(declared)}, but this is {show(got)}",
-                                ret.value.span, f"this is {show(got)}",
-                                secondary=[Label(decl.returns.span, "declared here")],
-                                help=self._mismatch_help(got, declared))
-            result = declared if declared is not None else got
+            if declared is None:
+                result = self.expr(ret.value, scope) if ret is not None else ANY
+            else:
+                result = declared
+                got = self.misfit(ret.value, scope, declared) if ret is not None else None
+                if got is not None:
+                    self.sink.error("E201", f"`{name}` returns {show(declared)}, but this is {show(got)}",
+                                    ret.value.span, f"this is {show(got)}",
+                                    secondary=[Label(decl.returns.span, "declared here")],
+                                    help=self._mismatch_help(got, declared))
         finally:
             self.sink, self.quiet_memo, self.pure = saved
             self.choreo_progress.discard(name)
@@ -259,6 +298,51 @@ class Typer:
         method = _EXPR_METHODS.get(type(e))
         return method(self, e, scope) if method is not None else ANY
 
+    # -- expected types (bidirectional checking)
+    def check(self, e: ast.Expr, scope: Scope, want: Type) -> Checked:
+        """Types `e` where a `want` is expected: a record literal whose fields fit a record
+        type is that type, a string literal in a literal union is a member of it, and list
+        literals, `for` and both sides of `if ... else` pass the expectation on. Also
+        returns why a literal misses `want`; anything else is typed as without one."""
+        inner = strip_optional(want)
+        if isinstance(e, ast.RecordExpr) and not is_unknown(inner) and record_fields(inner, self.table) is not None:
+            return self.record_type(e, scope, inner)
+        if is_string_literal(e) and isinstance(inner, LiteralT) and e.value in inner.values:
+            return inner, ()
+        if isinstance(e, ast.ListExpr) and isinstance(inner, ListT):
+            return self.list_type(e, scope, inner.elem)
+        if isinstance(e, ast.ForExpr) and isinstance(inner, ListT):
+            return self.for_type(e, scope, inner.elem)
+        if isinstance(e, ast.Conditional):
+            return self.conditional_type(e, scope, want)
+        return self.expr(e, scope), ()
+
+    def typed(self, e: ast.Expr, scope: Scope, want: Type | None) -> Checked:
+        """`check` against `want`, or plain typing where nothing is expected."""
+        return self.check(e, scope, want) if want is not None else (self.expr(e, scope), ())
+
+    def misfit(self, e: ast.Expr, scope: Scope, want: Type) -> Type | None:
+        """Checks `e` against `want` and reports where a literal misses it. Returns the type
+        of anything else that does not fit, for the caller to report in its own words."""
+        t, misfits = self.check(e, scope, want)
+        self.reported((t, misfits))
+        return t if not misfits and not is_assignable(t, want, self.table) else None
+
+    def suggested(self, e: ast.Expr, scope: Scope, hint: Type) -> Checked:
+        """Types `e` where a sibling (the other side of `if ... else`, another item of a list)
+        suggests `hint`: a literal that fits takes it, one that misses a declared record
+        type says why, and anything else keeps its own type for the caller to join."""
+        t, misfits = self.check(e, scope, hint)
+        if misfits and isinstance(strip_optional(hint), RecordT):
+            return hint, misfits
+        return t, ()
+
+    def reported(self, checked: Checked) -> Type:
+        t, misfits = checked
+        for m in misfits:
+            self.sink.error(m.code, m.message, m.span, m.label, help=m.help)
+        return t
+
     def e_Literal(self, e: ast.Literal, scope: Scope) -> Type:
         v = e.value
         if v is None:
@@ -290,9 +374,32 @@ class Typer:
         return OptionalT(StructT(fields))
 
     def e_ListExpr(self, e: ast.ListExpr, scope: Scope) -> Type:
+        return self.reported(self.list_type(e, scope, None))
+
+    def list_type(self, e: ast.ListExpr, scope: Scope, want_elem: Type | None) -> Checked:
+        """A list literal's type; its items are checked against `want_elem` when a list is
+        expected, and otherwise a literal item takes the record type of a sibling item."""
+        if want_elem is not None:
+            checked = [self.check(item, scope, want_elem) for item in e.items]
+        else:
+            checked = self.items_by_sibling(e, scope)
+        misfits = tuple(m for _, ms in checked for m in ms)
+        if misfits and want_elem is not None:
+            return ListT(want_elem), misfits
+        return ListT(self.join_items(e, [t for t, _ in checked])), misfits
+
+    def items_by_sibling(self, e: ast.ListExpr, scope: Scope) -> list[Checked]:
+        """The items' types, where literal items are told the first declared record type
+        among the other items (so `[editor.write(x), {title: ...}]` is a `list[Report]`)."""
+        own = {i: self.expr(item, scope) for i, item in enumerate(e.items) if not takes_expectation(item)}
+        record = next((t for t in own.values() if isinstance(strip_optional(t), RecordT)), None)
+        return [(own[i], ()) if i in own else self.suggested(item, scope, record) if record is not None
+                else (self.expr(item, scope), ()) for i, item in enumerate(e.items)]
+
+    def join_items(self, e: ast.ListExpr, types: list[Type]) -> Type:
+        """The element type of a list literal: the join of its items' types."""
         elem: Type | None = None
-        for item in e.items:
-            t = self.expr(item, scope)
+        for item, t in zip(e.items, types):
             if elem is None:
                 elem = t
                 continue
@@ -304,20 +411,60 @@ class Typer:
                 elem = ANY
             else:
                 elem = joined
-        return ListT(elem if elem is not None else ANY)
+        return elem if elem is not None else ANY
 
     def e_RecordExpr(self, e: ast.RecordExpr, scope: Scope) -> Type:
-        fields: dict[str, Type] = {}
-        first: dict[str, ast.RecordField] = {}
+        return StructT(tuple((n, t) for n, (t, _, _) in self.typed_fields(e, scope, {}).items()))
+
+    def typed_fields(self, e: ast.RecordExpr, scope: Scope, wanted: dict[str, Type],
+                     ) -> dict[str, tuple[Type, ast.RecordField, tuple[Misfit, ...]]]:
+        """Each field's type (checked against `wanted` where it names the field) with why it
+        misses, by name; a field given twice is reported (E106) and its second value ignored."""
+        fields: dict[str, tuple[Type, ast.RecordField, tuple[Misfit, ...]]] = {}
         for f in e.fields:
-            t = self.expr(f.value, scope)
+            t, misfits = self.typed(f.value, scope, wanted.get(f.name))
             if f.name in fields:
                 self.sink.error("E106", f"duplicate field `{f.name}` in a record", f.span, "second definition",
-                                secondary=[Label(first[f.name].span, "first defined here")],
+                                secondary=[Label(fields[f.name][1].span, "first defined here")],
                                 help="give each field once")
                 continue
-            fields[f.name], first[f.name] = t, f
-        return StructT(tuple(fields.items()))
+            fields[f.name] = t, f, misfits
+        return fields
+
+    def record_type(self, e: ast.RecordExpr, scope: Scope, record: Type) -> Checked:
+        """A record literal where the record type `record` is expected: it is of that type when
+        its fields fit; otherwise each extra, missing or wrong field says why."""
+        wanted = dict(record_fields(record, self.table) or ())
+        fields = self.typed_fields(e, scope, wanted)
+        misfits: list[Misfit] = []
+        for name, (t, f, nested) in fields.items():
+            want = wanted.get(name)
+            if want is None:
+                misfits.append(Misfit("E202", f"no field `{name}` on type {show(record)}", f.span, "no such field",
+                                      field_hint(name, list(wanted))))
+            elif nested:
+                misfits.extend(nested)
+            elif not is_assignable(t, want, self.table):
+                misfits.append(self.wrong_field(record, name, f.value, t, want))
+        missing = [n for n, t in wanted.items() if n not in fields and not isinstance(t, OptionalT)]
+        if missing:
+            names = ", ".join(f"`{n}`" for n in missing)
+            misfits.append(Misfit("E201", f"missing field{'s' * (len(missing) > 1)} {names} of {show(record)}",
+                                  e.span, f"no {names}",
+                                  f"give every field of {show(record)} that is not optional (`T?`)"))
+        if misfits:
+            return StructT(tuple((n, t) for n, (t, _, _) in fields.items())), tuple(misfits)
+        return record, ()
+
+    def wrong_field(self, record: Type, name: str, value: ast.Expr, t: Type, want: Type) -> Misfit:
+        union = strip_optional(want)
+        if is_string_literal(value) and isinstance(union, LiteralT):
+            found = f'`"{value.value}"`'
+            hint = values_hint(value.value, union)
+        else:
+            found, hint = show(t), self._mismatch_help(t, want)
+        return Misfit("E201", f"field `{name}` of {show(record)} expects {show(want)}, found {found}",
+                      value.span, f"this is {found}", hint)
 
     def field_type(self, base: Type, name: str, span: Span, what: str) -> Type:
         """The type of `base.name`; field access on an optional gives an optional."""
@@ -339,11 +486,8 @@ class Typer:
             return ANY
         t = dict(fields).get(name)
         if t is None:
-            names = [n for n, _ in fields]
-            hint = did_you_mean(name, names) or (f"its fields are {', '.join(f'`{n}`' for n in names)}"
-                                                 if names else "it has no fields")
             self.sink.error("E202", f"no field `{name}` on type {show(strip_optional(base))}", span,
-                            "no such field", help=hint)
+                            "no such field", help=field_hint(name, [n for n, _ in fields]))
             return ANY
         if optional and not isinstance(t, (OptionalT, NullT, AnyT)) and t != JSON:
             return OptionalT(t)
@@ -459,27 +603,38 @@ class Typer:
         inner = strip_optional(t)
         if isinstance(inner, LiteralT) and isinstance(other, ast.Literal) and isinstance(other.value, str) \
                 and other.value not in inner.values:
-            close = did_you_mean(other.value, inner.values)
-            values = ", ".join(f'`"{v}"`' for v in inner.values)
-            hint = (f'did you mean `"{close[14:-2]}"`? ' if close else "") + f"the possible values are {values}"
             self.sink.error("E201", f'`"{other.value}"` is never equal to {describe_expr(side)}',
                             other.span, f"not one of {show(inner)}",
-                            secondary=[Label(side.span, f"this is {show(t)}")], help=hint)
+                            secondary=[Label(side.span, f"this is {show(t)}")], help=values_hint(other.value, inner))
             return True
         return False
 
     def e_Conditional(self, e: ast.Conditional, scope: Scope) -> Type:
+        return self.reported(self.conditional_type(e, scope, None))
+
+    def conditional_type(self, e: ast.Conditional, scope: Scope, want: Type | None) -> Checked:
+        """`a if c else b`: both sides are checked against `want` when a type is expected;
+        otherwise a literal side is told the other side's type."""
         ct = self.expr(e.cond, scope)
         self.require_bool(ct, e.cond, "the condition of `if`")
-        a = self.expr(e.then, scope)
-        b = self.expr(e.orelse, scope)
+        if want is not None:
+            (a, then_misfits), (b, else_misfits) = self.check(e.then, scope, want), self.check(e.orelse, scope, want)
+        elif takes_expectation(e.then) and not takes_expectation(e.orelse):
+            b, else_misfits = self.expr(e.orelse, scope), ()
+            a, then_misfits = self.suggested(e.then, scope, b)
+        else:
+            a, then_misfits = self.expr(e.then, scope), ()
+            b, else_misfits = self.suggested(e.orelse, scope, a)
+        misfits = then_misfits + else_misfits
         joined = join(a, b, self.table)
+        if joined is None and misfits:
+            return (want if want is not None else ANY), misfits
         if joined is None:
             self.sink.error("E201", f"the two sides of `if ... else` have different types: {show(a)} and {show(b)}",
                             e.orelse.span, f"this is {show(b)}", secondary=[Label(e.then.span, f"this is {show(a)}")],
                             help="both sides must have one type")
-            return ANY
-        return joined
+            return ANY, ()
+        return joined, misfits
 
     def elem_type(self, t: Type, iter_expr: ast.Expr, what: str) -> Type:
         if is_unknown(t):
@@ -516,13 +671,20 @@ class Typer:
                         help="use a `for` expression for work per item: `xs = for x in items { y = ...  yield y }`")
 
     def e_ForExpr(self, e: ast.ForExpr, scope: Scope) -> Type:
+        return self.for_type(e, scope, None)[0]
+
+    def for_type(self, e: ast.ForExpr, scope: Scope, want_elem: Type | None) -> Checked:
+        """`for`: the list of its yields, each checked against `want_elem` when a list is expected."""
         if self.pure:
             self.impure(head_span(e.span, 3), "a `for` expression")
         it = self.expr(e.iter, scope)
         inner = Scope("for", scope, e.body, var=e.var, var_type=self.elem_type(it, e.iter, "`for`"))
         self.check_block(inner)
         y = next((s for s in e.body.statements if isinstance(s, ast.Yield)), None)
-        return ListT(self.expr(y.value, inner) if y is not None else ANY)
+        if y is None:
+            return ListT(ANY), ()
+        t, misfits = self.typed(y.value, inner, want_elem)
+        return ListT(t), misfits
 
     def e_RepeatExpr(self, e: ast.RepeatExpr, scope: Scope) -> Type:
         if self.pure:
@@ -573,21 +735,20 @@ class Typer:
         too_many_reported = False
         signature = param_signature(what, params, self.symbols)
         for i, arg in enumerate(call.args):
-            t = self.expr(arg.value, scope)
+            p: ast.Param | None = None
             if arg.name is None:
                 if seen_keyword:
                     self.sink.error("E203", "a positional argument cannot follow a keyword argument", arg.span,
                                     "positional argument after `name = ...`",
                                     help="put positional arguments first, or name this one too")
-                    continue
-                if i >= len(params):
+                elif i >= len(params):
                     if not too_many_reported:
                         n = len(call.args)
                         self.sink.error("E203", f"too many arguments: `{what}` takes {len(params)}, but {n} were given",
                                         arg.span, "unexpected argument", help=f"its signature is {signature}")
                         too_many_reported = True
-                    continue
-                p = params[i]
+                else:
+                    p = params[i]
             else:
                 seen_keyword = True
                 p = by_name.get(arg.name)
@@ -595,18 +756,19 @@ class Typer:
                     hint = did_you_mean(arg.name, by_name) or f"its signature is {signature}"
                     self.sink.error("E203", f"`{what}` has no parameter `{arg.name}`", arg.span,
                                     "unknown keyword argument", help=hint)
-                    continue
-            if p.name in given:
+            if p is not None and p.name in given:
                 self.sink.error("E203", f"argument `{p.name}` of `{what}` is given twice", arg.span,
                                 "second value", secondary=[Label(given[p.name].span, "first value")],
                                 help="give each argument once")
+                p = None
+            if p is None:
+                self.expr(arg.value, scope)
                 continue
             given[p.name] = arg
             want = self.symbols.resolve_type(p.type)
-            ok = is_assignable(t, want, self.table)
-            if not ok and p.default is not None:  # null gives the default
-                ok = isinstance(t, NullT) or is_assignable(strip_optional(t), want, self.table)
-            if not ok:
+            accepted = OptionalT(want) if p.default is not None and not isinstance(want, OptionalT) else want
+            t = self.misfit(arg.value, scope, accepted)  # null gives the default
+            if t is not None:
                 self.sink.error("E201", f"argument `{p.name}` of `{what}` expects {show(want)}, found {show(t)}",
                                 arg.value.span, f"this is {show(t)}",
                                 help=self._mismatch_help(t, want) or f"its signature is {signature}")
