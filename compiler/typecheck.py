@@ -454,6 +454,9 @@ class Typer:
                                   f"give every field of {show(record)} that is not optional (`T?`)"))
         if misfits:
             return StructT(tuple((n, t) for n, (t, _, _) in fields.items())), tuple(misfits)
+        omitted = tuple(n for n in wanted if n not in fields)
+        if omitted:
+            self.symbols.omitted_fields[id(e)] = omitted
         return record, ()
 
     def wrong_field(self, record: Type, name: str, value: ast.Expr, t: Type, want: Type) -> Misfit:

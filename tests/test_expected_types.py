@@ -6,11 +6,18 @@ that misses gets exactly one diagnostic, with its code, its span and the field i
 """
 from __future__ import annotations
 
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from agentflow.compiler.pipeline import compile_source
+from agentflow.compiler.source import SourceFile
 from test_checks import compile_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
+from runtime_support import af, ok, result_json, write  # noqa: E402
 
 HEADER = """\
 defaults { model = "scripted" }
@@ -238,3 +245,43 @@ def test_a_string_that_only_a_sibling_suggests_may_be_any_string() -> None:
     [d] = errors(text)
     assert d.message == 'argument `verdict` of `editor.decide` expects `"publish" | "revise"`, found `str`'
     assert errors(text.replace("editor.decide(verdict)", "verdict")) == []
+
+
+def test_an_omitted_optional_field_is_null_in_the_plan() -> None:
+    """`{text: t}` where `Note { text: str  tag: str? }` is expected is `{text: t, tag: null}`,
+    so templates, tools and results at run time see every field of its type."""
+    text = """\
+        defaults { model = "scripted" }
+        type Note {
+          text: str
+          tag: str?
+        }
+        role keeper {
+          task keep(note: Note) -> str { prompt = "Keep {note.text} ({note.tag})." }
+        }
+        choreography main(t: str) -> str {
+          return keeper.keep({text: t})
+        }
+        """
+    compilation = compile_source(SourceFile("note.agentflow", textwrap.dedent(text)))
+    assert compilation.ok, compilation.diagnostics
+    [node] = [n for n in compilation.plan.data["nodes"].values() if n["kind"] == "task"]
+    assert node["args"]["note"] == ["record", [["text", ["name", "t"]], ["tag", ["lit", None]]]]
+
+
+def test_run_accepts_record_literals_where_records_are_expected(tmp_path: Path) -> None:
+    """End to end with the scripted model: a record literal on one side of `if ... else`, one
+    as a task argument (with its optional field omitted, read by the prompt), one as a
+    choreography argument, and one returned from `main`."""
+    write(tmp_path / "flow.agentflow", HEADER + textwrap.dedent("""
+        choreography main(topic: str, ok: bool = false) -> Report {
+          draft = editor.write(topic) if ok else {title: "empty", body: topic, verdict: "revise"}
+          reviewed = editor.review({title: draft.title, body: draft.body, verdict: "publish"})
+          decision = publish(draft)
+          return {title: reviewed.title, body: draft.body + " / " + decision, verdict: "publish"}
+        }
+        """))
+    result = result_json(ok(af(tmp_path, "run", "flow.agentflow", "--model", "scripted", "--input", "topic=cats")))
+    assert set(result) == {"title", "body", "verdict", "note"}
+    assert result["body"].startswith("cats / ")
+    assert (result["verdict"], result["note"]) == ("publish", None)
