@@ -6,6 +6,10 @@ body, then the enclosing scopes and finally the choreography's parameters. A
 binding's type is computed on first use and memoised, so each expression is typed
 (and reports) exactly once. Anything unknown after an error is `AnyT`, which is
 compatible with everything: one mistake gives one message.
+
+Checking is bidirectional: where a type is expected (an argument, a `return`, a
+parameter default), it is passed down into the expression (`Typer.check`), so a record
+or string literal takes that type when it fits and otherwise says which field misses.
 """
 from __future__ import annotations
 
@@ -168,7 +172,8 @@ class Misfit(NamedTuple):
     help: str | None
 
 
-Checked = tuple[Type, tuple[Misfit, ...]]
+Checked = tuple[Type, tuple[Misfit, ...]]  # a type, and why a literal misses the expected one
+FieldTypes = dict[str, tuple[Type, ast.RecordField, tuple[Misfit, ...]]]  # by name: type, field, misfits
 
 
 # ---------------------------------------------------------------- the typer
@@ -416,11 +421,10 @@ class Typer:
     def e_RecordExpr(self, e: ast.RecordExpr, scope: Scope) -> Type:
         return StructT(tuple((n, t) for n, (t, _, _) in self.typed_fields(e, scope, {}).items()))
 
-    def typed_fields(self, e: ast.RecordExpr, scope: Scope, wanted: dict[str, Type],
-                     ) -> dict[str, tuple[Type, ast.RecordField, tuple[Misfit, ...]]]:
-        """Each field's type (checked against `wanted` where it names the field) with why it
-        misses, by name; a field given twice is reported (E106) and its second value ignored."""
-        fields: dict[str, tuple[Type, ast.RecordField, tuple[Misfit, ...]]] = {}
+    def typed_fields(self, e: ast.RecordExpr, scope: Scope, wanted: dict[str, Type]) -> FieldTypes:
+        """Each field's type, checked against `wanted` where it names the field; a field
+        given twice is reported (E106) and its second value ignored."""
+        fields: FieldTypes = {}
         for f in e.fields:
             t, misfits = self.typed(f.value, scope, wanted.get(f.name))
             if f.name in fields:
@@ -460,6 +464,7 @@ class Typer:
         return record, ()
 
     def wrong_field(self, record: Type, name: str, value: ast.Expr, t: Type, want: Type) -> Misfit:
+        """A field of the wrong type; a string literal is named, with the union's values."""
         union = strip_optional(want)
         if is_string_literal(value) and isinstance(union, LiteralT):
             found = f'`"{value.value}"`'
