@@ -36,6 +36,7 @@ role editor {
   task review(report: Report) -> Report { prompt = "Review {report.title}: {report.note}" }
   task file(issue: Issue, related: list[Report]) -> str { prompt = "File {issue.report.title}." }
   task decide(verdict: "publish" | "revise") -> str { prompt = "Decide {verdict}." }
+  task label(tags: list["bug" | "idea"]) -> str { prompt = "Label {tags}." }
 }
 tool archive(report: Report) -> str { command = ["echo", "{report.title}"] }
 choreography publish(report: Report) -> str {
@@ -112,6 +113,16 @@ FITS = {
         choreography main(t: str, ok: bool) -> str {
           verdict = editor.write(t).verdict if ok else "revise"
           return editor.decide(verdict)
+        }""",
+    "list of strings argument": """
+        choreography main() -> str {
+          return editor.label(["idea", "bug"])
+        }""",
+    "strings yielded where a list is expected": """
+        choreography main(topics: list[str]) -> str {
+          return editor.label(for t in topics {
+            yield "bug"
+          })
         }""",
     "string return": """
         choreography main() -> "publish" | "revise" {
