@@ -58,10 +58,11 @@ class Symbols:
         return BodyFacts(self)
 
     @cached_property
-    def omitted_fields(self) -> dict[int, tuple[str, ...]]:
+    def omitted_fields(self) -> dict[int, tuple[ast.RecordExpr, tuple[str, ...]]]:
         """The optional fields that a record literal leaves out where its record type is
-        expected, by the literal's identity (as `facts`): the type checker finds them and
-        the plan gives them null, so the value has every field of its type."""
+        expected, by the literal's identity (kept with them, so the identity stays its own):
+        the type checker finds them and the plan gives them null, so the value has every
+        field of its type."""
         return {}
 
 

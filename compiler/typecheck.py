@@ -460,7 +460,7 @@ class Typer:
             return StructT(tuple((n, t) for n, (t, _, _) in fields.items())), tuple(misfits)
         omitted = tuple(n for n in wanted if n not in fields)
         if omitted:
-            self.symbols.omitted_fields[id(e)] = omitted
+            self.symbols.omitted_fields[id(e)] = e, omitted
         return record, ()
 
     def wrong_field(self, record: Type, name: str, value: ast.Expr, t: Type, want: Type) -> Misfit:
