@@ -173,7 +173,12 @@ class Misfit(NamedTuple):
 
 
 Checked = tuple[Type, tuple[Misfit, ...]]  # a type, and why a literal misses the expected one
-FieldTypes = dict[str, tuple[Type, ast.RecordField, tuple[Misfit, ...]]]  # by name: type, field, misfits
+
+
+def expected_elem(want: Type | None) -> Type | None:
+    """The item type expected of a list literal or a `for`, if a list is expected."""
+    inner = strip_optional(want) if want is not None else None
+    return inner.elem if isinstance(inner, ListT) else None
 
 
 # ---------------------------------------------------------------- the typer
@@ -300,31 +305,28 @@ class Typer:
 
     # -- expressions
     def expr(self, e: ast.Expr, scope: Scope) -> Type:
+        """The type of `e` where no type is expected of it."""
+        checker = _CHECK_METHODS.get(type(e))
+        if checker is not None:
+            return self.reported(checker(self, e, scope, None))
         method = _EXPR_METHODS.get(type(e))
         return method(self, e, scope) if method is not None else ANY
 
     # -- expected types (bidirectional checking)
-    def check(self, e: ast.Expr, scope: Scope, want: Type) -> Checked:
-        """Types `e` where a `want` is expected: a record literal whose fields fit a record
-        type is that type, a string literal in a literal union is a member of it, and list
-        literals, `for` and both sides of `if ... else` pass the expectation on. Also
-        returns why a literal misses `want`; anything else is typed as without one."""
-        inner = strip_optional(want)
-        if isinstance(e, ast.RecordExpr) and not is_unknown(inner) and record_fields(inner, self.table) is not None:
-            return self.record_type(e, scope, inner)
-        if is_string_literal(e) and isinstance(inner, LiteralT) and e.value in inner.values:
-            return inner, ()
-        if isinstance(e, ast.ListExpr) and isinstance(inner, ListT):
-            return self.list_type(e, scope, inner.elem)
-        if isinstance(e, ast.ForExpr) and isinstance(inner, ListT):
-            return self.for_type(e, scope, inner.elem)
-        if isinstance(e, ast.Conditional):
-            return self.conditional_type(e, scope, want)
+    def check(self, e: ast.Expr, scope: Scope, want: Type | None) -> Checked:
+        """Types `e` where a `want` is expected (None: nothing is): a record literal whose
+        fields fit a record type is that type, a string literal in a literal union is a
+        member of it, and list literals, `for` and both sides of `if ... else` pass the
+        expectation on. Also returns why a literal misses `want`, for the caller to report.
+        (Literals nest as deep as the parser allows: two frames a level, as `expr` takes.)"""
+        checker = _CHECK_METHODS.get(type(e))
+        if checker is not None:
+            return checker(self, e, scope, want)
+        if want is not None and is_string_literal(e):
+            union = strip_optional(want)
+            if isinstance(union, LiteralT) and e.value in union.values:
+                return union, ()
         return self.expr(e, scope), ()
-
-    def typed(self, e: ast.Expr, scope: Scope, want: Type | None) -> Checked:
-        """`check` against `want`, or plain typing where nothing is expected."""
-        return self.check(e, scope, want) if want is not None else (self.expr(e, scope), ())
 
     def misfit(self, e: ast.Expr, scope: Scope, want: Type) -> Type | None:
         """Checks `e` against `want` and reports where a literal misses it. Returns the type
@@ -378,28 +380,25 @@ class Typer:
         fields = self.quietly(lambda: tuple((b.name, self.binding_type(b)) for b in owner.bindings.values()))
         return OptionalT(StructT(fields))
 
-    def e_ListExpr(self, e: ast.ListExpr, scope: Scope) -> Type:
-        return self.reported(self.list_type(e, scope, None))
-
-    def list_type(self, e: ast.ListExpr, scope: Scope, want_elem: Type | None) -> Checked:
-        """A list literal's type; its items are checked against `want_elem` when a list is
-        expected, and otherwise a literal item takes the record type of a sibling item."""
-        if want_elem is not None:
-            checked = [self.check(item, scope, want_elem) for item in e.items]
-        else:
-            checked = self.items_by_sibling(e, scope)
-        misfits = tuple(m for _, ms in checked for m in ms)
-        if misfits and want_elem is not None:
-            return ListT(want_elem), misfits
-        return ListT(self.join_items(e, [t for t, _ in checked])), misfits
-
-    def items_by_sibling(self, e: ast.ListExpr, scope: Scope) -> list[Checked]:
-        """The items' types, where literal items are told the first declared record type
-        among the other items (so `[editor.write(x), {title: ...}]` is a `list[Report]`)."""
-        own = {i: self.expr(item, scope) for i, item in enumerate(e.items) if not takes_expectation(item)}
-        record = next((t for t in own.values() if isinstance(strip_optional(t), RecordT)), None)
-        return [(own[i], ()) if i in own else self.suggested(item, scope, record) if record is not None
-                else (self.expr(item, scope), ()) for i, item in enumerate(e.items)]
+    def list_type(self, e: ast.ListExpr, scope: Scope, want: Type | None) -> Checked:
+        """A list literal. Where a list is expected its items are checked against the element
+        type; otherwise a literal item takes the record type of a sibling item (so
+        `[editor.write(x), {title: ...}]` is a `list[Report]`) when it fits."""
+        elem = expected_elem(want)
+        types: list[Type | None] = [None] * len(e.items)
+        if elem is None:  # the other items first: their record type is the suggestion
+            for i, item in enumerate(e.items):
+                if not takes_expectation(item):
+                    types[i] = self.expr(item, scope)
+            elem = next((t for t in types if t is not None and isinstance(strip_optional(t), RecordT)), None)
+        misfits: list[Misfit] = []
+        for i, item in enumerate(e.items):
+            if types[i] is None:
+                types[i], item_misfits = self.check(item, scope, elem)
+                misfits.extend(item_misfits)
+        if misfits and elem is not None:
+            return ListT(elem), tuple(misfits)
+        return ListT(self.join_items(e, types)), tuple(misfits)
 
     def join_items(self, e: ast.ListExpr, types: list[Type]) -> Type:
         """The element type of a list literal: the join of its items' types."""
@@ -418,46 +417,41 @@ class Typer:
                 elem = joined
         return elem if elem is not None else ANY
 
-    def e_RecordExpr(self, e: ast.RecordExpr, scope: Scope) -> Type:
-        return StructT(tuple((n, t) for n, (t, _, _) in self.typed_fields(e, scope, {}).items()))
-
-    def typed_fields(self, e: ast.RecordExpr, scope: Scope, wanted: dict[str, Type]) -> FieldTypes:
-        """Each field's type, checked against `wanted` where it names the field; a field
-        given twice is reported (E106) and its second value ignored."""
-        fields: FieldTypes = {}
+    def record_type(self, e: ast.RecordExpr, scope: Scope, want: Type | None) -> Checked:
+        """A record literal. Where a record type is expected it is of that type when its
+        fields fit, and otherwise each extra, missing or wrong field says why. A field given
+        twice is reported (E106) and its second value ignored."""
+        record = strip_optional(want) if want is not None else ANY
+        expected = None if is_unknown(record) else record_fields(record, self.table)
+        wanted = dict(expected or ())
+        fields: dict[str, Type] = {}
+        first: dict[str, ast.RecordField] = {}
+        misfits: list[Misfit] = []
         for f in e.fields:
-            t, misfits = self.typed(f.value, scope, wanted.get(f.name))
+            field_want = wanted.get(f.name)
+            t, nested = self.check(f.value, scope, field_want)
             if f.name in fields:
                 self.sink.error("E106", f"duplicate field `{f.name}` in a record", f.span, "second definition",
-                                secondary=[Label(fields[f.name][1].span, "first defined here")],
+                                secondary=[Label(first[f.name].span, "first defined here")],
                                 help="give each field once")
                 continue
-            fields[f.name] = t, f, misfits
-        return fields
-
-    def record_type(self, e: ast.RecordExpr, scope: Scope, record: Type) -> Checked:
-        """A record literal where the record type `record` is expected: it is of that type when
-        its fields fit; otherwise each extra, missing or wrong field says why."""
-        wanted = dict(record_fields(record, self.table) or ())
-        fields = self.typed_fields(e, scope, wanted)
-        misfits: list[Misfit] = []
-        for name, (t, f, nested) in fields.items():
-            want = wanted.get(name)
-            if want is None:
-                misfits.append(Misfit("E202", f"no field `{name}` on type {show(record)}", f.span, "no such field",
-                                      field_hint(name, list(wanted))))
-            elif nested:
-                misfits.extend(nested)
-            elif not is_assignable(t, want, self.table):
-                misfits.append(self.wrong_field(record, name, f.value, t, want))
+            fields[f.name], first[f.name] = t, f
+            misfits.extend(nested)
+            if expected is None:
+                continue
+            if field_want is None:
+                misfits.append(Misfit("E202", f"no field `{f.name}` on type {show(record)}", f.span,
+                                      "no such field", field_hint(f.name, list(wanted))))
+            elif not nested and not is_assignable(t, field_want, self.table):
+                misfits.append(self.wrong_field(record, f.name, f.value, t, field_want))
         missing = [n for n, t in wanted.items() if n not in fields and not isinstance(t, OptionalT)]
         if missing:
             names = ", ".join(f"`{n}`" for n in missing)
             misfits.append(Misfit("E201", f"missing field{'s' * (len(missing) > 1)} {names} of {show(record)}",
                                   e.span, f"no {names}",
                                   f"give every field of {show(record)} that is not optional (`T?`)"))
-        if misfits:
-            return StructT(tuple((n, t) for n, (t, _, _) in fields.items())), tuple(misfits)
+        if expected is None or misfits:
+            return StructT(tuple(fields.items())), tuple(misfits)
         omitted = tuple(n for n in wanted if n not in fields)
         if omitted:
             self.symbols.omitted_fields[id(e)] = e, omitted
@@ -617,22 +611,17 @@ class Typer:
             return True
         return False
 
-    def e_Conditional(self, e: ast.Conditional, scope: Scope) -> Type:
-        return self.reported(self.conditional_type(e, scope, None))
-
     def conditional_type(self, e: ast.Conditional, scope: Scope, want: Type | None) -> Checked:
         """`a if c else b`: both sides are checked against `want` when a type is expected;
         otherwise a literal side is told the other side's type."""
         ct = self.expr(e.cond, scope)
         self.require_bool(ct, e.cond, "the condition of `if`")
-        if want is not None:
-            (a, then_misfits), (b, else_misfits) = self.check(e.then, scope, want), self.check(e.orelse, scope, want)
-        elif takes_expectation(e.then) and not takes_expectation(e.orelse):
+        if want is None and takes_expectation(e.then) and not takes_expectation(e.orelse):
             b, else_misfits = self.expr(e.orelse, scope), ()
             a, then_misfits = self.suggested(e.then, scope, b)
         else:
-            a, then_misfits = self.expr(e.then, scope), ()
-            b, else_misfits = self.suggested(e.orelse, scope, a)
+            a, then_misfits = self.check(e.then, scope, want)
+            b, else_misfits = self.check(e.orelse, scope, want) if want is not None else self.suggested(e.orelse, scope, a)
         misfits = then_misfits + else_misfits
         joined = join(a, b, self.table)
         if joined is None and misfits:
@@ -678,11 +667,8 @@ class Typer:
                         "not allowed in a comprehension",
                         help="use a `for` expression for work per item: `xs = for x in items { y = ...  yield y }`")
 
-    def e_ForExpr(self, e: ast.ForExpr, scope: Scope) -> Type:
-        return self.for_type(e, scope, None)[0]
-
-    def for_type(self, e: ast.ForExpr, scope: Scope, want_elem: Type | None) -> Checked:
-        """`for`: the list of its yields, each checked against `want_elem` when a list is expected."""
+    def for_type(self, e: ast.ForExpr, scope: Scope, want: Type | None) -> Checked:
+        """`for`: the list of its yields, each checked against the element type when a list is expected."""
         if self.pure:
             self.impure(head_span(e.span, 3), "a `for` expression")
         it = self.expr(e.iter, scope)
@@ -691,7 +677,7 @@ class Typer:
         y = next((s for s in e.body.statements if isinstance(s, ast.Yield)), None)
         if y is None:
             return ListT(ANY), ()
-        t, misfits = self.typed(y.value, inner, want_elem)
+        t, misfits = self.check(y.value, inner, expected_elem(want))
         return ListT(t), misfits
 
     def e_RepeatExpr(self, e: ast.RepeatExpr, scope: Scope) -> Type:
@@ -843,8 +829,11 @@ class Typer:
         return STR  # json(x)
 
 
-# `Typer.e_<Class>` for each expression class, found once rather than by name per expression
-_EXPR_METHODS = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr)}
+# The expressions an expected type can change, and `Typer.e_<Class>` for every other
+# expression class: found once rather than by name per expression
+_CHECK_METHODS = {ast.RecordExpr: Typer.record_type, ast.ListExpr: Typer.list_type,
+                  ast.Conditional: Typer.conditional_type, ast.ForExpr: Typer.for_type}
+_EXPR_METHODS = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr) if cls not in _CHECK_METHODS}
 
 
 # ---------------------------------------------------------------- templates (E205)
