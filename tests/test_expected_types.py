@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agentflow.compiler.parser import MAX_NESTING
 from agentflow.compiler.pipeline import compile_source
 from agentflow.compiler.source import SourceFile
 from test_checks import compile_text
@@ -296,3 +297,24 @@ def test_run_accepts_record_literals_where_records_are_expected(tmp_path: Path) 
     assert set(result) == {"title", "body", "verdict", "note"}
     assert result["body"].startswith("cats / ")
     assert (result["verdict"], result["note"]) == ("publish", None)
+
+
+def test_literals_as_deep_as_the_parser_allows_are_checked() -> None:
+    """Checking against an expected type recurses no deeper than typing did (no RecursionError)."""
+    depth = MAX_NESTING - 5
+    records = "{next: " * depth + "null" + "}" * depth
+    lists = "[" * depth + '"x"' + "]" * depth
+    text = f"""\
+        defaults {{ model = "scripted" }}
+        type Chain {{
+          next: Chain?
+        }}
+        choreography chain() -> list[Chain] {{
+          return [{records}, {records}]
+        }}
+        choreography main() -> list[str] {{
+          lists = {lists}
+          return [json(lists), json(chain())]
+        }}
+        """
+    assert compile_text(text)[1] == []
