@@ -319,7 +319,8 @@ class _Lowering:
         if isinstance(e, ast.ListExpr):
             return ["list", [r(i) for i in e.items]]
         if isinstance(e, ast.RecordExpr):
-            return ["record", [[f.name, r(f.value)] for f in e.fields]]
+            _, omitted = self.symbols.omitted_fields.get(id(e), (e, ()))
+            return ["record", [[f.name, r(f.value)] for f in e.fields] + [[n, ["lit", None]] for n in omitted]]
         if isinstance(e, ast.Attribute):
             return ["attr", r(e.value), e.attr]
         if isinstance(e, ast.Index):

@@ -57,6 +57,14 @@ class Symbols:
         from .facts import BodyFacts
         return BodyFacts(self)
 
+    @cached_property
+    def omitted_fields(self) -> dict[int, tuple[ast.RecordExpr, tuple[str, ...]]]:
+        """The optional fields that a record literal leaves out where its record type is
+        expected, by the literal's identity (kept with them, so the identity stays its own):
+        the type checker finds them and the plan gives them null, so the value has every
+        field of its type."""
+        return {}
+
 
 def resolve_type(texpr: ast.TypeExpr | None, types: Mapping[str, Any], sink: DiagnosticSink | None = None) -> Type:
     """An AST type as IR; unknown names become ANY (and E105 when a sink is given)."""

@@ -6,11 +6,15 @@ body, then the enclosing scopes and finally the choreography's parameters. A
 binding's type is computed on first use and memoised, so each expression is typed
 (and reports) exactly once. Anything unknown after an error is `AnyT`, which is
 compatible with everything: one mistake gives one message.
+
+Checking is bidirectional: where a type is expected (an argument, a `return`, a
+parameter default), it is passed down into the expression (`Typer.check`), so a record
+or string literal takes that type when it fits and otherwise says which field misses.
 """
 from __future__ import annotations
 
 import json as _json
-from typing import get_args
+from typing import NamedTuple, get_args
 
 from . import ast
 from .diagnostics import DiagnosticSink, Label, did_you_mean
@@ -18,7 +22,7 @@ from .source import SourceFile, Span
 from .symbols import Symbols, attr_value
 from .templates import Placeholder, format_path, placeholder_span, placeholders
 from .types import (ANY, BOOL, FLOAT, INT, JSON, NULL, STR, AnyT, ListT, LiteralT, NullT, OptionalT,
-                    StructT, Type, is_assignable, join, record_fields, strip_optional)
+                    RecordT, StructT, Type, is_assignable, join, record_fields, strip_optional)
 
 REPEAT_FIELDS = ("iterations", "converged")
 
@@ -135,6 +139,48 @@ def param_signature(what: str, params: tuple[ast.Param, ...], symbols: Symbols) 
 NULL_HELP = "it may be null: give a fallback, e.g. `x if x != null else ...`"
 
 
+def field_hint(name: str, names: list[str]) -> str:
+    """The help line for a field a record type does not have."""
+    return did_you_mean(name, names) or (f"its fields are {', '.join(f'`{n}`' for n in names)}"
+                                         if names else "it has no fields")
+
+
+def values_hint(value: str, union: LiteralT) -> str:
+    """The help line for a string that is none of a literal union's values."""
+    close = did_you_mean(value, union.values)
+    values = ", ".join(f'`"{v}"`' for v in union.values)
+    return (f'did you mean `"{close[14:-2]}"`? ' if close else "") + f"the possible values are {values}"
+
+
+def is_string_literal(e: ast.Expr) -> bool:
+    return isinstance(e, ast.Literal) and isinstance(e.value, str)
+
+
+def takes_expectation(e: ast.Expr) -> bool:
+    """Whether an expected type can change the type of `e`: literals, and the list
+    literals and conditionals that pass an expectation on to them."""
+    return isinstance(e, (ast.RecordExpr, ast.ListExpr, ast.Conditional)) or is_string_literal(e)
+
+
+class Misfit(NamedTuple):
+    """Why a literal is not the type expected of it, said at the part that differs. The
+    caller reports it, or drops it when the type was only suggested by a sibling."""
+    code: str
+    message: str
+    span: Span
+    label: str
+    help: str | None
+
+
+Checked = tuple[Type, tuple[Misfit, ...]]  # a type, and why a literal misses the expected one
+
+
+def expected_elem(want: Type | None) -> Type | None:
+    """The item type expected of a list literal or a `for`, if a list is expected."""
+    inner = strip_optional(want) if want is not None else None
+    return inner.elem if isinstance(inner, ListT) else None
+
+
 # ---------------------------------------------------------------- the typer
 
 class Typer:
@@ -173,8 +219,8 @@ class Typer:
             value = p.default
             if isinstance(value, ast.Literal) or (isinstance(value, (ast.ListExpr, ast.UnaryOp))
                                                   and attr_value(value) is not None):
-                got = self.expr(value, Scope("choreography", None))
-                if not is_assignable(got, want, self.table):
+                got = self.misfit(value, Scope("choreography", None), want)
+                if got is not None:
                     self.sink.error("E201", f"default of `{p.name}` does not fit its type {show(want)}",
                                     value.span, f"this is {show(got)}",
                                     help=f"give a default of type {show(want)}, or change the parameter's type")
@@ -196,13 +242,16 @@ class Typer:
             self.check_block(scope)
             declared = self.symbols.resolve_type(decl.returns) if decl.returns is not None else None
             ret = next((s for s in decl.body.statements if isinstance(s, ast.Return)), None)
-            got = self.expr(ret.value, scope) if ret is not None else ANY
-            if declared is not None and ret is not None and not is_assignable(got, declared, self.table):
-                self.sink.error("E201", f"`{name}` returns {show(declared)}, but this is {show(got)}",
-                                ret.value.span, f"this is {show(got)}",
-                                secondary=[Label(decl.returns.span, "declared here")],
-                                help=self._mismatch_help(got, declared))
-            result = declared if declared is not None else got
+            if declared is None:
+                result = self.expr(ret.value, scope) if ret is not None else ANY
+            else:
+                result = declared
+                got = self.misfit(ret.value, scope, declared) if ret is not None else None
+                if got is not None:
+                    self.sink.error("E201", f"`{name}` returns {show(declared)}, but this is {show(got)}",
+                                    ret.value.span, f"this is {show(got)}",
+                                    secondary=[Label(decl.returns.span, "declared here")],
+                                    help=self._mismatch_help(got, declared))
         finally:
             self.sink, self.quiet_memo, self.pure = saved
             self.choreo_progress.discard(name)
@@ -256,8 +305,50 @@ class Typer:
 
     # -- expressions
     def expr(self, e: ast.Expr, scope: Scope) -> Type:
+        """The type of `e` where no type is expected of it."""
+        checker = _CHECK_METHODS.get(type(e))
+        if checker is not None:
+            return self.reported(checker(self, e, scope, None))
         method = _EXPR_METHODS.get(type(e))
         return method(self, e, scope) if method is not None else ANY
+
+    # -- expected types (bidirectional checking)
+    def check(self, e: ast.Expr, scope: Scope, want: Type | None) -> Checked:
+        """Types `e` where a `want` is expected (None: nothing is): a record literal whose
+        fields fit a record type is that type, a string literal in a literal union is a
+        member of it, and list literals, `for` and both sides of `if ... else` pass the
+        expectation on. Also returns why a literal misses `want`, for the caller to report.
+        (Literals nest as deep as the parser allows: two frames a level, as `expr` takes.)"""
+        checker = _CHECK_METHODS.get(type(e))
+        if checker is not None:
+            return checker(self, e, scope, want)
+        if want is not None and is_string_literal(e):
+            union = strip_optional(want)
+            if isinstance(union, LiteralT) and e.value in union.values:
+                return union, ()
+        return self.expr(e, scope), ()
+
+    def misfit(self, e: ast.Expr, scope: Scope, want: Type) -> Type | None:
+        """Checks `e` against `want` and reports where a literal misses it. Returns the type
+        of anything else that does not fit, for the caller to report in its own words."""
+        t, misfits = self.check(e, scope, want)
+        self.reported((t, misfits))
+        return t if not misfits and not is_assignable(t, want, self.table) else None
+
+    def suggested(self, e: ast.Expr, scope: Scope, hint: Type) -> Checked:
+        """Types `e` where a sibling (the other side of `if ... else`, another item of a list)
+        suggests `hint`: a literal that fits takes it, one that misses a declared record
+        type says why, and anything else keeps its own type for the caller to join."""
+        t, misfits = self.check(e, scope, hint)
+        if misfits and isinstance(strip_optional(hint), RecordT):
+            return hint, misfits
+        return t, ()
+
+    def reported(self, checked: Checked) -> Type:
+        t, misfits = checked
+        for m in misfits:
+            self.sink.error(m.code, m.message, m.span, m.label, help=m.help)
+        return t
 
     def e_Literal(self, e: ast.Literal, scope: Scope) -> Type:
         v = e.value
@@ -289,10 +380,30 @@ class Typer:
         fields = self.quietly(lambda: tuple((b.name, self.binding_type(b)) for b in owner.bindings.values()))
         return OptionalT(StructT(fields))
 
-    def e_ListExpr(self, e: ast.ListExpr, scope: Scope) -> Type:
+    def list_type(self, e: ast.ListExpr, scope: Scope, want: Type | None) -> Checked:
+        """A list literal. Where a list is expected its items are checked against the element
+        type; otherwise a literal item takes the record type of a sibling item (so
+        `[editor.write(x), {title: ...}]` is a `list[Report]`) when it fits."""
+        elem = expected_elem(want)
+        types: list[Type | None] = [None] * len(e.items)
+        if elem is None:  # the other items first: their record type is the suggestion
+            for i, item in enumerate(e.items):
+                if not takes_expectation(item):
+                    types[i] = self.expr(item, scope)
+            elem = next((t for t in types if t is not None and isinstance(strip_optional(t), RecordT)), None)
+        misfits: list[Misfit] = []
+        for i, item in enumerate(e.items):
+            if types[i] is None:
+                types[i], item_misfits = self.check(item, scope, elem)
+                misfits.extend(item_misfits)
+        if misfits and elem is not None:
+            return ListT(elem), tuple(misfits)
+        return ListT(self.join_items(e, types)), tuple(misfits)
+
+    def join_items(self, e: ast.ListExpr, types: list[Type]) -> Type:
+        """The element type of a list literal: the join of its items' types."""
         elem: Type | None = None
-        for item in e.items:
-            t = self.expr(item, scope)
+        for item, t in zip(e.items, types):
             if elem is None:
                 elem = t
                 continue
@@ -304,20 +415,58 @@ class Typer:
                 elem = ANY
             else:
                 elem = joined
-        return ListT(elem if elem is not None else ANY)
+        return elem if elem is not None else ANY
 
-    def e_RecordExpr(self, e: ast.RecordExpr, scope: Scope) -> Type:
+    def record_type(self, e: ast.RecordExpr, scope: Scope, want: Type | None) -> Checked:
+        """A record literal. Where a record type is expected it is of that type when its
+        fields fit, and otherwise each extra, missing or wrong field says why. A field given
+        twice is reported (E106) and its second value ignored."""
+        record = strip_optional(want) if want is not None else ANY
+        expected = None if is_unknown(record) else record_fields(record, self.table)
+        wanted = dict(expected or ())
         fields: dict[str, Type] = {}
         first: dict[str, ast.RecordField] = {}
+        misfits: list[Misfit] = []
         for f in e.fields:
-            t = self.expr(f.value, scope)
+            field_want = wanted.get(f.name)
+            t, nested = self.check(f.value, scope, field_want)
             if f.name in fields:
                 self.sink.error("E106", f"duplicate field `{f.name}` in a record", f.span, "second definition",
                                 secondary=[Label(first[f.name].span, "first defined here")],
                                 help="give each field once")
                 continue
             fields[f.name], first[f.name] = t, f
-        return StructT(tuple(fields.items()))
+            misfits.extend(nested)
+            if expected is None:
+                continue
+            if field_want is None:
+                misfits.append(Misfit("E202", f"no field `{f.name}` on type {show(record)}", f.span,
+                                      "no such field", field_hint(f.name, list(wanted))))
+            elif not nested and not is_assignable(t, field_want, self.table):
+                misfits.append(self.wrong_field(record, f.name, f.value, t, field_want))
+        missing = [n for n, t in wanted.items() if n not in fields and not isinstance(t, OptionalT)]
+        if missing:
+            names = ", ".join(f"`{n}`" for n in missing)
+            misfits.append(Misfit("E201", f"missing field{'s' * (len(missing) > 1)} {names} of {show(record)}",
+                                  e.span, f"no {names}",
+                                  f"give every field of {show(record)} that is not optional (`T?`)"))
+        if expected is None or misfits:
+            return StructT(tuple(fields.items())), tuple(misfits)
+        omitted = tuple(n for n in wanted if n not in fields)
+        if omitted:
+            self.symbols.omitted_fields[id(e)] = e, omitted
+        return record, ()
+
+    def wrong_field(self, record: Type, name: str, value: ast.Expr, t: Type, want: Type) -> Misfit:
+        """A field of the wrong type; a string literal is named, with the union's values."""
+        union = strip_optional(want)
+        if is_string_literal(value) and isinstance(union, LiteralT):
+            found = f'`"{value.value}"`'
+            hint = values_hint(value.value, union)
+        else:
+            found, hint = show(t), self._mismatch_help(t, want)
+        return Misfit("E201", f"field `{name}` of {show(record)} expects {show(want)}, found {found}",
+                      value.span, f"this is {found}", hint)
 
     def field_type(self, base: Type, name: str, span: Span, what: str) -> Type:
         """The type of `base.name`; field access on an optional gives an optional."""
@@ -339,11 +488,8 @@ class Typer:
             return ANY
         t = dict(fields).get(name)
         if t is None:
-            names = [n for n, _ in fields]
-            hint = did_you_mean(name, names) or (f"its fields are {', '.join(f'`{n}`' for n in names)}"
-                                                 if names else "it has no fields")
             self.sink.error("E202", f"no field `{name}` on type {show(strip_optional(base))}", span,
-                            "no such field", help=hint)
+                            "no such field", help=field_hint(name, [n for n, _ in fields]))
             return ANY
         if optional and not isinstance(t, (OptionalT, NullT, AnyT)) and t != JSON:
             return OptionalT(t)
@@ -459,27 +605,33 @@ class Typer:
         inner = strip_optional(t)
         if isinstance(inner, LiteralT) and isinstance(other, ast.Literal) and isinstance(other.value, str) \
                 and other.value not in inner.values:
-            close = did_you_mean(other.value, inner.values)
-            values = ", ".join(f'`"{v}"`' for v in inner.values)
-            hint = (f'did you mean `"{close[14:-2]}"`? ' if close else "") + f"the possible values are {values}"
             self.sink.error("E201", f'`"{other.value}"` is never equal to {describe_expr(side)}',
                             other.span, f"not one of {show(inner)}",
-                            secondary=[Label(side.span, f"this is {show(t)}")], help=hint)
+                            secondary=[Label(side.span, f"this is {show(t)}")], help=values_hint(other.value, inner))
             return True
         return False
 
-    def e_Conditional(self, e: ast.Conditional, scope: Scope) -> Type:
+    def conditional_type(self, e: ast.Conditional, scope: Scope, want: Type | None) -> Checked:
+        """`a if c else b`: both sides are checked against `want` when a type is expected;
+        otherwise a literal side is told the other side's type."""
         ct = self.expr(e.cond, scope)
         self.require_bool(ct, e.cond, "the condition of `if`")
-        a = self.expr(e.then, scope)
-        b = self.expr(e.orelse, scope)
+        if want is None and takes_expectation(e.then) and not takes_expectation(e.orelse):
+            b, else_misfits = self.expr(e.orelse, scope), ()
+            a, then_misfits = self.suggested(e.then, scope, b)
+        else:
+            a, then_misfits = self.check(e.then, scope, want)
+            b, else_misfits = self.check(e.orelse, scope, want) if want is not None else self.suggested(e.orelse, scope, a)
+        misfits = then_misfits + else_misfits
         joined = join(a, b, self.table)
+        if joined is None and misfits:
+            return (want if want is not None else ANY), misfits
         if joined is None:
             self.sink.error("E201", f"the two sides of `if ... else` have different types: {show(a)} and {show(b)}",
                             e.orelse.span, f"this is {show(b)}", secondary=[Label(e.then.span, f"this is {show(a)}")],
                             help="both sides must have one type")
-            return ANY
-        return joined
+            return ANY, ()
+        return joined, misfits
 
     def elem_type(self, t: Type, iter_expr: ast.Expr, what: str) -> Type:
         if is_unknown(t):
@@ -515,14 +667,18 @@ class Typer:
                         "not allowed in a comprehension",
                         help="use a `for` expression for work per item: `xs = for x in items { y = ...  yield y }`")
 
-    def e_ForExpr(self, e: ast.ForExpr, scope: Scope) -> Type:
+    def for_type(self, e: ast.ForExpr, scope: Scope, want: Type | None) -> Checked:
+        """`for`: the list of its yields, each checked against the element type when a list is expected."""
         if self.pure:
             self.impure(head_span(e.span, 3), "a `for` expression")
         it = self.expr(e.iter, scope)
         inner = Scope("for", scope, e.body, var=e.var, var_type=self.elem_type(it, e.iter, "`for`"))
         self.check_block(inner)
         y = next((s for s in e.body.statements if isinstance(s, ast.Yield)), None)
-        return ListT(self.expr(y.value, inner) if y is not None else ANY)
+        if y is None:
+            return ListT(ANY), ()
+        t, misfits = self.check(y.value, inner, expected_elem(want))
+        return ListT(t), misfits
 
     def e_RepeatExpr(self, e: ast.RepeatExpr, scope: Scope) -> Type:
         if self.pure:
@@ -573,21 +729,20 @@ class Typer:
         too_many_reported = False
         signature = param_signature(what, params, self.symbols)
         for i, arg in enumerate(call.args):
-            t = self.expr(arg.value, scope)
+            p: ast.Param | None = None
             if arg.name is None:
                 if seen_keyword:
                     self.sink.error("E203", "a positional argument cannot follow a keyword argument", arg.span,
                                     "positional argument after `name = ...`",
                                     help="put positional arguments first, or name this one too")
-                    continue
-                if i >= len(params):
+                elif i >= len(params):
                     if not too_many_reported:
                         n = len(call.args)
                         self.sink.error("E203", f"too many arguments: `{what}` takes {len(params)}, but {n} were given",
                                         arg.span, "unexpected argument", help=f"its signature is {signature}")
                         too_many_reported = True
-                    continue
-                p = params[i]
+                else:
+                    p = params[i]
             else:
                 seen_keyword = True
                 p = by_name.get(arg.name)
@@ -595,18 +750,19 @@ class Typer:
                     hint = did_you_mean(arg.name, by_name) or f"its signature is {signature}"
                     self.sink.error("E203", f"`{what}` has no parameter `{arg.name}`", arg.span,
                                     "unknown keyword argument", help=hint)
-                    continue
-            if p.name in given:
+            if p is not None and p.name in given:
                 self.sink.error("E203", f"argument `{p.name}` of `{what}` is given twice", arg.span,
                                 "second value", secondary=[Label(given[p.name].span, "first value")],
                                 help="give each argument once")
+                p = None
+            if p is None:
+                self.expr(arg.value, scope)
                 continue
             given[p.name] = arg
             want = self.symbols.resolve_type(p.type)
-            ok = is_assignable(t, want, self.table)
-            if not ok and p.default is not None:  # null gives the default
-                ok = isinstance(t, NullT) or is_assignable(strip_optional(t), want, self.table)
-            if not ok:
+            accepted = OptionalT(want) if p.default is not None and not isinstance(want, OptionalT) else want
+            t = self.misfit(arg.value, scope, accepted)  # null gives the default
+            if t is not None:
                 self.sink.error("E201", f"argument `{p.name}` of `{what}` expects {show(want)}, found {show(t)}",
                                 arg.value.span, f"this is {show(t)}",
                                 help=self._mismatch_help(t, want) or f"its signature is {signature}")
@@ -673,8 +829,11 @@ class Typer:
         return STR  # json(x)
 
 
-# `Typer.e_<Class>` for each expression class, found once rather than by name per expression
-_EXPR_METHODS = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr)}
+# The expressions an expected type can change, and `Typer.e_<Class>` for every other
+# expression class: found once rather than by name per expression
+_CHECK_METHODS = {ast.RecordExpr: Typer.record_type, ast.ListExpr: Typer.list_type,
+                  ast.Conditional: Typer.conditional_type, ast.ForExpr: Typer.for_type}
+_EXPR_METHODS = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr) if cls not in _CHECK_METHODS}
 
 
 # ---------------------------------------------------------------- templates (E205)
