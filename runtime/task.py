@@ -171,7 +171,7 @@ class TaskCall:
             response = await (remote(self, request) if remote else
                               retrying(int(self.entry.get("retries") or 0), TransientModelError, once))
         except ModelError as err:
-            raise self.fail(f"model {d['model']}: {err}") from None
+            raise self.fail(str(err)) from None  # the client's messages name the model
         self.usage[0] += response.prompt_tokens
         self.usage[1] += response.completion_tokens
         self.usage[2] += response.cost_usd or 0.0
