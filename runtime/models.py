@@ -913,7 +913,7 @@ def _parse_response(response: Any, request: ModelRequest, latency_ms: float) -> 
 RETRY_AFTER_MAX = 60.0
 
 
-def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+def _retry_after_seconds(value: str) -> float | None:
     """A Retry-After header in seconds: delay-seconds or an HTTP date; None when unreadable."""
     try:
         return max(0.0, float(value))
@@ -925,7 +925,7 @@ def retry_after_seconds(value: str, now: float | None = None) -> float | None:
         return None
     if when.tzinfo is None:  # an HTTP date is GMT; a sloppy server may leave the zone out
         when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -934,7 +934,7 @@ def _retry_after(exc: Exception) -> float | None:
             value = headers.get("retry-after") or headers.get("Retry-After")
         except Exception:  # no headers, or not a mapping
             continue
-        seconds = retry_after_seconds(str(value)) if value else None
+        seconds = _retry_after_seconds(str(value)) if value else None
         if seconds is not None:
             return min(seconds, RETRY_AFTER_MAX)
     return None
@@ -952,7 +952,7 @@ _LOCAL_KEY_FAILURES = {
 }
 
 
-def provider_message(text: str) -> str:
+def _provider_message(text: str) -> str:
     """The provider's own words in a litellm error text, one line, without litellm's wrapping."""
     return _WRAPPING.sub("", " ".join(text.split()))
 
@@ -967,7 +967,7 @@ def _classify(exc: Exception, request: ModelRequest, litellm: Any) -> ModelError
     if isinstance(exc, ModelError):
         return exc
     secrets = configured_secrets(os.environ, [request.api_key_env] if request.api_key_env else [])
-    detail = provider_message(redact(str(exc), secrets)) or type(exc).__name__
+    detail = _provider_message(redact(str(exc), secrets)) or type(exc).__name__
     if len(detail) > 500:
         detail = detail[:500] + "..."
     status = getattr(exc, "status_code", None)
