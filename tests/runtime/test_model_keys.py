@@ -100,6 +100,36 @@ def test_a_missing_provider_key_stops_a_model_override_before_any_request(tmp_pa
     ok(af(tmp_path, "run", "flow.agentflow"))  # scripted needs no key
 
 
+def test_the_check_covers_delegated_roles_and_skips_unreachable_ones(tmp_path):
+    write(tmp_path / "flow.agentflow", f"""
+role helper {{
+  model = "openai/gpt-4o-mini"
+  api_key_env = "{KEY_ENV}"
+  task help(q: str) -> str {{ prompt = "HELP {{q}}" }}
+}}
+
+role idle {{
+  model = "openai/gpt-4o-mini"
+  api_key_env = "AGENTFLOW_TEST_UNSET_KEY"
+  task rest(q: str) -> str {{ prompt = "REST {{q}}" }}
+}}
+
+role lead {{
+  model = "scripted"
+  tools = [helper.help]
+  task ask(q: str) -> str {{ prompt = "ASK {{q}}" }}
+}}
+
+choreography main() -> str {{
+  return lead.ask("q")
+}}
+""")
+    result = ok(af(tmp_path, "run", "flow.agentflow", env=env_without(KEY_ENV)), 2)
+    assert "role `idle` is never used" in result.stderr  # the compiler's warning
+    assert result.stderr.endswith(f"\nerror: model openai/gpt-4o-mini (role helper) needs {KEY_ENV}; "
+                                  "set it in the environment\n")
+
+
 def test_a_dry_run_needs_no_key(tmp_path, server):
     write(tmp_path / "flow.agentflow", llm_defaults(server) + ONE_ROLE)
     result = ok(af(tmp_path, "run", "flow.agentflow", "--dry-run", env=env_without(KEY_ENV)))
