@@ -130,6 +130,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     import json
 
     from agentflow.runtime.inputs import InputError, parse_inputs
+    from agentflow.runtime.credentials import CredentialError
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
     from agentflow.runtime.runner import ResumeError, RunRequest, execute
@@ -168,7 +169,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         reporter.close()
         click.echo("interrupted: state saved; run again with --resume to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (StoreError, ResumeError) as err:
+    except (StoreError, ResumeError, CredentialError) as err:
         reporter.close()
         raise UserError(str(err)) from None
     finally:

@@ -47,6 +47,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import copy
+import datetime
+import email.utils
 import functools
 import gc
 import hashlib
@@ -61,6 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .redaction import configured_secrets, redact
+
 __all__ = [
     "ToolCall",
     "ModelRequest",
@@ -72,6 +76,8 @@ __all__ = [
     "LiteLLMModelClient",
     "client_for",
     "is_scripted",
+    "load_litellm",
+    "missing_key_message",
     "synthesize_value",
 ]
 
@@ -697,7 +703,7 @@ _litellm: Any = None
 _litellm_lock = threading.Lock()
 
 
-def _load_litellm() -> Any:
+def load_litellm() -> Any:
     """Import litellm once, quietly, with the bundled cost map (no network fetch)."""
     global _litellm
     with _litellm_lock:
@@ -733,6 +739,13 @@ def _import_out_of_gc_reach() -> Any:
     return litellm
 
 
+def missing_key_message(model: str, roles: list[str], variables: list[str]) -> str:
+    """The one line that says which variables a model needs, for whom, and what to do."""
+    who = ("role " if len(roles) == 1 else "roles ") + ", ".join(roles)
+    them = "it" if len(variables) == 1 else "them"
+    return f"model {model} ({who}) needs {' and '.join(variables)}; set {them} in the environment"
+
+
 def _json_instruction(schema: dict, name: str) -> str:
     return (
         f"Answer with only a JSON value for {name} that matches this JSON schema, "
@@ -762,7 +775,7 @@ class LiteLLMModelClient:
             return False
         if request.api_base and request.model.startswith("openai/"):
             return True  # an OpenAI-compatible server: json_schema is the protocol's way
-        litellm = _load_litellm()
+        litellm = load_litellm()
         try:
             return bool(litellm.supports_response_schema(model=request.model))
         except Exception:
@@ -773,12 +786,9 @@ class LiteLLMModelClient:
         if request.api_key_env:
             api_key = os.environ.get(request.api_key_env)
             if not api_key:
-                role = request.task.split(".", 1)[0] if request.task else ""
-                who = f"role {role}" if role else "role"
-                raise ModelError(
-                    f"{who} needs the environment variable {request.api_key_env} (api_key_env) but it is not set"
-                )
-        litellm = _load_litellm()
+                role = request.task.split(".", 1)[0] if request.task else "?"
+                raise ModelError(missing_key_message(request.model, [role], [request.api_key_env]))
+        litellm = load_litellm()
         messages = [_wire_message(m) for m in request.messages]
         kwargs: dict[str, Any] = {
             "model": request.model,
@@ -821,7 +831,7 @@ class LiteLLMModelClient:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # classified below; never re-raised raw
-            raise _classify(exc, request, api_key, litellm) from None
+            raise _classify(exc, request, litellm) from None
         latency_ms = (time.perf_counter() - start) * 1000
         return _parse_response(response, request, latency_ms)
 
@@ -855,7 +865,7 @@ def _parse_response(response: Any, request: ModelRequest, latency_ms: float) -> 
         choice = response.choices[0]
         message = choice.message
     except (AttributeError, IndexError, TypeError):
-        raise TransientModelError(f"{request.model}: the provider returned a response without choices") from None
+        raise TransientModelError(f"model {request.model}: the provider returned a response without choices") from None
     content = getattr(message, "content", None)
     calls = []
     for i, call in enumerate(getattr(message, "tool_calls", None) or [], start=1):
@@ -863,7 +873,7 @@ def _parse_response(response: Any, request: ModelRequest, latency_ms: float) -> 
         name = getattr(function, "name", None)
         raw_args = getattr(function, "arguments", None)
         if not name:
-            raise TransientModelError(f"{request.model}: the model returned a tool call without a name")
+            raise TransientModelError(f"model {request.model}: the model returned a tool call without a name")
         if raw_args is None or (isinstance(raw_args, str) and not raw_args.strip()):
             arguments: Any = {}
         elif isinstance(raw_args, dict):
@@ -876,7 +886,7 @@ def _parse_response(response: Any, request: ModelRequest, latency_ms: float) -> 
         if not isinstance(arguments, dict):
             # Malformed output of the model: a new sample usually fixes it, so let the caller retry.
             raise TransientModelError(
-                f"{request.model}: the model called tool {name!r} with arguments that are not a JSON object"
+                f"model {request.model}: the model called tool {name!r} with arguments that are not a JSON object"
             )
         calls.append(ToolCall(id=getattr(call, "id", None) or f"call_{request.turn}_{i}", name=name, arguments=arguments))
     if calls and content == "":
@@ -898,34 +908,66 @@ def _parse_response(response: Any, request: ModelRequest, latency_ms: float) -> 
     )
 
 
-def _redact(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "[redacted]")
-    return text
+# A provider's Retry-After above this many seconds is cut to it (both engines wait for the
+# hint instead of their backoff): a run waits, but not for hours.
+RETRY_AFTER_MAX = 60.0
+
+
+def _retry_after_seconds(value: str) -> float | None:
+    """A Retry-After header in seconds: delay-seconds or an HTTP date; None when unreadable."""
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a sloppy server may leave the zone out
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _retry_after(exc: Exception) -> float | None:
     for headers in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
-        if headers is None:
-            continue
         try:
             value = headers.get("retry-after") or headers.get("Retry-After")
-        except Exception:
+        except Exception:  # no headers, or not a mapping
             continue
-        if value:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
+        seconds = _retry_after_seconds(str(value)) if value else None
+        if seconds is not None:
+            return min(seconds, RETRY_AFTER_MAX)
     return None
 
 
-def _classify(exc: Exception, request: ModelRequest, api_key: str | None, litellm: Any) -> ModelError:
-    """Map anything litellm (or the network under it) raises to ModelError / TransientModelError."""
+# litellm's wrapping of a provider's message: "litellm.AuthenticationError: AuthenticationError:
+# OpenAIException - <the provider's message>".
+_WRAPPING = re.compile(r"^(?:(?:litellm\.)?\w*(?:Error|Exception)(?::| -)\s*)+")
+# Failures of credentials that the openai SDK reports as HTTP 500 without sending anything.
+_LOCAL_KEY_FAILURES = {
+    "Missing credentials": "no API key",
+    "api_key client option must be set": "no API key",
+    "Forbidden control character detected in headers": "the key contains a control character (a newline?)",
+    "Illegal header value": "the key contains a control character (a newline?)",
+}
+
+
+def _provider_message(text: str) -> str:
+    """The provider's own words in a litellm error text, one line, without litellm's wrapping."""
+    return _WRAPPING.sub("", " ".join(text.split()))
+
+
+def _local_key_failure(detail: str) -> str | None:
+    return next((what for marker, what in _LOCAL_KEY_FAILURES.items() if marker in detail), None)
+
+
+def _classify(exc: Exception, request: ModelRequest, litellm: Any) -> ModelError:
+    """Map anything litellm (or the network under it) raises to ModelError / TransientModelError.
+    Keys are masked in the raw text, before anything else touches it."""
     if isinstance(exc, ModelError):
         return exc
-    detail = " ".join(str(exc).split()) or type(exc).__name__
-    detail = _redact(detail.removeprefix("litellm."), api_key)
+    secrets = configured_secrets(os.environ, [request.api_key_env] if request.api_key_env else [])
+    detail = _provider_message(redact(str(exc), secrets)) or type(exc).__name__
     if len(detail) > 500:
         detail = detail[:500] + "..."
     status = getattr(exc, "status_code", None)
@@ -944,15 +986,18 @@ def _classify(exc: Exception, request: ModelRequest, api_key: str | None, litell
         package = missing.group(1).split(".")[0] if missing else getattr(exc, "name", None) or "?"
         return ModelError(f"{where}: litellm needs the Python package {package!r}, which is not installed: {detail}")
     ex = litellm.exceptions
+    hint = f", check the key in {request.api_key_env}" if request.api_key_env else ""
+    local = _local_key_failure(detail)
+    if local is not None:
+        return permanent(f"authentication failed ({local}{hint})")
+    if status in (401, 403) or isinstance(exc, (ex.AuthenticationError, ex.PermissionDeniedError)):
+        return permanent(f"authentication failed (HTTP {status or 401}{hint})")
     if isinstance(exc, getattr(ex, "ContextWindowExceededError", ())):
         return permanent("the prompt is longer than the model's context window")
     if isinstance(exc, ex.RateLimitError) or status == 429:
         return transient("rate limited (HTTP 429)")
     if isinstance(exc, ex.Timeout) or isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or status == 408:
         return transient("timed out" + (f" after {request.timeout_s:g}s" if request.timeout_s else ""))
-    if status in (401, 403) or isinstance(exc, (ex.AuthenticationError, ex.PermissionDeniedError)):
-        hint = f" (check the key in {request.api_key_env})" if request.api_key_env else ""
-        return permanent(f"authentication failed (HTTP {status or 401}){hint}")
     if status is not None and (status >= 500 or status == 409):
         return transient(f"server error (HTTP {status})")
     transient_types = tuple(

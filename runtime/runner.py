@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .credentials import check_credentials
 from .engine import Decision, Engine, NodeFailure, RunOptions, _DryRunStop
 from .ledger import Ledger
 from .local import LocalExecutor
@@ -91,9 +92,10 @@ class _NoHistory:
 
 
 async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
-    if req.options.dry_run:
+    if req.options.dry_run:  # it calls no model: no key needed
         store = Store.open_reader(req.db_path) if req.db_path.exists() else _NoHistory()
     else:
+        check_credentials(req.plan, req.options.model)  # first: a run that cannot start writes nothing
         store = Store.open_writer(req.db_path)
     try:
         run_id, resuming = _pick_run(store, req)

@@ -171,7 +171,7 @@ class TaskCall:
             response = await (remote(self, request) if remote else
                               retrying(int(self.entry.get("retries") or 0), TransientModelError, once))
         except ModelError as err:
-            raise self.fail(f"model {d['model']}: {err}") from None
+            raise self.fail(_naming_model(d["model"], str(err))) from None
         self.usage[0] += response.prompt_tokens
         self.usage[1] += response.completion_tokens
         self.usage[2] += response.cost_usd or 0.0
@@ -205,6 +205,12 @@ class TaskCall:
 def _with_attempt(request: ModelRequest, attempt: int) -> ModelRequest:
     from dataclasses import replace
     return replace(request, attempt=attempt)
+
+
+def _naming_model(model: str, message: str) -> str:
+    """`message` led by the model it concerns, once: the litellm client's messages already are."""
+    prefix = f"model {model}"
+    return message if message.startswith(prefix) else f"{prefix}: {message}"
 
 
 def _output_name(returns: Any) -> str:

@@ -25,7 +25,8 @@ Endpoints
     with ``json_object``, ``{"answer": ...}``; otherwise ``"echo: <last user message>"``.
 ``GET /stats``
     ``{"chat_requests": N, "log": [...], "first_chat_at": T0, "last_answer_at": T1}``: every
-    chat request, with its parsed body, the bearer key it carried and the behaviour it got;
+    chat request, with its parsed body, the bearer key it carried, the behaviour it got and
+    when it arrived (``at``);
     T0 is when the first chat request arrived and T1 when the last chat answer was sent
     (``time.time()``, null before any), so T1 - T0 is the call phase of a load test.
 ``POST /control``
@@ -302,6 +303,7 @@ class OpenAIServer:
                     behaviour = self._queue.popleft()
             self._log.append({
                 "n": self._chat_count,
+                "at": time.time(),
                 "path": path,
                 "model": body.get("model"),
                 "messages": body.get("messages"),

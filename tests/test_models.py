@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import http.client
 import json
 import subprocess
@@ -302,12 +303,12 @@ def test_importing_models_does_not_import_litellm() -> None:
 
 
 def test_loading_litellm_leaves_the_gc_on_and_exit_quiet() -> None:
-    # _load_litellm pauses the GC for the import and freezes every object after it. Here litellm
+    # load_litellm pauses the GC for the import and freezes every object after it. Here litellm
     # was already imported by the program, and DuckDB is loaded, as in a run: its bindings
     # report at exit the objects of theirs still alive, as frozen ones would be.
     code = ("import os; os.environ['LITELLM_LOCAL_MODEL_COST_MAP'] = 'True'; "
             "import gc, duckdb, litellm, agentflow.runtime.models as m; con = duckdb.connect(); "
-            "con.execute('select 1').fetchall(); m._load_litellm(); print(gc.isenabled(), gc.get_freeze_count() > 0)")
+            "con.execute('select 1').fetchall(); m.load_litellm(); print(gc.isenabled(), gc.get_freeze_count() > 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "True True" and out.stderr == ""
 
@@ -433,6 +434,24 @@ def test_litellm_transient_failures(srv: OpenAIServer, behaviour: dict) -> None:
         assert "rate limited" in str(info.value)
 
 
+@pytest.mark.parametrize("retry_after, low, high", [
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, 0.0),  # a date in the past: retry now
+    ("in-the-future", None, None),  # unreadable: the default backoff
+    ("3600", 60.0, 60.0),  # an hour: cut to the documented maximum
+    ("FUTURE", 25.0, 30.0),  # an HTTP date 30 s ahead
+])
+def test_litellm_retry_after_dates_and_maximum(srv: OpenAIServer, retry_after: str, low, high) -> None:
+    if retry_after == "FUTURE":
+        retry_after = email.utils.formatdate(time.time() + 30, usegmt=True)
+    srv.enqueue({"status": 429, "retry_after": retry_after})
+    with pytest.raises(TransientModelError) as info:
+        run(LiteLLMModelClient().complete(remote(srv)))
+    if low is None:
+        assert info.value.retry_after is None
+    else:
+        assert low <= info.value.retry_after <= high
+
+
 def test_litellm_timeout_is_transient(srv: OpenAIServer) -> None:
     srv.enqueue({"latency_ms": 3000})
     started = time.perf_counter()
@@ -457,7 +476,7 @@ def test_litellm_permanent_failures_never_show_the_key(srv: OpenAIServer, status
 
 def test_litellm_missing_key_variable(srv: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV)
-    with pytest.raises(ModelError, match=f"role reviewer needs the environment variable {KEY_ENV} \\(api_key_env\\) but it is not set"):
+    with pytest.raises(ModelError, match=f"^model openai/gpt-4o-mini \\(role reviewer\\) needs {KEY_ENV}; set it in the environment$"):
         run(LiteLLMModelClient().complete(remote(srv)))
     assert srv.chat_count == 0
 
@@ -469,7 +488,7 @@ def test_missing_package_at_call_time_is_permanent_and_named(srv: OpenAIServer) 
     from agentflow.runtime import models
 
     wrapped = litellm.APIConnectionError(message="OpenAIException - No module named 'mcp'", llm_provider="openai", model="gpt-4o-mini")
-    error = models._classify(wrapped, remote(srv), SECRET, litellm)
+    error = models._classify(wrapped, remote(srv), litellm)
     assert type(error) is ModelError and "package 'mcp'" in str(error)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ..models import ModelError, TransientModelError, _load_litellm, client_for, is_scripted
+from ..models import ModelError, TransientModelError, load_litellm, client_for, is_scripted
 from ..tools import ToolContext, ToolError, TransientToolError, call_tool
 from . import wire
 
@@ -59,7 +59,7 @@ class Activities:
         retries = int(payload["retries"])
         async with _heartbeating(self.identity):
             if not is_scripted(request.model):  # a first import of litellm takes seconds: not on the loop
-                await asyncio.to_thread(_load_litellm)
+                await asyncio.to_thread(load_litellm)
             try:
                 response = await client_for(request.model).complete(request)
             except TransientModelError as err:

@@ -108,8 +108,8 @@ choreography main(items: list[int]) -> int {
   return len(answers)
 }
 """
-LITELLM_IMPORT = ("import time; from agentflow.runtime.models import _load_litellm; "
-                  "start = time.perf_counter(); _load_litellm(); print(time.perf_counter() - start)")
+LITELLM_IMPORT = ("import time; from agentflow.runtime.models import load_litellm; "
+                  "start = time.perf_counter(); load_litellm(); print(time.perf_counter() - start)")
 
 
 def llm_case(calls: int, tmp: Path) -> None:
