@@ -140,6 +140,47 @@ def test_a_session_role_killed_mid_call_resumes_to_the_uninterrupted_result(tmp_
     assert _llm_calls(crash, run_id) == 5
 
 
+UNCACHED_SPEC = """
+defaults {
+  model = "scripted"
+}
+
+role scribe {
+  memory = "session"
+  task note(x: str) -> str {
+    prompt = "NOTE {x}"
+    cache = false
+  }
+}
+
+choreography main() -> json {
+  a = scribe.note("a")
+  b = scribe.note("b")
+  return [a, b]
+}
+"""
+
+
+def test_a_call_that_died_after_journaling_its_session_step_adds_it_once(tmp_path):
+    """The process died after call a journaled what it adds to its session, before its result
+    was stored. That window is too short to hit with a kill, so the state a crash leaves there
+    is made through the store: a is running again, its journal complete. The resumed call
+    continues from its journal (no model call) and journals its session step once, so every
+    later reuse replays it once."""
+    flow = _flow(tmp_path, UNCACHED_SPEC)
+    expected = result_json(ok(af(flow, "run", "flow.agentflow")))
+    run_id = last_run(flow)["run_id"]
+    with Store.open_writer(flow / DB) as store:
+        key = store.run_node_states(run_id)["main/a"].key
+        store.node_started(run_id, "main/a", role="scribe", key=key)
+        store.flush()
+
+    for _ in range(2):  # the resume that re-enters a, then one that reuses it
+        assert result_json(ok(af(flow, "run", "flow.agentflow", "--resume", run_id))) == expected
+        assert [call[0]["content"] for call in _session(flow, run_id, "scribe")] == ["NOTE a", "NOTE b"]
+    assert _llm_calls(flow, run_id) == 2
+
+
 # ---------------------------------------------------------------- 2. a turn that asked for several tools
 
 TOOLS_SPEC = """
