@@ -94,6 +94,7 @@ class TaskCall:
         max_turns = int(self.definition.get("max_turns") or 8)
         retries = int(self.entry.get("retries") or 0)
         turns = sum(1 for m in journal if m["role"] == "assistant")
+        self.delegations = delegations_answered(journal, self.definition["tools"])
         repairs = sum(1 for m in journal if m.get("repair"))
         while True:  # every pass adds a message or ends; model turns are bounded: no spinning
             pending = unanswered_tool_calls(messages)
@@ -115,8 +116,8 @@ class TaskCall:
                                               f"JSON that matches the schema."})
                 continue
             if turns >= max_turns:
-                raise self.fail(f"no final answer after {max_turns} model turns (max_turns = {max_turns}; "
-                                f"raise it on the task or its role if the task needs more tool rounds)")
+                raise self.fail(f"no final answer within max_turns = {max_turns} model turns; raise max_turns "
+                                f"on the task or its role if it needs more tool rounds")
             turns += 1
             response = await self.complete(messages, turns)
             await self.persist(messages, _assistant_message(response))
@@ -186,17 +187,18 @@ class TaskCall:
 
     async def tool_result(self, call: dict) -> dict:
         name = call["function"]["name"]
+        grant = next((t for t in self.definition["tools"] if t["name"] == name), None)
+        if grant is None:
+            return _tool_message(call, f"error: there is no tool named {name!r}")
+        if "delegate" in grant:  # numbered whatever its arguments, as `delegations_answered` counts
+            self.delegations += 1
         try:
             args = json.loads(call["function"].get("arguments") or "{}")
             if not isinstance(args, dict):
                 raise ValueError("arguments must be a JSON object")
         except ValueError as err:
             return _tool_message(call, f"error: the arguments are not valid JSON: {err}")
-        grant = next((t for t in self.definition["tools"] if t["name"] == name), None)
-        if grant is None:
-            return _tool_message(call, f"error: there is no tool named {name!r}")
         if "delegate" in grant:
-            self.delegations += 1
             target = grant["delegate"]
             sub_id = f"{self.job.node_id}/{target}#{self.delegations}"
             value = await self.engine.call(sub_id, "task", target, args, target.split(".")[0], nested=True)
@@ -225,6 +227,13 @@ def unanswered_tool_calls(messages: list[dict]) -> list[dict]:
                     pending.append(call)
             return pending
     return []
+
+
+def delegations_answered(journal: list[dict], grants: list[dict]) -> int:
+    """How many delegated calls a journal has results for: a resumed call numbers its next
+    delegation (`<node>/<role.task>#<n>`) after them, as the uninterrupted call did."""
+    delegates = {t["name"] for t in grants if "delegate" in t}
+    return sum(1 for m in journal if m["role"] == "tool" and m.get("name") in delegates)
 
 
 def _with_attempt(request: ModelRequest, attempt: int) -> ModelRequest:

@@ -18,8 +18,8 @@ import duckdb
 import pytest
 
 from agentflow.runtime.store import Store
-from runtime_support import DB, af, af_start, last_run, llm_defaults, ok, outputs, result_json, runs, stop, \
-    wait_until, write
+from runtime_support import DB, af, af_start, last_run, llm_defaults, ok, outputs, result_json, runs, show, \
+    stop, wait_until, write
 
 # A tool that blocks while the file `hold-<x>` exists, after writing `waiting-<x>`: a test
 # kills the run at that precise point. Every start and end is logged to tools.log.
@@ -235,6 +235,53 @@ def test_a_resumed_turn_sends_a_reply_for_every_tool_call_through_litellm(tmp_pa
         ("call_1", "GATE 1"), ("call_2", "GATE 2"), ("call_3", "GATE 3")]
     assert _tool_log(flow).count("end 2") == 1 and _tool_log(flow).count("start 1") == 1
     assert runs(flow)[0]["status"] == "succeeded"
+
+
+DELEGATION_SPEC = """
+defaults {
+  model = "scripted:script.json"
+}
+
+tool gate(x: str) -> str {
+  python = "tools:gate"
+}
+
+role helper {
+  tools = [gate]
+  task assist(q: str) -> str { prompt = "ASSIST {q}" }
+}
+
+role boss {
+  tools = [helper.assist]
+  task lead(q: str) -> str { prompt = "LEAD {q}" }
+}
+
+choreography main() -> json {
+  w = boss.lead("team")
+  return w
+}
+"""
+DELEGATION_RULES = [
+    {"task": "boss.lead", "turn": 1, "tool_calls": [{"name": "helper__assist", "arguments": {"q": "1"}},
+                                                    {"name": "helper__assist", "arguments": {"q": "2"}}]},
+    {"task": "helper.assist", "turn": 1, "contains": "ASSIST 1", "tool_calls": [{"name": "gate", "arguments": {"x": "1"}}]},
+    {"task": "helper.assist", "turn": 1, "contains": "ASSIST 2", "tool_calls": [{"name": "gate", "arguments": {"x": "2"}}]},
+    {"turn": 2, "echo": "last"}]
+
+
+def test_a_turn_interrupted_in_its_second_delegation_resumes_that_delegation(tmp_path):
+    """The second delegated call keeps its node id (`#2`) on resume, so it continues from its own
+    journal (its first turn is not paid twice) instead of starting over as `#1`."""
+    flow = _flow(tmp_path, DELEGATION_SPEC, DELEGATION_RULES)
+    run_id, status = _interrupt_at_gate(flow, "2")
+    assert status == -signal.SIGKILL
+
+    assert result_json(ok(af(flow, "run", "flow.agentflow", "--resume"))) == "GATE 2"
+    nodes = show(flow, run_id)
+    assert {n: nodes[n]["status"] for n in nodes} == {
+        "main/w": "succeeded", "main/w/helper.assist#1": "succeeded", "main/w/helper.assist#2": "succeeded"}
+    assert _llm_calls(flow, run_id) == 2 + 2 + 2  # boss, then each helper: a tool turn and an answer
+    assert _tool_log(flow) == ["start 1", "end 1", "start 2", "start 2", "end 2"]
 
 
 # ---------------------------------------------------------------- 3. repeating tool-call ids, max_turns
