@@ -90,6 +90,7 @@ class TaskCall:
         start = await self.initial_messages()
         steps = await ledger.load_turns(self.job.node_id, self.job.key)
         journal = [m for m in steps if m["role"] != SESSION_STEP]
+        remembered = len(journal) < len(steps)  # killed after its session step, before its result
         messages = start + journal
         max_turns = int(self.definition.get("max_turns") or 8)
         retries = int(self.entry.get("retries") or 0)
@@ -106,7 +107,7 @@ class TaskCall:
             if last["role"] == "assistant" and not last.get("tool_calls"):
                 value, error = self.parse_answer(last.get("content"))
                 if error is None:
-                    await self.remember(messages[len(start) - 1:], journaled=len(journal) < len(steps))
+                    await self.remember(messages[len(start) - 1:], journaled=remembered)
                     return NodeOutcome(value, self.attempts, *self.usage)
                 repairs += 1
                 if repairs > retries:
