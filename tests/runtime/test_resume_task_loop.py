@@ -118,7 +118,7 @@ SESSION_RULES = [{"node": "main/c", "turn": 1, "tool_calls": [{"name": "gate", "
 
 def test_a_session_role_killed_mid_call_resumes_to_the_uninterrupted_result(tmp_path):
     plain = _flow(tmp_path / "plain", SESSION_SPEC, SESSION_RULES)
-    expected = result_json(ok(af(plain, "run", "flow.agentflow")))
+    expected = ok(af(plain, "run", "flow.agentflow")).stdout
     plain_run = last_run(plain)["run_id"]
 
     crash = _flow(tmp_path / "crash", SESSION_SPEC, SESSION_RULES)
@@ -127,7 +127,7 @@ def test_a_session_role_killed_mid_call_resumes_to_the_uninterrupted_result(tmp_
     resumed = ok(af(crash, "run", "flow.agentflow", "--resume"))
     assert last_run(crash)["run_id"] == run_id
 
-    assert result_json(resumed) == expected
+    assert resumed.stdout == expected
     assert json.dumps(_session(crash, run_id, "scribe")) == json.dumps(_session(plain, plain_run, "scribe"))
     assert [call[0]["content"] for call in _session(crash, run_id, "scribe")] == [
         "NOTE a", "NOTE b", "NOTE c", "NOTE d"]
@@ -135,7 +135,7 @@ def test_a_session_role_killed_mid_call_resumes_to_the_uninterrupted_result(tmp_
     assert _llm_calls(crash, run_id) == _llm_calls(plain, plain_run) == 5
     # a second resume of the finished run changes nothing and asks nothing
     again = ok(af(crash, "run", "flow.agentflow", "--resume", run_id))
-    assert result_json(again) == expected
+    assert again.stdout == expected
     assert json.dumps(_session(crash, run_id, "scribe")) == json.dumps(_session(plain, plain_run, "scribe"))
     assert _llm_calls(crash, run_id) == 5
 
