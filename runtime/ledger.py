@@ -135,9 +135,10 @@ class Ledger:
         if found is None:
             raise LookupError(f"stored result of {node_id} disappeared")
         value, stored_hash = found
-        if role in self.session_roles and self.resumed_key(node_id) != key:
-            # reused from another run: what the call added to its role's session joins this
-            # run's session too, as if it had run here (later calls' keys depend on it)
+        if role in self.session_roles:
+            # what the call added to its role's session joins this run's session again, in
+            # program order, as if it had run here (later calls' keys depend on it); also for
+            # a call that finished in the resumed run, whose session is rebuilt
             for step in await self._io(self.store.result_journal, key, SESSION_STEP):
                 await self.append_session(role, step["messages"])
         if not self.dry_run:
@@ -179,16 +180,25 @@ class Ledger:
         if node_id not in self.resumed:  # a journal belongs to its run: a new node has none (no query)
             return []
         turns = await self._io(self.store.load_turns, self.run_id, node_id, key)
-        return [t.payload for t in turns if t.kind != SESSION_STEP]
+        return [t.payload for t in turns]
 
     async def append_turn(self, node_id: str, key: str, message: dict) -> None:
         self.store.append_turn(self.run_id, node_id, key=key, kind=message["role"], payload=message)
         await self.flush()
 
     async def load_session(self, role: str) -> list[list[dict]]:
-        if role not in self._sessions:
-            self._sessions[role] = await self._io(self.store.load_session, self.run_id, role)
-        return self._sessions[role]
+        """The role's session as it stands now, one list of messages per call. It starts empty
+        in every process: a resumed run rebuilds it in program order (see `restart_sessions`)."""
+        return self._sessions.setdefault(role, [])
+
+    async def restart_sessions(self) -> None:
+        """Before a resumed run continues: its sessions are rebuilt in program order as its
+        calls are reused or run, never loaded whole (each call's key depends on the session
+        as it stood before that call), so what an earlier process stored is forgotten first."""
+        self._sessions.clear()
+        if not self.dry_run:
+            self.store.reset_sessions(self.run_id)
+            await self.flush()
 
     async def append_session(self, role: str, messages: list[dict]) -> None:
         calls = await self.load_session(role)

@@ -102,6 +102,8 @@ async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
         options = replace(req.options, run_id=run_id)
         ledger = Ledger(store, run_id, dry_run=req.options.dry_run)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
+        if resuming:
+            await ledger.restart_sessions()
         engine = Engine(req.plan, ledger, options, executor or LocalExecutor(), reporter)
         status, value, failure = "succeeded", None, None
         try:

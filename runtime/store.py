@@ -335,13 +335,14 @@ class _Batch:
         self.turns: list[tuple] = []  # run_id, node_id, key, kind, payload, at
         self.turn_resets: set[tuple[str, str]] = set()
         self.sessions: list[tuple] = []  # run_id, role, message, at
+        self.session_resets: set[str] = set()  # run ids
         self.version = 0
         self.since: float | None = None  # monotonic time of the first and the last fact
         self.last = 0.0
 
     def empty(self) -> bool:
         return not (self.runs or self.nodes or self.results or self.llm_calls or self.turns
-                    or self.turn_resets or self.sessions)
+                    or self.turn_resets or self.sessions or self.session_resets)
 
     def absorb_newer(self, newer: "_Batch") -> "_Batch":
         """Put a batch whose flush failed back in front of what was buffered since."""
@@ -356,7 +357,10 @@ class _Batch:
             self.turns = [t for t in self.turns if (t[0], t[1]) not in newer.turn_resets]
         self.turns += newer.turns
         self.turn_resets |= newer.turn_resets
+        if newer.session_resets:
+            self.sessions = [s for s in self.sessions if s[0] not in newer.session_resets]
         self.sessions += newer.sessions
+        self.session_resets |= newer.session_resets
         self.version = max(self.version, newer.version)
         self.since = min((s for s in (self.since, newer.since) if s is not None), default=None)
         self.last = max(self.last, newer.last)
@@ -902,6 +906,13 @@ class Store:
             buf = self._buffer()
             buf.sessions.extend((run_id, role, t, now) for t in texts)
 
+    def reset_sessions(self, run_id: str) -> None:
+        """Forget a run's session memory (e.g. before a resumed run rebuilds it)."""
+        with self._mu:
+            buf = self._buffer()
+            buf.sessions = [s for s in buf.sessions if s[0] != run_id]
+            buf.session_resets.add(run_id)
+
     # ------------------------------------------------------------ flushing (writer)
 
     def flush(self) -> None:
@@ -975,6 +986,9 @@ class Store:
                     ("run_id", "V", run_ids), ("node_id", "V", node_ids), ("seq", "I", seqs),
                     ("key", "V", keys), ("kind", "V", kinds), ("payload", "J", payloads),
                     ("created_at", "T", ats)])
+            if b.session_resets:
+                con.execute("DELETE FROM _sessions WHERE run_id = ANY($1::VARCHAR[])", [list(b.session_resets)])
+                session_next = {i: n for i, n in session_next.items() if i[0] not in b.session_resets}
             if b.sessions:
                 run_ids, roles, messages, ats = map(list, zip(*b.sessions))
                 seqs = self._assign(con, "_sessions", "role", session_next, list(zip(run_ids, roles)))

@@ -8,11 +8,13 @@ conversation so far: replaying the journal and continuing are the same code.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from agentflow.compiler.types import type_from_json
 
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
+from .ledger import SESSION_STEP
 from .models import ModelError, ModelRequest, ModelResponse, TransientModelError, client_for
 from .retry import retrying
 from .tools import TemplateError, ToolError, TransientToolError, call_tool, render_template
@@ -86,25 +88,26 @@ class TaskCall:
     async def run(self) -> NodeOutcome:
         ledger = self.engine.ledger
         start = await self.initial_messages()
-        journal = await ledger.load_turns(self.job.node_id, self.job.key)
+        steps = await ledger.load_turns(self.job.node_id, self.job.key)
+        journal = [m for m in steps if m["role"] != SESSION_STEP]
+        remembered = len(journal) < len(steps)  # killed after its session step, before its result
         messages = start + journal
         max_turns = int(self.definition.get("max_turns") or 8)
         retries = int(self.entry.get("retries") or 0)
         turns = sum(1 for m in journal if m["role"] == "assistant")
+        self.delegations = delegations_answered(journal, self.definition["tools"])
         repairs = sum(1 for m in journal if m.get("repair"))
-        while True:
-            last = messages[-1]
-            if last["role"] == "assistant" and last.get("tool_calls"):
-                answered = {m.get("tool_call_id") for m in messages if m["role"] == "tool"}
-                for call in last["tool_calls"]:
-                    if call["id"] not in answered:
-                        result = await self.tool_result(call)
-                        await self.persist(messages, result)
+        while True:  # every pass adds a message or ends; model turns are bounded: no spinning
+            pending = unanswered_tool_calls(messages)
+            if pending:
+                for call in pending:
+                    await self.persist(messages, await self.tool_result(call))
                 continue
+            last = messages[-1]
             if last["role"] == "assistant" and not last.get("tool_calls"):
                 value, error = self.parse_answer(last.get("content"))
                 if error is None:
-                    await self.remember(messages[len(start) - 1:])
+                    await self.remember(messages[len(start) - 1:], journaled=remembered)
                     return NodeOutcome(value, self.attempts, *self.usage)
                 repairs += 1
                 if repairs > retries:
@@ -114,7 +117,8 @@ class TaskCall:
                                               f"JSON that matches the schema."})
                 continue
             if turns >= max_turns:
-                raise self.fail(f"no final answer after {max_turns} model turns (max_turns)")
+                raise self.fail(f"no final answer within max_turns = {max_turns} model turns; raise max_turns "
+                                f"on the task or its role if it needs more tool rounds")
             turns += 1
             response = await self.complete(messages, turns)
             await self.persist(messages, _assistant_message(response))
@@ -123,12 +127,16 @@ class TaskCall:
         messages.append(message)
         await self.engine.ledger.append_turn(self.job.node_id, self.job.key, message)
 
-    async def remember(self, conversation: list[dict]) -> None:
+    async def remember(self, conversation: list[dict], *, journaled: bool) -> None:
+        """Adds the call's conversation to its role's session. It is journaled under the call's
+        key as well, once (`journaled`: a call killed after that step, before its result was
+        stored, resumes with it): a run that reuses this call adds the same messages to its
+        own session (see Ledger.reused)."""
         if self.definition["memory"] == "session":
             clean = [{k: v for k, v in m.items() if k != "repair"} for m in conversation]
-            # journaled under the call's key as well: a run that reuses this call adds the
-            # same messages to its own session (see Ledger.reused)
-            await self.engine.ledger.append_turn(self.job.node_id, self.job.key, {"role": "session", "messages": clean})
+            if not journaled:
+                await self.engine.ledger.append_turn(self.job.node_id, self.job.key,
+                                                     {"role": SESSION_STEP, "messages": clean})
             await self.engine.ledger.append_session(self.role, clean)
 
     def parse_answer(self, content: str | None) -> tuple[Any, str | None]:
@@ -180,17 +188,18 @@ class TaskCall:
 
     async def tool_result(self, call: dict) -> dict:
         name = call["function"]["name"]
+        grant = next((t for t in self.definition["tools"] if t["name"] == name), None)
+        if grant is None:
+            return _tool_message(call, f"error: there is no tool named {name!r}")
+        if "delegate" in grant:  # numbered whatever its arguments, as `delegations_answered` counts
+            self.delegations += 1
         try:
             args = json.loads(call["function"].get("arguments") or "{}")
             if not isinstance(args, dict):
                 raise ValueError("arguments must be a JSON object")
         except ValueError as err:
             return _tool_message(call, f"error: the arguments are not valid JSON: {err}")
-        grant = next((t for t in self.definition["tools"] if t["name"] == name), None)
-        if grant is None:
-            return _tool_message(call, f"error: there is no tool named {name!r}")
         if "delegate" in grant:
-            self.delegations += 1
             target = grant["delegate"]
             sub_id = f"{self.job.node_id}/{target}#{self.delegations}"
             value = await self.engine.call(sub_id, "task", target, args, target.split(".")[0], nested=True)
@@ -200,6 +209,32 @@ class TaskCall:
         except ToolError as err:
             return _tool_message(call, f"error: {err}")
         return _tool_message(call, value)
+
+
+def unanswered_tool_calls(messages: list[dict]) -> list[dict]:
+    """The tool calls of the latest model turn that have no result yet, in order.
+
+    Only results after that turn count: ids repeat across turns and calls (the scripted
+    model's `call_<turn>_<i>`, some providers'), and a resumed turn may have run some of its
+    calls but not all; each one must be answered before the model is asked again."""
+    for at in range(len(messages) - 1, -1, -1):
+        if messages[at]["role"] == "assistant":
+            answered = Counter(m.get("tool_call_id") for m in messages[at + 1:] if m["role"] == "tool")
+            pending = []
+            for call in messages[at].get("tool_calls") or ():
+                if answered[call["id"]]:
+                    answered[call["id"]] -= 1
+                else:
+                    pending.append(call)
+            return pending
+    return []
+
+
+def delegations_answered(journal: list[dict], grants: list[dict]) -> int:
+    """How many delegated calls a journal has results for: a resumed call numbers its next
+    delegation (`<node>/<role.task>#<n>`) after them, as the uninterrupted call did."""
+    delegates = {t["name"] for t in grants if "delegate" in t}
+    return sum(1 for m in journal if m["role"] == "tool" and m.get("name") in delegates)
 
 
 def _with_attempt(request: ModelRequest, attempt: int) -> ModelRequest:

@@ -141,6 +141,23 @@ def test_resume_continues_rows_journals_and_totals(db: Path) -> None:
         assert r.check_consistency() == []
 
 
+def test_reset_sessions_forgets_one_runs_sessions_before_what_follows(db: Path) -> None:
+    with Store.open_writer(db) as s:
+        for run in ("r1", "r2"):
+            s.begin_run(run, flow="f", entry="main", plan_hash="p", inputs={})
+            s.append_session(run, "w", ["a", "b"])
+        s.flush()
+        s.append_session("r1", "w", ["lost"])  # buffered, then forgotten with the rest
+        s.reset_sessions("r1")
+        s.append_session("r1", "w", ["c"])
+        s.flush()
+        s.append_session("r1", "w", ["d"])
+    with Store.open_reader(db) as r:
+        assert r.load_session("r1", "w") == ["c", "d"]
+        assert r.load_session("r2", "w") == ["a", "b"]
+        assert r.check_consistency() == []
+
+
 def test_last_node_records_explain_reruns_across_runs(db: Path) -> None:
     with Store.open_writer(db) as s:
         for run, d, at in (("r1", "d-old", T0), ("r2", "d-new", T0 + timedelta(hours=1))):

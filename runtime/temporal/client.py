@@ -3,8 +3,9 @@
 1. Open the run in DuckDB as a local run would (new, or `--resume`).
 2. Reuse-only pass: the local engine in dry-run mode walks the plan as far as stored results
    take it, collecting every stored result it reaches ({key: value}); tool code versions are
-   computed here too (they read files). On `--resume`, finished keys, session transcripts and
-   the journals of unfinished task calls are read as well.
+   computed here too (they read files). On `--resume`, finished keys and the journals of
+   unfinished task calls are read as well; sessions are rebuilt in program order from what
+   each reused call added to its session, here and in the workflow, never loaded whole.
 3. Start the workflow `agentflow-<flow>-<run id>` with all that, or, on `--resume`, re-attach
    to it if it is still running (or finished with results not yet collected).
 4. Follow it: poll the `progress` query, write each event to DuckDB through the normal
@@ -96,6 +97,7 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
             if handle is None:
                 if resuming:
                     await _restart_failed(ledger, run_id)
+                    await ledger.restart_sessions()  # the new execution rebuilds them, as locally
                 config = await _workflow_input(req, store, run_id, resuming, settings)
                 try:
                     handle = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
@@ -160,11 +162,8 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
             await engine.run(req.inputs)
         except (_DryRunStop, NodeFailure, RunAborted):
             pass  # the workflow meets the same failure, and reports it
-        sessions, journals = {}, {}
+        journals = {}
         if resuming:
-            for role, entry in req.plan["roles"].items():
-                if entry["memory"] == "session":
-                    sessions[role] = await pre.load_session(role)
             for node_id, state in pre.resumed.items():  # a failed node starts over: no journal
                 if state.status not in ("succeeded", "failed") and state.key:
                     turns = await pre.load_turns(node_id, state.key)
@@ -176,7 +175,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
         await pre.close("dry-run")
     return {
         "plan": req.plan, "inputs": req.inputs, "code_versions": code_versions,
-        "known": pre.found, "resumed": resumed, "sessions": sessions, "journals": journals,
+        "known": pre.found, "resumed": resumed, "journals": journals,
         "session_steps": pre.session_steps,
         "options": {"run_id": run_id, "spec_dir": str(req.options.spec_dir),
                     "workspace": str(req.options.workspace), "concurrency": req.options.concurrency,

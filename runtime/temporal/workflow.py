@@ -60,10 +60,10 @@ class WorkflowLedger:
         self.lookups = lookups
         self.results: dict[str, Any] = dict(config.get("known") or {})
         self.resumed: dict[str, str] = dict(config.get("resumed") or {})
-        self.sessions: dict[str, list] = {r: list(c) for r, c in (config.get("sessions") or {}).items()}
+        self.sessions: dict[str, list] = {}  # rebuilt in program order, as the local Ledger does
         self.journals: dict[str, dict] = dict(config.get("journals") or {})
-        # What a session call added to its role's session, by result key: a reuse from another
-        # run replays it, as the local Ledger does (later calls' keys depend on the session).
+        # What a session call added to its role's session, by result key: every reuse replays
+        # it, as the local Ledger does (later calls' keys depend on the session).
         self.session_steps: dict[str, list] = dict(config.get("session_steps") or {})
         self.session_roles = {n for n, r in config["plan"]["roles"].items() if r["memory"] == "session"}
         self._last_step: dict[str, list] = {}
@@ -98,7 +98,7 @@ class WorkflowLedger:
         return self.emit("structure_started", node=node_id)
 
     async def reused(self, node_id, role, key, def_hash, inputs) -> Any:
-        if role in self.session_roles and self.resumed_key(node_id) != key:
+        if role in self.session_roles:
             # no event: the client's Ledger.reused replays these steps into its database itself
             self.sessions.setdefault(role, []).extend(copy.deepcopy(self.session_steps.get(key, [])))
         self.emit("reused", node=node_id, role=role, key=key, def_hash=def_hash, inputs=inputs)

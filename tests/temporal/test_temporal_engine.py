@@ -387,6 +387,50 @@ choreography main(text: str) -> Verdict {
     assert activity_history(cluster.server.address, wf_id)["scheduled"] == 1, "the task did not start over"
 
 
+SESSION_SPEC = """
+defaults {
+  model = "scripted:script.json"
+}
+
+role scribe {
+  memory = "session"
+  task note(x: str) -> str { prompt = "NOTE {x}" }
+}
+
+choreography main() -> json {
+  a = scribe.note("a")
+  b = scribe.note("b")
+  c = scribe.note("c")
+  return [a, b, c]
+}
+"""
+
+
+def test_resume_rebuilds_a_session_in_program_order_and_reuses_its_finished_calls(cluster, tmp_path):
+    """A `session` role's calls a and b finished and c failed: `--resume` starts a new execution
+    that reuses a and b (each call's key depends on the session as it stood before it, rebuilt
+    in program order, not on the whole stored session) and runs c alone; the result and the
+    stored session are those of an uninterrupted local run."""
+    from agentflow.runtime.store import Store
+    spec = tmp_path / "notes.agentflow"
+    spec.write_text(SESSION_SPEC)
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"rules": [{"node": "main/c", "error": "fatal"}]}))
+    db = tmp_path / "t.duckdb"
+    args = ["run", str(spec), "--db", str(db)]
+    ok(af(tmp_path, *args, *cluster.run_args()), 3)
+    run_id, wf_id = last_run(db)["run_id"], workflow_of(db)
+    script.write_text(json.dumps({"rules": []}))
+    resumed = ok(af(tmp_path, *args, "--resume", *cluster.run_args()))
+    assert activity_history(cluster.server.address, wf_id)["scheduled"] == 1, "a finished call ran again"
+    local = ok(af(tmp_path, "run", str(spec), "--db", "local.duckdb"))
+    assert json.loads(resumed.stdout) == json.loads(local.stdout)
+    with Store.open_reader(db) as store, Store.open_reader(tmp_path / "local.duckdb") as plain:
+        assert store.load_session(run_id, "scribe") == plain.load_session(last_run(tmp_path / "local.duckdb")["run_id"],
+                                                                         "scribe")
+        assert [call[0]["content"] for call in store.load_session(run_id, "scribe")] == ["NOTE a", "NOTE b", "NOTE c"]
+
+
 def test_lookups_wait_for_a_client_and_a_resumed_client_answers_them(cluster, tmp_path):
     """The client dies while `same` runs: the workflow then asks for `first`'s stored result
     and waits; `--resume` re-attaches and answers, and both `chat` calls are reused."""
