@@ -81,6 +81,8 @@ import duckdb
 
 from agentflow.compiler.hashing import canonical_json, digest
 
+from . import faults
+
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled")
 FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled")
@@ -951,6 +953,7 @@ class Store:
             raise
         self._committed = max(self._committed, batch.version)
         self._last_io = time.monotonic()
+        faults.after_commit()
 
     def _write(self, b: _Batch) -> None:
         """One transaction. Rows are appended with plain INSERTs where they are known to be
