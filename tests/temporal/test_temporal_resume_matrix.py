@@ -1,0 +1,41 @@
+"""The resume matrix on the Temporal engine: the local matrix's scenarios, run by real workers
+on a real dev server, with the client stopped right after its N-th commit (SIGKILL at every
+commit, SIGINT and SIGTERM at its middle one) or a node failing; `--resume` must give the
+uninterrupted run's result, node rows and sessions, and pay no finished call twice."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from temporal_support import HERE, base_env
+
+sys.path.insert(0, str(HERE.parent))
+from resume_scenarios import SCENARIOS, failed_then_resumed, reference, stopped_then_resumed  # noqa: E402
+
+MAX_COMMITS = 60
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_client_stopped_at_every_commit_resume_gives_the_uninterrupted_run(name, cluster, tmp_path, record_property):
+    scenario, env, engine = SCENARIOS[name], base_env(), tuple(cluster.run_args())
+    want = reference(tmp_path, scenario, env, engine)
+    failures, commits = [], 0
+    for commit in range(1, MAX_COMMITS):
+        problems = stopped_then_resumed(tmp_path, scenario, want, env, f"kill@{commit}", engine)
+        if problems is None:
+            break
+        commits = commit
+        failures += [f"kill@{commit}: {p}" for p in problems]
+    assert 0 < commits < MAX_COMMITS - 1
+    for fault in (f"int@{(commits + 1) // 2}", f"term@{(commits + 1) // 2}"):
+        failures += [f"{fault}: {p}" for p in stopped_then_resumed(tmp_path, scenario, want, env, fault, engine) or []]
+    record_property("cells", commits + 2)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_a_failing_node_then_resume_gives_the_uninterrupted_run(name, cluster, tmp_path):
+    env, engine = base_env(), tuple(cluster.run_args())
+    want = reference(tmp_path, SCENARIOS[name], env, engine)
+    assert failed_then_resumed(tmp_path, SCENARIOS[name], want, env, engine) == []
