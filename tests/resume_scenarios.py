@@ -132,7 +132,7 @@ class Observed:
     result: str
     nodes: dict
     sessions: list
-    model_calls: int
+    model_calls: dict  # node id -> model calls paid, over every run of the database
     tool_calls: list
 
 
@@ -169,7 +169,8 @@ def observe(root: Path, result: str) -> Observed:
     try:
         sessions = con.execute("select role, seq, message from _sessions where run_id = ? order by role, seq",
                                [run_id]).fetchall()
-        model_calls = con.execute("select count(*) from llm_calls where not cached").fetchone()[0]
+        model_calls = dict(con.execute("select node_id, count(*) from llm_calls where not cached "
+                                       "group by node_id order by node_id").fetchall())
     finally:
         con.close()
     log = root / "calls.log"
