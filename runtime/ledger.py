@@ -161,10 +161,11 @@ class Ledger:
         if not self.dry_run:
             self.store.node_finished(self.run_id, node_id, status="skipped", role=role, attempts=0)
 
-    def structure_done(self, node_id: str, status: str) -> None:
+    def structure_done(self, node_id: str, status: str, cached: bool = False) -> None:
+        """A structure instance ended; `cached` when every call inside it was reused."""
         if not self.dry_run:
             self.store.node_finished(self.run_id, node_id, status=status, value=None, key=f"structure:{self.run_id}:{node_id}"
-                                     if status == "succeeded" else None)
+                                     if status == "succeeded" else None, cached=cached)
 
     def record_llm_call(self, node_id: str, response) -> None:
         if not self.dry_run:

@@ -822,11 +822,12 @@ class Store:
     def node_finished(self, run_id: str, node_id: str, *, status: str, value: Any = _NO_VALUE,
                       value_hash: str | None = None, error: str | None = None,
                       attempts: int | None = None, key: str | None = None, role: str | None = None,
-                      at: datetime | None = None) -> str | None:
+                      cached: bool = False, at: datetime | None = None) -> str | None:
         """A node ends. A succeeded node's value is stored under its key (the key from
         `node_started` unless given) and its value hash returned; the result and the
         node row commit together at the next flush, so a stored success always has its
-        value. Token and cost totals come from `record_llm_call`."""
+        value. Token and cost totals come from `record_llm_call`. `cached`: it succeeded
+        without running anything (a structure whose every call was reused)."""
         if status not in FINAL_NODE_STATUSES:
             raise ValueError(f"node status must be one of {FINAL_NODE_STATUSES}, not {status!r}")
         text = None
@@ -847,7 +848,7 @@ class Store:
                 buf.results[key] = (text, value_hash, run_id, node_id, finished)
             upd = self._node(buf, run_id, node_id)
             upd.identity(role, key, None, None, None, None)
-            upd.state(status, False, attempts, finished, error,
+            upd.state(status, cached and status == "succeeded", attempts, finished, error,
                       value_hash if status == "succeeded" else None)
         return value_hash
 

@@ -329,7 +329,7 @@ class _Follower:
             elif op == "node_skipped":
                 await _settle(ledger.node_skipped(e["node"], e["role"]))
             elif op == "structure_done":
-                await _settle(ledger.structure_done(e["node"], e["status"]))
+                await _settle(ledger.structure_done(e["node"], e["status"], e.get("cached", False)))
             elif op == "llm_call":
                 response = SimpleNamespace(**{k: v for k, v in e.items() if k != "op"})
                 await _settle(ledger.record_llm_call(e["node"], response))
