@@ -234,6 +234,6 @@ def runs_cmd(db: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node instances.")
 def show_cmd(run_id: str, db: str, as_json: bool) -> None:
     """One run: every node instance with status, reuse, attempts, duration, tokens, cost and error."""
-    from agentflow.runtime.history import print_nodes, run_nodes
-    nodes = _history_call(run_nodes, db, run_id)
-    print_nodes(run_id, nodes, as_json)
+    from agentflow.runtime.history import print_nodes, run_detail
+    run, nodes = _history_call(run_detail, db, run_id)
+    print_nodes(run, nodes, as_json)

@@ -9,9 +9,10 @@ import json
 import signal
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from agentflow.runtime.store import Store
+from agentflow.runtime.store import Store, StoreError
 from runtime_support import DB, af, af_start, ok, outputs, result_json, runs, show, stop, wait_until, write
 
 SPEC = """
@@ -95,11 +96,20 @@ def _graph_statuses(cwd: Path, run_id: str) -> dict[str, str]:
     return {n["id"]: n["status"] for n in json.loads(text)["nodes"] if n["kind"] != "status" and n["status"]}
 
 
+def _run_id(cwd: Path) -> str | None:
+    """The newest run's id; None while its database does not exist or is being created."""
+    try:
+        found = runs(cwd)
+    except StoreError:
+        return None
+    return found[0]["run_id"] if found else None
+
+
 def _start_and_hold(tmp_path: Path):
     """Starts a run and returns (process, run id) once both `hold` calls are waiting and the
     independent structures have finished."""
     proc = af_start(tmp_path, "run", "flow.agentflow", *INPUTS)
-    run_id = wait_until(lambda: (tmp_path / DB).exists() and runs(tmp_path)[0]["run_id"], what="the run")
+    run_id = wait_until(lambda: _run_id(tmp_path), what="the run")
     wait_until(lambda: (tmp_path / "started-p").exists() and (tmp_path / "started-q").exists()
                and show(tmp_path, run_id).get("main/sub", {}).get("status") == "succeeded"
                and show(tmp_path, run_id).get("main/loop", {}).get("status") == "succeeded",
@@ -218,7 +228,6 @@ def test_a_killed_run_reads_interrupted_a_live_one_running_and_resume_completes_
 
     # the next writer records it: the public view says so too
     ok(af(tmp_path, "run", "flow.agentflow", "--entry", "pair", "--input", "x=other"))
-    import duckdb
     with duckdb.connect(str(tmp_path / DB), read_only=True) as con:
         assert con.execute("SELECT status FROM runs WHERE run_id = $1", [run_id]).fetchone() == ("interrupted",)
         assert con.execute("SELECT count(*) FROM node_runs WHERE status = 'running'").fetchone() == (0,)
