@@ -313,7 +313,7 @@ class Engine:
             stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, _DryRunStop))
             status = "cancelled" if stopped and not self.failed_inside(iid) else "failed"
             self.ledger.structure_done(iid, status)
-            self.reporter.node(iid, status)
+            self.reporter.node(iid, status, detail="a node inside it failed" if status == "failed" else "")
             raise
         cached = iid not in self.ran_inside
         self.ledger.structure_done(iid, "succeeded", cached)
