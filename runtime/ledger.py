@@ -54,7 +54,11 @@ class Ledger:
                     self.store.reset_turns(self.run_id, node_id)
             self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
                                  inputs=inputs)
-            await self.flush()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:  # Ctrl-C or SIGTERM as it began: it ends cancelled, not running
+                self.store.finish_run(self.run_id, "cancelled")  # the store's close writes it
+                raise
 
     async def close(self, status: str) -> None:
         if not self.dry_run:

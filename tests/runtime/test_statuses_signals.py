@@ -261,3 +261,31 @@ def test_a_structure_with_a_node_that_ran_is_not_reused(tmp_path):
     nodes = show(tmp_path, runs(tmp_path)[0]["run_id"])
     assert not nodes["main/each"]["cached"] and nodes["main/each[1]/held"]["status"] == "succeeded"
     assert nodes["main/loop"]["cached"] and nodes["main/sub"]["cached"]
+
+
+def test_sigterm_as_the_run_begins_leaves_it_cancelled_not_running(tmp_path, monkeypatch):
+    """In this process: SIGTERM lands at the run's first wait (while it records its start),
+    before any node: `run_stoppable` reports it and the run is recorded cancelled."""
+    import os
+
+    from agentflow.compiler.pipeline import compile_source, read_source
+    from agentflow.runtime.engine import RunOptions
+    from agentflow.runtime.history import list_runs
+    from agentflow.runtime.progress import SilentReporter
+    from agentflow.runtime.runner import RunRequest, execute, run_stoppable
+
+    _flow(tmp_path, "go")
+    monkeypatch.chdir(tmp_path)
+    plan = compile_source(read_source(tmp_path / "flow.agentflow")).plan
+    options = RunOptions(run_id="", spec_dir=tmp_path, workspace=tmp_path / "workspace")
+    request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs={"items": ["p"]},
+                         db_path=tmp_path / DB, options=options)
+
+    async def signalled_run():
+        os.kill(os.getpid(), signal.SIGTERM)  # handled once this task first waits
+        return await execute(request, SilentReporter())
+
+    _, terminated = run_stoppable(signalled_run())
+    assert terminated
+    (run,) = list_runs(str(tmp_path / DB))
+    assert run["status"] == "cancelled" and run["nodes"] == 0
