@@ -298,7 +298,8 @@ class Engine:
     async def structure(self, iid: str, tid: str, node: dict, scope: Scope) -> Any:
         """A `for`, `repeat` or sub-choreography instance. It ends with a final status like
         any node: failed when a node inside it failed (or its own expression did), cancelled
-        when it was stopped, and reused when no call inside it ran."""
+        when it was stopped, and reused when no call inside it ran (a `for` over an empty
+        list reused nothing)."""
         self.ledger.structure_started(iid)
         kind = node["kind"]
         try:
@@ -315,7 +316,7 @@ class Engine:
             self.ledger.structure_done(iid, status)
             self.reporter.node(iid, status, detail="a node inside it failed" if status == "failed" else "")
             raise
-        cached = iid not in self.ran_inside
+        cached = iid not in self.ran_inside and not (kind == "for" and value == [])  # nothing to reuse
         self.ledger.structure_done(iid, "succeeded", cached)
         self.reporter.node(iid, "succeeded", cached=cached)
         return value

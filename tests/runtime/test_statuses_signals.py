@@ -289,3 +289,11 @@ def test_sigterm_as_the_run_begins_leaves_it_cancelled_not_running(tmp_path, mon
     assert terminated
     (run,) = list_runs(str(tmp_path / DB))
     assert run["status"] == "cancelled" and run["nodes"] == 0
+
+
+def test_a_for_over_an_empty_list_reused_nothing(tmp_path):
+    _flow(tmp_path, "go")
+    for _ in range(2):
+        ok(af(tmp_path, "run", "flow.agentflow", "--input", "items=[]"))
+        each = show(tmp_path, runs(tmp_path)[0]["run_id"])["main/each"]
+        assert each["status"] == "succeeded" and not each["cached"]
