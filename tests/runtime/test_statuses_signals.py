@@ -6,12 +6,18 @@ real signals."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from agentflow.compiler.pipeline import compile_source, read_source
+from agentflow.runtime.engine import RunOptions
+from agentflow.runtime.history import list_runs
+from agentflow.runtime.progress import SilentReporter
+from agentflow.runtime.runner import RunRequest, execute, run_stoppable
 from agentflow.runtime.store import Store, StoreError
 from runtime_support import DB, af, af_start, ok, outputs, result_json, runs, show, stop, wait_until, write
 
@@ -263,19 +269,10 @@ def test_a_structure_with_a_node_that_ran_is_not_reused(tmp_path):
     assert nodes["main/loop"]["cached"] and nodes["main/sub"]["cached"]
 
 
-def test_sigterm_as_the_run_begins_leaves_it_cancelled_not_running(tmp_path, monkeypatch):
+def test_sigterm_as_the_run_begins_leaves_it_cancelled_not_running(tmp_path):
     """In this process: SIGTERM lands at the run's first wait (while it records its start),
     before any node: `run_stoppable` reports it and the run is recorded cancelled."""
-    import os
-
-    from agentflow.compiler.pipeline import compile_source, read_source
-    from agentflow.runtime.engine import RunOptions
-    from agentflow.runtime.history import list_runs
-    from agentflow.runtime.progress import SilentReporter
-    from agentflow.runtime.runner import RunRequest, execute, run_stoppable
-
     _flow(tmp_path, "go")
-    monkeypatch.chdir(tmp_path)
     plan = compile_source(read_source(tmp_path / "flow.agentflow")).plan
     options = RunOptions(run_id="", spec_dir=tmp_path, workspace=tmp_path / "workspace")
     request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs={"items": ["p"]},
