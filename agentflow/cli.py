@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-EXIT_OK, EXIT_COMPILE, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_COMPILE, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 DEFAULT_DB = ".agentflow/agentflow.duckdb"
 DEFAULT_WORKSPACE = ".agentflow/workspace"
 
@@ -125,7 +125,6 @@ def _history_call(fn, *args):
 def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
             no_cache, dry_run, engine, address, namespace, task_queue, blob_dir) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
-    import asyncio
     import gc
     import json
 
@@ -133,7 +132,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     from agentflow.runtime.credentials import CredentialError
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
-    from agentflow.runtime.runner import ResumeError, RunRequest, execute
+    from agentflow.runtime.runner import ResumeError, RunRequest, execute, run_stoppable
     from agentflow.runtime.store import StoreError
 
     if engine == "temporal" and not dry_run:
@@ -160,21 +159,22 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
             from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
             settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
             try:
-                outcome = asyncio.run(execute_temporal(request, reporter, settings))
+                outcome, terminated = run_stoppable(execute_temporal(request, reporter, settings))
             except TemporalError as err:
                 raise StoreError(str(err)) from None
         else:
-            outcome = asyncio.run(execute(request, reporter))
+            outcome, terminated = run_stoppable(execute(request, reporter))
     except KeyboardInterrupt:
         reporter.close()
-        click.echo("interrupted: state saved; run again with --resume to continue", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _stopped(terminated=False)
     except (StoreError, ResumeError, CredentialError) as err:
         reporter.close()
         raise UserError(str(err)) from None
     finally:
         gc.unfreeze()  # everything is collectable again before exit
     reporter.close()
+    if terminated or outcome.status == "cancelled":
+        _stopped(terminated)
     if dry_run:
         _print_decisions(outcome, plan.data)
         return
@@ -184,11 +184,15 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         click.echo(f"error: run {outcome.run_id} failed at {where}: {f.message if f else 'unknown error'}\n"
                    f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume", err=True)
         sys.exit(EXIT_FAILED)
-    if outcome.status == "cancelled":
-        click.echo("interrupted: state saved; run again with --resume to continue", err=True)
-        sys.exit(EXIT_INTERRUPTED)
     click.echo(json.dumps(outcome.value, indent=2, ensure_ascii=False))
     click.echo(f"run {outcome.run_id} succeeded", err=True)
+
+
+def _stopped(terminated: bool) -> None:
+    """A run stopped by Ctrl-C (exit 130) or SIGTERM (exit 143): its state is saved."""
+    how = "terminated (SIGTERM)" if terminated else "interrupted"
+    click.echo(f"{how}: state saved; run again with --resume to continue", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def _print_decisions(outcome, plan: dict) -> None:
@@ -242,6 +246,6 @@ def runs_cmd(db: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node instances.")
 def show_cmd(run_id: str, db: str, as_json: bool) -> None:
     """One run: every node instance with status, reuse, attempts, duration, tokens, cost and error."""
-    from agentflow.runtime.history import print_nodes, run_nodes
-    nodes = _history_call(run_nodes, db, run_id)
-    print_nodes(run_id, nodes, as_json)
+    from agentflow.runtime.history import print_nodes, run_detail
+    run, nodes = _history_call(run_detail, db, run_id)
+    print_nodes(run, nodes, as_json)

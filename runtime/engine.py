@@ -30,6 +30,15 @@ def template_id(instance_id: str) -> str:
     return _INSTANCE.sub(lambda m: "[*]" if m.group(0)[0] == "[" else "#*", instance_id)
 
 
+_SEPARATOR = re.compile(r"[/\[#]")
+
+
+def enclosing(instance_id: str) -> list[str]:
+    """The prefixes a node id nests in: `main/r[2]/a#1/x` -> `main`, `main/r`, `main/r[2]`,
+    `main/r[2]/a`, `main/r[2]/a#1` (among them the ids of its enclosing structures)."""
+    return [instance_id[:m.start()] for m in _SEPARATOR.finditer(instance_id)]
+
+
 @dataclass(frozen=True)
 class RunOptions:
     run_id: str
@@ -123,6 +132,8 @@ class Engine:
         self.role_slots = {name: asyncio.Semaphore(max(1, role["replicas"])) for name, role in plan["roles"].items()}
         self.session_locks = {name: asyncio.Lock() for name, role in plan["roles"].items() if role["memory"] == "session"}
         self.failure: NodeFailure | None = None
+        self.failed_nodes: list[str] = []  # every node that failed, the first one first
+        self.ran_inside: set[str] = set()  # instance prefixes inside which a call ran (not reused)
         self.started: set[str] = set()
         self.decisions: list[Decision] = []
         self.tasks: set[asyncio.Task] = set()
@@ -240,6 +251,7 @@ class Engine:
     def fail(self, failure: NodeFailure) -> NodeFailure:
         if self.failure is None:
             self.failure = failure
+        self.failed_nodes.append(failure.node_id)
         return failure
 
     def mark_unstarted(self, scope: Scope) -> None:
@@ -277,17 +289,42 @@ class Engine:
         self.started.add(iid)
         kind = node["kind"]
         if kind in ("for", "repeat", "choreography"):
-            self.ledger.structure_started(iid)
-        if kind == "for":
-            return await self.for_node(iid, node, scope)
-        if kind == "repeat":
-            return await self.repeat_node(iid, node, scope)
+            return await self.structure(iid, tid, node, scope)
         args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
-        if kind == "choreography":
-            return await self.choreography_node(iid, tid, node, args, scope)
         return await self.call(iid, kind, node["target"], args, node.get("role"))
 
     # ------------------------------------------------------------ structure
+
+    async def structure(self, iid: str, tid: str, node: dict, scope: Scope) -> Any:
+        """A `for`, `repeat` or sub-choreography instance. It ends with a final status like
+        any node: failed when a node inside it failed (or its own expression did), cancelled
+        when it was stopped, and reused when no call inside it ran (a `for` over an empty
+        list reused nothing)."""
+        self.ledger.structure_started(iid)
+        kind = node["kind"]
+        try:
+            if kind == "for":
+                value = await self.for_node(iid, node, scope)
+            elif kind == "repeat":
+                value = await self.repeat_node(iid, node, scope)
+            else:
+                args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
+                value = await self.choreography_node(iid, tid, node, args, scope)
+        except BaseException as err:
+            stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, _DryRunStop))
+            status = "cancelled" if stopped and not self.failed_inside(iid) else "failed"
+            self.ledger.structure_done(iid, status)
+            self.reporter.node(iid, status, detail="a node inside it failed" if status == "failed" else "")
+            raise
+        cached = iid not in self.ran_inside and not (kind == "for" and value == [])  # nothing to reuse
+        self.ledger.structure_done(iid, "succeeded", cached)
+        self.reporter.node(iid, "succeeded", cached=cached)
+        return value
+
+    def failed_inside(self, iid: str) -> bool:
+        """Whether a node that failed is this structure instance or lies inside it."""
+        inner = (iid + "/", iid + "[", iid + "#")
+        return any(failed == iid or failed.startswith(inner) for failed in self.failed_nodes)
 
     async def for_node(self, iid: str, node: dict, scope: Scope) -> Any:
         items = await self.eval(node["iter"], scope)
@@ -307,7 +344,6 @@ class Engine:
         values = await fan_out(len(items), item, 1 if node.get("sequential") else FAN_OUT_WINDOW)
         if unknown:
             raise unknown[0]
-        self.ledger.structure_done(iid, "succeeded")
         return values
 
     async def repeat_node(self, iid: str, node: dict, scope: Scope) -> Any:
@@ -324,14 +360,11 @@ class Engine:
                 converged = True
                 break
             prev = record
-        self.ledger.structure_done(iid, "succeeded")
         return {**record, "iterations": iteration, "converged": converged}
 
     async def choreography_node(self, iid: str, tid: str, node: dict, args: dict, scope: Scope) -> Any:
         consts = {name: value for name, value in args.items()}
-        value = await self.block(node["body"], Scope(iid, tid, consts, None))
-        self.ledger.structure_done(iid, "succeeded")
-        return value
+        return await self.block(node["body"], Scope(iid, tid, consts, None))
 
     # ------------------------------------------------------------ calls
 
@@ -382,6 +415,7 @@ class Engine:
             if self.failure is not None:
                 raise RunAborted(iid)
             self.ledger.node_started(iid, role, key, def_hash, inputs)
+            self.ran_inside.update(enclosing(iid))
             self.reporter.node(iid, "running")
             try:
                 outcome = await self.executor.execute(self, NodeJob(iid, kind, target, args, key))

@@ -20,11 +20,17 @@ def list_runs(db: str) -> list[dict]:
         return store.list_runs()
 
 
-def run_nodes(db: str, run_id: str) -> list[dict]:
+def run_detail(db: str, run_id: str) -> tuple[dict, list[dict]]:
+    """A run as `runs` lists it (its status included), and its nodes as `show` lists them."""
     with _reader(db) as store:
-        if store.get_run(run_id) is None:
+        run = store.get_run(run_id)
+        if run is None:
             raise StoreError(f"there is no run {run_id} in {db}; `agentflow runs` lists them")
-        return store.run_nodes(run_id)
+        return run, store.run_nodes(run_id)
+
+
+def run_nodes(db: str, run_id: str) -> list[dict]:
+    return run_detail(db, run_id)[1]
 
 
 def run_statuses(db: str, run_id: str) -> dict[str, str]:
@@ -48,13 +54,13 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
     _console().print(table if runs else "no runs yet")
 
 
-def print_nodes(run_id: str, nodes: list[dict], as_json: bool) -> None:
+def print_nodes(run: dict, nodes: list[dict], as_json: bool) -> None:
     if as_json:
         print(_jsonable(nodes))
         return
     from rich.table import Table
     table = Table("node", "role", "status", "reused", "attempts", "ms", "tokens", "cost $", "error",
-                  title=f"run {run_id}", box=None)
+                  title=f"run {run['run_id']} ({run['status']})", box=None)
     for n in nodes:
         tokens = (n.get("prompt_tokens") or 0) + (n.get("completion_tokens") or 0)
         duration = n.get("duration_ms")

@@ -54,7 +54,11 @@ class Ledger:
                     self.store.reset_turns(self.run_id, node_id)
             self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
                                  inputs=inputs)
-            await self.flush()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:  # Ctrl-C or SIGTERM as it began: it ends cancelled, not running
+                self.store.finish_run(self.run_id, "cancelled")  # the store's close writes it
+                raise
 
     async def close(self, status: str) -> None:
         if not self.dry_run:
@@ -162,10 +166,11 @@ class Ledger:
         if not self.dry_run:
             self.store.node_finished(self.run_id, node_id, status="skipped", role=role, attempts=0)
 
-    def structure_done(self, node_id: str, status: str) -> None:
+    def structure_done(self, node_id: str, status: str, cached: bool = False) -> None:
+        """A structure instance ended; `cached` when every call inside it was reused."""
         if not self.dry_run:
             self.store.node_finished(self.run_id, node_id, status=status, value=None, key=f"structure:{self.run_id}:{node_id}"
-                                     if status == "succeeded" else None)
+                                     if status == "succeeded" else None, cached=cached)
 
     def record_llm_call(self, node_id: str, response) -> None:
         if not self.dry_run:

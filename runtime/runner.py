@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable
 
 from .credentials import check_credentials
 from .engine import Decision, Engine, NodeFailure, RunOptions, _DryRunStop
@@ -124,3 +125,33 @@ async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
         return RunOutcome(run_id, status, value, failure, engine.decisions)
     finally:
         store.close()
+
+
+def run_stoppable(main: Awaitable) -> tuple[Any, bool]:
+    """`asyncio.run(main)`, where SIGTERM (docker stop, a CI cancel) cancels `main` as Ctrl-C
+    does, so the run stops cleanly with its state saved instead of dying mid-write.
+    Returns main's value (None if the cancellation escaped it) and whether SIGTERM came."""
+    terminated = False
+
+    async def guarded() -> Any:
+        nonlocal terminated
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            if not terminated:  # a second SIGTERM must not cut the clean-up short
+                terminated = True
+                task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if terminated:
+                return None
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    value = asyncio.run(guarded())
+    return value, terminated

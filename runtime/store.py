@@ -87,6 +87,8 @@ SCHEMA_VERSION = 1
 STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled")
 FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled")
 FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled")
+RUN_STATUSES = STATUSES + ("interrupted",)  # interrupted: its process died before it could say
+DIED_ERROR = "interrupted: the run's process died"  # the error of a node that was running then
 
 IDLE_DETACH_S = 0.2  # writer lets go of the file after this long without a flush
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
@@ -265,6 +267,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _died(status: str, pid: int | None, holder: int | None) -> bool:
+    """Whether a run recorded as running is dead: its process (kill -9, power loss) no
+    longer holds the writer lock, so it can never record how it ended."""
+    return status == "running" and (pid is None or pid != holder)
 
 
 def _describe(pid: int | None, cmdline: str | None) -> str:
@@ -523,6 +531,7 @@ class Store:
         with self._io:
             self._attach()
             self._ensure_schema()
+            self._record_dead_runs()
         self._janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
         self._janitor.start()
 
@@ -714,6 +723,27 @@ class Store:
             raise StoreSchemaError(f"database {self._shown()} has schema version {version}, which "
                                    f"this agentflow cannot upgrade; use --db to start a new one")
 
+    def _record_dead_runs(self) -> None:
+        """Runs still recorded as running are dead (this writer holds the lock, so no other
+        writer lives): record them as interrupted and their running nodes as cancelled, so
+        the public views stop saying `running` too. One cheap query when there are none."""
+        con = self._duck
+        assert con is not None
+        try:
+            if not con.execute("SELECT count(*) FROM _runs WHERE status = 'running'").fetchone()[0]:
+                return
+            con.execute("BEGIN")
+            con.execute("UPDATE _node_runs SET status = 'cancelled', error = $1 WHERE status = 'running' "
+                        "AND run_id IN (SELECT run_id FROM _runs WHERE status = 'running')", [DIED_ERROR])
+            con.execute("UPDATE _runs SET status = 'interrupted' WHERE status = 'running'")
+            con.execute("COMMIT")
+        except duckdb.Error as err:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise self._translate(err) from None
+
     def _read(self, query: Callable[[duckdb.DuckDBPyConnection], _T], *, flush: bool = True) -> _T:
         """Run a read against the file, whoever is writing it. The writer flushes first, to
         read its own writes, unless the query looks at what is buffered itself (`flush=False`;
@@ -828,11 +858,12 @@ class Store:
     def node_finished(self, run_id: str, node_id: str, *, status: str, value: Any = _NO_VALUE,
                       value_hash: str | None = None, error: str | None = None,
                       attempts: int | None = None, key: str | None = None, role: str | None = None,
-                      at: datetime | None = None) -> str | None:
+                      cached: bool = False, at: datetime | None = None) -> str | None:
         """A node ends. A succeeded node's value is stored under its key (the key from
         `node_started` unless given) and its value hash returned; the result and the
         node row commit together at the next flush, so a stored success always has its
-        value. Token and cost totals come from `record_llm_call`."""
+        value. Token and cost totals come from `record_llm_call`. `cached`: it succeeded
+        without running anything (a structure whose every call was reused)."""
         if status not in FINAL_NODE_STATUSES:
             raise ValueError(f"node status must be one of {FINAL_NODE_STATUSES}, not {status!r}")
         text = None
@@ -853,7 +884,7 @@ class Store:
                 buf.results[key] = (text, value_hash, run_id, node_id, finished)
             upd = self._node(buf, run_id, node_id)
             upd.identity(role, key, None, None, None, None)
-            upd.state(status, False, attempts, finished, error,
+            upd.state(status, cached and status == "succeeded", attempts, finished, error,
                       value_hash if status == "succeeded" else None)
         return value_hash
 
@@ -1260,10 +1291,11 @@ class Store:
             (run_id, flow, entry, status, started, finished, plan_hash, inputs, pid, total) = row[:10]
             counts = dict(zip(STATUSES, row[10:16]))
             cached, ptok, ctok, cost = row[16:20]
+            died = _died(status, pid, holder)
             out.append({
-                "run_id": run_id, "flow": flow, "entry": entry, "status": status,
+                "run_id": run_id, "flow": flow, "entry": entry, "status": "interrupted" if died else status,
                 "started_at": _aware(started), "finished_at": _aware(finished),
-                "live": status == "running" and pid is not None and pid == holder,
+                "live": status == "running" and not died,
                 "plan_hash": plan_hash, "inputs": None if inputs is None else json.loads(inputs),
                 "pid": pid, "nodes": total, **counts, "cached": cached,
                 "prompt_tokens": int(ptok), "completion_tokens": int(ctok), "cost_usd": float(cost)})
@@ -1277,8 +1309,8 @@ class Store:
         return pid if pid is not None and _pid_alive(pid) else None
 
     def list_runs(self, limit: int | None = None) -> list[dict]:
-        """Runs, newest first, with node counts per status, tokens and cost. A run whose
-        status is `running` but whose process is gone has `live` false."""
+        """Runs, newest first, with node counts per status, tokens and cost. A run recorded
+        as running whose process is gone reads `interrupted`, with `live` false."""
         return self._runs(limit=limit)
 
     def get_run(self, run_id: str) -> dict | None:
@@ -1296,15 +1328,25 @@ class Store:
         return found[0] if found else None
 
     def run_nodes(self, run_id: str) -> list[dict]:
-        """Each node of a run for `show`: status, reused or not, attempts, duration, tokens, cost, error."""
-        rows = self._read(lambda con: con.execute(
-            "SELECT node_id, role, status, cached, attempts, duration_ms, prompt_tokens, completion_tokens, "
-            "cost_usd, llm_calls, error, started_at, finished_at FROM _node_runs WHERE run_id = $1 "
-            "ORDER BY started_at NULLS LAST, node_id", [run_id]).fetchall())
-        return [{"node": n, "role": role, "status": st, "cached": bool(c), "attempts": a, "duration_ms": d,
-                 "prompt_tokens": p, "completion_tokens": ct, "cost_usd": cost, "llm_calls": calls,
-                 "error": e, "started_at": _aware(s), "finished_at": _aware(f)}
-                for n, role, st, c, a, d, p, ct, cost, calls, e, s, f in rows]
+        """Each node of a run for `show`: status, reused or not, attempts, duration, tokens, cost,
+        error. The nodes a dead run (see `list_runs`) left running read `cancelled`."""
+        def query(con: duckdb.DuckDBPyConnection) -> tuple[tuple | None, list[tuple]]:
+            run = con.execute("SELECT status, pid FROM _runs WHERE run_id = $1", [run_id]).fetchone()
+            return run, con.execute(
+                "SELECT node_id, role, status, cached, attempts, duration_ms, prompt_tokens, completion_tokens, "
+                "cost_usd, llm_calls, error, started_at, finished_at FROM _node_runs WHERE run_id = $1 "
+                "ORDER BY started_at NULLS LAST, node_id", [run_id]).fetchall()
+
+        run, rows = self._read(query)
+        died = run is not None and _died(run[0], run[1], self._live_writer_pid())
+        nodes = []
+        for n, role, st, c, a, d, p, ct, cost, calls, e, s, f in rows:
+            if died and st == "running":
+                st, e = "cancelled", DIED_ERROR
+            nodes.append({"node": n, "role": role, "status": st, "cached": bool(c), "attempts": a,
+                          "duration_ms": d, "prompt_tokens": p, "completion_tokens": ct, "cost_usd": cost,
+                          "llm_calls": calls, "error": e, "started_at": _aware(s), "finished_at": _aware(f)})
+        return nodes
 
     def check_consistency(self) -> list[str]:
         """Problems found in the database (empty when sound): the schema version, the
@@ -1323,7 +1365,7 @@ class Store:
             queries = {
                 "node runs with an unknown status":
                     f"SELECT count(*) FROM _node_runs WHERE status NOT IN {STATUSES}",
-                "runs with an unknown status": f"SELECT count(*) FROM _runs WHERE status NOT IN {STATUSES}",
+                "runs with an unknown status": f"SELECT count(*) FROM _runs WHERE status NOT IN {RUN_STATUSES}",
                 "succeeded nodes without a key or output hash":
                     "SELECT count(*) FROM _node_runs WHERE status = 'succeeded' AND (key IS NULL OR output_hash IS NULL)",
                 "succeeded nodes whose result is missing":

@@ -18,7 +18,8 @@
 
 On `--resume`, a node that failed starts over, as locally: its journal is reset and not passed.
 
-Ctrl-C cancels the workflow (and so its activities) and returns a cancelled outcome (exit 130).
+Ctrl-C or SIGTERM cancels the workflow (and so its activities) and returns a cancelled outcome
+(exit 130 or 143).
 """
 from __future__ import annotations
 
@@ -106,6 +107,9 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
                     raise TemporalError(f"Temporal refused to start workflow {wf_id}: {err}") from None
                 follower.begin(handle.result_run_id or "", 0)
             status, value, failure = await follower.follow(handle)
+        except asyncio.CancelledError:  # Ctrl-C or SIGTERM before following began
+            status = "cancelled"
+            raise
         except BlobMissing as err:
             raise TemporalError(f"{err}; once it is there, `--resume` collects the run") from None
         finally:
@@ -328,7 +332,7 @@ class _Follower:
             elif op == "node_skipped":
                 await _settle(ledger.node_skipped(e["node"], e["role"]))
             elif op == "structure_done":
-                await _settle(ledger.structure_done(e["node"], e["status"]))
+                await _settle(ledger.structure_done(e["node"], e["status"], e.get("cached", False)))
             elif op == "llm_call":
                 response = SimpleNamespace(**{k: v for k, v in e.items() if k != "op"})
                 await _settle(ledger.record_llm_call(e["node"], response))

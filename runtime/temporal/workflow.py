@@ -121,8 +121,8 @@ class WorkflowLedger:
     def node_skipped(self, node_id, role):
         return self.emit("node_skipped", node=node_id, role=role)
 
-    def structure_done(self, node_id, status):
-        return self.emit("structure_done", node=node_id, status=status)
+    def structure_done(self, node_id, status, cached=False):
+        return self.emit("structure_done", node=node_id, status=status, cached=cached)
 
     def record_llm_call(self, node_id, response):
         return self.emit("llm_call", node=node_id, model=response.model, prompt_tokens=response.prompt_tokens,

@@ -86,7 +86,7 @@ def test_kill_9_mid_run_then_resume(tmp_path, server):
     with Store.open_reader(tmp_path / DB) as store:
         assert store.check_consistency() == []
     dead = runs(tmp_path)[0]
-    assert dead["run_id"] == run_id and dead["status"] == "running" and not dead["live"]
+    assert dead["run_id"] == run_id and dead["status"] == "interrupted" and not dead["live"]
 
     resumed = ok(af(tmp_path, "run", "flow.agentflow", "--resume"))
     after = server.requests[len(before):]

@@ -295,7 +295,8 @@ def test_client_killed_then_resume_reattaches_to_the_same_workflow(cluster, tmp_
     assert set(statuses.values()) == {"succeeded"}, statuses
 
 
-def test_ctrl_c_cancels_the_workflow_and_its_activities(cluster, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_cancels_the_workflow_and_its_activities(cluster, tmp_path, signum, code):
     db = tmp_path / "t.duckdb"
     tag = f"agentflow-nap-{uuid.uuid4().hex}"
     client = af_start(tmp_path, "run", str(WORK), "--entry", "sleeper", "--input", f"tag={tag}", "--db", str(db),
@@ -303,17 +304,20 @@ def test_ctrl_c_cancels_the_workflow_and_its_activities(cluster, tmp_path):
     try:
         wait_until(lambda: processes_with(tag, "time.sleep"), what="the tool process to start")
         wf_id = started_workflow(db)
-        client.send_signal(signal.SIGINT)
+        client.send_signal(signum)
         client.wait(30)
     finally:
         if client.poll() is None:
             client.kill()
     out, err = texts(client)
-    assert client.returncode == 130, err[-3000:]
+    assert client.returncode == code, err[-3000:]
+    assert "state saved" in err and "--resume" in err and "Traceback" not in err
     from temporalio.client import WorkflowExecutionStatus
     assert describe(cluster.server.address, wf_id).status == WorkflowExecutionStatus.CANCELED
     wait_until(lambda: not processes_with(tag, "time.sleep"), timeout=15, what="the cancelled tool process to be killed")
-    assert last_run(db)["status"] == "cancelled"
+    run = last_run(db)
+    assert run["status"] == "cancelled"
+    assert "running" not in {r["status"] for r in nodes(db, run["run_id"]).values()}
 
 
 def test_large_payloads_go_through_the_blob_directory(cluster, tmp_path):
