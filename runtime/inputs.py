@@ -3,10 +3,20 @@ against the entry choreography's parameter types before anything runs."""
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from agentflow.compiler.types import Validators, type_from_json
+
+
+# Lists and objects inside one input value. Real inputs stay far below it; above it the
+# JSON parser, type checks and hashing would recurse without bound.
+MAX_INPUT_DEPTH = 100
+_TOO_DEEP = f"nests lists and objects more than {MAX_INPUT_DEPTH} deep, the limit for an input value"
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class InputError(Exception):
@@ -18,8 +28,47 @@ def _read(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"input file {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"input file {path} is a directory; give the path of a file") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read input file {path}: {err}") from None
+
+
+def _load_json(text: str, subject: str, hint: str = "") -> Any:
+    """`text` as JSON, or an InputError about `subject` (`hint` follows a syntax error)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        reason = _TOO_DEEP
+    except json.JSONDecodeError as err:
+        reason = f"is not valid JSON: {err}{hint}"
+    except ValueError:  # the one other failure: an integer too long to convert
+        reason = f"holds an integer of more than {sys.get_int_max_str_digits()} digits"
+    raise InputError(f"{subject} {reason}")
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why `value` has no JSON text, or None: JSON has no infinities or NaN, and its text
+    is Unicode, which lone surrogates (an unpaired `\\ud800` escape, or an undecodable
+    byte in a command-line argument) are not. Iterative, so no depth can crash it."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if surrogate := _SURROGATE.search(item):
+                return (f"holds a lone surrogate, U+{ord(surrogate.group()):04X} (an unpaired `\\ud800`-style "
+                        f"escape, or a byte that is not UTF-8), which is not Unicode text; give valid UTF-8")
+        elif isinstance(item, float) and not math.isfinite(item):
+            return (f"holds the number {item}, but infinite and NaN numbers are not JSON values (1e999 overflows "
+                    f"to inf); give a finite number")
+        elif isinstance(item, (list, dict)):
+            if depth == MAX_INPUT_DEPTH:
+                return _TOO_DEEP
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                item = item.values()
+            stack.extend((child, depth + 1) for child in item)
+    return None
 
 
 def parse_inputs(plan: dict, pairs: Iterable[str], inputs_file: str | None) -> dict[str, Any]:
@@ -27,10 +76,7 @@ def parse_inputs(plan: dict, pairs: Iterable[str], inputs_file: str | None) -> d
     params = {p["name"]: p for p in plan["params"]}
     raw: dict[str, Any] = {}
     if inputs_file:
-        try:
-            loaded = json.loads(_read(inputs_file))
-        except json.JSONDecodeError as err:
-            raise InputError(f"{inputs_file} is not valid JSON: {err}") from None
+        loaded = _load_json(_read(inputs_file), inputs_file)
         if not isinstance(loaded, dict):
             raise InputError(f"{inputs_file} must hold a JSON object of parameter names to values")
         raw.update(loaded)
@@ -45,11 +91,8 @@ def parse_inputs(plan: dict, pairs: Iterable[str], inputs_file: str | None) -> d
         if params[name]["type"] == "str":
             raw[name] = text
         else:
-            try:
-                raw[name] = json.loads(text)
-            except json.JSONDecodeError:
-                raise InputError(f"input `{name}` is a {_shown(params[name]['type'])}, so its value must be "
-                                 f"JSON; got {text[:60]!r}") from None
+            raw[name] = _load_json(text, f"input `{name}`", f" (a {_shown(params[name]['type'])} input is "
+                                                             f"written as JSON; got {text[:60]!r})")
     for name in raw:
         if name not in params:
             raise InputError(_unknown(name, params))
@@ -69,6 +112,8 @@ def validate_inputs(plan: dict, raw: dict[str, Any]) -> dict[str, Any]:
                                  f"--input {name}=VALUE or in --inputs FILE.json")
             out[name] = p["default"]
             continue
+        if problem := _json_problem(raw[name]):
+            raise InputError(f"input `{name}` {problem}")
         try:
             out[name] = validators.validate(type_from_json(p["type"]), raw[name], strict=True)
         except ValidationError as err:
