@@ -82,12 +82,20 @@ def graph_cmd(file: str, fmt: str, output: str | None, run_id: str | None, db: s
         click.echo(text, nl=False)
 
 
-def _history_call(fn, *args):
+def _history_call(fn, db: str, *args):
     from agentflow.runtime.store import StoreError
+    _check_path("--db", db, directory=False)
     try:
-        return fn(*args)
+        return fn(db, *args)
     except StoreError as err:
         raise UserError(str(err)) from None
+
+
+def _check_path(option: str, path: str, directory: bool) -> None:
+    """Before anything is created: a bad path is one line and exit 2, not an OSError."""
+    from agentflow.runtime.inputs import path_problem
+    if problem := path_problem(path, directory):
+        raise UserError(f"{option} {path} {problem}; give the path of a {'directory' if directory else 'file'}")
 
 
 @main.command("run")
@@ -135,6 +143,8 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         inputs = parse_inputs(plan.data, input_pairs, inputs_file)
     except InputError as err:
         raise UserError(str(err)) from None
+    _check_path("--db", db, directory=False)
+    _check_path("--workspace", workspace, directory=True)
     options = RunOptions(run_id="", spec_dir=Path(file).resolve().parent, workspace=Path(workspace).resolve(),
                          concurrency=concurrency, model=model, force=tuple(force), no_cache=no_cache,
                          dry_run=dry_run)

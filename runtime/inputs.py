@@ -1,9 +1,11 @@
 """Run inputs: `--input NAME=VALUE`, `NAME=@file` and `--inputs file.json`, checked
-against the entry choreography's parameter types before anything runs."""
+against the entry choreography's parameter types before anything runs; and the paths a
+run is given, checked before anything is created."""
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from agentflow.compiler.types import Validators, type_from_json
 MAX_INPUT_DEPTH = 100
 _TOO_DEEP = f"nests lists and objects more than {MAX_INPUT_DEPTH} deep, the limit for an input value"
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+NAME_MAX, PATH_MAX = 255, 4095  # bytes: the longest file name and path Linux takes
 
 
 class InputError(Exception):
@@ -131,3 +134,20 @@ def _shown(t: Any) -> str:
 def _unknown(name: str, params: dict) -> str:
     known = ", ".join(f"`{n}`" for n in params) or "none"
     return f"the entry choreography has no parameter `{name}` (parameters: {known})"
+
+
+def path_problem(path: str, directory: bool) -> str | None:
+    """Why `path` cannot be opened or made as a directory (or, if not `directory`, a file),
+    or None. The checks touch nothing, so a rejected path leaves no half-made directories."""
+    given = Path(path)
+    if len(os.fsencode(given.absolute())) > PATH_MAX:
+        return f"is longer than {PATH_MAX} bytes, the limit for a path"
+    for name in given.parts:
+        if len(os.fsencode(name)) > NAME_MAX:
+            return f"has a name of {len(os.fsencode(name))} bytes, over the limit of {NAME_MAX} bytes"
+    existing = next(p for p in (given, *given.parents) if os.path.exists(p))
+    if existing != given:
+        return None if existing.is_dir() else f"goes through {existing}, which is a file, not a directory"
+    if existing.is_dir() != directory:
+        return "is a file, not a directory" if directory else "is a directory, not a file"
+    return None
