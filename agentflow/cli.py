@@ -113,7 +113,9 @@ def _check_path(option: str, path: str, directory: bool) -> None:
               help="Calls running at once, in all.")
 @click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN_ID]",
               help="Continue an interrupted run (the latest one of this flow, or RUN_ID).")
-@click.option("--force", multiple=True, metavar="NODE", help="Re-run this node (id or glob) even if stored.")
+@click.option("--force", multiple=True, metavar="NODE",
+              help="Re-run these nodes even if stored: an id as --dry-run prints it ([*] any item, "
+                   "#* any iteration), a glob, or a binding name.")
 @click.option("--no-cache", is_flag=True, help="Reuse nothing from earlier runs.")
 @click.option("--dry-run", is_flag=True, help="Say per node whether it would be reused or run, and why.")
 @click.option("--engine", type=click.Choice(["local", "temporal"]), default="local", show_default=True,
@@ -129,7 +131,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     import gc
     import json
 
-    from agentflow.runtime.inputs import InputError, parse_inputs
+    from agentflow.runtime.inputs import InputError, check_force, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
     from agentflow.runtime.runner import ResumeError, RunRequest, execute
@@ -141,6 +143,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     plan = result.plan
     try:
         inputs = parse_inputs(plan.data, input_pairs, inputs_file)
+        check_force(plan.data, force)
     except InputError as err:
         raise UserError(str(err)) from None
     _check_path("--db", db, directory=False)

@@ -1,15 +1,18 @@
 """Run inputs: `--input NAME=VALUE`, `NAME=@file` and `--inputs file.json`, checked
-against the entry choreography's parameter types before anything runs; and the paths a
-run is given, checked before anything is created."""
+against the entry choreography's parameter types before anything runs; the `--force`
+patterns, checked against the plan's node ids; and the paths a run is given, checked
+before anything is created."""
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import math
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from agentflow.compiler.types import Validators, type_from_json
 
@@ -151,3 +154,50 @@ def path_problem(path: str, directory: bool) -> str | None:
     if existing.is_dir() != directory:
         return "is a file, not a directory" if directory else "is a directory, not a file"
     return None
+
+
+# `--force` patterns are node ids as `--dry-run` prints them. `[*]` is any item of a `for`
+# and `#*` any iteration of a `repeat` (so `[` is no glob character class); `*` and `?`
+# glob. A pattern without `/` is a name: every node of that name, wherever it is. A node
+# stands for everything inside it too (a `for`, `repeat` or sub-choreography call).
+_PATTERN_PART = re.compile(r"(?P<any>\[\*\]|#\*)|(?P<index>\[\d+\]|#\d+)|(?P<glob>[*?])|(?P<text>[^*?\[#]+|.)")
+_ANY_INDEX = {"[": (r"\[\d+\]", r"\[\*\]"), "#": (r"#\d+", r"#\*")}  # over instance ids, template ids
+_GLOB = {"*": ".*", "?": "."}
+_INSIDE = r"(?:[\[#/].*)?"
+
+
+def _pattern_regex(pattern: str, templates: bool) -> str:
+    """`pattern` as a regex over instance ids (`main/reviews[2]/attempt#1/review`), or with
+    `templates` over template ids (`main/reviews[*]/attempt#*/review`), where an index
+    stands for any: `[2]` may be an item of some run."""
+    regex = [] if "/" in pattern else ["(?:.*/)?"]
+    for part in _PATTERN_PART.finditer(pattern):
+        text, kind = part.group(), part.lastgroup
+        if kind == "glob":
+            regex.append(_GLOB[text])
+        elif kind == "any" or kind == "index" and templates:
+            regex.append(_ANY_INDEX[text[0]][templates])
+        else:
+            regex.append(re.escape(text))
+    return "".join(regex) + _INSIDE
+
+
+@functools.lru_cache(maxsize=8)
+def force_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether an instance id is forced by one of `patterns`; compiled once per run."""
+    regex = re.compile("|".join(f"(?:{_pattern_regex(p, templates=False)})" for p in patterns))
+    return lambda node_id: regex.fullmatch(node_id) is not None
+
+
+def check_force(plan: dict, patterns: Iterable[str]) -> None:
+    """Every pattern names a node of the plan, so a typo is exit 2 before anything runs
+    rather than a run that silently forces nothing."""
+    ids = list(plan["nodes"])
+    for pattern in patterns:
+        regex = re.compile(_pattern_regex(pattern, templates=True))
+        if not any(regex.fullmatch(node_id) for node_id in ids):
+            names = ids if "/" in pattern else sorted({node_id.rsplit("/", 1)[-1] for node_id in ids})
+            nearest = ", ".join(difflib.get_close_matches(pattern, names, n=3, cutoff=0))
+            raise InputError(f"--force {pattern} matches no node of {plan['entry']}; nearest: {nearest} "
+                             f"(`agentflow run --dry-run` lists the node ids)")
+
