@@ -148,6 +148,8 @@ def path_problem(path: str, directory: bool) -> str | None:
     for name in given.parts:
         if len(os.fsencode(name)) > NAME_MAX:
             return f"has a name of {len(os.fsencode(name))} bytes, over the limit of {NAME_MAX} bytes"
+    if _SURROGATE.search(path):  # an undecodable byte: paths are stored and shown as text
+        return "holds a byte that is not UTF-8"
     existing = next(p for p in (given, *given.parents) if os.path.exists(p))
     if existing != given:
         return None if existing.is_dir() else f"goes through {existing}, which is a file, not a directory"

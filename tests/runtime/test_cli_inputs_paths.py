@@ -112,6 +112,7 @@ def test_an_input_nested_to_the_limit_runs(project):
     (["--db", f"{LONG}/a.duckdb"], ("--db", "255 bytes")),
     (["--db", f"new/{LONG}.duckdb"], ("--db", "255 bytes")),  # and `new` is not made
     (["--db", "adir"], ("--db", "adir", "directory")),
+    (["--db", "\udcff.duckdb"], ("--db", "UTF-8")),  # a byte that is not UTF-8 on the command line
     (["--db", "afile/x/y.duckdb"], ("--db", "afile", "not a directory")),
     (["--workspace", LONG], ("--workspace", "255 bytes")),
     (["--workspace", f"new/{LONG}/w"], ("--workspace", "255 bytes")),
