@@ -41,6 +41,17 @@ def _compile(path: str, fmt: str = "text", entry: str | None = None):
 @click.version_option(package_name="agentflow")
 def main() -> None:
     """Compile and run .agentflow multi-agent workflows, durably and incrementally."""
+    _check_text(sys.argv[1:])
+
+
+def _check_text(args: list[str]) -> None:
+    """Arguments end up in hashes, the database and messages, all UTF-8 text; Python reads a
+    byte that is not UTF-8 as a lone surrogate, which would fail deep inside a run instead."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"argument {arg!r} holds a byte that is not UTF-8; give UTF-8 text") from None
 
 
 @main.command("compile")

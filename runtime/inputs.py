@@ -55,15 +55,15 @@ def _load_json(text: str, subject: str, hint: str = "") -> Any:
 
 def _json_problem(value: Any) -> str | None:
     """Why `value` has no JSON text, or None: JSON has no infinities or NaN, and its text
-    is Unicode, which lone surrogates (an unpaired `\\ud800` escape, or an undecodable
-    byte in a command-line argument) are not. Iterative, so no depth can crash it."""
+    is Unicode, which a lone surrogate (an unpaired `\\ud800` escape) is not. Iterative,
+    so no depth can crash it."""
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
             if surrogate := _SURROGATE.search(item):
                 return (f"holds a lone surrogate, U+{ord(surrogate.group()):04X} (an unpaired `\\ud800`-style "
-                        f"escape, or a byte that is not UTF-8), which is not Unicode text; give valid UTF-8")
+                        f"escape), which is not Unicode text; give valid UTF-8")
         elif isinstance(item, float) and not math.isfinite(item):
             return (f"holds the number {item}, but infinite and NaN numbers are not JSON values (1e999 overflows "
                     f"to inf); give a finite number")
@@ -148,8 +148,6 @@ def path_problem(path: str, directory: bool) -> str | None:
     for name in given.parts:
         if len(os.fsencode(name)) > NAME_MAX:
             return f"has a name of {len(os.fsencode(name))} bytes, over the limit of {NAME_MAX} bytes"
-    if _SURROGATE.search(path):  # an undecodable byte: paths are stored and shown as text
-        return "holds a byte that is not UTF-8"
     existing = next(p for p in (given, *given.parents) if os.path.exists(p))
     if existing != given:
         return None if existing.is_dir() else f"goes through {existing}, which is a file, not a directory"
