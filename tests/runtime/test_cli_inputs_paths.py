@@ -95,7 +95,7 @@ def rejected(root: Path, *args: str, says: tuple[str, ...]) -> str:
     (["--input", "s=@adir"], ("adir", "directory")),
 ])
 def test_inputs_that_are_no_json_value_exit_2_naming_them(project, args, says):
-    rejected(project, "run", "flow.agentflow", *args, says=says)
+    assert "database" not in rejected(project, "run", "flow.agentflow", *args, says=says)
 
 
 def test_an_input_nested_to_the_limit_runs(project):
@@ -199,6 +199,6 @@ def test_a_force_pattern_matching_no_node_exits_2_with_the_nearest_ids(built, pa
     ["run", "flow.agentflow", "--input", "s=x", "--resume", "\udcff"],
     ["run", "\udcff.agentflow", "--input", "s=x"],
     ["show", "\udcff"],
-])
+], ids=["input", "db", "model", "resume", "file", "show"])
 def test_a_command_line_byte_that_is_not_utf8_exits_2(project, args):
-    rejected(project, *args, says=("\\udcff", "UTF-8"))
+    assert "database" not in rejected(project, *args, says=("\\udcff", "UTF-8"))
