@@ -88,7 +88,10 @@ def graph_cmd(file: str, fmt: str, output: str | None, run_id: str | None, db: s
         statuses = _history_call(run_statuses, db, run_id)
     text = render_graph(result.plan, fmt, statuses)
     if output:
-        Path(output).write_text(text)
+        try:
+            Path(output).write_text(text)
+        except OSError as err:
+            raise UserError(f"cannot write -o {output}: {err.strerror}") from None
     else:
         click.echo(text, nl=False)
 

@@ -202,3 +202,12 @@ def test_a_force_pattern_matching_no_node_exits_2_with_the_nearest_ids(built, pa
 ], ids=["input", "db", "model", "resume", "file", "show"])
 def test_a_command_line_byte_that_is_not_utf8_exits_2(project, args):
     assert "database" not in rejected(project, *args, says=("\\udcff", "UTF-8"))
+
+
+@pytest.mark.parametrize("output, says", [
+    ("nodir/g.md", "No such file or directory"),
+    ("afile/g.md", "Not a directory"),
+    (LONG, "File name too long"),
+])
+def test_graph_output_that_cannot_be_written_exits_2(project, output, says):
+    rejected(project, "graph", "flow.agentflow", "-o", output, says=("-o", output, says))
