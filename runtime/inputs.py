@@ -31,7 +31,7 @@ class InputError(Exception):
 
 def _read(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # a leading BOM is no part of the text
     except FileNotFoundError:
         raise InputError(f"input file {path} does not exist") from None
     except IsADirectoryError:

@@ -104,6 +104,13 @@ def test_an_input_nested_to_the_limit_runs(project):
     assert json.loads(result.stdout)["j"] == value
 
 
+def test_an_inputs_file_with_a_byte_order_mark_runs(project):
+    """Editors on Windows start UTF-8 files with one."""
+    (project / "bom.json").write_bytes(b'\xef\xbb\xbf{"s": "x", "j": [1]}')
+    result = ok(af(project, "run", "flow.agentflow", "--inputs", "bom.json"))
+    assert json.loads(result.stdout)["j"] == [1]
+
+
 # ------------------------------------------------------------------ paths
 
 
