@@ -145,9 +145,9 @@ def path_problem(path: str, directory: bool) -> str | None:
     given = Path(path)
     if len(os.fsencode(given.absolute())) > PATH_MAX:
         return f"is longer than {PATH_MAX} bytes, the limit for a path"
-    for name in given.parts:
-        if len(os.fsencode(name)) > NAME_MAX:
-            return f"has a name of {len(os.fsencode(name))} bytes, over the limit of {NAME_MAX} bytes"
+    for name in map(os.fsencode, given.parts):
+        if len(name) > NAME_MAX:
+            return f"has a name of {len(name)} bytes, over the limit of {NAME_MAX} bytes"
     existing = next(p for p in (given, *given.parents) if os.path.exists(p))
     if existing != given:
         return None if existing.is_dir() else f"goes through {existing}, which is a file, not a directory"
