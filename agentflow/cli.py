@@ -49,6 +49,17 @@ def _compile(path: str, fmt: str = "text", entry: str | None = None):
 @click.version_option(package_name="agentflow")
 def main() -> None:
     """Compile and run .agentflow multi-agent workflows, durably and incrementally."""
+    _check_text(sys.argv[1:])
+
+
+def _check_text(args: list[str]) -> None:
+    """Arguments end up in hashes, the database and messages, all UTF-8 text; Python reads a
+    byte that is not UTF-8 as a lone surrogate, which would fail deep inside a run instead."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"argument {arg!r} holds a byte that is not UTF-8; give UTF-8 text") from None
 
 
 @main.command("compile")
@@ -85,17 +96,28 @@ def graph_cmd(file: str, fmt: str, output: str | None, run_id: str | None, db: s
         statuses = _history_call(run_statuses, db, run_id)
     text = render_graph(result.plan, fmt, statuses)
     if output:
-        Path(output).write_text(text)
+        try:
+            Path(output).write_text(text)
+        except OSError as err:
+            raise UserError(f"cannot write -o {output}: {err.strerror}") from None
     else:
         click.echo(text, nl=False)
 
 
-def _history_call(fn, *args):
+def _history_call(fn, db: str, *args):
     from agentflow.runtime.store import StoreError
+    _check_path("--db", db, directory=False)
     try:
-        return fn(*args)
+        return fn(db, *args)
     except StoreError as err:
         raise UserError(str(err)) from None
+
+
+def _check_path(option: str, path: str, directory: bool) -> None:
+    """Before anything is created: a bad path is one line and exit 2, not an OSError."""
+    from agentflow.runtime.inputs import path_problem
+    if problem := path_problem(path, directory):
+        raise UserError(f"{option} {path} {problem}; give the path of a {'directory' if directory else 'file'}")
 
 
 @main.command("run")
@@ -113,7 +135,9 @@ def _history_call(fn, *args):
               help="Calls running at once, in all.")
 @click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN_ID]",
               help="Continue an interrupted run (the latest one of this flow, or RUN_ID).")
-@click.option("--force", multiple=True, metavar="NODE", help="Re-run this node (id or glob) even if stored.")
+@click.option("--force", multiple=True, metavar="NODE",
+              help="Re-run these nodes even if stored: an id as --dry-run prints it ([*] any item, "
+                   "#* any iteration), a glob, or a binding name.")
 @click.option("--no-cache", is_flag=True, help="Reuse nothing from earlier runs.")
 @click.option("--dry-run", is_flag=True, help="Say per node whether it would be reused or run, and why.")
 @click.option("--engine", type=click.Choice(["local", "temporal"]), default="local", show_default=True,
@@ -128,8 +152,8 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     import gc
     import json
 
-    from agentflow.runtime.inputs import InputError, parse_inputs
     from agentflow.runtime.credentials import CredentialError
+    from agentflow.runtime.inputs import InputError, check_force, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
     from agentflow.runtime.runner import ResumeError, RunRequest, execute, run_stoppable
@@ -143,8 +167,11 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     plan = result.plan
     try:
         inputs = parse_inputs(plan.data, input_pairs, inputs_file)
+        check_force(plan.data, force)
     except InputError as err:
         raise UserError(str(err)) from None
+    _check_path("--db", db, directory=False)
+    _check_path("--workspace", workspace, directory=True)
     options = RunOptions(run_id="", spec_dir=Path(file).resolve().parent, workspace=Path(workspace).resolve(),
                          concurrency=concurrency, model=model, force=tuple(force), no_cache=no_cache,
                          dry_run=dry_run)

@@ -10,7 +10,6 @@ decided here, from keys: a node whose key has a stored result is reused.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from agentflow.compiler.plan import definition_hash
 from agentflow.compiler.types import Validators, type_from_json
 
 from .evaluate import ExpressionError, evaluate
+from .inputs import force_matcher
 
 _INSTANCE = re.compile(r"\[\d+\]|#\d+")
 
@@ -377,8 +377,7 @@ class Engine:
 
     def forced(self, node_id: str) -> bool:
         patterns = self.options.force
-        return bool(patterns) and any(fnmatch.fnmatchcase(node_id, pattern) or node_id == pattern or
-                                      node_id.startswith(pattern + "/") for pattern in patterns)
+        return bool(patterns) and force_matcher(patterns)(node_id)
 
     def cacheable(self, kind: str, target: str) -> bool:
         table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
