@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .checks import Context
 
 
-def type_chain(texpr: ast.TypeExpr) -> tuple[int, str | None]:
+def _type_chain(texpr: ast.TypeExpr) -> tuple[int, str | None]:
     """(how many `list[...]`/`?` wrap the type, the name at its core or None)."""
     levels = 0
     while isinstance(texpr, (ast.GenericType, ast.OptionalType)):
@@ -54,7 +54,7 @@ def _deepest(edges: Mapping[str, list[tuple[int, str]]]) -> dict[str, int]:
 
 def _field_chain(f: ast.FieldDecl) -> tuple[int, str | None]:
     """A field is one level inside its record."""
-    levels, core = type_chain(f.type)
+    levels, core = _type_chain(f.type)
     return levels + 1, core
 
 
@@ -83,12 +83,12 @@ def check_type_nesting(ctx: Context, sink: DiagnosticSink) -> None:
     records = _deepest(edges)
 
     def depth(texpr: ast.TypeExpr) -> int:
-        levels, core = type_chain(texpr)
+        levels, core = _type_chain(texpr)
         return levels + records.get(core, 0)
 
     deepest = max(_type_uses(ctx.program), key=depth, default=None)
     if deepest is not None and depth(deepest) > MAX_NESTING:
-        _, core = type_chain(deepest)
+        _, core = _type_chain(deepest)
         sink.error("E003", f"type nested more than {MAX_NESTING} levels deep, counting the fields of its record types",
                    deepest.span, f"`{core}` has fields nested {records[core]} levels deep",
                    help="use `json` for the deeper part")

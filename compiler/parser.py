@@ -102,7 +102,7 @@ class _ToAst(Transformer_NonRecursive):
     depth: dict[int, int] = {}
 
     # -- depth guards, so later recursive passes never overflow
-    def _expr(self, node, *children, what: str = "expression"):
+    def _nested(self, node, *children, what: str = "expression"):
         depth = self.depth
         d = 0
         for c in children:
@@ -169,10 +169,10 @@ class _ToAst(Transformer_NonRecursive):
         return ast.NamedType(str(c[0]), span=_meta_span(meta))
 
     def generic_type(self, meta, c):
-        return self._expr(ast.GenericType(str(c[0]), c[1], span=_meta_span(meta)), c[1], what="type")
+        return self._nested(ast.GenericType(str(c[0]), c[1], span=_meta_span(meta)), c[1], what="type")
 
     def optional_type(self, meta, c):
-        return self._expr(ast.OptionalType(c[0], span=_meta_span(meta)), c[0], what="type")
+        return self._nested(ast.OptionalType(c[0], span=_meta_span(meta)), c[0], what="type")
 
     def literal_union(self, meta, c):
         return ast.LiteralUnion(tuple(string_value(str(t)) for t in c), span=_meta_span(meta))
@@ -197,48 +197,48 @@ class _ToAst(Transformer_NonRecursive):
     # -- expressions
     def for_expr(self, meta, c):
         node = ast.ForExpr(str(c[0]), c[1], c[2], span=_meta_span(meta), var_span=_tok_span(c[0]))
-        return self._expr(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
+        return self._nested(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
 
     def repeat_expr(self, meta, c):
         if len(c) == 2:  # `repeat until ...` without `max` (E404 in the checker)
             c = [None, *c]
         max_expr = c[0]
         node = ast.RepeatExpr(max_expr, c[1], c[2], span=_meta_span(meta))
-        return self._expr(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
+        return self._nested(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
 
     def repeat_max(self, meta, c):
         return c[0]
 
     def conditional(self, meta, c):
-        return self._expr(ast.Conditional(c[0], c[1], c[2], span=_meta_span(meta)), *c)
+        return self._nested(ast.Conditional(c[0], c[1], c[2], span=_meta_span(meta)), *c)
 
     def or_op(self, meta, c):
-        return self._expr(ast.BinOp("or", c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.BinOp("or", c[0], c[1], span=_meta_span(meta)), *c)
 
     def and_op(self, meta, c):
-        return self._expr(ast.BinOp("and", c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.BinOp("and", c[0], c[1], span=_meta_span(meta)), *c)
 
     def not_op(self, meta, c):
-        return self._expr(ast.UnaryOp("not", c[0], span=_meta_span(meta)), c[0])
+        return self._nested(ast.UnaryOp("not", c[0], span=_meta_span(meta)), c[0])
 
     def compare(self, meta, c):
         op = "not in" if c[1].type == "NOT_IN" else str(c[1])
-        return self._expr(ast.BinOp(op, c[0], c[2], span=_meta_span(meta)), c[0], c[2])
+        return self._nested(ast.BinOp(op, c[0], c[2], span=_meta_span(meta)), c[0], c[2])
 
     binop = compare
 
     def neg(self, meta, c):
-        return self._expr(ast.UnaryOp("-", c[1], span=_meta_span(meta)), c[1])
+        return self._nested(ast.UnaryOp("-", c[1], span=_meta_span(meta)), c[1])
 
     def attribute(self, meta, c):
-        return self._expr(ast.Attribute(c[0], str(c[1]), span=_meta_span(meta), attr_span=_tok_span(c[1])), c[0])
+        return self._nested(ast.Attribute(c[0], str(c[1]), span=_meta_span(meta), attr_span=_tok_span(c[1])), c[0])
 
     def index(self, meta, c):
-        return self._expr(ast.Index(c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.Index(c[0], c[1], span=_meta_span(meta)), *c)
 
     def call(self, meta, c):
         args = c[1]
-        return self._expr(ast.Call(c[0], args, span=_meta_span(meta)), c[0], *(a.value for a in args))
+        return self._nested(ast.Call(c[0], args, span=_meta_span(meta)), c[0], *(a.value for a in args))
 
     def args(self, meta, c):
         return tuple(a if isinstance(a, ast.Arg) else ast.Arg(None, a, span=a.span) for a in _present(c))
@@ -272,19 +272,19 @@ class _ToAst(Transformer_NonRecursive):
 
     def list_lit(self, meta, c):
         items = _present(c)
-        return self._expr(ast.ListExpr(items, span=_meta_span(meta)), *items)
+        return self._nested(ast.ListExpr(items, span=_meta_span(meta)), *items)
 
     def comprehension(self, meta, c):
         cond = c[3] if len(c) > 3 else None
         node = ast.Comprehension(c[0], str(c[1]), c[2], cond, span=_meta_span(meta))
-        return self._expr(node, c[0], c[2], cond)
+        return self._nested(node, c[0], c[2], cond)
 
     def record_field(self, meta, c):
         return ast.RecordField(str(c[0]), c[1], span=_tok_span(c[0]))
 
     def record_lit(self, meta, c):
         fields = _present(c)
-        return self._expr(ast.RecordExpr(fields, span=_meta_span(meta)), *(f.value for f in fields))
+        return self._nested(ast.RecordExpr(fields, span=_meta_span(meta)), *(f.value for f in fields))
 
 
 class _Returns:
@@ -336,7 +336,8 @@ def _found_words(tok: Token) -> str:
         return "end of file"
     if str(tok) in KEYWORDS:
         return f"keyword `{tok}`"
-    kind = {"NAME": "name", "STRING": "string", "LONG_STRING": "triple-quoted string", "NUMBER": "number"}.get(tok.type)
+    kind = {"NAME": "name", "STRING": "string", "LONG_STRING": "triple-quoted string",
+            "NUMBER": "number"}.get(tok.type)
     text = str(tok) if len(str(tok)) <= 30 else str(tok)[:27] + "..."
     return f"{kind} `{text}`" if kind else f"`{text}`"
 
@@ -374,7 +375,7 @@ def _report(err: UnexpectedInput, source: SourceFile, parsed: str, sink: Diagnos
     tok = err.token
     start = tok.start_pos if tok.start_pos is not None else len(text)
     end = tok.end_pos if tok.end_pos is not None else start
-    label, secondary, help_ = "unexpected here", [], _token_help(tok, err, text)
+    label, secondary, help_ = "unexpected here", [], _token_help(tok, err.expected, text, start, end)
     if tok.type == "$END":  # it borrows the last token's position: point just after it
         start = end = tok.end_pos if tok.end_pos is not None else len(text)
         label = "the file ends here"
@@ -418,15 +419,14 @@ def _duration_help(number: str, word: str) -> str:
     return f"a duration is an integer followed by `ms`, `s`, `m` or `h`, with no space: {example}"
 
 
-def _token_help(tok: Token, err: UnexpectedToken, text: str) -> str | None:
+def _token_help(tok: Token, expected: set[str], text: str, start: int, end: int) -> str | None:
     """A help line for the mistakes that are easy to name: a keyword used as a name,
-    `=` for `==`, and a duration written with a space or a word for its unit."""
-    if str(tok) in KEYWORDS and "NAME" in err.expected:
+    `=` for `==`, and a duration written with a space or a word for its unit (`2 minutes`:
+    the error is at `minutes`, or at what follows when `minutes` could start an attribute)."""
+    if str(tok) in KEYWORDS and "NAME" in expected:
         return f"`{tok}` is a reserved keyword; choose another name"
-    if tok.type == "EQUAL" and "COMP_OP" in err.expected:
+    if tok.type == "EQUAL" and "COMP_OP" in expected:
         return "to compare, write `==`; a single `=` binds a name"
-    start = tok.start_pos if tok.start_pos is not None else len(text)
-    end = tok.end_pos if tok.end_pos is not None else start
     window = max(0, start - 80)
     spaced = _SPACED_DURATION.search(text, window, start) or \
         (tok.type == "NAME" and _SPACED_DURATION.search(text, window, end))

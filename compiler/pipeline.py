@@ -47,9 +47,7 @@ def read_source(path: str | Path, display_name: str | None = None) -> SourceFile
     name = display_name or str(path)
     try:
         with open(path, "rb", opener=_open_nonblocking) as f:
-            info = os.fstat(f.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                raise SourceError(f"{name}: is a directory, not an .agentflow file")
+            info = os.fstat(f.fileno())  # (a directory fails to open: EISDIR)
             if not stat.S_ISREG(info.st_mode):
                 raise SourceError(f"{name}: not a regular file; give the path of an .agentflow file")
             _check_size(name, info.st_size)
@@ -82,7 +80,7 @@ def _os_error_words(err: OSError) -> str:
     if err.errno in (errno.ENOENT, errno.ENOTDIR):
         return "no such file"
     if err.errno == errno.ENAMETOOLONG:
-        return "file name too long (at most 255 bytes per path component); shorten the path"
+        return "path too long (at most 255 bytes per file or directory name); shorten it"
     if err.errno == errno.EISDIR:
         return "is a directory, not an .agentflow file"
     if err.errno in (errno.EACCES, errno.EPERM):

@@ -200,7 +200,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- paths
 
 @pytest.mark.parametrize("path, words", [
-    ("x" * 256 + ".agentflow", "file name too long"),
+    ("x" * 256 + ".agentflow", "path too long"),
     ("spec.agentflow/inner.agentflow", "no such file"),  # a path through a file
     ("loop.agentflow", "cannot read it"),                 # a symbolic link to itself
 ])
