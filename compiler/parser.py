@@ -407,6 +407,7 @@ def _unclosed_bracket(text: str) -> Token | None:
 _UNIT_WORDS = {"ms": "ms", "millis": "ms", "millisecond": "ms", "milliseconds": "ms", "s": "s", "sec": "s",
                "secs": "s", "second": "s", "seconds": "s", "m": "m", "min": "m", "mins": "m", "minute": "m",
                "minutes": "m", "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h"}
+_AFTER_LIST = re.compile(r"\bafter\s+\w+(?:\s*,\s*\w+)+\s*$")
 _NUMBER_AND_WORD = re.compile(r"([0-9]+)(?:\.[0-9]+)?([A-Za-z_][A-Za-z0-9_]*)")
 _SPACED_DURATION = re.compile(r"(?<![\w.])([0-9]+)[ \t]+(" + "|".join(sorted(_UNIT_WORDS, key=len, reverse=True))
                               + r")\s*$", re.IGNORECASE)
@@ -421,13 +422,16 @@ def _duration_help(number: str, word: str) -> str:
 
 def _token_help(tok: Token, expected: set[str], text: str, start: int, end: int) -> str | None:
     """A help line for the mistakes that are easy to name: a keyword used as a name,
-    `=` for `==`, and a duration written with a space or a word for its unit (`2 minutes`:
+    `=` for `==`, a statement after `after a,`, and a duration written with a space or a
+    word for its unit (`2 minutes`:
     the error is at `minutes`, or at what follows when `minutes` could start an attribute)."""
     if str(tok) in KEYWORDS and "NAME" in expected:
         return f"`{tok}` is a reserved keyword; choose another name"
+    window = max(0, start - 80)
     if tok.type == "EQUAL" and "COMP_OP" in expected:
         return "to compare, write `==`; a single `=` binds a name"
-    window = max(0, start - 80)
+    if tok.type == "EQUAL" and _AFTER_LIST.search(text, window, start):
+        return "an `after` list takes every name that follows a `,`: end it with `;` or a new line"
     spaced = _SPACED_DURATION.search(text, window, start) or \
         (tok.type == "NAME" and _SPACED_DURATION.search(text, window, end))
     return _duration_help(spaced.group(1), spaced.group(2)) if spaced else None

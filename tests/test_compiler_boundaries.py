@@ -273,6 +273,14 @@ def test_commas_separate_attributes_and_statements() -> None:
     assert compiles(spec), codes(spec)
 
 
+def test_a_statement_after_an_after_list_and_a_comma_says_to_end_the_list() -> None:
+    spec = ROLE + "choreography main() -> int { a = r.t(1)\n b = r.t(2) after a, c = r.t(3)\n return c }\n"
+    (found,) = diagnostics(spec)
+    assert (found.code, found.primary.span.line, found.primary.span.column) == ("E001", 5, 24)
+    assert found.help == "an `after` list takes every name that follows a `,`: end it with `;` or a new line"
+    assert compiles(spec.replace("after a, c", "after a; c")) and compiles(spec.replace("after a, c", "after a\n c"))
+
+
 @pytest.mark.parametrize("text", [
     "type P { a: int,, b: int }",
     "type P { , }",
