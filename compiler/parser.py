@@ -25,6 +25,7 @@ from .diagnostics import DiagnosticSink, Label
 from .source import SourceFile, Span
 
 MAX_NESTING = 100  # levels of expressions and types; later passes recurse once per level
+MAX_OPEN = 10_000  # constructs open at once (brackets included): bounds the parser's stacks
 MAX_SYNTAX_ERRORS = 20
 KEYWORDS = frozenset("defaults type tool role task choreography for in repeat max until yield return "
                      "after if else and or not true false null".split())
@@ -36,7 +37,8 @@ _PLACEHOLDER = "\ud800"
 
 
 class NestingTooDeep(Exception):
-    """An expression or type nested past MAX_NESTING (`what` says which)."""
+    """An expression or type nested past MAX_NESTING, or more than MAX_OPEN constructs
+    open at once (`what` says which: a key of _NESTING_WORDS)."""
 
     def __init__(self, span: Span, what: str = "expression") -> None:
         self.span = span
@@ -647,6 +649,8 @@ def _fast_parse(text: str):
                 state_stack.append(state)
                 value_stack.append(token)
                 pos_stack.append((token, token))
+                if len(state_stack) > MAX_OPEN:
+                    raise NestingTooDeep(_tok_span(token), "open")
                 break
             if action == _UNIT_REDUCE:
                 key = (state_stack[-2], state, ttype)
@@ -767,8 +771,8 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
         except UnexpectedInput as err:
             failed_at = _report(err, source, masked, sink)
         except NestingTooDeep as err:
-            sink.error("E003", f"{err.what} nested more than {MAX_NESTING} levels deep", err.span,
-                       "too deeply nested", help=_NESTING_HELP[err.what])
+            message, help_ = _NESTING_WORDS[err.what]
+            sink.error("E003", message, err.span, "too deeply nested", help=help_)
             failed_at = err.span.end
         finally:
             _ToAst.depth.clear()
@@ -779,8 +783,12 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
     return program
 
 
-_NESTING_HELP = {"expression": "split it into named bindings",
-                 "type": "use `json` for the deeper part"}
+_NESTING_WORDS = {  # what -> (message, help)
+    "expression": (f"expression nested more than {MAX_NESTING} levels deep", "split it into named bindings"),
+    "type": (f"type nested more than {MAX_NESTING} levels deep", "use `json` for the deeper part"),
+    "open": (f"more than {MAX_OPEN} brackets and constructs open at once",
+             "close brackets sooner, or split the expression into named bindings"),
+}
 
 
 def _blank(prefix: str) -> str:
