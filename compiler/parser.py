@@ -623,7 +623,8 @@ def _after_unit_reductions(actions, gotos, below: int, top: int, ttype: str) -> 
 
 def _fast_parse(text: str):
     """`_ToAst().transform(_parser().parse(text))`, with the same result and the same
-    exceptions, without building the parse tree."""
+    exceptions, without building the parse tree; and NestingTooDeep when more than
+    MAX_OPEN constructs are open at once, where Lark's stacks would grow without bound."""
     actions, gotos, start_state, end_state, lexer = _fast_tables()
     state = start_state
     state_stack = [state]
