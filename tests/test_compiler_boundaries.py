@@ -222,6 +222,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     ("x" * 256 + ".agentflow", "path too long"),
     ("spec.agentflow/inner.agentflow", "no such file"),  # a path through a file
     ("loop.agentflow", "cannot read it"),                 # a symbolic link to itself
+    ("/proc/self/mem", "cannot read it (Input/output error)"),  # opens, then fails to read
 ])
 def test_unreadable_paths_are_usage_errors(tmp_path: Path, path: str, words: str) -> None:
     (tmp_path / "spec.agentflow").write_text(ROLE)
