@@ -4,7 +4,7 @@
 all checks of a phase run and report together, and the first phase that reports an
 error stops the run, so one typo does not cascade into twenty messages.
 
-  1. names & structure: E101-E104, E106 (bindings), E107, E108, E403, E404,
+  1. names & structure: E101-E104, E106 (bindings), E107, E108, E403, E003 (nesting), E404,
      attributes E302/E303, secrets E304, models E301
   2. types: E201-E205
   3. deadlocks and warnings: E401, E402, W301, W302, W303, W501
@@ -21,6 +21,7 @@ from . import ast
 from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .facts import BodyFacts, children, walk
+from .nesting import check_inlining_depth, check_type_nesting
 from .source import SourceFile, Span
 from .symbols import (BUILTIN_FUNCTIONS, BUILTINS, DEFAULTS_ATTRS, ROLE_ATTRS, TASK_ATTRS, TOOL_ATTRS, Symbols,
                       attr_value)
@@ -557,16 +558,17 @@ _SECRETS = (
     (re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{32,}(?![A-Za-z0-9])"), "a long key or token"),
 )
 
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
+
 
 def find_secret(text: str) -> tuple[int, int, str] | None:
     """The first secret-looking substring of a string: (start, end, what)."""
     for pattern, what in _SECRETS:
         for m in pattern.finditer(text):
             token = m.group(0)
-            if what == "a long key or token":
-                digits = sum(c.isdigit() for c in token)
-                letters = sum(c.isalpha() for c in token)
-                if digits < 4 or letters < 4:
+            if what == "a long key or token":  # letters and digits only; counted in C, keys may be long
+                digits = len(token) - len(token.translate(_DROP_DIGITS))
+                if digits < 4 or len(token) - digits < 4:
                     continue
             return m.start(), m.end(), what
     return None
@@ -809,8 +811,8 @@ def check_unused_bindings(ctx: Context, sink: DiagnosticSink) -> None:
 Check = Callable[[Context, DiagnosticSink], None]
 
 PHASES: tuple[tuple[str, tuple[Check, ...]], ...] = (
-    ("names and structure", (check_entry, check_choreographies, check_recursion, check_attributes,
-                             check_secrets, check_models)),
+    ("names and structure", (check_entry, check_choreographies, check_recursion, check_type_nesting,
+                             check_inlining_depth, check_attributes, check_secrets, check_models)),
     ("types", (check_expression_types, check_template_names)),
     ("deadlocks and warnings", (check_wait_cycles, check_delegation, check_unused_declarations,
                                 check_unused_bindings)),

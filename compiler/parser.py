@@ -1,4 +1,4 @@
-"""Source text -> AST, with syntax errors as E001/E002 diagnostics.
+"""Source text -> AST, with syntax errors as E001/E002 and nesting past the limit as E003.
 
 The LALR parser is built once per process from the grammar (Lark caches its tables on
 disk). `_fast_parse` drives Lark's LALR table over Lark's lexer and builds AST nodes at each
@@ -21,10 +21,11 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from agentflow.grammar import GRAMMAR_PATH
 
 from . import ast
-from .diagnostics import DiagnosticSink
+from .diagnostics import DiagnosticSink, Label
 from .source import SourceFile, Span
 
-MAX_NESTING = 200
+MAX_NESTING = 100  # levels of expressions and types; later passes recurse once per level
+MAX_OPEN = 10_000  # constructs open at once (brackets included): bounds the parser's stacks
 MAX_SYNTAX_ERRORS = 20
 KEYWORDS = frozenset("defaults type tool role task choreography for in repeat max until yield return "
                      "after if else and or not true false null".split())
@@ -32,11 +33,16 @@ _DECL_START = re.compile(r"^(defaults|type|tool|role|choreography)\b", re.MULTIL
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_PLACEHOLDER = "\ud800"
 
 
 class NestingTooDeep(Exception):
-    def __init__(self, span: Span) -> None:
+    """An expression or type nested past MAX_NESTING, or more than MAX_OPEN constructs
+    open at once (`what` says which: a key of _NESTING_WORDS)."""
+
+    def __init__(self, span: Span, what: str = "expression") -> None:
         self.span = span
+        self.what = what
 
 
 @lru_cache(maxsize=1)
@@ -46,7 +52,16 @@ def _parser() -> Lark:
 
 
 def _unescape(body: str) -> str:
-    return _ESCAPE_RE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(0)), body)
+    """The escapes of a string resolved: by whole-string replaces, linear and in C, with
+    `\\\\` parked in a placeholder first so that the backslash it leaves starts no escape.
+    The placeholder is a lone surrogate, which text decoded from UTF-8 never holds; text
+    that does hold one takes the slower per-escape path."""
+    if "\\" not in body:
+        return body
+    if _PLACEHOLDER in body:
+        return _ESCAPE_RE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(0)), body)
+    return (body.replace("\\\\", _PLACEHOLDER).replace('\\"', '"').replace("\\n", "\n")
+            .replace("\\t", "\t").replace(_PLACEHOLDER, "\\"))
 
 
 def string_value(token: str) -> str:
@@ -83,13 +98,13 @@ def _present(items) -> tuple:
 
 @v_args(meta=True)
 class _ToAst(Transformer_NonRecursive):
-    """One method per grammar rule; builds frozen AST nodes and tracks expression depth."""
+    """One method per grammar rule; builds frozen AST nodes and tracks expression and type depth."""
 
     file = "<input>"
     depth: dict[int, int] = {}
 
-    # -- expression depth guard, so later recursive passes never overflow
-    def _expr(self, node, *children):
+    # -- depth guards, so later recursive passes never overflow
+    def _nested(self, node, *children, what: str = "expression"):
         depth = self.depth
         d = 0
         for c in children:
@@ -98,7 +113,7 @@ class _ToAst(Transformer_NonRecursive):
                 d = x
         d += 1
         if d > MAX_NESTING:
-            raise NestingTooDeep(node.span)
+            raise NestingTooDeep(node.span, what)
         self.depth[id(node)] = d
         return node
 
@@ -156,10 +171,10 @@ class _ToAst(Transformer_NonRecursive):
         return ast.NamedType(str(c[0]), span=_meta_span(meta))
 
     def generic_type(self, meta, c):
-        return ast.GenericType(str(c[0]), c[1], span=_meta_span(meta))
+        return self._nested(ast.GenericType(str(c[0]), c[1], span=_meta_span(meta)), c[1], what="type")
 
     def optional_type(self, meta, c):
-        return ast.OptionalType(c[0], span=_meta_span(meta))
+        return self._nested(ast.OptionalType(c[0], span=_meta_span(meta)), c[0], what="type")
 
     def literal_union(self, meta, c):
         return ast.LiteralUnion(tuple(string_value(str(t)) for t in c), span=_meta_span(meta))
@@ -184,48 +199,48 @@ class _ToAst(Transformer_NonRecursive):
     # -- expressions
     def for_expr(self, meta, c):
         node = ast.ForExpr(str(c[0]), c[1], c[2], span=_meta_span(meta), var_span=_tok_span(c[0]))
-        return self._expr(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
+        return self._nested(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
 
     def repeat_expr(self, meta, c):
         if len(c) == 2:  # `repeat until ...` without `max` (E404 in the checker)
             c = [None, *c]
         max_expr = c[0]
         node = ast.RepeatExpr(max_expr, c[1], c[2], span=_meta_span(meta))
-        return self._expr(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
+        return self._nested(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
 
     def repeat_max(self, meta, c):
         return c[0]
 
     def conditional(self, meta, c):
-        return self._expr(ast.Conditional(c[0], c[1], c[2], span=_meta_span(meta)), *c)
+        return self._nested(ast.Conditional(c[0], c[1], c[2], span=_meta_span(meta)), *c)
 
     def or_op(self, meta, c):
-        return self._expr(ast.BinOp("or", c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.BinOp("or", c[0], c[1], span=_meta_span(meta)), *c)
 
     def and_op(self, meta, c):
-        return self._expr(ast.BinOp("and", c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.BinOp("and", c[0], c[1], span=_meta_span(meta)), *c)
 
     def not_op(self, meta, c):
-        return self._expr(ast.UnaryOp("not", c[0], span=_meta_span(meta)), c[0])
+        return self._nested(ast.UnaryOp("not", c[0], span=_meta_span(meta)), c[0])
 
     def compare(self, meta, c):
         op = "not in" if c[1].type == "NOT_IN" else str(c[1])
-        return self._expr(ast.BinOp(op, c[0], c[2], span=_meta_span(meta)), c[0], c[2])
+        return self._nested(ast.BinOp(op, c[0], c[2], span=_meta_span(meta)), c[0], c[2])
 
     binop = compare
 
     def neg(self, meta, c):
-        return self._expr(ast.UnaryOp("-", c[1], span=_meta_span(meta)), c[1])
+        return self._nested(ast.UnaryOp("-", c[1], span=_meta_span(meta)), c[1])
 
     def attribute(self, meta, c):
-        return self._expr(ast.Attribute(c[0], str(c[1]), span=_meta_span(meta), attr_span=_tok_span(c[1])), c[0])
+        return self._nested(ast.Attribute(c[0], str(c[1]), span=_meta_span(meta), attr_span=_tok_span(c[1])), c[0])
 
     def index(self, meta, c):
-        return self._expr(ast.Index(c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.Index(c[0], c[1], span=_meta_span(meta)), *c)
 
     def call(self, meta, c):
         args = c[1]
-        return self._expr(ast.Call(c[0], args, span=_meta_span(meta)), c[0], *(a.value for a in args))
+        return self._nested(ast.Call(c[0], args, span=_meta_span(meta)), c[0], *(a.value for a in args))
 
     def args(self, meta, c):
         return tuple(a if isinstance(a, ast.Arg) else ast.Arg(None, a, span=a.span) for a in _present(c))
@@ -259,19 +274,19 @@ class _ToAst(Transformer_NonRecursive):
 
     def list_lit(self, meta, c):
         items = _present(c)
-        return self._expr(ast.ListExpr(items, span=_meta_span(meta)), *items)
+        return self._nested(ast.ListExpr(items, span=_meta_span(meta)), *items)
 
     def comprehension(self, meta, c):
         cond = c[3] if len(c) > 3 else None
         node = ast.Comprehension(c[0], str(c[1]), c[2], cond, span=_meta_span(meta))
-        return self._expr(node, c[0], c[2], cond)
+        return self._nested(node, c[0], c[2], cond)
 
     def record_field(self, meta, c):
         return ast.RecordField(str(c[0]), c[1], span=_tok_span(c[0]))
 
     def record_lit(self, meta, c):
         fields = _present(c)
-        return self._expr(ast.RecordExpr(fields, span=_meta_span(meta)), *(f.value for f in fields))
+        return self._nested(ast.RecordExpr(fields, span=_meta_span(meta)), *(f.value for f in fields))
 
 
 class _Returns:
@@ -323,13 +338,15 @@ def _found_words(tok: Token) -> str:
         return "end of file"
     if str(tok) in KEYWORDS:
         return f"keyword `{tok}`"
-    kind = {"NAME": "name", "STRING": "string", "LONG_STRING": "string", "NUMBER": "number"}.get(tok.type)
+    kind = {"NAME": "name", "STRING": "string", "LONG_STRING": "triple-quoted string",
+            "NUMBER": "number"}.get(tok.type)
     text = str(tok) if len(str(tok)) <= 30 else str(tok)[:27] + "..."
     return f"{kind} `{text}`" if kind else f"`{text}`"
 
 
-def _report(err: UnexpectedInput, source: SourceFile, sink: DiagnosticSink) -> int:
-    """Adds one E001/E002 diagnostic for a Lark error; returns the offset it occurred at."""
+def _report(err: UnexpectedInput, source: SourceFile, parsed: str, sink: DiagnosticSink) -> int:
+    """Adds one E001/E002 diagnostic for a Lark error in `parsed` (the source's text, or
+    the part of it after an earlier error); returns the offset it occurred at."""
     text = source.text
     if isinstance(err, UnexpectedCharacters):
         pos = err.pos_in_stream
@@ -342,6 +359,12 @@ def _report(err: UnexpectedInput, source: SourceFile, sink: DiagnosticSink) -> i
                        help='close it with `"""`' if triple else 'close it with `"` on the same line, '
                        'or use `"""` for a string that spans lines')
             return end
+        glued = _NUMBER_AND_WORD.match(text, pos)
+        if glued:
+            sink.error("E001", f"`{glued.group(0)}` is neither a number nor a duration",
+                       source.span(pos, glued.end()), "not a number or a duration",
+                       help=_duration_help(glued.group(1), glued.group(2)))
+            return glued.end()
         shown = repr(char)[1:-1] if not char.isprintable() else char
         sink.error("E001", f"unexpected character `{shown}`", source.span(pos, pos + 1), "not valid here")
         return pos + 1
@@ -354,13 +377,66 @@ def _report(err: UnexpectedInput, source: SourceFile, sink: DiagnosticSink) -> i
     tok = err.token
     start = tok.start_pos if tok.start_pos is not None else len(text)
     end = tok.end_pos if tok.end_pos is not None else start
-    found = _found_words(tok)
-    help_ = None
-    if str(tok) in KEYWORDS and "NAME" in err.expected:
-        help_ = f"`{tok}` is a reserved keyword; choose another name"
-    sink.error("E001", f"unexpected {found}, expected {_expected_words(err.expected)}",
-               source.span(start, end), "unexpected here", help=help_)
+    label, secondary, help_ = "unexpected here", [], _token_help(tok, err.expected, text, start, end)
+    if tok.type == "$END":  # it borrows the last token's position: point just after it
+        start = end = tok.end_pos if tok.end_pos is not None else len(text)
+        label = "the file ends here"
+        opener = _unclosed_bracket(parsed)
+        if opener is not None:
+            secondary.append(Label(_tok_span(opener), f"this `{opener}` is never closed"))
+            help_ = help_ or f"close it with `{_CLOSER_TEXT[opener.type]}`"
+    sink.error("E001", f"unexpected {_found_words(tok)}, expected {_expected_words(err.expected)}",
+               source.span(start, end), label, secondary=secondary, help=help_)
     return max(end, start + 1)
+
+
+_CLOSERS = {"LBRACE": "RBRACE", "LSQB": "RSQB", "LPAR": "RPAR"}
+_CLOSER_TEXT = {"LBRACE": "}", "LSQB": "]", "LPAR": ")"}
+
+
+def _unclosed_bracket(text: str) -> Token | None:
+    """The innermost `{`, `[` or `(` still open at the end of `text` (which lexes: the
+    parser reached its end)."""
+    still_open: list[Token] = []
+    for tok in _lex(_fast_tables()[-1], text):
+        if tok.type in _CLOSERS:
+            still_open.append(tok)
+        elif still_open and tok.type == _CLOSERS[still_open[-1].type]:
+            still_open.pop()
+    return still_open[-1] if still_open else None
+
+
+_UNIT_WORDS = {"ms": "ms", "millis": "ms", "millisecond": "ms", "milliseconds": "ms", "s": "s", "sec": "s",
+               "secs": "s", "second": "s", "seconds": "s", "m": "m", "min": "m", "mins": "m", "minute": "m",
+               "minutes": "m", "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h"}
+_AFTER_LIST = re.compile(r"\bafter\s+\w+(?:\s*,\s*\w+)+\s*$")
+_NUMBER_AND_WORD = re.compile(r"([0-9]+)(?:\.[0-9]+)?([A-Za-z_][A-Za-z0-9_]*)")
+_SPACED_DURATION = re.compile(r"(?<![\w.])([0-9]+)[ \t]+(" + "|".join(sorted(_UNIT_WORDS, key=len, reverse=True))
+                              + r")\s*$", re.IGNORECASE)
+
+
+def _duration_help(number: str, word: str) -> str:
+    """How durations are written, with the one the user probably meant."""
+    unit = _UNIT_WORDS.get(word.lower())
+    example = f"`{number}{unit}`" if unit else "`2m`"
+    return f"a duration is an integer followed by `ms`, `s`, `m` or `h`, with no space: {example}"
+
+
+def _token_help(tok: Token, expected: set[str], text: str, start: int, end: int) -> str | None:
+    """A help line for the mistakes that are easy to name: a keyword used as a name,
+    `=` for `==`, a statement after `after a,`, and a duration written with a space or a
+    word for its unit (`2 minutes`:
+    the error is at `minutes`, or at what follows when `minutes` could start an attribute)."""
+    if str(tok) in KEYWORDS and "NAME" in expected:
+        return f"`{tok}` is a reserved keyword; choose another name"
+    window = max(0, start - 80)
+    if tok.type == "EQUAL" and "COMP_OP" in expected:
+        return "to compare, write `==`; a single `=` binds a name"
+    if tok.type == "EQUAL" and _AFTER_LIST.search(text, window, start):
+        return "an `after` list takes every name that follows a `,`: end it with `;` or a new line"
+    spaced = _SPACED_DURATION.search(text, window, start) or \
+        (tok.type == "NAME" and _SPACED_DURATION.search(text, window, end))
+    return _duration_help(spaced.group(1), spaced.group(2)) if spaced else None
 
 
 # ---------------------------------------------------------------- table-driven fast path
@@ -547,7 +623,8 @@ def _after_unit_reductions(actions, gotos, below: int, top: int, ttype: str) -> 
 
 def _fast_parse(text: str):
     """`_ToAst().transform(_parser().parse(text))`, with the same result and the same
-    exceptions, without building the parse tree."""
+    exceptions, without building the parse tree; and NestingTooDeep when more than
+    MAX_OPEN constructs are open at once, where Lark's stacks would grow without bound."""
     actions, gotos, start_state, end_state, lexer = _fast_tables()
     state = start_state
     state_stack = [state]
@@ -573,6 +650,8 @@ def _fast_parse(text: str):
                 state_stack.append(state)
                 value_stack.append(token)
                 pos_stack.append((token, token))
+                if len(state_stack) > MAX_OPEN:
+                    raise NestingTooDeep(_tok_span(token), "open")
                 break
             if action == _UNIT_REDUCE:
                 key = (state_stack[-2], state, ttype)
@@ -691,10 +770,10 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
                 program = result
             break
         except UnexpectedInput as err:
-            failed_at = _report(err, source, sink)
+            failed_at = _report(err, source, masked, sink)
         except NestingTooDeep as err:
-            sink.error("E001", f"expression nested more than {MAX_NESTING} levels deep", err.span,
-                       "too deeply nested", help="split it into named bindings")
+            message, help_ = _NESTING_WORDS[err.what]
+            sink.error("E003", message, err.span, "too deeply nested", help=help_)
             failed_at = err.span.end
         finally:
             _ToAst.depth.clear()
@@ -703,6 +782,14 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
             break
         resume_at = nxt.start()
     return program
+
+
+_NESTING_WORDS = {  # what -> (message, help)
+    "expression": (f"expression nested more than {MAX_NESTING} levels deep", "split it into named bindings"),
+    "type": (f"type nested more than {MAX_NESTING} levels deep", "use `json` for the deeper part"),
+    "open": (f"more than {MAX_OPEN} brackets and constructs open at once",
+             "close brackets sooner, or split the expression into named bindings"),
+}
 
 
 def _blank(prefix: str) -> str:

@@ -5,7 +5,10 @@ typo does not cascade into twenty messages.
 """
 from __future__ import annotations
 
+import errno
 import gc
+import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,18 +41,20 @@ class Compilation:
 
 
 def read_source(path: str | Path, display_name: str | None = None) -> SourceFile:
-    """Reads a spec as UTF-8 text, or raises SourceError with a message a user can act on."""
-    p = Path(path)
+    """Reads a spec as UTF-8 text, or raises SourceError with a message a user can act on.
+    Only a regular file is read, and never more than the size limit: a device such as
+    /dev/zero or a FIFO would otherwise be read forever or block."""
     name = display_name or str(path)
-    if not p.exists():
-        raise SourceError(f"{name}: no such file")
-    if p.is_dir():
-        raise SourceError(f"{name}: is a directory, not an .agentflow file")
-    size = p.stat().st_size
-    if size > MAX_SOURCE_BYTES:
-        raise SourceError(f"{name}: file is {size / 1e6:.1f} MB; specs are limited to "
-                          f"{MAX_SOURCE_BYTES // (1024 * 1024)} MB")
-    data = p.read_bytes()
+    try:
+        with open(path, "rb", opener=_open_nonblocking) as f:
+            info = os.fstat(f.fileno())  # (a directory fails to open: EISDIR)
+            if not stat.S_ISREG(info.st_mode):
+                raise SourceError(f"{name}: not a regular file; give the path of an .agentflow file")
+            _check_size(name, info.st_size)
+            data = f.read(MAX_SOURCE_BYTES + 1)
+    except OSError as err:
+        raise SourceError(f"{name}: {_os_error_words(err)}") from None
+    _check_size(name, len(data))  # it may have grown since the stat
     if b"\0" in data:
         raise SourceError(f"{name}: looks like a binary file, not an .agentflow spec")
     try:
@@ -57,6 +62,30 @@ def read_source(path: str | Path, display_name: str | None = None) -> SourceFile
     except UnicodeDecodeError as err:
         raise SourceError(f"{name}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None
     return SourceFile(name, text.removeprefix("\ufeff"))
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """Opens without blocking: opening a FIFO for reading waits for a writer otherwise."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _check_size(name: str, size: int) -> None:
+    if size > MAX_SOURCE_BYTES:
+        raise SourceError(f"{name}: file is {size / 1e6:.1f} MB; specs are limited to "
+                          f"{MAX_SOURCE_BYTES // (1024 * 1024)} MB")
+
+
+def _os_error_words(err: OSError) -> str:
+    """What went wrong opening a spec, in words a user can act on."""
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "no such file"
+    if err.errno == errno.ENAMETOOLONG:
+        return "path too long (at most 255 bytes per file or directory name); shorten it"
+    if err.errno == errno.EISDIR:
+        return "is a directory, not an .agentflow file"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied; make the file readable"
+    return f"cannot read it ({err.strerror or err}); check the path"
 
 
 @contextmanager

@@ -25,13 +25,16 @@ NO_SPAN = Span("<none>", 0, 0, 0, 0, 0, 0)
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file's text plus a line index, so any offset maps to line and column."""
+    """A file's text plus a line index, so any offset maps to line and column. The text is
+    kept with LF line endings: CRLF and a lone CR end a line as well (editors on every
+    platform write them), and the lexer, comments and line numbers then need know only LF."""
 
     name: str
     text: str
     line_starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "text", unified_newlines(self.text))
         starts = [0]
         find = self.text.find
         pos = find("\n")
@@ -53,4 +56,11 @@ class SourceFile:
     def line_text(self, line: int) -> str:
         start = self.line_starts[line - 1]
         end = self.line_starts[line] - 1 if line < len(self.line_starts) else len(self.text)
-        return self.text[start:end].rstrip("\r")
+        return self.text[start:end]
+
+
+def unified_newlines(text: str) -> str:
+    """`text` with every CRLF and lone CR as LF."""
+    if "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")

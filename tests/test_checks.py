@@ -71,6 +71,7 @@ def test_example_spec_compiles_with_zero_diagnostics() -> None:
 CORPUS = {
     "e001_unexpected_token": [("E001", 9, 8)],
     "e002_unterminated_string": [("E002", 6, 14)],
+    "e003_nesting": [("E003", 4, 10)],
     "e101_undefined_name": [("E101", 16, 24), ("E101", 17, 44)],
     "e102_undefined_role": [("E102", 9, 13)],
     "e103_no_such_task": [("E103", 10, 22)],
@@ -103,7 +104,7 @@ CORPUS = {
 
 
 def test_corpus_covers_every_code_of_section_5() -> None:
-    documented = {"E001", "E002", "E101", "E102", "E103", "E104", "E105", "E106", "E107", "E201", "E202", "E203",
+    documented = {"E001", "E002", "E003", "E101", "E102", "E103", "E104", "E105", "E106", "E107", "E201", "E202", "E203",
                   "E204", "E205", "E301", "E302", "E303", "E304", "W301", "W302", "W303", "E401", "E402", "E403",
                   "E404", "W501", "E108"}
     covered = {c for expected in CORPUS.values() for c, _, _ in expected}
