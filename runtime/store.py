@@ -346,13 +346,14 @@ class _Batch:
         self.turn_resets: set[tuple[str, str]] = set()
         self.sessions: list[tuple] = []  # run_id, role, message, at
         self.session_resets: set[str] = set()  # run ids
+        self.meta: dict[str, str] = {}
         self.version = 0
         self.since: float | None = None  # monotonic time of the first and the last fact
         self.last = 0.0
 
     def empty(self) -> bool:
         return not (self.runs or self.nodes or self.results or self.llm_calls or self.turns
-                    or self.turn_resets or self.sessions or self.session_resets)
+                    or self.turn_resets or self.sessions or self.session_resets or self.meta)
 
     def absorb_newer(self, newer: "_Batch") -> "_Batch":
         """Put a batch whose flush failed back in front of what was buffered since."""
@@ -371,6 +372,7 @@ class _Batch:
             self.sessions = [s for s in self.sessions if s[0] not in newer.session_resets]
         self.sessions += newer.sessions
         self.session_resets |= newer.session_resets
+        self.meta.update(newer.meta)
         self.version = max(self.version, newer.version)
         self.since = min((s for s in (self.since, newer.since) if s is not None), default=None)
         self.last = max(self.last, newer.last)
@@ -946,6 +948,16 @@ class Store:
             buf.sessions = [s for s in buf.sessions if s[0] != run_id]
             buf.session_resets.add(run_id)
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Buffers a bookkeeping entry, committed in one transaction with the facts it
+        describes (e.g. how far a Temporal client has recorded a workflow's events)."""
+        with self._mu:
+            self._buffer().meta[key] = value
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._read(lambda con: con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone())
+        return row[0] if row else None
+
     # ------------------------------------------------------------ flushing (writer)
 
     def flush(self) -> None:
@@ -1038,6 +1050,9 @@ class Store:
                 _insert(con, "INSERT OR REPLACE INTO _results" if careful else "INSERT INTO _results",
                         [("key", "V", list(b.results))] + list(zip(
                     ("value", "value_hash", "run_id", "node_id", "created_at"), ("J", "V", "V", "V", "T"), cols)))
+            if b.meta:
+                con.execute("INSERT OR REPLACE INTO meta SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[])",
+                            [list(b.meta), list(b.meta.values())])
             new: set[tuple[str, str]] = set()
             if b.nodes:
                 if not careful:  # nodes of a run begun here, never written before

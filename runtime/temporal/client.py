@@ -90,7 +90,7 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
             raise TemporalError(str(err)) from None
         ledger = Ledger(store, run_id)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
-        follower = _Follower(ledger, reporter, req.db_path, run_id)
+        follower = _Follower(ledger, reporter, run_id)
         wf_id = wire.workflow_id(req.plan["flow"], run_id)
         status = "failed"
         try:
@@ -191,10 +191,10 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
 # ---------------------------------------------------------------- following a workflow
 
 class _Follower:
-    def __init__(self, ledger: Ledger, reporter, db_path: Path, run_id: str) -> None:
+    def __init__(self, ledger: Ledger, reporter, run_id: str) -> None:
         self.ledger = ledger
         self.reporter = reporter
-        self.cursor_path = Path(str(db_path) + ".temporal") / f"{run_id}.json"
+        self.cursor_key = f"temporal_cursor/{run_id}"
         self.execution = ""
         self.cursor = 0
         self.answered: set[str] = set()  # lookup keys this client has answered
@@ -205,16 +205,13 @@ class _Follower:
         self._save()
 
     def _save(self) -> None:
-        self.cursor_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cursor_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"execution": self.execution, "cursor": self.cursor}))
-        os.replace(tmp, self.cursor_path)
+        """Buffers how far the run's events are recorded. It commits in the same transaction
+        as the events it counts, so a client killed at any moment neither skips events nor
+        records one twice (a second llm_calls row, turn or session step)."""
+        self.ledger.store.set_meta(self.cursor_key, json.dumps({"execution": self.execution, "cursor": self.cursor}))
 
     def _saved_cursor(self, execution: str) -> int:
-        try:
-            saved = json.loads(self.cursor_path.read_text())
-        except (OSError, ValueError):
-            return 0
+        saved = json.loads(self.ledger.store.get_meta(self.cursor_key) or "{}")
         return int(saved.get("cursor", 0)) if saved.get("execution") == execution else 0
 
     async def reattach(self, client: Client, wf_id: str) -> WorkflowHandle | None:
@@ -341,5 +338,5 @@ class _Follower:
             elif op == "session":
                 await _settle(ledger.append_session(e["role"], e["messages"]))
         self.cursor += len(events)
-        await ledger.flush()
         self._save()
+        await ledger.flush()

@@ -133,14 +133,23 @@ def running_on(address: str, wf_id: str) -> set[str]:
             if p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED}
 
 
-def started_workflow(db: Path) -> str | None:
-    """The workflow id of the run a client has started (its cursor file exists), else None."""
-    folder = Path(str(db) + ".temporal")
-    files = list(folder.glob("*.json")) if folder.exists() else []
-    if not files:
-        return None
+def recorded_runs(db: Path) -> set[str]:
+    """The ids of the runs a client has recorded in the database (a reader the writer lets in)."""
+    if not db.exists():
+        return set()
+    from agentflow.runtime.history import list_runs
+    try:
+        return {r["run_id"] for r in list_runs(str(db))}
+    except Exception:  # the writer is still creating the file
+        return set()
+
+
+def started_workflow(db: Path, known: frozenset[str] = frozenset()) -> str | None:
+    """The workflow id of a run of the `work` flow recorded in the database and not in
+    `known`, else None."""
     from agentflow.runtime.temporal.wire import workflow_id
-    return workflow_id("work", files[0].stem)
+    new = recorded_runs(db) - known
+    return workflow_id("work", new.pop()) if new else None
 
 
 def processes_with(*parts: str) -> list[int]:
@@ -290,7 +299,7 @@ def test_client_killed_then_resume_reattaches_to_the_same_workflow(cluster, tmp_
     assert after.run_id == before.run_id, "--resume started a new workflow execution instead of re-attaching"
     assert json.loads(resumed.stdout)["values"] == [10, 20, 30, 40]
     run = last_run(db)
-    assert run["status"] == "succeeded" and len(list((Path(str(db) + ".temporal")).glob("*.json"))) == 1
+    assert run["status"] == "succeeded" and len(recorded_runs(db)) == 1
     statuses = {n: r["status"] for n, r in nodes(db, run["run_id"]).items()}
     assert set(statuses.values()) == {"succeeded"}, statuses
 
@@ -441,14 +450,11 @@ def test_lookups_wait_for_a_client_and_a_resumed_client_answers_them(cluster, tm
     db = tmp_path / "t.duckdb"
     args = ["run", str(WORK), "--entry", "relay", "--input", "text=hey", "--db", str(db)]
     ok(af(tmp_path, *args, "--input", "seconds=0", *cluster.run_args()))
-    cursors = Path(f"{db}.temporal")
-    seen = set(cursors.glob("*.json"))
+    seen = frozenset(recorded_runs(db))
     args += ["--input", "seconds=1.5"]  # the tool's arguments are not part of `chat`'s keys
     client = af_start(tmp_path, *args, *cluster.run_args())
     try:
-        cursor = wait_until(lambda: set(cursors.glob("*.json")) - seen, what="the workflow to start").pop()
-        from agentflow.runtime.temporal.wire import workflow_id
-        wf_id = workflow_id("work", cursor.stem)
+        wf_id = wait_until(lambda: started_workflow(db, seen), what="the workflow to start")
         wait_until(lambda: running_on(cluster.server.address, wf_id), what="`same` to start")
     finally:
         client.kill()
