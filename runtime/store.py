@@ -72,6 +72,7 @@ import sys
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -451,6 +452,7 @@ class Store:
         self._attached = False
         self._closed = False
         self._mu = threading.Lock()  # guards the buffer
+        self._holds = 0  # open `commits_held()` blocks: while any is open, nothing commits
         self._io = threading.RLock()  # one user of the DuckDB connection at a time
         self._buf = _Batch()
         self._version = 0
@@ -980,8 +982,24 @@ class Store:
         import asyncio
         await asyncio.to_thread(self.flush)
 
+    @contextmanager
+    def commits_held(self):
+        """Everything buffered inside the block commits in one transaction, after it: flushes
+        asked for meanwhile (by the caller, a read, the janitor) commit nothing. For a writer
+        that records a group of facts which is only consistent whole (a Temporal client's
+        page of events and how far it got)."""
+        with self._mu:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._mu:
+                self._holds -= 1
+
     def _flush_locked(self) -> None:
         with self._mu:
+            if self._holds:
+                return
             if self._buf.empty():
                 self._committed = self._buf.version or self._committed
                 return

@@ -307,7 +307,15 @@ class _Follower:
         await self.poll(handle)
 
     async def apply(self, events: list[dict]) -> None:
-        """Writes events through the normal Ledger (whose record methods may be sync or async)."""
+        """Writes events through the normal Ledger (whose record methods may be sync or
+        async), and how far it got, in one transaction: all of a page or none of it."""
+        with self.ledger.store.commits_held():
+            await self._record(events)
+            self.cursor += len(events)
+            self._save()
+        await self.ledger.flush()
+
+    async def _record(self, events: list[dict]) -> None:
         ledger = self.ledger
         for e in events:
             op = e["op"]
@@ -337,6 +345,3 @@ class _Follower:
                 await _settle(ledger.append_turn(e["node"], e["key"], e["message"]))
             elif op == "session":
                 await _settle(ledger.append_session(e["role"], e["messages"]))
-        self.cursor += len(events)
-        self._save()
-        await ledger.flush()
