@@ -121,11 +121,13 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     import gc
     import json
 
+    from agentflow.compiler.hashing import escape_surrogates
     from agentflow.runtime.inputs import InputError, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
     from agentflow.runtime.runner import ResumeError, RunRequest, execute
     from agentflow.runtime.store import StoreError
+    from agentflow.runtime.tools import prints_to_stderr
 
     result = _compile(file, "text", entry)
     if not result.ok:
@@ -145,15 +147,16 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
     gc.freeze()
     try:
-        if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
-            from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
-            settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
-            try:
-                outcome = asyncio.run(execute_temporal(request, reporter, settings))
-            except TemporalError as err:
-                raise StoreError(str(err)) from None
-        else:
-            outcome = asyncio.run(execute(request, reporter))
+        with prints_to_stderr():  # what tools print must not mix with the result on stdout
+            if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
+                from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
+                settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
+                try:
+                    outcome = asyncio.run(execute_temporal(request, reporter, settings))
+                except TemporalError as err:
+                    raise StoreError(str(err)) from None
+            else:
+                outcome = asyncio.run(execute(request, reporter))
     except KeyboardInterrupt:
         reporter.close()
         click.echo("interrupted: state saved; run again with --resume to continue", err=True)
@@ -176,7 +179,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     if outcome.status == "cancelled":
         click.echo("interrupted: state saved; run again with --resume to continue", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    click.echo(json.dumps(outcome.value, indent=2, ensure_ascii=False))
+    click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
     click.echo(f"run {outcome.run_id} succeeded", err=True)
 
 
