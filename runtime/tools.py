@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from agentflow.compiler.hashing import as_json_reads_back, canonical_json, digest
 from agentflow.compiler.types import Validators, type_from_json
@@ -368,7 +368,7 @@ def check_arguments(name: str, params: list[dict], args: dict, validators: Valid
     return checked
 
 
-def _refuse_unknown(name: str, params: Any, args: dict) -> None:
+def _refuse_unknown(name: str, params: Sequence[str], args: dict) -> None:
     unknown = [arg for arg in args if arg not in params]
     if unknown:
         takes = ", ".join(params) if params else "no arguments"
@@ -759,9 +759,9 @@ def _timeout_s(spec: ToolSpec) -> float:
 
 
 def _timed_out(spec: ToolSpec) -> TransientToolError:
-    how = "its `timeout`" if spec.timeout_s is not None else "the default timeout; set `timeout` on the tool"
+    hint = " (the default timeout; set `timeout` on the tool to allow more)" if spec.timeout_s is None else ""
     return TransientToolError(
-        f"tool {spec.name} timed out after {_timeout_s(spec):g}s ({how})", tool=spec.name
+        f"tool {spec.name} timed out after {_timeout_s(spec):g}s{hint}", tool=spec.name
     )
 
 
