@@ -152,12 +152,14 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     import gc
     import json
 
+    from agentflow.compiler.hashing import escape_surrogates
     from agentflow.runtime.credentials import CredentialError
     from agentflow.runtime.inputs import InputError, check_force, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
     from agentflow.runtime.runner import ResumeError, RunRequest, execute, run_stoppable
     from agentflow.runtime.store import StoreError
+    from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
         _require_temporal()
@@ -182,15 +184,16 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
     gc.freeze()
     try:
-        if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
-            from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
-            settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
-            try:
-                outcome, terminated = run_stoppable(execute_temporal(request, reporter, settings))
-            except TemporalError as err:
-                raise StoreError(str(err)) from None
-        else:
-            outcome, terminated = run_stoppable(execute(request, reporter))
+        with prints_to_stderr():  # what tools print must not mix with the result on stdout
+            if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
+                from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
+                settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
+                try:
+                    outcome, terminated = run_stoppable(execute_temporal(request, reporter, settings))
+                except TemporalError as err:
+                    raise StoreError(str(err)) from None
+            else:
+                outcome, terminated = run_stoppable(execute(request, reporter))
     except KeyboardInterrupt:
         reporter.close()
         _stopped(terminated=False)
@@ -211,7 +214,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         click.echo(f"error: run {outcome.run_id} failed at {where}: {f.message if f else 'unknown error'}\n"
                    f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(json.dumps(outcome.value, indent=2, ensure_ascii=False))
+    click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
     click.echo(f"run {outcome.run_id} succeeded", err=True)
 
 

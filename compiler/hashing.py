@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 KEY_FORMAT_VERSION = "agentflow-key-v1"
@@ -18,18 +19,47 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _VERSION = KEY_FORMAT_VERSION.encode()
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def canonical_json(value: Any) -> str:
-    """The one JSON spelling of a value: sorted keys, no whitespace, UTF-8 kept."""
+    """The one JSON spelling of a value: sorted keys, no whitespace, UTF-8 kept.
+
+    A lone surrogate (a file name's undecodable byte, `\\udcff`) is written as a JSON escape,
+    so the text is always valid UTF-8 (hashable, storable) and reads back as the same value;
+    every other value is spelled as it always was, so existing keys stay valid."""
     if type(value) is int:  # most loop items and counters: the encoder would say the same
         return repr(value)
-    return _CANONICAL.encode(value)
+    return escape_surrogates(_CANONICAL.encode(value))
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each surrogate code point written as its `\\uXXXX` escape: always valid
+    UTF-8. In JSON text surrogates occur only inside strings, where the escape means the same
+    code point, so the JSON still reads back as the same value."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def as_json_reads_back(text: str) -> str:
+    """`text` as JSON reads it back: a high surrogate followed by a low one becomes the one
+    character they encode (lone surrogates stay). Values made outside JSON (a python tool's
+    strings) pass through this, so what is stored equals what was hashed."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 def digest(*parts: str | bytes) -> str:
     """sha256 over length-prefixed parts, so ("ab", "c") and ("a", "bc") differ."""
     chunks = [_VERSION]
     for part in parts:
-        data = part.encode() if isinstance(part, str) else part
+        data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
         chunks += (len(data).to_bytes(8, "big"), data)
     return hashlib.sha256(b"".join(chunks)).hexdigest()
 

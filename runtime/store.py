@@ -80,7 +80,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import duckdb
 
-from agentflow.compiler.hashing import canonical_json, digest
+from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from . import faults
 
@@ -214,10 +214,35 @@ def _aware(at: datetime | None) -> datetime | None:
 
 
 def _json(value: Any) -> str:
+    """The text a JSON column stores for a value (see `_storable`)."""
+    return _storable(_canonical(value), value)
+
+
+def _canonical(value: Any) -> str:
     try:
         return canonical_json(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"not storable as JSON: {err}") from None
+
+
+# DuckDB's JSON columns refuse a lone surrogate even as a `\udcff` escape, so a value whose
+# canonical text has one (an undecodable file name) is stored as {WRAPPED: its text}, and so
+# is a value that itself looks like that wrapper; `_loaded` undoes exactly one wrapping.
+WRAPPED = "agentflow:json"
+
+
+def _storable(text: str, value: Any) -> str:
+    if "\\ud" not in text and not (type(value) is dict and len(value) == 1 and WRAPPED in value):
+        return text
+    return canonical_json({WRAPPED: text})
+
+
+def _loaded(text: str) -> Any:
+    """The value stored as `text` by `_json`."""
+    value = json.loads(text)
+    if type(value) is dict and len(value) == 1 and WRAPPED in value:
+        return json.loads(value[WRAPPED])
+    return value
 
 
 def _own_cmdline() -> str:
@@ -874,8 +899,11 @@ class Store:
         if status == "succeeded":
             if value is _NO_VALUE:
                 raise ValueError(f"node_finished({node_id!r}, status='succeeded') needs its value")
-            text = _json(value)
-            value_hash = value_hash or digest("value", text)  # = hashing.value_hash(value)
+            canonical = _canonical(value)
+            text = _storable(canonical, value)
+            value_hash = value_hash or digest("value", canonical)  # = hashing.value_hash(value)
+        if error is not None:  # e.g. a tool's message naming an undecodable file name
+            error = escape_surrogates(error)
         finished = _utc(at)
         with self._mu:
             buf = self._buffer()
@@ -1234,7 +1262,7 @@ class Store:
                 "SELECT r.key, r.value, r.value_hash FROM _results r SEMI JOIN "
                 "(SELECT unnest($1::VARCHAR[]) AS key) q ON r.key = q.key", [rest]).fetchall()
 
-        return {k: (json.loads(v), h) for k, v, h in self._read(query, flush=False)}
+        return {k: (_loaded(v), h) for k, v, h in self._read(query, flush=False)}
 
     def has_results(self, keys: Iterable[str]) -> set[str]:
         """The keys that have a stored result, without loading the values."""
@@ -1289,7 +1317,7 @@ class Store:
         rows = self._read(lambda con: con.execute(
             "SELECT seq, kind, payload, key FROM _turns WHERE run_id = $1 AND node_id = $2 "
             "AND ($3::VARCHAR IS NULL OR key = $3) ORDER BY seq", [run_id, node_id, key]).fetchall())
-        return [Turn(s, k, json.loads(p), ky) for s, k, p, ky in rows]
+        return [Turn(s, k, _loaded(p), ky) for s, k, p, ky in rows]
 
     def result_journal(self, key: str, kind: str) -> list[Any]:
         """The journal steps of one kind that the call which produced the result stored
@@ -1297,14 +1325,14 @@ class Store:
         rows = self._read(lambda con: con.execute(
             "SELECT t.payload FROM _turns t JOIN _results r ON t.run_id = r.run_id AND t.node_id = r.node_id "
             "WHERE r.key = $1 AND t.key = $1 AND t.kind = $2 ORDER BY t.seq", [key, kind]).fetchall())
-        return [json.loads(r[0]) for r in rows]
+        return [_loaded(r[0]) for r in rows]
 
     def load_session(self, run_id: str, role: str) -> list[Any]:
         """A role's session memory in this run, oldest message first."""
         rows = self._read(lambda con: con.execute(
             "SELECT message FROM _sessions WHERE run_id = $1 AND role = $2 ORDER BY seq",
             [run_id, role]).fetchall())
-        return [json.loads(r[0]) for r in rows]
+        return [_loaded(r[0]) for r in rows]
 
     _RUN_SQL = (
         "SELECT r.run_id, r.flow, r.entry, r.status, r.started_at, r.finished_at, r.plan_hash, r.inputs, "
@@ -1329,7 +1357,7 @@ class Store:
                 "run_id": run_id, "flow": flow, "entry": entry, "status": "interrupted" if died else status,
                 "started_at": _aware(started), "finished_at": _aware(finished),
                 "live": status == "running" and not died,
-                "plan_hash": plan_hash, "inputs": None if inputs is None else json.loads(inputs),
+                "plan_hash": plan_hash, "inputs": None if inputs is None else _loaded(inputs),
                 "pid": pid, "nodes": total, **counts, "cached": cached,
                 "prompt_tokens": int(ptok), "completion_tokens": int(ctok), "cost_usd": float(cost)})
         return out

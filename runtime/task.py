@@ -17,7 +17,7 @@ from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
 from .ledger import SESSION_STEP
 from .models import ModelError, ModelRequest, ModelResponse, TransientModelError, client_for
 from .retry import retrying
-from .tools import TemplateError, ToolError, TransientToolError, call_tool, render_template
+from .tools import TemplateError, ToolError, TransientToolError, call_tool, check_arguments, render_template
 
 SUMMARY_CHARS = 300
 
@@ -270,6 +270,7 @@ async def run_tool(engine: Engine, name: str, args: dict) -> Any:
     from pydantic import ValidationError
     entry = engine.plan["tools"][name]
     spec = engine.tool_spec(name)
+    args = check_arguments(name, entry["definition"]["params"], args, engine.validators)
     remote = getattr(engine.executor, "call_tool", None)  # an executor that calls elsewhere (Temporal)
     value = await (remote(engine, name, args) if remote else
                    retrying(int(entry.get("retries") or 0), TransientToolError,

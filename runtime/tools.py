@@ -25,12 +25,20 @@ Three kinds of tools:
   resolves outside it (absolute, `..`, or through a symlink) is refused before anything is
   touched.
 
+Boundaries every call keeps: arguments are checked against the declared parameter types
+(`check_arguments`) before anything runs; every call has a timeout (`DEFAULT_TIMEOUT_S` unless
+the tool sets `timeout`); a command's stdout is cut after `OUTPUT_CAP_BYTES`; an OS failure
+(a name too long, a path that cannot be encoded) is the tool's error, never the run's crash;
+and what tools print goes to stderr while `prints_to_stderr` is active (stdout carries the
+run's result).
+
 `tool_code_version` gives the version of a tool's code for cache keys (see its docstring for
 what it covers and what it does not).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import functools
 import dataclasses
@@ -51,13 +59,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from agentflow.compiler.hashing import canonical_json, digest
+from agentflow.compiler.hashing import as_json_reads_back, canonical_json, digest
+from agentflow.compiler.types import Validators, type_from_json
 from agentflow.compiler.templates import format_path, placeholders
 
 __all__ = [
     "BUILTIN_TOOLS",
+    "DEFAULT_TIMEOUT_S",
+    "OUTPUT_CAP_BYTES",
     "CompiledTemplate",
     "TemplateError",
     "TemplateRef",
@@ -66,7 +77,9 @@ __all__ = [
     "ToolSpec",
     "TransientToolError",
     "call_tool",
+    "check_arguments",
     "compile_template",
+    "prints_to_stderr",
     "render_template",
     "tool_code_version",
 ]
@@ -309,6 +322,10 @@ _BUILTIN_VERSIONS = {"fs.read": "fs.read@1", "fs.write": "fs.write@1", "fs.list"
 
 _STDERR_TAIL = 2000
 _OUTPUT_QUOTE = 200
+_PATH_QUOTE = 200
+
+DEFAULT_TIMEOUT_S = 600.0  # a tool without `timeout` is stopped after 10 minutes
+OUTPUT_CAP_BYTES = 1 << 20  # a command's stdout beyond 1 MiB is cut (and says so)
 
 
 async def call_tool(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
@@ -317,14 +334,7 @@ async def call_tool(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
     Returns a JSON-compatible value. Raises ToolError (TransientToolError for timeouts and
     passing OS failures). Arguments not declared by the tool are refused with a ToolError.
     """
-    unknown = [name for name in args if name not in spec.params]
-    if unknown:
-        takes = ", ".join(spec.params) if spec.params else "no arguments"
-        raise ToolError(
-            f"tool {spec.name} got unknown argument(s) {', '.join(map(str, unknown))}; "
-            f"it takes {takes}",
-            tool=spec.name,
-        )
+    _refuse_unknown(spec.name, spec.params, args)
     if spec.kind == "python":
         return await _call_python(spec, args, ctx)
     if spec.kind == "command":
@@ -332,6 +342,51 @@ async def call_tool(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
     if spec.kind == "builtin":
         return await _call_builtin(spec, args, ctx)
     raise ToolError(f"tool {spec.name} has an unknown kind {spec.kind!r}", tool=spec.name)
+
+
+def check_arguments(name: str, params: list[dict], args: dict, validators: Validators) -> dict:
+    """The arguments of a call checked against the tool's declared parameters (the plan's
+    `definition["params"]`), before anything runs: converted as for a model's answer (an
+    int may come as "3"), declared defaults filled in. A ToolError names the argument and
+    what was expected, so a model can repair its call."""
+    from pydantic import ValidationError
+    _refuse_unknown(name, [p["name"] for p in params], args)
+    checked = {}
+    for param in params:
+        pname, ptype = param["name"], type_from_json(param["type"])
+        if pname not in args:
+            if not param.get("has_default"):
+                raise ToolError(f"argument {pname}: missing; tool {name} takes {_signature(params)}",
+                                tool=name)
+            checked[pname] = param["default"]
+            continue
+        try:
+            checked[pname] = validators.validate(ptype, args[pname])
+        except ValidationError as err:
+            raise ToolError(f"argument {pname}: expected {ptype}: {_first_problem(err)}",
+                            tool=name) from None
+    return checked
+
+
+def _refuse_unknown(name: str, params: Sequence[str], args: dict) -> None:
+    unknown = [arg for arg in args if arg not in params]
+    if unknown:
+        takes = ", ".join(params) if params else "no arguments"
+        raise ToolError(
+            f"tool {name} got unknown argument(s) {', '.join(map(str, unknown))}; it takes {takes}",
+            tool=name,
+        )
+
+
+def _signature(params: list[dict]) -> str:
+    return "(" + ", ".join(f"{p['name']}: {type_from_json(p['type'])}" for p in params) + ")"
+
+
+def _first_problem(err: Any) -> str:
+    """The first problem pydantic found, with where it is inside the argument."""
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return (f"at {where}: " if where else "") + first.get("msg", "invalid value")
 
 
 def tool_code_version(spec: ToolSpec, ctx: ToolContext) -> str:
@@ -699,15 +754,22 @@ def _raised(spec: ToolSpec, exc: BaseException) -> ToolError:
     return (TransientToolError if transient else ToolError)(message, tool=spec.name)
 
 
+def _timeout_s(spec: ToolSpec) -> float:
+    return DEFAULT_TIMEOUT_S if spec.timeout_s is None else spec.timeout_s
+
+
+def _timed_out(spec: ToolSpec) -> TransientToolError:
+    hint = " (the default timeout; set `timeout` on the tool to allow more)" if spec.timeout_s is None else ""
+    return TransientToolError(
+        f"tool {spec.name} timed out after {_timeout_s(spec):g}s{hint}", tool=spec.name
+    )
+
+
 async def _with_timeout(spec: ToolSpec, awaitable: Any) -> Any:
-    if spec.timeout_s is None:
-        return await awaitable
     try:
-        return await asyncio.wait_for(awaitable, spec.timeout_s)
+        return await asyncio.wait_for(awaitable, _timeout_s(spec))
     except TimeoutError:
-        raise TransientToolError(
-            f"tool {spec.name} timed out after {spec.timeout_s:g}s", tool=spec.name
-        ) from None
+        raise _timed_out(spec) from None
 
 
 async def _call_python(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
@@ -736,7 +798,9 @@ async def _call_python(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
 
 
 def _to_json(spec: ToolSpec, value: Any, where: str) -> Any:
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        return as_json_reads_back(value)
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         if math.isfinite(value):
@@ -758,7 +822,7 @@ def _to_json(spec: ToolSpec, value: Any, where: str) -> Any:
                     f"{_at(where)}; JSON object keys must be strings",
                     tool=spec.name,
                 )
-            out[key] = _to_json(spec, item, f"{where}[{key!r}]")
+            out[as_json_reads_back(key)] = _to_json(spec, item, f"{where}[{key!r}]")
         return out
     if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):
         return _to_json(spec, value.model_dump(mode="json"), where)
@@ -826,17 +890,17 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
         transient = exc.errno in (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
         cls = TransientToolError if transient else ToolError
         raise _fail(spec, f"cannot start {argv[0]}: {exc.strerror or exc}", cls) from None
+    except ValueError as exc:  # a NUL or an unencodable character in an argument
+        raise _fail(spec, f"cannot start {argv[0]!r}: {exc}") from None
 
     try:
-        if spec.timeout_s is None:
-            stdout, stderr = await proc.communicate()
-        else:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), spec.timeout_s)
+        (stdout, cut), stderr, _ = await asyncio.wait_for(
+            asyncio.gather(_read_head(proc.stdout, OUTPUT_CAP_BYTES),
+                           _read_tail(proc.stderr, _STDERR_TAIL * 4), proc.wait()),
+            _timeout_s(spec))
     except TimeoutError:
         await _kill(proc)
-        raise TransientToolError(
-            f"tool {spec.name} timed out after {spec.timeout_s:g}s", tool=spec.name
-        ) from None
+        raise _timed_out(spec) from None
     except BaseException:  # cancelled: leave no process behind
         await _kill(proc)
         raise
@@ -858,8 +922,32 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
 
     text = stdout.decode("utf-8", errors="replace")
     if spec.returns_str:
-        return text
+        return text + (f"\n[... {cut} bytes cut ...]" if cut else "")
+    if cut:
+        raise _fail(spec, f"printed {len(stdout) + cut} bytes, more than the {OUTPUT_CAP_BYTES} a tool may "
+                          f"return, and JSON output cannot be cut")
     return _parse_json_output(spec, text)
+
+
+async def _read_head(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, int]:
+    """The first `cap` bytes of a stream, and how many bytes after them were read and dropped
+    (read to the end all the same, so the writer never blocks on a full pipe)."""
+    head = bytearray()
+    cut = 0
+    while chunk := await stream.read(1 << 16):
+        room = cap - len(head)
+        head += chunk[:room]
+        cut += max(0, len(chunk) - room)
+    return bytes(head), cut
+
+
+async def _read_tail(stream: asyncio.StreamReader, cap: int) -> bytes:
+    """The last `cap` bytes of a stream (read to the end)."""
+    tail = bytearray()
+    while chunk := await stream.read(1 << 16):
+        tail += chunk
+        del tail[:-cap]
+    return bytes(tail)
 
 
 def _reject_constant(name: str) -> Any:
@@ -1019,4 +1107,47 @@ async def _call_builtin(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
         raise ToolError(
             f"tool {spec.name}: unknown builtin {spec.target!r} (known: {known})", tool=spec.name
         )
-    return await _tool_threads.run(fn, spec, args, ctx)
+    # A FIFO in the workspace blocks a read forever: builtins have a timeout too.
+    return await _with_timeout(spec, _tool_threads.run(_os_errors_as_tool_errors, fn, spec, args, ctx))
+
+
+def _os_errors_as_tool_errors(fn: Callable, spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
+    """Run a builtin; an OS failure the builtin did not explain itself (a name too long, a
+    path that cannot be encoded as a file name) is still the tool's error, not the run's."""
+    try:
+        return fn(spec, args, ctx)
+    except (OSError, ValueError) as exc:
+        raw = args.get(spec.params[0]) if spec.params else None
+        where = f" {_shown_path(raw)}" if isinstance(raw, str) else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _fail(spec, f"cannot use path{where}: {reason}") from None
+
+
+def _shown_path(raw: str) -> str:
+    """A path for a message: long ones are shortened (the OS limit is 4,096 bytes)."""
+    if len(raw) <= _PATH_QUOTE:
+        return raw
+    return f"{raw[:_PATH_QUOTE]}... ({len(raw.encode('utf-8', 'surrogatepass'))} bytes)"
+
+
+@contextlib.contextmanager
+def prints_to_stderr() -> Iterator[None]:
+    """While active, whatever tools print (print(), a C library, a child process that
+    inherits file descriptor 1) goes to stderr, so stdout carries only the run's result.
+
+    File descriptor 1 itself is pointed at stderr, for every thread at once (tools run on
+    worker threads), and `sys.stdout` follows it; both are restored on exit."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to protect
+        yield
+        return
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
