@@ -893,11 +893,11 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
     except ValueError as exc:  # a NUL or an unencodable character in an argument
         raise _fail(spec, f"cannot start {argv[0]!r}: {exc}") from None
 
+    output = asyncio.gather(_read_head(proc.stdout, OUTPUT_CAP_BYTES),
+                            _read_tail(proc.stderr, _STDERR_TAIL * 4), proc.wait())
+    output.add_done_callback(_retrieve)  # a timeout or a signal cancels it: nobody else looks
     try:
-        (stdout, cut), stderr, _ = await asyncio.wait_for(
-            asyncio.gather(_read_head(proc.stdout, OUTPUT_CAP_BYTES),
-                           _read_tail(proc.stderr, _STDERR_TAIL * 4), proc.wait()),
-            _timeout_s(spec))
+        (stdout, cut), stderr, _ = await asyncio.wait_for(output, _timeout_s(spec))
     except TimeoutError:
         await _kill(proc)
         raise _timed_out(spec) from None
@@ -927,6 +927,12 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
         raise _fail(spec, f"printed {len(stdout) + cut} bytes, more than the {OUTPUT_CAP_BYTES} a tool may "
                           f"return, and JSON output cannot be cut")
     return _parse_json_output(spec, text)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Marks a future's exception as seen, so asyncio does not print it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _read_head(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, int]:

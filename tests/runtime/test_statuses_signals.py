@@ -294,3 +294,26 @@ def test_a_for_over_an_empty_list_reused_nothing(tmp_path):
         ok(af(tmp_path, "run", "flow.agentflow", "--input", "items=[]"))
         each = show(tmp_path, runs(tmp_path)[0]["run_id"])["main/each"]
         assert each["status"] == "succeeded" and not each["cached"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_a_command_tool_stops_the_run_without_a_traceback(tmp_path, signum, code):
+    write(tmp_path / "flow.agentflow", """
+        tool nap(seconds: str) -> str {
+          command = ["python", "-c", "import pathlib, time; pathlib.Path('napping').touch(); time.sleep(float('{seconds}'))"]
+        }
+        choreography main() -> str {
+          a = nap("30")
+          return a
+        }
+        """)
+    proc = af_start(tmp_path, "run", "flow.agentflow")
+    try:
+        wait_until(lambda: list(tmp_path.rglob("napping")), what="the command to start")
+        proc.send_signal(signum)
+        proc.wait(30)
+    finally:
+        stop(proc)
+    _, err = outputs(proc)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "never retrieved" not in err, err
