@@ -7,11 +7,13 @@ real compiler reports under exactly its code (tests/test_explain.py compiles the
 """
 from __future__ import annotations
 
+import textwrap
 from enum import Enum
 
 from .diagnostics import Severity, did_you_mean
 
 ERROR, WARNING = Severity.ERROR, Severity.WARNING
+WIDTH = 88  # columns of the explanation text
 
 _WRITER = '''defaults {
   model = "scripted"
@@ -459,8 +461,8 @@ choreography main(topic: str) -> str {
   return text
 }
 ''',
-            "Use the value, or to run work only for its effect, name it in another binding's "
-            "`after`, or remove the binding.")
+            "Use the value; to run work only for its effect, name it in another binding's "
+            "`after`; or remove the binding.")
 
 
 def find_code(text: str) -> Code | None:
@@ -478,7 +480,8 @@ def code_ranges() -> str:
 
 def unknown_code_message(text: str) -> str:
     """One line for a code that is not in the registry, with the closest one if any."""
-    message = f"no diagnostic code {text}; codes are {code_ranges()}, see `agentflow explain --list`"
+    shown = text if text.isprintable() else repr(text)
+    message = f"no diagnostic code {shown}; codes are {code_ranges()}, see `agentflow explain --list`"
     hint = did_you_mean(text.strip().upper(), Code.__members__)
     return f"{message}; {hint}" if hint else message
 
@@ -490,6 +493,10 @@ def render_list() -> str:
 
 def render_explanation(code: Code) -> str:
     """The whole entry of one code, as `agentflow explain CODE` prints it."""
-    example = "".join(f"    {line}\n" if line else "\n" for line in code.example.splitlines())
-    return (f"{code.name} ({code.severity.value}): {code.title}\n\n{code.explanation}\n\n"
-            f"For example, this program gives {code.name}:\n\n{example}\nTo fix it: {code.fix}\n")
+    example = textwrap.indent(code.example, "    ")
+    return (f"{code.name} ({code.severity.value}): {code.title}\n\n{_paragraph(code.explanation)}\n\n"
+            f"For example, this program gives {code.name}:\n\n{example}\n{_paragraph('Fix: ' + code.fix)}\n")
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(text, WIDTH, break_long_words=False, break_on_hyphens=False)
