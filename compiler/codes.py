@@ -480,7 +480,7 @@ def code_ranges() -> str:
 
 def unknown_code_message(text: str) -> str:
     """One line for a code that is not in the registry, with the closest one if any."""
-    shown = text if text.isprintable() else repr(text)
+    shown = text if text.strip() and text.isprintable() else repr(text)
     message = f"no diagnostic code {shown}; codes are {code_ranges()}, see `agentflow explain --list`"
     hint = did_you_mean(text.strip().upper(), Code.__members__)
     return f"{message}; {hint}" if hint else message

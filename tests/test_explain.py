@@ -86,6 +86,7 @@ def test_explain_list_has_one_line_per_code() -> None:
     ("E999", "error: no diagnostic code E999; codes are E001–E404 and W301–W501, see `agentflow explain --list`\n"),
     ("E3\n02", "error: no diagnostic code 'E3\\n02'; codes are E001–E404 and W301–W501, see `agentflow explain "
                "--list`; did you mean `E302`?\n"),
+    ("", "error: no diagnostic code ''; codes are E001–E404 and W301–W501, see `agentflow explain --list`\n"),
 ])
 def test_an_unknown_code_is_exit_2_with_one_line(typed: str, message: str) -> None:
     proc = agentflow("explain", typed)
