@@ -409,13 +409,13 @@ choreography main(q: str) -> str {
             "Give the loop a bound: `repeat max 5 until y > 10 { ... }`.")
 
     W301 = (WARNING, "unused role",
-             "A role that no choreography reaches: neither called nor delegated to by a reached role.",
-             _WRITER + '''
+            "A role that no choreography reaches: neither called nor delegated to by a reached role.",
+            _WRITER + '''
 choreography main(x: str) -> str {
   return x
 }
 ''',
-             "Call one of its tasks, grant it as a tool to a used role, or remove the role.")
+            "Call one of its tasks, grant it as a tool to a used role, or remove the role.")
 
     W302 = (WARNING, "unused tool",
             "A tool that no role is granted and no choreography calls.",
