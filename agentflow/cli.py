@@ -279,3 +279,20 @@ def show_cmd(run_id: str, db: str, as_json: bool) -> None:
     from agentflow.runtime.history import print_nodes, run_detail
     run, nodes = _history_call(run_detail, db, run_id)
     print_nodes(run, nodes, as_json)
+
+
+@main.command("explain")
+@click.argument("code", required=False)
+@click.option("--list", "list_codes", is_flag=True, help="One line per code: code, severity, title.")
+def explain_cmd(code: str | None, list_codes: bool) -> None:
+    """What a diagnostic code means, with a wrong example and the fix (e.g. `agentflow explain E302`)."""
+    from agentflow.compiler.codes import find_code, render_explanation, render_list, unknown_code_message
+    if list_codes == (code is not None):
+        raise UserError("give one diagnostic code (e.g. `agentflow explain E302`) or `--list`")
+    if list_codes:
+        click.echo(render_list(), nl=False)
+        return
+    found = find_code(code)
+    if found is None:
+        raise UserError(unknown_code_message(code))
+    click.echo(render_explanation(found), nl=False)

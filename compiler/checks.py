@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 from . import ast
 from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph
+from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .facts import BodyFacts, children, walk
 from .nesting import check_inlining_depth, check_type_nesting
@@ -115,22 +116,22 @@ def check_entry(ctx: Context, sink: DiagnosticSink) -> None:
         else:
             hint = did_you_mean(ctx.requested_entry, choreos) or (
                 f"the choreographies are {_backticks(choreos)}" if choreos else "this file declares no choreography")
-            sink.error("E107", f"no choreography named `{ctx.requested_entry}` (the requested entry)",
-                       ctx.file_start(), "", help=hint)
+            sink.report(Code.E107, f"no choreography named `{ctx.requested_entry}` (the requested entry)",
+                        ctx.file_start(), "", help=hint)
         return
     if not choreos:
-        sink.error("E107", "no entry choreography: this file declares no choreography", ctx.file_start(), "",
-                   help="add one, e.g. `choreography main(task: str) -> str { ... return ... }`")
+        sink.report(Code.E107, "no entry choreography: this file declares no choreography", ctx.file_start(), "",
+                    help="add one, e.g. `choreography main(task: str) -> str { ... return ... }`")
     elif "main" in choreos:
         ctx.entry = "main"
     elif len(choreos) == 1:
         ctx.entry = next(iter(choreos))
     else:
         decls = list(choreos.values())
-        sink.error("E107", "no entry choreography: there are several and none is named `main`",
-                   decls[0].name_span, "one of several choreographies",
-                   secondary=[Label(d.name_span, "another one") for d in decls[1:]],
-                   help="name the entry choreography `main`, or pick one with `--entry NAME`")
+        sink.report(Code.E107, "no entry choreography: there are several and none is named `main`",
+                    decls[0].name_span, "one of several choreographies",
+                    secondary=[Label(d.name_span, "another one") for d in decls[1:]],
+                    help="name the entry choreography `main`, or pick one with `--entry NAME`")
 
 
 class _Env:
@@ -178,25 +179,25 @@ class _NameChecker:
         first: dict[str, ast.Binding] = {}
         for b in block.bindings:
             if b.name in first:
-                self.sink.error("E106", f"duplicate binding `{b.name}` in one scope", b.name_span,
-                                f"second definition of `{b.name}`",
-                                secondary=[Label(first[b.name].name_span, "first defined here")],
-                                help="each name is bound once per scope: rename one of them")
+                self.sink.report(Code.E106, f"duplicate binding `{b.name}` in one scope", b.name_span,
+                                 f"second definition of `{b.name}`",
+                                 secondary=[Label(first[b.name].name_span, "first defined here")],
+                                 help="each name is bound once per scope: rename one of them")
                 continue
             if params and b.name in params:
-                self.sink.error("E106", f"`{b.name}` is already a parameter of `{self.decl.name}`", b.name_span,
-                                "binding with a parameter's name",
-                                secondary=[Label(params[b.name].span, "parameter defined here")],
-                                help="choose another name for the binding")
+                self.sink.report(Code.E106, f"`{b.name}` is already a parameter of `{self.decl.name}`", b.name_span,
+                                 "binding with a parameter's name",
+                                 secondary=[Label(params[b.name].span, "parameter defined here")],
+                                 help="choose another name for the binding")
             elif var is not None and b.name == var[0]:
-                self.sink.error("E106", f"`{b.name}` is already the `for` variable", b.name_span,
-                                "binding with the loop variable's name",
-                                secondary=[Label(var[1], "`for` variable defined here")],
-                                help="choose another name for the binding")
+                self.sink.report(Code.E106, f"`{b.name}` is already the `for` variable", b.name_span,
+                                 "binding with the loop variable's name",
+                                 secondary=[Label(var[1], "`for` variable defined here")],
+                                 help="choose another name for the binding")
             elif kind == "repeat" and b.name in ("prev", *REPEAT_FIELDS):
-                self.sink.error("E106", f"`{b.name}` is reserved in a `repeat` body", b.name_span, "reserved name",
-                                help="`prev` is the previous iteration, `iterations` and `converged` are fields of "
-                                     "the repeat's value: choose another name")
+                self.sink.report(Code.E106, f"`{b.name}` is reserved in a `repeat` body", b.name_span, "reserved name",
+                                 help="`prev` is the previous iteration, `iterations` and `converged` are fields of "
+                                      "the repeat's value: choose another name")
             first[b.name] = b
         inner = env
         for name in first:
@@ -211,8 +212,8 @@ class _NameChecker:
                         hint = (f"`{ref.name}` is a {'parameter' if what == 'param' else 'loop variable'}: it is "
                                 "ready from the start, there is nothing to wait for" if what in ("param", "var")
                                 else did_you_mean(ref.name, [n for n in inner.visible() if inner.lookup(n) == "binding"]))
-                        self.sink.error("E101", f"undefined binding `{ref.name}` in `after`", ref.span,
-                                        "not a binding here", help=hint)
+                        self.sink.report(Code.E101, f"undefined binding `{ref.name}` in `after`", ref.span,
+                                         "not a binding here", help=hint)
         return inner
 
     def placement(self, block: ast.Block, kind: str, head: Span | None) -> None:
@@ -222,16 +223,16 @@ class _NameChecker:
         wanted, unwanted = {"choreography": (returns, yields), "for": (yields, returns), "repeat": ([], returns + yields)}[kind]
         word = {"choreography": "return", "for": "yield"}.get(kind)
         if kind == "choreography" and not returns:
-            self.sink.error("E108", f"choreography `{self.decl.name}` has no `return`", self.decl.name_span,
-                            "no `return` in this body", help="end the body with `return expr`: the choreography's result")
+            self.sink.report(Code.E108, f"choreography `{self.decl.name}` has no `return`", self.decl.name_span,
+                             "no `return` in this body", help="end the body with `return expr`: the choreography's result")
         if kind == "for" and not yields:
-            self.sink.error("E108", "this `for` body has no `yield`", head or self.decl.name_span,
-                            "no `yield` in this body",
-                            help="end the body with `yield expr`: the value of each item")
+            self.sink.report(Code.E108, "this `for` body has no `yield`", head or self.decl.name_span,
+                             "no `yield` in this body",
+                             help="end the body with `yield expr`: the value of each item")
         for extra in wanted[1:]:
-            self.sink.error("E108", f"more than one `{word}` in one body", head_span(extra.span, len(word)),
-                            f"second `{word}`", secondary=[Label(head_span(wanted[0].span, len(word)), f"first `{word}`")],
-                            help=f"a body has exactly one `{word}`; bind intermediate values to names instead")
+            self.sink.report(Code.E108, f"more than one `{word}` in one body", head_span(extra.span, len(word)),
+                             f"second `{word}`", secondary=[Label(head_span(wanted[0].span, len(word)), f"first `{word}`")],
+                             help=f"a body has exactly one `{word}`; bind intermediate values to names instead")
         for s in unwanted:
             kw = "return" if isinstance(s, ast.Return) else "yield"
             where = {"choreography": "at the top of a choreography", "for": "inside a `for` body",
@@ -244,8 +245,8 @@ class _NameChecker:
                                           "`result.name`",
                     ("repeat", "yield"): "a `repeat` body has neither: its value is its bindings, read them as "
                                          "`result.name`"}[(kind, kw)]
-            self.sink.error("E108", f"`{kw}` is not allowed {where}", head_span(s.span, len(kw)), f"misplaced `{kw}`",
-                            help=hint)
+            self.sink.report(Code.E108, f"`{kw}` is not allowed {where}", head_span(s.span, len(kw)), f"misplaced `{kw}`",
+                             help=hint)
 
     # -- expressions
     def expr(self, e: ast.Expr, env: _Env) -> None:
@@ -284,16 +285,16 @@ class _NameChecker:
     def repeat_max(self, e: ast.RepeatExpr) -> None:
         """E404: `repeat` needs `max N` with an integer literal N >= 1."""
         if e.max is None:
-            self.sink.error("E404", "`repeat` without `max`", head_span(e.span, 6), "unbounded loop",
-                            help="bound it: `repeat max 3 until ... { ... }`")
+            self.sink.report(Code.E404, "`repeat` without `max`", head_span(e.span, 6), "unbounded loop",
+                             help="bound it: `repeat max 3 until ... { ... }`")
             return
         value = attr_value(e.max) if isinstance(e.max, (ast.Literal, ast.UnaryOp)) else None
         if not isinstance(value, int) or isinstance(value, bool):
-            self.sink.error("E404", "`max` of a `repeat` must be an integer literal", e.max.span,
-                            "not an integer literal", help="write a number of iterations, e.g. `repeat max 3 until ...`")
+            self.sink.report(Code.E404, "`max` of a `repeat` must be an integer literal", e.max.span,
+                             "not an integer literal", help="write a number of iterations, e.g. `repeat max 3 until ...`")
         elif value < 1:
-            self.sink.error("E404", f"`repeat max {value}` never runs its body", e.max.span, "must be at least 1",
-                            help="use `max 1` or more")
+            self.sink.report(Code.E404, f"`repeat max {value}` never runs its body", e.max.span, "must be at least 1",
+                             help="use `max 1` or more")
 
     def name(self, e: ast.Name, env: _Env) -> None:
         if env.lookup(e.id) is not None:
@@ -309,7 +310,7 @@ class _NameChecker:
             hint = f"`{e.id}` is a {kind}, not a value: call it, e.g. `{e.id}(...)`"
         else:
             hint = did_you_mean(e.id, env.visible())
-        self.sink.error("E101", f"undefined name `{e.id}`", e.span, "not defined here", help=hint)
+        self.sink.report(Code.E101, f"undefined name `{e.id}`", e.span, "not defined here", help=hint)
 
     def call(self, call: ast.Call, env: _Env) -> None:
         s = self.symbols
@@ -323,24 +324,24 @@ class _NameChecker:
                 return
             local = env.lookup(n)
             if local is not None:
-                self.sink.error("E104", f"`{n}` is a {'binding' if local == 'binding' else 'value'}, "
-                                "not a tool or choreography", func.span, "cannot be called",
-                                help="only tools, choreographies, builtins and `role.task` can be called")
+                self.sink.report(Code.E104, f"`{n}` is a {'binding' if local == 'binding' else 'value'}, "
+                                 "not a tool or choreography", func.span, "cannot be called",
+                                 help="only tools, choreographies, builtins and `role.task` can be called")
                 return
             if n in s.roles:
                 task = s.roles[n].tasks[0].name if s.roles[n].tasks else "task"
-                self.sink.error("E104", f"`{n}` is a role, not a tool", func.span, "a role cannot be called",
-                                help=f"call one of its tasks, e.g. `{n}.{task}(...)`")
+                self.sink.report(Code.E104, f"`{n}` is a role, not a tool", func.span, "a role cannot be called",
+                                 help=f"call one of its tasks, e.g. `{n}.{task}(...)`")
                 return
             candidates = [*s.tools, *s.choreographies, *BUILTIN_FUNCTIONS]
             close = difflib.get_close_matches(n, sorted(set(candidates)), n=1, cutoff=0.6)
             if close and close[0] in s.choreographies:
-                self.sink.error("E107", f"undefined choreography `{n}`", func.span, "no such choreography",
-                                help=f"did you mean `{close[0]}`?")
+                self.sink.report(Code.E107, f"undefined choreography `{n}`", func.span, "no such choreography",
+                                 help=f"did you mean `{close[0]}`?")
             else:
-                self.sink.error("E104", f"undefined tool or choreography `{n}`", func.span, "not defined",
-                                help=f"did you mean `{close[0]}`?" if close else
-                                "declare it with `tool name(...) { ... }` or `choreography name(...) { ... }`")
+                self.sink.report(Code.E104, f"undefined tool or choreography `{n}`", func.span, "not defined",
+                                 help=f"did you mean `{close[0]}`?" if close else
+                                 "declare it with `tool name(...) { ... }` or `choreography name(...) { ... }`")
             return
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
             role, task = func.value.id, func.attr
@@ -349,21 +350,21 @@ class _NameChecker:
                     tasks = [t.name for t in s.roles[role].tasks]
                     hint = did_you_mean(task, tasks) or (f"the tasks of `{role}` are {_backticks(tasks)}" if tasks
                                                          else f"`{role}` declares no task")
-                    self.sink.error("E103", f"role `{role}` has no task `{task}`", func.attr_span, "no such task",
-                                    help=hint)
+                    self.sink.report(Code.E103, f"role `{role}` has no task `{task}`", func.attr_span, "no such task",
+                                     help=hint)
                 return
             if env.lookup(role) is not None:
-                self.sink.error("E102", f"`{role}` is a {'binding' if env.lookup(role) == 'binding' else 'value'}, "
-                                "not a role", func.value.span, "not a role",
-                                help="values have no methods: only `role.task(...)` calls are allowed")
+                self.sink.report(Code.E102, f"`{role}` is a {'binding' if env.lookup(role) == 'binding' else 'value'}, "
+                                 "not a role", func.value.span, "not a role",
+                                 help="values have no methods: only `role.task(...)` calls are allowed")
                 return
             hint = did_you_mean(role, s.roles)
             if hint is None and role in s.tools:
                 hint = f"`{role}` is a tool: call it as `{role}(...)`"
-            self.sink.error("E102", f"undefined role `{role}`", func.value.span, "no such role", help=hint)
+            self.sink.report(Code.E102, f"undefined role `{role}`", func.value.span, "no such role", help=hint)
             return
-        self.sink.error("E104", "this expression cannot be called", func.span, "not callable",
-                        help="only tools, choreographies, builtins and `role.task` can be called")
+        self.sink.report(Code.E104, "this expression cannot be called", func.span, "not callable",
+                         help="only tools, choreographies, builtins and `role.task` can be called")
 
 
 def check_choreographies(ctx: Context, sink: DiagnosticSink) -> None:
@@ -382,19 +383,19 @@ def check_recursion(ctx: Context, sink: DiagnosticSink) -> None:
         def site(a: str, b: str) -> ast.Call:
             return next(c for callee, c in ctx.choreo_calls[a] if callee == b)
         if len(cycle) == 1:
-            sink.error("E403", f"choreography `{cycle[0]}` calls itself", site(cycle[0], cycle[0]).func.span,
-                       "recursive call",
-                       help="choreographies are inlined into the plan, so they cannot recurse; "
-                            "use `repeat max N until ...` for a bounded loop")
+            sink.report(Code.E403, f"choreography `{cycle[0]}` calls itself", site(cycle[0], cycle[0]).func.span,
+                        "recursive call",
+                        help="choreographies are inlined into the plan, so they cannot recurse; "
+                             "use `repeat max N until ...` for a bounded loop")
             continue
         ring = cycle + [cycle[0]]
         chain = f"`{ring[0]}` calls " + ", which calls ".join(f"`{n}`" for n in ring[1:])
         pairs = list(zip(ring, ring[1:]))
-        sink.error("E403", f"recursion among choreographies: {chain}", site(*pairs[0]).func.span,
-                   f"`{pairs[0][0]}` calls `{pairs[0][1]}`",
-                   secondary=[Label(site(a, b).func.span, f"`{a}` calls `{b}`") for a, b in pairs[1:]],
-                   help="choreographies are inlined into the plan, so they cannot recurse; "
-                        "use `repeat max N until ...` for a bounded loop")
+        sink.report(Code.E403, f"recursion among choreographies: {chain}", site(*pairs[0]).func.span,
+                    f"`{pairs[0][0]}` calls `{pairs[0][1]}`",
+                    secondary=[Label(site(a, b).func.span, f"`{a}` calls `{b}`") for a, b in pairs[1:]],
+                    help="choreographies are inlined into the plan, so they cannot recurse; "
+                         "use `repeat max N until ...` for a bounded loop")
 
 
 # -- attributes
@@ -433,8 +434,8 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
         where = next((w for w, v in others if attr.name in v), None)
         hint = did_you_mean(attr.name, vocab) or (
             f"`{attr.name}` is a {where} attribute" if where else f"known attributes: {_backticks(sorted(vocab))}")
-        sink.error("E302", f"unknown attribute `{attr.name}` for {owner}", attr.name_span, "unknown attribute",
-                   help=hint)
+        sink.report(Code.E302, f"unknown attribute `{attr.name}` for {owner}", attr.name_span, "unknown attribute",
+                    help=hint)
         return
     v = attr.value
     value = attr_value(v)
@@ -451,37 +452,37 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
           "tool_refs": lambda: isinstance(v, ast.ListExpr)}[kind]()
     if not ok:
         if kind == "builtin" and isinstance(value, str):
-            sink.error("E302", f"unknown builtin `{value}`", v.span, "no such builtin",
-                       help=did_you_mean(value, BUILTINS) or f"the builtins are {_backticks(BUILTINS)}")
+            sink.report(Code.E302, f"unknown builtin `{value}`", v.span, "no such builtin",
+                        help=did_you_mean(value, BUILTINS) or f"the builtins are {_backticks(BUILTINS)}")
         elif kind == "memory" and isinstance(value, str):
-            sink.error("E302", f'`memory` must be "none" or "session", not "{value}"', v.span, "unknown memory mode",
-                       help=did_you_mean(value, ("none", "session")) or
-                       '`"session"` keeps one conversation per role; `"none"` starts fresh on each call')
+            sink.report(Code.E302, f'`memory` must be "none" or "session", not "{value}"', v.span, "unknown memory mode",
+                        help=did_you_mean(value, ("none", "session")) or
+                        '`"session"` keeps one conversation per role; `"none"` starts fresh on each call')
         elif kind == "argv" and isinstance(v, ast.ListExpr):
             bad = next((i for i in v.items if not (isinstance(i, ast.Literal) and isinstance(i.value, str))), None)
             if bad is None:
-                sink.error("E302", "`command` is empty", v.span, "no program to run",
-                           help='name the program and its arguments, e.g. `["python", "-m", "pytest"]`')
+                sink.report(Code.E302, "`command` is empty", v.span, "no program to run",
+                            help='name the program and its arguments, e.g. `["python", "-m", "pytest"]`')
             else:
-                sink.error("E302", "every element of `command` must be a string", bad.span, f"this is {_found(bad)}",
-                           help='write placeholders inside strings, e.g. `"{path}"`')
+                sink.report(Code.E302, "every element of `command` must be a string", bad.span, f"this is {_found(bad)}",
+                            help='write placeholders inside strings, e.g. `"{path}"`')
         else:
-            sink.error("E302", f"`{attr.name}` must be {_KIND_WORDS[kind]}, found {_found(v)}", v.span,
-                       f"expected {_KIND_WORDS[kind]}", help=_example(attr.name, kind))
+            sink.report(Code.E302, f"`{attr.name}` must be {_KIND_WORDS[kind]}, found {_found(v)}", v.span,
+                        f"expected {_KIND_WORDS[kind]}", help=_example(attr.name, kind))
         return
     if kind == "tool_refs":
         _check_tool_refs(v, sink, ctx)
     minimum = {"replicas": 1, "max_turns": 1, "max_tokens": 1, "max_context_tokens": 1, "retries": 0}.get(attr.name)
     if minimum is not None and value < minimum:
-        sink.error("E302", f"`{attr.name}` must be at least {minimum}, found {value}", v.span,
-                   f"must be >= {minimum}", help=_example(attr.name, kind))
+        sink.report(Code.E302, f"`{attr.name}` must be at least {minimum}, found {value}", v.span,
+                    f"must be >= {minimum}", help=_example(attr.name, kind))
     if attr.name == "temperature" and value < 0:
-        sink.error("E302", f"`temperature` cannot be negative, found {value}", v.span, "must be >= 0")
+        sink.report(Code.E302, f"`temperature` cannot be negative, found {value}", v.span, "must be >= 0")
     if kind == "duration" and value <= 0:
-        sink.error("E302", f"`{attr.name}` must be a positive duration", v.span, "must be > 0")
+        sink.report(Code.E302, f"`{attr.name}` must be a positive duration", v.span, "must be > 0")
     if attr.name == "python" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
-        sink.error("E302", f'`python` must be "module.path:function", found "{value}"', v.span,
-                   "not `module:function`", help='e.g. `python = "tools.files:write_file"`')
+        sink.report(Code.E302, f'`python` must be "module.path:function", found "{value}"', v.span,
+                    "not `module:function`", help='e.g. `python = "tools.files:write_file"`')
 
 
 def _check_tool_refs(v: ast.ListExpr, sink: DiagnosticSink, ctx: Context) -> None:
@@ -492,25 +493,25 @@ def _check_tool_refs(v: ast.ListExpr, sink: DiagnosticSink, ctx: Context) -> Non
                 continue
             if item.id in s.roles:
                 tasks = [t.name for t in s.roles[item.id].tasks]
-                sink.error("E104", f"`{item.id}` is a role, not a tool", item.span, "not a tool",
-                           help=f"grant one of its tasks as `{item.id}.{tasks[0] if tasks else 'task'}`")
+                sink.report(Code.E104, f"`{item.id}` is a role, not a tool", item.span, "not a tool",
+                            help=f"grant one of its tasks as `{item.id}.{tasks[0] if tasks else 'task'}`")
                 continue
-            sink.error("E104", f"undefined tool `{item.id}`", item.span, "no such tool",
-                       help=did_you_mean(item.id, s.tools) or (f"the tools are {_backticks(s.tools)}" if s.tools
-                                                               else "declare it with `tool name(...) { ... }`"))
+            sink.report(Code.E104, f"undefined tool `{item.id}`", item.span, "no such tool",
+                        help=did_you_mean(item.id, s.tools) or (f"the tools are {_backticks(s.tools)}" if s.tools
+                                                                else "declare it with `tool name(...) { ... }`"))
         elif isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name):
             role, task = item.value.id, item.attr
             if role not in s.roles:
-                sink.error("E102", f"undefined role `{role}`", item.value.span, "no such role",
-                           help=did_you_mean(role, s.roles))
+                sink.report(Code.E102, f"undefined role `{role}`", item.value.span, "no such role",
+                            help=did_you_mean(role, s.roles))
             elif (role, task) not in s.tasks:
                 tasks = [t.name for t in s.roles[role].tasks]
-                sink.error("E103", f"role `{role}` has no task `{task}`", item.attr_span, "no such task",
-                           help=did_you_mean(task, tasks) or (f"the tasks of `{role}` are {_backticks(tasks)}"
-                                                              if tasks else f"`{role}` declares no task"))
+                sink.report(Code.E103, f"role `{role}` has no task `{task}`", item.attr_span, "no such task",
+                            help=did_you_mean(task, tasks) or (f"the tasks of `{role}` are {_backticks(tasks)}"
+                                                               if tasks else f"`{role}` declares no task"))
         else:
-            sink.error("E302", "`tools` entries must be tool names or `role.task`", item.span,
-                       f"this is {_found(item)}", help="e.g. `tools = [write_file, reviewer.review_module]`")
+            sink.report(Code.E302, "`tools` entries must be tool names or `role.task`", item.span,
+                        f"this is {_found(item)}", help="e.g. `tools = [write_file, reviewer.review_module]`")
 
 
 def check_attributes(ctx: Context, sink: DiagnosticSink) -> None:
@@ -525,31 +526,31 @@ def check_attributes(ctx: Context, sink: DiagnosticSink) -> None:
             for a in task.attrs:
                 _check_attr(a, TASK_ATTRS, f"task `{name}.{task.name}`", sink, ctx)
             if not any(a.name == "prompt" for a in task.attrs):
-                sink.error("E302", f"task `{name}.{task.name}` has no `prompt`", task.name_span, "no `prompt`",
-                           help='add `prompt = "..."`: the request sent to the model, with `{param}` placeholders')
+                sink.report(Code.E302, f"task `{name}.{task.name}` has no `prompt`", task.name_span, "no `prompt`",
+                            help='add `prompt = "..."`: the request sent to the model, with `{param}` placeholders')
         replicas, memory = ctx.role_attr(role, "replicas"), ctx.role_attr(role, "memory")
         if memory is not None and attr_value(memory.value) == "session" and replicas is not None:
             n = attr_value(replicas.value)
             if isinstance(n, int) and not isinstance(n, bool) and n > 1:
                 own = any(a is replicas for a in role.attrs)
-                sink.error("E303", f"session role `{name}` cannot have `replicas = {n}`",
-                           replicas.value.span if own else memory.value.span,
-                           "more than one replica" if own else "session memory",
-                           secondary=[Label(memory.value.span if own else replicas.value.span,
-                                            "session memory" if own else f"`replicas = {n}` from `defaults`")],
-                           help="a session role keeps one conversation answered in program order: set "
-                                '`replicas = 1`, or use `memory = "none"`')
+                sink.report(Code.E303, f"session role `{name}` cannot have `replicas = {n}`",
+                            replicas.value.span if own else memory.value.span,
+                            "more than one replica" if own else "session memory",
+                            secondary=[Label(memory.value.span if own else replicas.value.span,
+                                             "session memory" if own else f"`replicas = {n}` from `defaults`")],
+                            help="a session role keeps one conversation answered in program order: set "
+                                 '`replicas = 1`, or use `memory = "none"`')
     for name, tool in s.tools.items():
         for a in tool.attrs:
             _check_attr(a, TOOL_ATTRS, f"tool `{name}`", sink, ctx)
         impls = [a for a in tool.attrs if a.name in ("python", "command", "builtin")]
         if not impls:
-            sink.error("E302", f"tool `{name}` has no implementation", tool.name_span, "no `python`, `command` or `builtin`",
-                       help='give it exactly one of `python = "module:function"`, `command = [...]` or `builtin = "fs.read"`')
+            sink.report(Code.E302, f"tool `{name}` has no implementation", tool.name_span, "no `python`, `command` or `builtin`",
+                        help='give it exactly one of `python = "module:function"`, `command = [...]` or `builtin = "fs.read"`')
         for extra in impls[1:]:
-            sink.error("E302", f"tool `{name}` has both `{impls[0].name}` and `{extra.name}`", extra.name_span,
-                       "second implementation", secondary=[Label(impls[0].name_span, "first implementation")],
-                       help="a tool has exactly one of `python`, `command` or `builtin`")
+            sink.report(Code.E302, f"tool `{name}` has both `{impls[0].name}` and `{extra.name}`", extra.name_span,
+                        "second implementation", secondary=[Label(impls[0].name_span, "first implementation")],
+                        help="a tool has exactly one of `python`, `command` or `builtin`")
 
 
 _SECRETS = (
@@ -594,10 +595,10 @@ def check_secrets(ctx: Context, sink: DiagnosticSink) -> None:
             hit = find_secret(lit.value)
             if hit is not None:
                 start, end, what = hit
-                sink.error("E304", f"this string looks like a secret: {what}",
-                           text_span(lit.span, lit.value, start, end, ctx.source), "looks like a secret",
-                           help="keys never belong in a spec: put the key in an environment variable and name "
-                                'it with `api_key_env = "OPENAI_API_KEY"` on the role')
+                sink.report(Code.E304, f"this string looks like a secret: {what}",
+                            text_span(lit.span, lit.value, start, end, ctx.source), "looks like a secret",
+                            help="keys never belong in a spec: put the key in an environment variable and name "
+                                 'it with `api_key_env = "OPENAI_API_KEY"` on the role')
 
 
 def check_models(ctx: Context, sink: DiagnosticSink) -> None:
@@ -605,9 +606,9 @@ def check_models(ctx: Context, sink: DiagnosticSink) -> None:
     for name in ctx.symbols.roles:
         role = ctx.symbols.roles[name]
         if name in ctx.reachable_roles and ctx.role_attr(role, "model") is None:
-            sink.error("E301", f"role `{name}` has no model", role.name_span, "used, but no `model`",
-                       help='set `model = "openai/gpt-4o-mini"` (or "scripted") on the role, or a default in '
-                            "`defaults { model = ... }`")
+            sink.report(Code.E301, f"role `{name}` has no model", role.name_span, "used, but no `model`",
+                        help='set `model = "openai/gpt-4o-mini"` (or "scripted") on the role, or a default in '
+                             "`defaults { model = ... }`")
 
 
 # ================================================================ phase 2: types
@@ -722,8 +723,8 @@ def _report_wait_cycle(cycle: list[str], graph, spans: dict[str, Span], sink: Di
         hint = "remove the `after` that closes the cycle"
     else:
         hint = "a value cannot depend on itself: compute one of these from the others' inputs instead"
-    sink.error("E401", message, spans[cycle[0]], why(ring[0], ring[1]),
-               secondary=[Label(spans[a], why(a, b)) for a, b in zip(ring[1:-1], ring[2:])], help=hint)
+    sink.report(Code.E401, message, spans[cycle[0]], why(ring[0], ring[1]),
+                secondary=[Label(spans[a], why(a, b)) for a, b in zip(ring[1:-1], ring[2:])], help=hint)
 
 
 def check_delegation(ctx: Context, sink: DiagnosticSink) -> None:
@@ -746,10 +747,10 @@ def check_delegation(ctx: Context, sink: DiagnosticSink) -> None:
             message = "deadlock: delegation cycle: " + f"`{ring[0]}` can call " + \
                 ", which can call ".join(f"`{n}`" for n in ring[1:])
         pairs = list(zip(ring, ring[1:]))
-        sink.error("E402", message, entry(*pairs[0]).span, text(*pairs[0]),
-                   secondary=[Label(entry(a, b).span, text(a, b)) for a, b in pairs[1:]],
-                   help="a role's slot is held while it waits for its delegate, so the roles can wait for each "
-                        "other forever: remove one of these `role.task` tools")
+        sink.report(Code.E402, message, entry(*pairs[0]).span, text(*pairs[0]),
+                    secondary=[Label(entry(a, b).span, text(a, b)) for a, b in pairs[1:]],
+                    help="a role's slot is held while it waits for its delegate, so the roles can wait for each "
+                         "other forever: remove one of these `role.task` tools")
 
 
 def check_unused_declarations(ctx: Context, sink: DiagnosticSink) -> None:
@@ -767,20 +768,20 @@ def check_unused_declarations(ctx: Context, sink: DiagnosticSink) -> None:
     delegated = {(d, task) for ds in ctx.delegations.values() for d, task, _ in ds}
     for name, role in s.roles.items():
         if name not in ctx.reachable_roles:
-            sink.warning("W301", f"role `{name}` is never used", role.name_span, "reachable from no choreography",
-                         help="call one of its tasks from a choreography, grant a task to a used role as "
-                              "`role.task`, or remove the role")
+            sink.report(Code.W301, f"role `{name}` is never used", role.name_span, "reachable from no choreography",
+                        help="call one of its tasks from a choreography, grant a task to a used role as "
+                             "`role.task`, or remove the role")
     for name, tool in s.tools.items():
         if name not in called_tools and name not in granted:
-            sink.warning("W302", f"tool `{name}` is never used", tool.name_span, "granted to no role, called nowhere",
-                         help=f"grant it to a role with `tools = [{name}]`, call it from a choreography, or remove it")
+            sink.report(Code.W302, f"tool `{name}` is never used", tool.name_span, "granted to no role, called nowhere",
+                        help=f"grant it to a role with `tools = [{name}]`, call it from a choreography, or remove it")
     for (role, task), decl in s.tasks.items():
         if role not in ctx.reachable_roles:
             continue  # W301 already says the whole role is unused
         if (role, task) not in called_tasks and (role, task) not in delegated:
-            sink.warning("W303", f"task `{role}.{task}` is never called", decl.name_span, "called nowhere",
-                         help=f"call it as `{role}.{task}(...)` from a choreography, grant it to another role as "
-                              f"`tools = [{role}.{task}]`, or remove it")
+            sink.report(Code.W303, f"task `{role}.{task}` is never called", decl.name_span, "called nowhere",
+                        help=f"call it as `{role}.{task}(...)` from a choreography, grant it to another role as "
+                             f"`tools = [{role}.{task}]`, or remove it")
 
 
 def check_unused_bindings(ctx: Context, sink: DiagnosticSink) -> None:
@@ -801,9 +802,9 @@ def check_unused_bindings(ctx: Context, sink: DiagnosticSink) -> None:
                 if b.name in used or b.name in seen:
                     continue
                 seen.add(b.name)
-                sink.warning("W501", f"binding `{b.name}` is never used", b.name_span, "never used",
-                             help="use it, return it, or remove it; to only order work after it, name it in "
-                                  "another binding's `after`")
+                sink.report(Code.W501, f"binding `{b.name}` is never used", b.name_span, "never used",
+                            help="use it, return it, or remove it; to only order work after it, name it in "
+                                 "another binding's `after`")
 
 
 # ================================================================ the phases, in order

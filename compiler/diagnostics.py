@@ -9,9 +9,12 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .source import SourceFile, Span
+
+if TYPE_CHECKING:
+    from .codes import Code
 
 
 class Severity(str, Enum):
@@ -45,13 +48,10 @@ class DiagnosticSink:
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
-    def error(self, code: str, message: str, span: Span, label: str = "", *,
-              secondary: Iterable[Label] = (), help: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(code, Severity.ERROR, message, Label(span, label), tuple(secondary), help))
-
-    def warning(self, code: str, message: str, span: Span, label: str = "", *,
-                secondary: Iterable[Label] = (), help: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(code, Severity.WARNING, message, Label(span, label), tuple(secondary), help))
+    def report(self, code: Code, message: str, span: Span, label: str = "", *,
+               secondary: Iterable[Label] = (), help: str | None = None) -> None:
+        """Record a diagnostic under `code`, whose registry entry gives its severity."""
+        self.diagnostics.append(Diagnostic(code.name, code.severity, message, Label(span, label), tuple(secondary), help))
 
     @property
     def has_errors(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterator, Mapping, NamedTuple
 
 from . import ast
+from .codes import Code
 from .diagnostics import DiagnosticSink
 from .facts import children
 from .parser import MAX_NESTING
@@ -89,9 +90,9 @@ def check_type_nesting(ctx: Context, sink: DiagnosticSink) -> None:
     deepest = max(_type_uses(ctx.program), key=depth, default=None)
     if deepest is not None and depth(deepest) > MAX_NESTING:
         _, core = _type_chain(deepest)
-        sink.error("E003", f"type nested more than {MAX_NESTING} levels deep, counting the fields of its record types",
-                   deepest.span, f"`{core}` has fields nested {records[core]} levels deep",
-                   help="use `json` for the deeper part")
+        sink.report(Code.E003, f"type nested more than {MAX_NESTING} levels deep, counting the fields of its record types",
+                    deepest.span, f"`{core}` has fields nested {records[core]} levels deep",
+                    help="use `json` for the deeper part")
 
 
 # ---------------------------------------------------------------- choreographies
@@ -131,8 +132,8 @@ def check_inlining_depth(ctx: Context, sink: DiagnosticSink) -> None:
 
     deepest = max((site for sites in calls.values() for site in sites), key=inlined, default=None)
     if deepest is not None and inlined(deepest) > MAX_NESTING:
-        sink.error("E003", f"choreography `{deepest.caller}` nests more than {MAX_NESTING} levels deep with the "
-                   "choreographies it calls inlined", deepest.call.func.span,
-                   f"`{deepest.callee}` is inlined here, {depth[deepest.callee]} levels deep",
-                   help="each call inlines the called choreography's body; call fewer choreographies "
-                        "from inside one another")
+        sink.report(Code.E003, f"choreography `{deepest.caller}` nests more than {MAX_NESTING} levels deep with the "
+                    "choreographies it calls inlined", deepest.call.func.span,
+                    f"`{deepest.callee}` is inlined here, {depth[deepest.callee]} levels deep",
+                    help="each call inlines the called choreography's body; call fewer choreographies "
+                         "from inside one another")

@@ -21,6 +21,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from agentflow.grammar import GRAMMAR_PATH
 
 from . import ast
+from .codes import Code
 from .diagnostics import DiagnosticSink, Label
 from .source import SourceFile, Span
 
@@ -354,24 +355,24 @@ def _report(err: UnexpectedInput, source: SourceFile, parsed: str, sink: Diagnos
         if char == '"':
             triple = text.startswith('"""', pos)
             end = len(text) if triple else (text.find("\n", pos) if "\n" in text[pos:] else len(text))
-            sink.error("E002", "unterminated string", source.span(pos, pos + (3 if triple else 1)),
-                       "this string is never closed",
-                       help='close it with `"""`' if triple else 'close it with `"` on the same line, '
-                       'or use `"""` for a string that spans lines')
+            sink.report(Code.E002, "unterminated string", source.span(pos, pos + (3 if triple else 1)),
+                        "this string is never closed",
+                        help='close it with `"""`' if triple else 'close it with `"` on the same line, '
+                        'or use `"""` for a string that spans lines')
             return end
         glued = _NUMBER_AND_WORD.match(text, pos)
         if glued:
-            sink.error("E001", f"`{glued.group(0)}` is neither a number nor a duration",
-                       source.span(pos, glued.end()), "not a number or a duration",
-                       help=_duration_help(glued.group(1), glued.group(2)))
+            sink.report(Code.E001, f"`{glued.group(0)}` is neither a number nor a duration",
+                        source.span(pos, glued.end()), "not a number or a duration",
+                        help=_duration_help(glued.group(1), glued.group(2)))
             return glued.end()
         shown = repr(char)[1:-1] if not char.isprintable() else char
-        sink.error("E001", f"unexpected character `{shown}`", source.span(pos, pos + 1), "not valid here")
+        sink.report(Code.E001, f"unexpected character `{shown}`", source.span(pos, pos + 1), "not valid here")
         return pos + 1
     if isinstance(err, UnexpectedEOF):
         end = len(text)
-        sink.error("E001", f"unexpected end of file, expected {_expected_words(err.expected)}",
-                   source.span(end, end), "the file ends here")
+        sink.report(Code.E001, f"unexpected end of file, expected {_expected_words(err.expected)}",
+                    source.span(end, end), "the file ends here")
         return end
     assert isinstance(err, UnexpectedToken)
     tok = err.token
@@ -385,8 +386,8 @@ def _report(err: UnexpectedInput, source: SourceFile, parsed: str, sink: Diagnos
         if opener is not None:
             secondary.append(Label(_tok_span(opener), f"this `{opener}` is never closed"))
             help_ = help_ or f"close it with `{_CLOSER_TEXT[opener.type]}`"
-    sink.error("E001", f"unexpected {_found_words(tok)}, expected {_expected_words(err.expected)}",
-               source.span(start, end), label, secondary=secondary, help=help_)
+    sink.report(Code.E001, f"unexpected {_found_words(tok)}, expected {_expected_words(err.expected)}",
+                source.span(start, end), label, secondary=secondary, help=help_)
     return max(end, start + 1)
 
 
@@ -773,7 +774,7 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
             failed_at = _report(err, source, masked, sink)
         except NestingTooDeep as err:
             message, help_ = _NESTING_WORDS[err.what]
-            sink.error("E003", message, err.span, "too deeply nested", help=help_)
+            sink.report(Code.E003, message, err.span, "too deeply nested", help=help_)
             failed_at = err.span.end
         finally:
             _ToAst.depth.clear()

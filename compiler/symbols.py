@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import ast
+from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .types import ANY, PRIMITIVES, ListT, LiteralT, OptionalT, Prim, RecordT, Type, TypeTable
 
@@ -79,14 +80,14 @@ def resolve_type(texpr: ast.TypeExpr | None, types: Mapping[str, Any], sink: Dia
             hint = did_you_mean(texpr.name, [*PRIMITIVES, *types])
             if texpr.name == "list":
                 hint = "write the element type too, e.g. `list[str]`"
-            sink.error("E105", f"undefined type `{texpr.name}`", texpr.span, "not a known type", help=hint)
+            sink.report(Code.E105, f"undefined type `{texpr.name}`", texpr.span, "not a known type", help=hint)
         return ANY
     if isinstance(texpr, ast.GenericType):
         elem = resolve_type(texpr.arg, types, sink)
         if texpr.name != "list":
             if sink is not None:
-                sink.error("E105", f"undefined generic type `{texpr.name}`", texpr.span,
-                           "only `list[T]` takes a type argument", help=did_you_mean(texpr.name, ["list"]))
+                sink.report(Code.E105, f"undefined generic type `{texpr.name}`", texpr.span,
+                            "only `list[T]` takes a type argument", help=did_you_mean(texpr.name, ["list"]))
             return ANY
         return ListT(elem)
     if isinstance(texpr, ast.OptionalType):
@@ -101,9 +102,9 @@ def _first_wins(items, sink: DiagnosticSink, what: str, key=lambda d: d.name, sp
         k = key(item)
         if k in table:
             shown = k if isinstance(k, str) else ".".join(k)
-            sink.error("E106", f"duplicate {what} `{shown}`", span(item), f"second definition of `{shown}`",
-                       secondary=[Label(span(table[k]), "first defined here")],
-                       help="rename one of them or remove the duplicate")
+            sink.report(Code.E106, f"duplicate {what} `{shown}`", span(item), f"second definition of `{shown}`",
+                        secondary=[Label(span(table[k]), "first defined here")],
+                        help="rename one of them or remove the duplicate")
         else:
             table[k] = item
     return table
@@ -118,8 +119,8 @@ def collect(program: ast.Program, sink: DiagnosticSink) -> Symbols:
     types = _first_wins([d for d in decls if isinstance(d, ast.TypeDecl)], sink, "type")
     for name in types:
         if name in PRIMITIVES:
-            sink.error("E106", f"type `{name}` redefines a built-in type", types[name].name_span,
-                       "built-in type name", help="choose another name")
+            sink.report(Code.E106, f"type `{name}` redefines a built-in type", types[name].name_span,
+                        "built-in type name", help="choose another name")
     tools = _first_wins([d for d in decls if isinstance(d, ast.ToolDecl)], sink, "tool")
     roles = _first_wins([d for d in decls if isinstance(d, ast.RoleDecl)], sink, "role")
     choreos = _first_wins([d for d in decls if isinstance(d, ast.ChoreographyDecl)], sink, "choreography")
@@ -127,14 +128,14 @@ def collect(program: ast.Program, sink: DiagnosticSink) -> Symbols:
                         key=lambda rt: (rt[0], rt[1].name), span=lambda rt: rt[1].name_span)
     tasks = {k: rt[1] for k, rt in tasks.items()}
     for name in set(tools) & set(choreos):
-        sink.error("E106", f"`{name}` is both a tool and a choreography", choreos[name].name_span,
-                   "choreography defined here", secondary=[Label(tools[name].name_span, "tool defined here")],
-                   help="calls name one or the other: rename one of them")
+        sink.report(Code.E106, f"`{name}` is both a tool and a choreography", choreos[name].name_span,
+                    "choreography defined here", secondary=[Label(tools[name].name_span, "tool defined here")],
+                    help="calls name one or the other: rename one of them")
     defaults_decls = [d for d in decls if isinstance(d, ast.DefaultsDecl)]
     for extra in defaults_decls[1:]:
-        sink.error("E106", "duplicate `defaults` block", extra.span, "second `defaults`",
-                   secondary=[Label(defaults_decls[0].span, "first defined here")],
-                   help="merge them into one `defaults` block")
+        sink.report(Code.E106, "duplicate `defaults` block", extra.span, "second `defaults`",
+                    secondary=[Label(defaults_decls[0].span, "first defined here")],
+                    help="merge them into one `defaults` block")
     defaults = _first_wins(defaults_decls[0].attrs if defaults_decls else (), sink, "attribute")
 
     table: dict[str, tuple[tuple[str, Type], ...]] = {}

@@ -17,6 +17,7 @@ import json as _json
 from typing import NamedTuple, get_args
 
 from . import ast
+from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .source import SourceFile, Span
 from .symbols import Symbols, attr_value
@@ -165,7 +166,7 @@ def takes_expectation(e: ast.Expr) -> bool:
 class Misfit(NamedTuple):
     """Why a literal is not the type expected of it, said at the part that differs. The
     caller reports it, or drops it when the type was only suggested by a sibling."""
-    code: str
+    code: Code
     message: str
     span: Span
     label: str
@@ -221,12 +222,12 @@ class Typer:
                                                   and attr_value(value) is not None):
                 got = self.misfit(value, Scope("choreography", None), want)
                 if got is not None:
-                    self.sink.error("E201", f"default of `{p.name}` does not fit its type {show(want)}",
-                                    value.span, f"this is {show(got)}",
-                                    help=f"give a default of type {show(want)}, or change the parameter's type")
+                    self.sink.report(Code.E201, f"default of `{p.name}` does not fit its type {show(want)}",
+                                     value.span, f"this is {show(got)}",
+                                     help=f"give a default of type {show(want)}, or change the parameter's type")
             else:
-                self.sink.error("E201", f"default of `{p.name}` must be a literal value", value.span,
-                                "not a literal", help="use a string, number, `true`/`false`, `null` or a list of them")
+                self.sink.report(Code.E201, f"default of `{p.name}` must be a literal value", value.span,
+                                 "not a literal", help="use a string, number, `true`/`false`, `null` or a list of them")
 
     def choreography_type(self, name: str) -> Type:
         if name in self.choreo_types:
@@ -248,10 +249,10 @@ class Typer:
                 result = declared
                 got = self.misfit(ret.value, scope, declared) if ret is not None else None
                 if got is not None:
-                    self.sink.error("E201", f"`{name}` returns {show(declared)}, but this is {show(got)}",
-                                    ret.value.span, f"this is {show(got)}",
-                                    secondary=[Label(decl.returns.span, "declared here")],
-                                    help=self._mismatch_help(got, declared))
+                    self.sink.report(Code.E201, f"`{name}` returns {show(declared)}, but this is {show(got)}",
+                                     ret.value.span, f"this is {show(got)}",
+                                     secondary=[Label(decl.returns.span, "declared here")],
+                                     help=self._mismatch_help(got, declared))
         finally:
             self.sink, self.quiet_memo, self.pure = saved
             self.choreo_progress.discard(name)
@@ -347,7 +348,7 @@ class Typer:
     def reported(self, checked: Checked) -> Type:
         t, misfits = checked
         for m in misfits:
-            self.sink.error(m.code, m.message, m.span, m.label, help=m.help)
+            self.sink.report(m.code, m.message, m.span, m.label, help=m.help)
         return t
 
     def e_Literal(self, e: ast.Literal, scope: Scope) -> Type:
@@ -409,9 +410,9 @@ class Typer:
                 continue
             joined = join(elem, t, self.table)
             if joined is None:
-                self.sink.error("E201", f"list items have different types: {show(elem)} and {show(t)}",
-                                item.span, f"this is {show(t)}", secondary=[Label(e.items[0].span, f"this is {show(elem)}")],
-                                help="all items of a list must have one type")
+                self.sink.report(Code.E201, f"list items have different types: {show(elem)} and {show(t)}",
+                                 item.span, f"this is {show(t)}", secondary=[Label(e.items[0].span, f"this is {show(elem)}")],
+                                 help="all items of a list must have one type")
                 elem = ANY
             else:
                 elem = joined
@@ -431,23 +432,23 @@ class Typer:
             field_want = wanted.get(f.name)
             t, nested = self.check(f.value, scope, field_want)
             if f.name in fields:
-                self.sink.error("E106", f"duplicate field `{f.name}` in a record", f.span, "second definition",
-                                secondary=[Label(first[f.name].span, "first defined here")],
-                                help="give each field once")
+                self.sink.report(Code.E106, f"duplicate field `{f.name}` in a record", f.span, "second definition",
+                                 secondary=[Label(first[f.name].span, "first defined here")],
+                                 help="give each field once")
                 continue
             fields[f.name], first[f.name] = t, f
             misfits.extend(nested)
             if expected is None:
                 continue
             if field_want is None:
-                misfits.append(Misfit("E202", f"no field `{f.name}` on type {show(record)}", f.span,
+                misfits.append(Misfit(Code.E202, f"no field `{f.name}` on type {show(record)}", f.span,
                                       "no such field", field_hint(f.name, list(wanted))))
             elif not nested and not is_assignable(t, field_want, self.table):
                 misfits.append(self.wrong_field(record, f.name, f.value, t, field_want))
         missing = [n for n, t in wanted.items() if n not in fields and not isinstance(t, OptionalT)]
         if missing:
             names = ", ".join(f"`{n}`" for n in missing)
-            misfits.append(Misfit("E201", f"missing field{'s' * (len(missing) > 1)} {names} of {show(record)}",
+            misfits.append(Misfit(Code.E201, f"missing field{'s' * (len(missing) > 1)} {names} of {show(record)}",
                                   e.span, f"no {names}",
                                   f"give every field of {show(record)} that is not optional (`T?`)"))
         if expected is None or misfits:
@@ -465,7 +466,7 @@ class Typer:
             hint = values_hint(value.value, union)
         else:
             found, hint = show(t), self._mismatch_help(t, want)
-        return Misfit("E201", f"field `{name}` of {show(record)} expects {show(want)}, found {found}",
+        return Misfit(Code.E201, f"field `{name}` of {show(record)} expects {show(want)}, found {found}",
                       value.span, f"this is {found}", hint)
 
     def field_type(self, base: Type, name: str, span: Span, what: str) -> Type:
@@ -483,13 +484,13 @@ class Typer:
                 hint = f"it is a list: index it (`{what}[0].{name}`) or use `[x.{name} for x in {what}]`"
             elif isinstance(inner, ListT) or is_strlike(inner):
                 hint = f"use `len({what})` for its length, or index it: `{what}[0]`"
-            self.sink.error("E202", f"{show(base)} has no field `{name}`", span, f"{show(base)} has no fields",
-                            help=hint)
+            self.sink.report(Code.E202, f"{show(base)} has no field `{name}`", span, f"{show(base)} has no fields",
+                             help=hint)
             return ANY
         t = dict(fields).get(name)
         if t is None:
-            self.sink.error("E202", f"no field `{name}` on type {show(strip_optional(base))}", span,
-                            "no such field", help=field_hint(name, [n for n, _ in fields]))
+            self.sink.report(Code.E202, f"no field `{name}` on type {show(strip_optional(base))}", span,
+                             "no such field", help=field_hint(name, [n for n, _ in fields]))
             return ANY
         if optional and not isinstance(t, (OptionalT, NullT, AnyT)) and t != JSON:
             return OptionalT(t)
@@ -508,15 +509,15 @@ class Typer:
             return ANY if isinstance(inner, AnyT) else JSON
         if isinstance(inner, ListT) or is_strlike(inner):
             if not is_assignable(index, INT, self.table):
-                self.sink.error("E201", f"an index must be `int`, found {show(index)}", e.index.span,
-                                f"this is {show(index)}")
+                self.sink.report(Code.E201, f"an index must be `int`, found {show(index)}", e.index.span,
+                                 f"this is {show(index)}")
             elem = inner.elem if isinstance(inner, ListT) else STR
             return OptionalT(elem) if isinstance(base, OptionalT) and not isinstance(elem, OptionalT) else elem
         if record_fields(inner, self.table) is not None and isinstance(e.index, ast.Literal) \
                 and isinstance(e.index.value, str):
             return self.field_type(base, e.index.value, e.index.span, "x")
-        self.sink.error("E201", f"cannot index a value of type {show(base)}", e.value.span,
-                        f"this is {show(base)}", help="only lists and strings can be indexed")
+        self.sink.report(Code.E201, f"cannot index a value of type {show(base)}", e.value.span,
+                         f"this is {show(base)}", help="only lists and strings can be indexed")
         return ANY
 
     def e_UnaryOp(self, e: ast.UnaryOp, scope: Scope) -> Type:
@@ -527,16 +528,16 @@ class Typer:
         if is_unknown(t):
             return ANY
         if not is_numeric(t):
-            self.sink.error("E201", f"cannot negate a value of type {show(t)}", e.operand.span,
-                            f"this is {show(t)}", help=NULL_HELP if isinstance(t, OptionalT) else None)
+            self.sink.report(Code.E201, f"cannot negate a value of type {show(t)}", e.operand.span,
+                             f"this is {show(t)}", help=NULL_HELP if isinstance(t, OptionalT) else None)
             return ANY
         return t
 
     def require_bool(self, t: Type, e: ast.Expr, what: str) -> None:
         if not is_assignable(t, BOOL, self.table):
-            self.sink.error("E201", f"{what} must be `bool`, found {show(t)}", e.span, f"this is {show(t)}",
-                            help=NULL_HELP if isinstance(t, OptionalT) else
-                            "compare it to produce a `bool`, e.g. `x == \"...\"` or `len(x) > 0`")
+            self.sink.report(Code.E201, f"{what} must be `bool`, found {show(t)}", e.span, f"this is {show(t)}",
+                             help=NULL_HELP if isinstance(t, OptionalT) else
+                             "compare it to produce a `bool`, e.g. `x == \"...\"` or `len(x) > 0`")
 
     def e_BinOp(self, e: ast.BinOp, scope: Scope) -> Type:
         lt = self.expr(e.left, scope)
@@ -597,17 +598,17 @@ class Typer:
         return ANY
 
     def binop_error(self, e: ast.BinOp, lt: Type, rt: Type, message: str, help: str | None) -> None:
-        self.sink.error("E201", message, e.left.span, f"this is {show(lt)}",
-                        secondary=[Label(e.right.span, f"this is {show(rt)}")], help=help)
+        self.sink.report(Code.E201, message, e.left.span, f"this is {show(lt)}",
+                         secondary=[Label(e.right.span, f"this is {show(rt)}")], help=help)
 
     def check_literal_compare(self, side: ast.Expr, t: Type, other: ast.Expr) -> bool:
         """`review.verdict == "PAS"`: a string that is none of a literal union's values."""
         inner = strip_optional(t)
         if isinstance(inner, LiteralT) and isinstance(other, ast.Literal) and isinstance(other.value, str) \
                 and other.value not in inner.values:
-            self.sink.error("E201", f'`"{other.value}"` is never equal to {describe_expr(side)}',
-                            other.span, f"not one of {show(inner)}",
-                            secondary=[Label(side.span, f"this is {show(t)}")], help=values_hint(other.value, inner))
+            self.sink.report(Code.E201, f'`"{other.value}"` is never equal to {describe_expr(side)}',
+                             other.span, f"not one of {show(inner)}",
+                             secondary=[Label(side.span, f"this is {show(t)}")], help=values_hint(other.value, inner))
             return True
         return False
 
@@ -627,9 +628,9 @@ class Typer:
         if joined is None and misfits:
             return (want if want is not None else ANY), misfits
         if joined is None:
-            self.sink.error("E201", f"the two sides of `if ... else` have different types: {show(a)} and {show(b)}",
-                            e.orelse.span, f"this is {show(b)}", secondary=[Label(e.then.span, f"this is {show(a)}")],
-                            help="both sides must have one type")
+            self.sink.report(Code.E201, f"the two sides of `if ... else` have different types: {show(a)} and {show(b)}",
+                             e.orelse.span, f"this is {show(b)}", secondary=[Label(e.then.span, f"this is {show(a)}")],
+                             help="both sides must have one type")
             return ANY, ()
         return joined, misfits
 
@@ -646,8 +647,8 @@ class Typer:
             lists = [n for n, ft in record_fields(t, self.table) or () if isinstance(strip_optional(ft), ListT)]
             if lists and isinstance(iter_expr, (ast.Name, ast.Attribute)):
                 hint = f"did you mean `{describe_expr(iter_expr).strip('`')}.{lists[0]}`?"
-        self.sink.error("E204", f"{what} needs a list, but {describe_expr(iter_expr)} is {show(t)}",
-                        iter_expr.span, f"this is {show(t)}, not a list", help=hint)
+        self.sink.report(Code.E204, f"{what} needs a list, but {describe_expr(iter_expr)} is {show(t)}",
+                         iter_expr.span, f"this is {show(t)}, not a list", help=hint)
         return ANY
 
     def e_Comprehension(self, e: ast.Comprehension, scope: Scope) -> Type:
@@ -663,9 +664,9 @@ class Typer:
         return ListT(elem)
 
     def impure(self, span: Span, what: str) -> None:
-        self.sink.error("E201", f"a comprehension must be pure: it cannot contain {what}", span,
-                        "not allowed in a comprehension",
-                        help="use a `for` expression for work per item: `xs = for x in items { y = ...  yield y }`")
+        self.sink.report(Code.E201, f"a comprehension must be pure: it cannot contain {what}", span,
+                         "not allowed in a comprehension",
+                         help="use a `for` expression for work per item: `xs = for x in items { y = ...  yield y }`")
 
     def for_type(self, e: ast.ForExpr, scope: Scope, want: Type | None) -> Checked:
         """`for`: the list of its yields, each checked against the element type when a list is expected."""
@@ -686,7 +687,7 @@ class Typer:
         if e.max is not None:
             mt = self.expr(e.max, scope)
             if not is_assignable(mt, INT, self.table):
-                self.sink.error("E201", f"`max` must be `int`, found {show(mt)}", e.max.span, f"this is {show(mt)}")
+                self.sink.report(Code.E201, f"`max` must be `int`, found {show(mt)}", e.max.span, f"this is {show(mt)}")
         inner = Scope("repeat", scope, e.body)
         self.check_block(inner)
         self.require_bool(self.expr(e.until, inner), e.until, "the `until` condition")
@@ -732,14 +733,14 @@ class Typer:
             p: ast.Param | None = None
             if arg.name is None:
                 if seen_keyword:
-                    self.sink.error("E203", "a positional argument cannot follow a keyword argument", arg.span,
-                                    "positional argument after `name = ...`",
-                                    help="put positional arguments first, or name this one too")
+                    self.sink.report(Code.E203, "a positional argument cannot follow a keyword argument", arg.span,
+                                     "positional argument after `name = ...`",
+                                     help="put positional arguments first, or name this one too")
                 elif i >= len(params):
                     if not too_many_reported:
                         n = len(call.args)
-                        self.sink.error("E203", f"too many arguments: `{what}` takes {len(params)}, but {n} were given",
-                                        arg.span, "unexpected argument", help=f"its signature is {signature}")
+                        self.sink.report(Code.E203, f"too many arguments: `{what}` takes {len(params)}, but {n} were given",
+                                         arg.span, "unexpected argument", help=f"its signature is {signature}")
                         too_many_reported = True
                 else:
                     p = params[i]
@@ -748,12 +749,12 @@ class Typer:
                 p = by_name.get(arg.name)
                 if p is None:
                     hint = did_you_mean(arg.name, by_name) or f"its signature is {signature}"
-                    self.sink.error("E203", f"`{what}` has no parameter `{arg.name}`", arg.span,
-                                    "unknown keyword argument", help=hint)
+                    self.sink.report(Code.E203, f"`{what}` has no parameter `{arg.name}`", arg.span,
+                                     "unknown keyword argument", help=hint)
             if p is not None and p.name in given:
-                self.sink.error("E203", f"argument `{p.name}` of `{what}` is given twice", arg.span,
-                                "second value", secondary=[Label(given[p.name].span, "first value")],
-                                help="give each argument once")
+                self.sink.report(Code.E203, f"argument `{p.name}` of `{what}` is given twice", arg.span,
+                                 "second value", secondary=[Label(given[p.name].span, "first value")],
+                                 help="give each argument once")
                 p = None
             if p is None:
                 self.expr(arg.value, scope)
@@ -763,15 +764,15 @@ class Typer:
             accepted = OptionalT(want) if p.default is not None and not isinstance(want, OptionalT) else want
             t = self.misfit(arg.value, scope, accepted)  # null gives the default
             if t is not None:
-                self.sink.error("E201", f"argument `{p.name}` of `{what}` expects {show(want)}, found {show(t)}",
-                                arg.value.span, f"this is {show(t)}",
-                                help=self._mismatch_help(t, want) or f"its signature is {signature}")
+                self.sink.report(Code.E201, f"argument `{p.name}` of `{what}` expects {show(want)}, found {show(t)}",
+                                 arg.value.span, f"this is {show(t)}",
+                                 help=self._mismatch_help(t, want) or f"its signature is {signature}")
         missing = [p.name for p in params if p.default is None and p.name not in given]
         if missing:
             names = ", ".join(f"`{n}`" for n in missing)
             plural = "s" if len(missing) > 1 else ""
-            self.sink.error("E203", f"missing argument{plural} {names} for `{what}`", call.span,
-                            f"missing {names}", help=f"its signature is {signature}")
+            self.sink.report(Code.E203, f"missing argument{plural} {names} for `{what}`", call.span,
+                             f"missing {names}", help=f"its signature is {signature}")
 
     def _mismatch_help(self, got: Type, want: Type) -> str | None:
         if isinstance(got, (OptionalT, NullT)) and not isinstance(want, OptionalT):
@@ -793,23 +794,23 @@ class Typer:
         for a in e.args:
             t = self.expr(a.value, scope)
             if a.name is not None:
-                self.sink.error("E203", f"`{name}` takes no keyword arguments", a.span, "keyword argument",
-                                help=f"pass it by position: `{name}(...)`")
+                self.sink.report(Code.E203, f"`{name}` takes no keyword arguments", a.span, "keyword argument",
+                                 help=f"pass it by position: `{name}(...)`")
                 return ANY
             types.append(t)
         sig = {"len": "len(x)", "all": "all(xs)", "any": "any(xs)", "join": "join(xs, sep)", "json": "json(x)"}[name]
         if len(types) != arity:
             span = e.args[arity].span if len(types) > arity else e.span
-            self.sink.error("E203", f"`{name}` takes {arity} argument{'s' * (arity > 1)}, but {len(types)} "
-                            f"{'was' if len(types) == 1 else 'were'} given", span,
-                            "unexpected argument" if len(types) > arity else "missing argument",
-                            help=f"write `{sig}`")
+            self.sink.report(Code.E203, f"`{name}` takes {arity} argument{'s' * (arity > 1)}, but {len(types)} "
+                             f"{'was' if len(types) == 1 else 'were'} given", span,
+                             "unexpected argument" if len(types) > arity else "missing argument",
+                             help=f"write `{sig}`")
             return {"len": INT, "all": BOOL, "any": BOOL, "join": STR, "json": STR}[name]
 
         def bad(i: int, want: str) -> None:
             t = types[i]
-            self.sink.error("E201", f"`{name}` needs {want}, found {show(t)}", e.args[i].value.span,
-                            f"this is {show(t)}", help=NULL_HELP if isinstance(t, OptionalT) else f"write `{sig}`")
+            self.sink.report(Code.E201, f"`{name}` needs {want}, found {show(t)}", e.args[i].value.span,
+                             f"this is {show(t)}", help=NULL_HELP if isinstance(t, OptionalT) else f"write `{sig}`")
 
         t0 = types[0]
         if name == "len":
@@ -870,9 +871,9 @@ def check_templates(symbols: Symbols, sink: DiagnosticSink, source: SourceFile |
         return {p.name: symbols.resolve_type(p.type) for p in decl.params}
 
     def malformed(ph: Placeholder, lit: ast.Literal, where: str) -> None:
-        sink.error("E205", f"malformed placeholder in {where}: {ph.error}", placeholder_span(lit.span, lit.value, ph, source),
-                   "not a placeholder", help="write `{{` and `}}` for literal braces; a placeholder is "
-                   "`{name}`, `{name.field}` or `{name[0]}`")
+        sink.report(Code.E205, f"malformed placeholder in {where}: {ph.error}", placeholder_span(lit.span, lit.value, ph, source),
+                    "not a placeholder", help="write `{{` and `}}` for literal braces; a placeholder is "
+                    "`{name}`, `{name.field}` or `{name[0]}`")
 
     def check_literal(lit: ast.Expr, params: dict[str, Type], where: str, owner: str) -> None:
         if not (isinstance(lit, ast.Literal) and isinstance(lit.value, str)):
@@ -886,13 +887,13 @@ def check_templates(symbols: Symbols, sink: DiagnosticSink, source: SourceFile |
                 hint = did_you_mean(ph.root, params) or (
                     f"the parameters of `{owner}` are {', '.join(f'`{n}`' for n in params)}" if params
                     else f"`{owner}` has no parameters")
-                sink.error("E205", f"`{{{ph.root}}}` in {where} is not a parameter", span,
-                           f"not a parameter of `{owner}`", help=hint)
+                sink.report(Code.E205, f"`{{{ph.root}}}` in {where} is not a parameter", span,
+                            f"not a parameter of `{owner}`", help=hint)
                 continue
             _, error, hint = _path_type(params[ph.root], ph.path, table)
             if error:
-                sink.error("E205", f"`{{{format_path(ph.root, ph.path)}}}` in {where}: {error}", span,
-                           "cannot be indexed" if "indexed" in error else "no such field", help=hint)
+                sink.report(Code.E205, f"`{{{format_path(ph.root, ph.path)}}}` in {where}: {error}", span,
+                            "cannot be indexed" if "indexed" in error else "no such field", help=hint)
 
     for (role, task), decl in symbols.tasks.items():
         for a in decl.attrs:
@@ -916,16 +917,16 @@ def check_templates(symbols: Symbols, sink: DiagnosticSink, source: SourceFile |
             lacking = [t.name for t in role.tasks if ph.root not in {p.name for p in t.params}]
             span = placeholder_span(system.span, system.value, ph, source)
             if lacking:
-                sink.error("E205", f"`{{{ph.root}}}` in the system prompt of `{name}` is not a parameter of every task",
-                           span, "not a parameter of " + ", ".join(f"`{name}.{t}`" for t in lacking),
-                           help="a system prompt may only use parameters that every task of the role has")
+                sink.report(Code.E205, f"`{{{ph.root}}}` in the system prompt of `{name}` is not a parameter of every task",
+                            span, "not a parameter of " + ", ".join(f"`{name}.{t}`" for t in lacking),
+                            help="a system prompt may only use parameters that every task of the role has")
                 continue
             for t in role.tasks:
                 task_params = params_of(t)
                 _, error, hint = _path_type(task_params[ph.root], ph.path, table)
                 if error:
-                    sink.error("E205", f"`{{{format_path(ph.root, ph.path)}}}` in the system prompt of `{name}`: "
-                               f"{error}", span, "no such field", help=hint)
+                    sink.report(Code.E205, f"`{{{format_path(ph.root, ph.path)}}}` in the system prompt of `{name}`: "
+                                f"{error}", span, "no such field", help=hint)
                     break
 
 
