@@ -738,8 +738,8 @@ class Store:
             return StoreError(f"database path {where} is a directory, not a database file; "
                               f"give a file path with --db")
         if "not a valid DuckDB database file" in text:
-            return StoreNotADatabase(f"{where} is not a DuckDB database (agentflow keeps its history in "
-                              f"one); move it away or use --db to pick another file")
+            return StoreNotADatabase(f"{where} is not a DuckDB database (agentflow keeps its history "
+                                     f"in one); move it away or use --db to pick another file")
         if "database does not exist" in text:
             return StoreError(f"no database at {where} (nothing has run there yet?); use --db "
                               f"to point at one")
@@ -760,8 +760,8 @@ class Store:
             ).fetchall()}
             if "meta" not in names:
                 if names:
-                    raise StoreNotADatabase(f"{self._shown()} is a DuckDB database but not an agentflow one "
-                                     f"(it has no meta table); use --db to pick another file")
+                    raise StoreNotADatabase(f"{self._shown()} is a DuckDB database but not an agentflow "
+                                            f"one (it has no meta table); use --db to pick another file")
                 if not self.writer:
                     raise StoreError(f"{self._shown()} is an empty database; nothing has run there yet")
                 con.execute("BEGIN")
