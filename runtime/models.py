@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from agentflow.compiler.hashing import escape_surrogates
+
 from .redaction import configured_secrets, redact
 
 __all__ = [
@@ -201,7 +202,8 @@ def _digest(*parts: str) -> bytes:
 def _canonical(value: Any) -> str:
     """One spelling of a request part for seeds and token counts. A lone surrogate (an
     undecodable file name in a prompt) is escaped as in every key, so it can be hashed."""
-    return escape_surrogates(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str))
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return escape_surrogates(text)
 
 
 # --------------------------------------------------------------------------------------------
