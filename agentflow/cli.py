@@ -252,8 +252,10 @@ def worker_cmd(address, namespace, task_queue, concurrency, blob_dir, identity) 
 
     _require_temporal()
     from agentflow.runtime.temporal.worker import run_worker
+    from agentflow.runtime.tools import prints_to_stderr
     try:
-        asyncio.run(run_worker(address, namespace, task_queue, concurrency, Path(blob_dir), identity))
+        with prints_to_stderr():  # what tools print goes with the worker's log, never to stdout
+            asyncio.run(run_worker(address, namespace, task_queue, concurrency, Path(blob_dir), identity))
     except ConnectionError as err:
         raise UserError(str(err)) from None
     except KeyboardInterrupt:

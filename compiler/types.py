@@ -140,6 +140,30 @@ def join(a: Type, b: Type, table: TypeTable) -> Type | None:
     return None
 
 
+def with_omitted_fields(t: Type, value: Any, table: TypeTable) -> Any:
+    """`value` as a value of type `t`: each optional (`T?`) field that a record of `t` (at any
+    depth: in fields and lists too) declares but the value lacks is added as null.
+
+    A record literal bound to a name is typed on its own (`n = {text: t}`), so it may leave
+    optional fields out and still be passed where its record type is expected; the run fills
+    them, as the plan does for a literal written in place. A value that lacks none is returned
+    as it is (the same object), so its hash is unchanged."""
+    t = strip_optional(t)
+    if isinstance(t, ListT) and isinstance(value, list):
+        items = [with_omitted_fields(t.elem, item, table) for item in value]
+        return value if all(new is old for new, old in zip(items, value)) else items
+    fields = record_fields(t, table) if isinstance(value, dict) else None
+    if not fields:
+        return value
+    filled = dict(value)
+    for name, field_type in fields:
+        if name in value:
+            filled[name] = with_omitted_fields(field_type, value[name], table)
+        elif isinstance(field_type, OptionalT):
+            filled[name] = None
+    return value if len(filled) == len(value) and all(filled[n] is value[n] for n in value) else filled
+
+
 # ---------------------------------------------------------------- JSON schema
 
 def json_schema(t: Type, table: TypeTable) -> dict:

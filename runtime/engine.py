@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agentflow.compiler.hashing import canonical_json, digest, value_hash
 from agentflow.compiler.plan import definition_hash
-from agentflow.compiler.types import Validators, type_from_json
+from agentflow.compiler.types import Validators, type_from_json, with_omitted_fields
 
 from .evaluate import ExpressionError, evaluate
 from .inputs import force_matcher
@@ -205,7 +205,8 @@ class Engine:
     async def run(self, inputs: dict) -> Any:
         root = Scope(self.plan["entry"], self.plan["entry"], dict(inputs))
         try:
-            return await self.block(self.plan["body"], root)
+            value = await self.block(self.plan["body"], root)
+            return value if self.plan["returns"] is None else self.as_type(self.plan["returns"], value)
         except asyncio.CancelledError:
             for task in list(self.tasks):  # interrupted: stop everything, state stays resumable
                 task.cancel()
@@ -369,11 +370,21 @@ class Engine:
     # ------------------------------------------------------------ calls
 
     def with_defaults(self, kind: str, target: str, args: dict) -> dict:
-        """A null passed to a parameter that has a default gives the default."""
+        """A null passed to a parameter that has a default gives the default; a record
+        lacking optional fields of the parameter's type gets them as null."""
         params = (self.plan["tasks"][target]["definition"] if kind == "task" else
                   self.plan["tools"][target]["definition"])["params"]
-        return {p["name"]: (p["default"] if args.get(p["name"]) is None and p["has_default"] else args.get(p["name"]))
-                for p in params}
+        given = {}
+        for p in params:
+            value = args.get(p["name"])
+            if value is None and p["has_default"]:
+                value = p["default"]
+            given[p["name"]] = self.as_type(p["type"], value)
+        return given
+
+    def as_type(self, type_json: Any, value: Any) -> Any:
+        """`value` with the omitted optional fields of the type spelled `type_json` (plan JSON)."""
+        return with_omitted_fields(type_from_json(type_json), value, self.validators.table)
 
     def forced(self, node_id: str) -> bool:
         patterns = self.options.force

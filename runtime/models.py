@@ -63,6 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from agentflow.compiler.hashing import escape_surrogates
+
 from .redaction import configured_secrets, redact
 
 __all__ = [
@@ -198,7 +200,10 @@ def _digest(*parts: str) -> bytes:
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """One spelling of a request part for seeds and token counts. A lone surrogate (an
+    undecodable file name in a prompt) is escaped as in every key, so it can be hashed."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return escape_surrogates(text)
 
 
 # --------------------------------------------------------------------------------------------

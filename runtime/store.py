@@ -159,6 +159,11 @@ class StoreSchemaError(StoreError):
     """The database was written with a schema this version does not understand."""
 
 
+class StoreNotADatabase(StoreError):
+    """The path holds a file that is no agentflow database: an open that fails on it leaves
+    nothing behind."""
+
+
 # ---------------------------------------------------------------- records
 
 
@@ -473,6 +478,7 @@ class Store:
         self._lock_path, self._wait_path = _lock_files(path)
         self._lock_fd: int | None = None
         self._wait_fd: int | None = None
+        self._made_files: set[Path] = set()  # lock files this store created
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._attached = False
         self._closed = False
@@ -503,8 +509,8 @@ class Store:
         store = cls(Path(path).absolute(), writer=True)
         try:
             store._open_writer()
-        except BaseException:
-            store._release()
+        except BaseException as err:
+            store._release(remove_made_files=isinstance(err, StoreNotADatabase))
             raise
         return store
 
@@ -514,8 +520,8 @@ class Store:
         store = cls(Path(path).absolute(), writer=False)
         try:
             store._open_reader()
-        except BaseException:
-            store._release()
+        except BaseException as err:
+            store._release(remove_made_files=isinstance(err, StoreNotADatabase))
             raise
         return store
 
@@ -536,8 +542,8 @@ class Store:
         self._check_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            self._wait_fd = os.open(self._wait_path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = self._open_lock_file(self._lock_path, os.O_RDWR)
+            self._wait_fd = self._open_lock_file(self._wait_path, os.O_RDWR)
         except OSError as err:
             raise StoreError(f"cannot create database {self._shown()}: {err.strerror}") from None
         try:
@@ -570,7 +576,7 @@ class Store:
             raise StoreError(f"no database at {self._shown()} (nothing has run there yet?); "
                              f"use --db to point at one")
         try:
-            self._wait_fd = os.open(self._wait_path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._wait_fd = self._open_lock_file(self._wait_path, os.O_RDWR)
         except OSError:
             try:
                 self._wait_fd = os.open(self._wait_path, os.O_RDONLY)
@@ -578,6 +584,19 @@ class Store:
                 self._wait_fd = None  # cannot signal: plain retries still work
         self._duck = duckdb.connect(":memory:")
         self._read(lambda con: None)  # checks the schema version now, not at first use
+
+    def _open_lock_file(self, path: Path, flags: int) -> int:
+        """A descriptor on `path`, made if missing; remembers whether this store made it."""
+        while True:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    return os.open(path, flags)
+                except FileNotFoundError:  # removed meanwhile by an open that failed: make it
+                    continue
+            self._made_files.add(path)
+            return fd
 
     # ------------------------------------------------------------ closing
 
@@ -594,7 +613,7 @@ class Store:
         finally:
             self._release()
 
-    def _release(self) -> None:
+    def _release(self, remove_made_files: bool = False) -> None:
         self._closed = True
         self._stop.set()
         with self._io:
@@ -612,6 +631,8 @@ class Store:
         with _WRITERS_MU:
             if _WRITERS.get(str(self.path)) is self:
                 del _WRITERS[str(self.path)]
+        if remove_made_files:
+            self._remove_made_files()
         if self._lock_fd is not None:
             try:
                 if self.writer:
@@ -623,6 +644,20 @@ class Store:
         if self._wait_fd is not None:
             os.close(self._wait_fd)
             self._wait_fd = None
+
+    def _remove_made_files(self) -> None:
+        """Unlink the lock files this store made, each while it holds it alone. Another
+        process that opened one meanwhile locks a file no longer there, which is harmless:
+        it opens the same non-database and fails too."""
+        for path, fd in ((self._lock_path, self._lock_fd), (self._wait_path, self._wait_fd)):
+            if fd is None or path not in self._made_files:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    os.unlink(path)
+            except OSError:  # held by another process, or gone: leave it
+                pass
 
     def __enter__(self) -> "Store":
         return self
@@ -703,8 +738,8 @@ class Store:
             return StoreError(f"database path {where} is a directory, not a database file; "
                               f"give a file path with --db")
         if "not a valid DuckDB database file" in text:
-            return StoreError(f"{where} is not a DuckDB database (agentflow keeps its history in "
-                              f"one); move it away or use --db to pick another file")
+            return StoreNotADatabase(f"{where} is not a DuckDB database (agentflow keeps its history "
+                                     f"in one); move it away or use --db to pick another file")
         if "database does not exist" in text:
             return StoreError(f"no database at {where} (nothing has run there yet?); use --db "
                               f"to point at one")
@@ -725,8 +760,8 @@ class Store:
             ).fetchall()}
             if "meta" not in names:
                 if names:
-                    raise StoreError(f"{self._shown()} is a DuckDB database but not an agentflow one "
-                                     f"(it has no meta table); use --db to pick another file")
+                    raise StoreNotADatabase(f"{self._shown()} is a DuckDB database but not an agentflow "
+                                            f"one (it has no meta table); use --db to pick another file")
                 if not self.writer:
                     raise StoreError(f"{self._shown()} is an empty database; nothing has run there yet")
                 con.execute("BEGIN")

@@ -15,6 +15,7 @@ import pytest
 from agentflow.compiler.parser import MAX_NESTING
 from agentflow.compiler.pipeline import compile_source
 from agentflow.compiler.source import SourceFile
+from agentflow.compiler.types import STR, ListT, OptionalT, RecordT, with_omitted_fields
 from test_checks import compile_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
@@ -297,6 +298,70 @@ def test_run_accepts_record_literals_where_records_are_expected(tmp_path: Path) 
     assert set(result) == {"title", "body", "verdict", "note"}
     assert result["body"].startswith("cats / ")
     assert (result["verdict"], result["note"]) == ("publish", None)
+
+
+NAMED_RECORDS = """\
+defaults { model = "scripted" }
+type Note {
+  text: str
+  tag: str?
+}
+type Box {
+  note: Note
+  notes: list[Note]?
+}
+role keeper {
+  task keep(note: Note) -> str { prompt = "Keep {note.text} tagged {note.tag}." }
+  task store(box: Box) -> str { prompt = "Store {box.note.text} tagged {box.note.tag}." }
+}
+tool tags(notes: list[Note]) -> json { python = "tools:tags" }
+choreography main(t: str) -> json {
+  n = {text: t}
+  b = {note: n, notes: [n]}
+  kept = keeper.keep(n)
+  stored = keeper.store(b)
+  tagged = tags([n, {text: t, tag: "red"}])
+  return {kept: kept, stored: stored, tagged: tagged}
+}
+choreography plain(t: str) -> Note {
+  n = {text: t}
+  return n
+}
+choreography boxed(t: str) -> Box {
+  n = {text: t}
+  return {note: n}
+}
+"""
+
+
+def test_a_record_bound_to_a_name_gets_its_omitted_optional_fields_at_run_time(tmp_path: Path) -> None:
+    """`n = {text: t}` is typed on its own (no type is expected there); passed where `Note`
+    is expected, or returned as one, it has every field of `Note` at run time, at any depth."""
+    write(tmp_path / "flow.agentflow", NAMED_RECORDS)
+    write(tmp_path / "tools.py", """
+        def tags(notes):
+            return [n["tag"] for n in notes]
+    """)
+    run = ["run", "flow.agentflow", "--model", "scripted", "--input", "t=hi"]
+    result = result_json(ok(af(tmp_path, *run)))
+    assert result["kept"].startswith("scripted answer to keeper.keep")
+    assert result["stored"].startswith("scripted answer to keeper.store")
+    assert result["tagged"] == [None, "red"]
+    assert result_json(ok(af(tmp_path, *run, "--entry", "plain"))) == {"text": "hi", "tag": None}
+    boxed = result_json(ok(af(tmp_path, *run, "--entry", "boxed")))
+    assert boxed == {"note": {"text": "hi", "tag": None}, "notes": None}
+
+
+def test_a_value_with_every_field_is_passed_as_it_is() -> None:
+    """Filling omitted fields never changes a value that lacks none (nor its hash)."""
+    table = {"Note": (("text", STR), ("tag", OptionalT(STR))), "Box": (("notes", ListT(RecordT("Note"))),)}
+    full = {"notes": [{"text": "a", "tag": None}, {"tag": "x", "text": "b"}]}
+    assert with_omitted_fields(RecordT("Box"), full, table) is full
+    partial = {"notes": [{"text": "a", "tag": "x"}, {"text": "b"}]}
+    assert with_omitted_fields(OptionalT(RecordT("Box")), partial, table) == {
+        "notes": [{"text": "a", "tag": "x"}, {"text": "b", "tag": None}]}
+    assert partial == {"notes": [{"text": "a", "tag": "x"}, {"text": "b"}]}  # not changed in place
+    assert with_omitted_fields(RecordT("Note"), None, table) is None
 
 
 def test_literals_as_deep_as_the_parser_allows_are_checked() -> None:

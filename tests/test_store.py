@@ -341,9 +341,23 @@ def test_not_a_database_directory_missing_and_foreign_files(tmp_path: Path) -> N
     con = duckdb.connect(str(foreign))
     con.execute("CREATE TABLE sales (x INTEGER)")
     con.close()
-    with pytest.raises(StoreError, match="not an agentflow one"):
-        Store.open_writer(foreign)
+    for opener in (Store.open_writer, Store.open_reader):
+        with pytest.raises(StoreError, match="not an agentflow one"):
+            opener(foreign)
     assert text.read_text().startswith("these are my notes")  # left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.duckdb", "notes.duckdb"]  # no lock files
+
+
+def test_a_failed_open_keeps_lock_files_it_did_not_make(tmp_path: Path) -> None:
+    text = tmp_path / "notes.duckdb"
+    text.write_text("these are my notes, not a database\n")
+    lock, wait = tmp_path / "notes.duckdb.lock", tmp_path / "notes.duckdb.wait"
+    lock.write_text("")
+    wait.write_text("")
+    for opener in (Store.open_writer, Store.open_reader):
+        with pytest.raises(StoreError, match="is not a DuckDB database"):
+            opener(text)
+    assert lock.exists() and wait.exists()
 
 
 def test_damaged_database_is_reported_not_raised_raw(db: Path) -> None:

@@ -272,6 +272,30 @@ def test_e2e_an_undecodable_file_name_is_stored_and_reused(tmp_path: Path) -> No
     assert nodes["main/names"]["cached"] and nodes["main/n"]["cached"]  # same value, same hash
 
 
+def test_e2e_the_scripted_model_answers_a_prompt_with_an_undecodable_file_name(tmp_path: Path) -> None:
+    """No script rule matches, so the model seeds its answer from the prompt, which holds a
+    lone surrogate; the seed hashes it escaped, as every other key does."""
+    write(tmp_path / "flow.agentflow", """
+        defaults { model = "scripted" }
+        tool ls(path: str) -> list[str] { builtin = "fs.list" }
+        role clerk {
+          task describe(names: list[str]) -> str { prompt = "Describe {names}" }
+        }
+        choreography main() -> str {
+          names = ls(".")
+          d = clerk.describe(names)
+          return d
+        }
+    """)
+    ws = tmp_path / ".agentflow" / "workspace"
+    ws.mkdir(parents=True)
+    os.close(os.open(os.fsencode(ws) + b"/" + UNDECODABLE, os.O_CREAT | os.O_WRONLY))
+
+    first = result_json(ok(af(tmp_path, "run", "flow.agentflow", "--force", "main/d")))
+    assert first.startswith("scripted answer to clerk.describe")
+    assert result_json(ok(af(tmp_path, "run", "flow.agentflow", "--force", "main/d"))) == first  # same seed
+
+
 def test_e2e_a_model_repairs_a_call_with_a_bad_argument(tmp_path: Path) -> None:
     write(tmp_path / "flow.agentflow", """
         defaults { model = "scripted:script.json" }

@@ -47,6 +47,7 @@ def project(tmp_path_factory) -> Path:
         write(root / f"deep{depth}.json", nested(depth))
         write(root / f"inputs_deep{depth}.json", f'{{"s": "x", "j": {nested(depth)}}}')
     write(root / "afile", "not a directory\n")
+    write(root / "notes.txt", "my notes, not a database\n" * 200)
     (root / "adir").mkdir()
     ok(af(root, "run", "flow.agentflow", "--input", "s=x"))
     return root
@@ -139,6 +140,14 @@ def test_unusable_paths_exit_2_before_anything_runs(project, args, says, dry_run
                          ids=["runs", "show", "graph"])
 def test_history_commands_reject_unusable_db_paths(project, command, db, says):
     rejected(project, *command, "--db", db, says=says)
+
+
+@pytest.mark.parametrize("command", [["runs"], ["show", "20260101-000000-abcdef"],
+                                     ["run", "flow.agentflow", "--input", "s=x"]],
+                         ids=["runs", "show", "run"])
+def test_a_db_that_is_not_a_database_is_rejected_leaving_no_lock_files(project, command):
+    """Its `.lock` and `.wait` files are made by the open that fails: it removes them."""
+    rejected(project, *command, "--db", "notes.txt", says=("notes.txt", "not a DuckDB database"))
 
 
 # ------------------------------------------------------------------ --force

@@ -83,8 +83,10 @@ def _wait_ready(address: str) -> None:
 
 
 class Worker:
-    def __init__(self, identity: str, proc: subprocess.Popen, log: Path) -> None:
-        self.identity, self.proc, self.log = identity, proc, log
+    """A worker process: `log` is its stderr, `out` its stdout (which must stay empty)."""
+
+    def __init__(self, identity: str, proc: subprocess.Popen, log: Path, out: Path) -> None:
+        self.identity, self.proc, self.log, self.out = identity, proc, log, out
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -104,12 +106,12 @@ def start_workers(server: Server, queue: str, blob_dir: Path, logs: Path, names:
     workers = []
     for name in names:
         identity = f"{name}-{uuid.uuid4().hex[:6]}"
-        log = logs / f"{identity}.log"
+        log, out = logs / f"{identity}.log", logs / f"{identity}.out"
         proc = subprocess.Popen([sys.executable, "-m", "agentflow", "worker", "--address", server.address,
                                  "--task-queue", queue, "--blob-dir", str(blob_dir), "--identity", identity,
                                  "--concurrency", str(concurrency)],
-                                cwd=logs, env=base_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        workers.append(Worker(identity, proc, log))
+                                cwd=logs, env=base_env(), stdout=open(out, "w"), stderr=open(log, "w"))
+        workers.append(Worker(identity, proc, log, out))
     deadline = time.monotonic() + 30
     for w in workers:
         while "polling task queue" not in w.log.read_text():

@@ -341,6 +341,23 @@ def test_large_payloads_go_through_the_blob_directory(cluster, tmp_path):
     assert history["biggest_event"] < 300_000, "a large payload is in the workflow history"
 
 
+def test_what_tools_print_goes_to_the_workers_stderr_not_their_stdout(cluster, tmp_path):
+    (tmp_path / "flow.agentflow").write_text(
+        'tool chatty(n: int) -> json { python = "tools:chatty" }\n'
+        "choreography main() -> json {\n  r = chatty(2)\n  return r\n}\n")
+    (tmp_path / "tools.py").write_text(
+        "import os\n"
+        "def chatty(n):\n"
+        "    print('PRINTED by the tool', flush=True)\n"
+        "    os.system('echo ECHOED by a child process')\n"
+        "    return {'n': n}\n")
+    result = ok(af(tmp_path, "run", "flow.agentflow", "--db", "t.duckdb", *cluster.run_args()))
+    assert json.loads(result.stdout) == {"n": 2}
+    stderr = "".join(w.log.read_text() for w in cluster.workers)
+    assert "PRINTED by the tool" in stderr and "ECHOED by a child process" in stderr
+    assert [w.out.read_text() for w in cluster.workers] == ["", ""]
+
+
 def test_stored_results_reached_only_at_run_time_are_reused(cluster, tmp_path):
     """`same` always runs, so the reuse-only pass stops there; the two `chat` calls after it
     have stored keys (the second's key depends on the session the first left): the workflow
