@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,7 @@ def stopped_then_resumed(tmp: Path, scenario: Scenario, want: Observed, env: dic
                          engine: tuple[str, ...] = ()) -> list[str] | None:
     """Stops a run with `fault` (`kill@3`), resumes it, and lists how the outcome differs
     from `want` ([] when it does not); None when the run finished before the fault fired."""
-    root = project(tmp, "cell", scenario)
+    root = project(tmp, "cell-" + fault.replace("@", "-"), scenario)
     first = run(root, env, *engine, fault=fault)
     if first.returncode == 0:
         return None
@@ -215,6 +216,35 @@ def stopped_then_resumed(tmp: Path, scenario: Scenario, want: Observed, env: dic
         problems += [f"the rerun's nodes {unknown} are not the reference's"] if unknown else []
         got.nodes = want.nodes
     return problems + differences(got, want)
+
+
+CELLS_AT_ONCE = 3  # cells are independent processes in folders of their own
+MAX_COMMITS = 200  # far above any scenario's
+
+
+def stop_matrix(tmp: Path, scenario: Scenario, want: Observed, env: dict, engine: tuple[str, ...] = (), *,
+                signals_at=lambda commits: {(commits + 1) // 2}) -> tuple[int, list[str]]:
+    """Stops the scenario's run right after each of its commits with SIGKILL, and at the
+    commits `signals_at(commits)` with SIGINT and SIGTERM, resuming each; returns how many
+    cells ran and every way a resumed run differed from `want`."""
+    def cell(fault: str) -> list[str] | None:
+        problems = stopped_then_resumed(tmp, scenario, want, env, fault, engine)
+        return None if problems is None else [f"{fault}: {p}" for p in problems]
+
+    failures: list[str] = []
+    commits = 0
+    with ThreadPoolExecutor(CELLS_AT_ONCE) as pool:
+        while commits < MAX_COMMITS:
+            batch = list(pool.map(cell, [f"kill@{commits + i}" for i in range(1, CELLS_AT_ONCE + 1)]))
+            done = [problems for problems in batch if problems is not None]
+            commits += len(done)  # the first cell whose run finished before its fault ends it
+            failures += [p for problems in done for p in problems]
+            if len(done) < len(batch):
+                break
+        assert 0 < commits < MAX_COMMITS, f"the run was stopped {commits} times"
+        others = [f"{name}@{n}" for name in ("int", "term") for n in sorted(signals_at(commits))]
+        failures += [p for problems in pool.map(cell, others) for p in problems or ()]
+    return commits + len(others), failures
 
 
 def run_status(root: Path) -> str:

@@ -12,29 +12,17 @@ from __future__ import annotations
 
 import pytest
 
-from resume_scenarios import SCENARIOS, failed_then_resumed, reference, stopped_then_resumed
+from resume_scenarios import SCENARIOS, failed_then_resumed, reference, stop_matrix
 from runtime_support import base_env
-
-MAX_COMMITS = 200  # far above any scenario's; a run that never stops fails the test
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_stopped_at_every_commit_resume_gives_the_uninterrupted_run(name, tmp_path, record_property):
-    scenario, env = SCENARIOS[name], base_env()
-    want = reference(tmp_path, scenario, env)
-    failures, commits = [], 0
-    for commit in range(1, MAX_COMMITS):
-        problems = stopped_then_resumed(tmp_path, scenario, want, env, f"kill@{commit}")
-        if problems is None:
-            break
-        commits = commit
-        failures += [f"kill@{commit}: {p}" for p in problems]
-    assert 0 < commits < MAX_COMMITS - 1
-    for signal_name in ("int", "term"):
-        for commit in sorted({1, (commits + 1) // 2, commits}):
-            fault = f"{signal_name}@{commit}"
-            failures += [f"{fault}: {p}" for p in stopped_then_resumed(tmp_path, scenario, want, env, fault) or []]
-    record_property("cells", commits + 2 * len({1, (commits + 1) // 2, commits}))
+    env = base_env()
+    want = reference(tmp_path, SCENARIOS[name], env)
+    cells, failures = stop_matrix(tmp_path, SCENARIOS[name], want, env,
+                                  signals_at=lambda commits: {1, (commits + 1) // 2, commits})
+    record_property("cells", cells)
     assert not failures, "\n".join(failures)
 
 

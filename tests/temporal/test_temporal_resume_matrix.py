@@ -11,26 +11,15 @@ import pytest
 from temporal_support import HERE, base_env
 
 sys.path.insert(0, str(HERE.parent))
-from resume_scenarios import SCENARIOS, failed_then_resumed, reference, stopped_then_resumed  # noqa: E402
-
-MAX_COMMITS = 60
+from resume_scenarios import SCENARIOS, failed_then_resumed, reference, stop_matrix  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_client_stopped_at_every_commit_resume_gives_the_uninterrupted_run(name, cluster, tmp_path, record_property):
-    scenario, env, engine = SCENARIOS[name], base_env(), tuple(cluster.run_args())
-    want = reference(tmp_path, scenario, env, engine)
-    failures, commits = [], 0
-    for commit in range(1, MAX_COMMITS):
-        problems = stopped_then_resumed(tmp_path, scenario, want, env, f"kill@{commit}", engine)
-        if problems is None:
-            break
-        commits = commit
-        failures += [f"kill@{commit}: {p}" for p in problems]
-    assert 0 < commits < MAX_COMMITS - 1
-    for fault in (f"int@{(commits + 1) // 2}", f"term@{(commits + 1) // 2}"):
-        failures += [f"{fault}: {p}" for p in stopped_then_resumed(tmp_path, scenario, want, env, fault, engine) or []]
-    record_property("cells", commits + 2)
+    env, engine = base_env(), tuple(cluster.run_args())
+    want = reference(tmp_path, SCENARIOS[name], env, engine)
+    cells, failures = stop_matrix(tmp_path, SCENARIOS[name], want, env, engine)
+    record_property("cells", cells)
     assert not failures, "\n".join(failures)
 
 
