@@ -88,7 +88,7 @@ def _session(tmp: Path, run_id: str, role: str) -> list:
 
 # ---------------------------------------------------------------- 1. session memory across a crash
 
-SESSION_SPEC = """
+SCRIBE = """
 defaults {
   model = "scripted:script.json"
 }
@@ -102,6 +102,9 @@ role scribe {
   tools = [gate]
   task note(x: str) -> str { prompt = "NOTE {x}" }
 }
+"""
+
+SESSION_SPEC = SCRIBE + """
 
 choreography main() -> json {
   a = scribe.note("a")
@@ -286,20 +289,7 @@ def test_a_turn_interrupted_in_its_second_delegation_resumes_that_delegation(tmp
 
 # ---------------------------------------------------------------- 3. repeating tool-call ids, max_turns
 
-REPEAT_SPEC = """
-defaults {
-  model = "scripted:script.json"
-}
-
-tool gate(x: str) -> str {
-  python = "tools:gate"
-}
-
-role scribe {
-  memory = "session"
-  tools = [gate]
-  task note(x: str) -> str { prompt = "NOTE {x}" }
-}
+REPEAT_SPEC = SCRIBE + """
 
 choreography main() -> json {
   a = scribe.note("a")
