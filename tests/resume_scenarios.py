@@ -243,7 +243,8 @@ def stop_matrix(tmp: Path, scenario: Scenario, want: Observed, env: dict, engine
                 break
         assert 0 < commits < MAX_COMMITS, f"the run was stopped {commits} times"
         others = [f"{name}@{n}" for name in ("int", "term") for n in sorted(signals_at(commits))]
-        failures += [p for problems in pool.map(cell, others) for p in problems or ()]
+        for fault, problems in zip(others, pool.map(cell, others)):
+            failures += [f"{fault}: the run finished, the signal did not stop it"] if problems is None else problems
     return commits + len(others), failures
 
 

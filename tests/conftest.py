@@ -1,0 +1,9 @@
+"""Settings every test directory shares."""
+from __future__ import annotations
+
+import signal
+
+# A runner may start the tests with SIGINT ignored (a background job of a script does). A
+# child inherits an ignored signal, but a handled one is reset to the default at exec: with a
+# handler here, the `agentflow` processes the tests start see the Ctrl-C the tests send them.
+signal.signal(signal.SIGINT, signal.default_int_handler)
