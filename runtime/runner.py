@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable
 
+from agentflow.compiler.errors import UsageError
+
 from .credentials import check_credentials
 from .engine import Decision, Engine, NodeFailure, RunOptions, _DryRunStop
 from .ledger import Ledger
@@ -39,7 +41,7 @@ class RunOutcome:
     decisions: list[Decision] = field(default_factory=list)
 
 
-class ResumeError(Exception):
+class ResumeError(UsageError):
     """`--resume` named a run that does not exist or belongs to another flow (exit 2)."""
 
 

@@ -43,7 +43,7 @@ from ..runner import RunOutcome, RunRequest, _pick_run
 from ..store import Store
 from . import wire
 from .codec import BlobMissing
-from .worker import connect
+from .worker import TemporalError, connect
 
 POLL_S = 0.5
 QUERY_TIMEOUT_S = 10.0
@@ -52,10 +52,6 @@ QUERY_TIMEOUT_S = 10.0
 async def _settle(result):
     if inspect.isawaitable(result):
         await result
-
-
-class TemporalError(Exception):
-    """The Temporal server cannot be reached, or refused the run (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +79,8 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
     store = Store.open_writer(req.db_path)
     try:
         run_id, resuming = _pick_run(store, req)
-        try:
-            client = await connect(settings.address, settings.namespace,
-                                   settings.blob_dir or default_blob_dir(req.db_path))
-        except ConnectionError as err:
-            raise TemporalError(str(err)) from None
+        client = await connect(settings.address, settings.namespace,
+                               settings.blob_dir or default_blob_dir(req.db_path))
         ledger = Ledger(store, run_id)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
         follower = _Follower(ledger, reporter, run_id)
