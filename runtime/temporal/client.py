@@ -35,11 +35,11 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import CancelledError as TemporalCancelled
 from temporalio.service import RPCError, RPCStatusCode
 
-from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, _DryRunStop
+from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, DryRunStop
 from ..ledger import SESSION_STEP, Ledger
 from ..local import LocalExecutor
 from ..progress import SilentReporter
-from ..runner import RunOutcome, RunRequest, _pick_run
+from ..runner import RunOutcome, RunRequest, pick_run
 from ..store import Store
 from . import wire
 from .codec import BlobMissing
@@ -78,7 +78,7 @@ def activity_settings(task_queue: str) -> dict:
 async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings) -> RunOutcome:
     store = Store.open_writer(req.db_path)
     try:
-        run_id, resuming = _pick_run(store, req)
+        run_id, resuming = pick_run(store, req)
         client = await connect(settings.address, settings.namespace,
                                settings.blob_dir or default_blob_dir(req.db_path))
         ledger = Ledger(store, run_id)
@@ -157,7 +157,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
         code_versions = {name: engine.code_version(name) for name in req.plan["tools"]}
         try:
             await engine.run(req.inputs)
-        except (_DryRunStop, NodeFailure, RunAborted):
+        except (DryRunStop, NodeFailure, RunAborted):
             pass  # the workflow meets the same failure, and reports it
         journals = {}
         if resuming:
