@@ -31,7 +31,7 @@ def _require_temporal() -> None:
     import importlib.util
     if importlib.util.find_spec("temporalio") is None:
         raise UsageError("the Temporal engine needs the temporal extra: install agentflow[temporal] "
-                        "(pip install 'agentflow[temporal]')")
+                         "(pip install 'agentflow[temporal]')")
 
 
 def _compile(path: str, fmt: str = "text", entry: str | None = None):

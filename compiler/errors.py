@@ -25,7 +25,7 @@ the client rewords it as a TemporalError).
 """
 from __future__ import annotations
 
-EXIT_OK, EXIT_COMPILE, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+EXIT_COMPILE, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
 
 
 class AgentflowError(Exception):
