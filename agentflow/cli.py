@@ -7,45 +7,50 @@ from pathlib import Path
 
 import click
 
-EXIT_OK, EXIT_COMPILE, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+from agentflow.compiler.errors import (EXIT_COMPILE, EXIT_INTERRUPTED, EXIT_TERMINATED, AgentflowError, RunFailed,
+                                       UsageError)
+
 DEFAULT_DB = ".agentflow/agentflow.duckdb"
 DEFAULT_WORKSPACE = ".agentflow/workspace"
 
 
-class UserError(click.ClickException):
-    """Bad input from the user: printed as `error: ...`, exit 2."""
-    exit_code = EXIT_USAGE
+class AgentflowGroup(click.Group):
+    """Errors map to exit codes here, for every command: an AgentflowError from anywhere
+    below is `error: <message>` on stderr and its exit code, never a traceback."""
 
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AgentflowError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
 
 
 def _require_temporal() -> None:
     """The Temporal engine is an optional extra: say how to install it, not a traceback."""
     import importlib.util
     if importlib.util.find_spec("temporalio") is None:
-        raise UserError("the Temporal engine needs the temporal extra: install agentflow[temporal] "
-                        "(pip install 'agentflow[temporal]')")
+        raise UsageError("the Temporal engine needs the temporal extra: install agentflow[temporal] "
+                         "(pip install 'agentflow[temporal]')")
 
 
 def _compile(path: str, fmt: str = "text", entry: str | None = None):
-    """Compiles a spec; prints diagnostics; returns the Compilation (plan None on errors)."""
+    """Compiles a spec and prints its diagnostics; returns the Plan, or exits 1 on errors."""
     from agentflow.compiler.diagnostics import render_json, render_text
-    from agentflow.compiler.pipeline import SourceError, compile_source, read_source
+    from agentflow.compiler.pipeline import compile_source, read_source
 
-    try:
-        source = read_source(path)
-    except SourceError as err:
-        raise UserError(str(err)) from None
+    source = read_source(path)
     result = compile_source(source, entry=entry)
     if fmt == "json":
         click.echo(render_json(result.diagnostics), nl=False)
     elif result.diagnostics:
         click.echo(render_text(result.diagnostics, {source.name: source}), err=True, nl=False)
-    return result
+    if not result.ok:
+        sys.exit(EXIT_COMPILE)
+    return result.plan
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=AgentflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="agentflow")
 def main() -> None:
     """Compile and run .agentflow multi-agent workflows, durably and incrementally."""
@@ -59,7 +64,7 @@ def _check_text(args: list[str]) -> None:
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:
-            raise UserError(f"argument {arg!r} holds a byte that is not UTF-8; give UTF-8 text") from None
+            raise UsageError(f"argument {arg!r} holds a byte that is not UTF-8; give UTF-8 text") from None
 
 
 @main.command("compile")
@@ -69,11 +74,9 @@ def _check_text(args: list[str]) -> None:
 @click.option("--entry", default=None, help="The choreography to compile as the entry point.")
 def compile_cmd(file: str, fmt: str, emit: str | None, entry: str | None) -> None:
     """Run every static check; exit 0 when there are no errors, 1 otherwise."""
-    result = _compile(file, fmt, entry)
-    if not result.ok:
-        sys.exit(EXIT_COMPILE)
+    plan = _compile(file, fmt, entry)
     if emit == "plan":
-        click.echo(result.plan.to_json(), nl=False)
+        click.echo(plan.to_json(), nl=False)
 
 
 @main.command("graph")
@@ -87,37 +90,31 @@ def graph_cmd(file: str, fmt: str, output: str | None, run_id: str | None, db: s
     """Export the plan as a diagram (Mermaid, Graphviz DOT or JSON)."""
     from agentflow.compiler.graph import render_graph
 
-    result = _compile(file, "text", entry)
-    if not result.ok:
-        sys.exit(EXIT_COMPILE)
+    plan = _compile(file, "text", entry)
     statuses = None
     if run_id is not None:
         from agentflow.runtime.history import run_statuses
         statuses = _history_call(run_statuses, db, run_id)
-    text = render_graph(result.plan, fmt, statuses)
+    text = render_graph(plan, fmt, statuses)
     if output:
         try:
             Path(output).write_text(text)
         except OSError as err:
-            raise UserError(f"cannot write -o {output}: {err.strerror}") from None
+            raise UsageError(f"cannot write -o {output}: {err.strerror}") from None
     else:
         click.echo(text, nl=False)
 
 
 def _history_call(fn, db: str, *args):
-    from agentflow.runtime.store import StoreError
     _check_path("--db", db, directory=False)
-    try:
-        return fn(db, *args)
-    except StoreError as err:
-        raise UserError(str(err)) from None
+    return fn(db, *args)
 
 
 def _check_path(option: str, path: str, directory: bool) -> None:
     """Before anything is created: a bad path is one line and exit 2, not an OSError."""
     from agentflow.runtime.inputs import path_problem
     if problem := path_problem(path, directory):
-        raise UserError(f"{option} {path} {problem}; give the path of a {'directory' if directory else 'file'}")
+        raise UsageError(f"{option} {path} {problem}; give the path of a {'directory' if directory else 'file'}")
 
 
 @main.command("run")
@@ -153,25 +150,17 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     import json
 
     from agentflow.compiler.hashing import escape_surrogates
-    from agentflow.runtime.credentials import CredentialError
-    from agentflow.runtime.inputs import InputError, check_force, parse_inputs
+    from agentflow.runtime.inputs import check_force, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
-    from agentflow.runtime.runner import ResumeError, RunRequest, execute, run_stoppable
-    from agentflow.runtime.store import StoreError
+    from agentflow.runtime.runner import RunRequest, execute, run_stoppable
     from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
         _require_temporal()
-    result = _compile(file, "text", entry)
-    if not result.ok:
-        sys.exit(EXIT_COMPILE)
-    plan = result.plan
-    try:
-        inputs = parse_inputs(plan.data, input_pairs, inputs_file)
-        check_force(plan.data, force)
-    except InputError as err:
-        raise UserError(str(err)) from None
+    plan = _compile(file, "text", entry)
+    inputs = parse_inputs(plan.data, input_pairs, inputs_file)
+    check_force(plan.data, force)
     _check_path("--db", db, directory=False)
     _check_path("--workspace", workspace, directory=True)
     options = RunOptions(run_id="", spec_dir=Path(file).resolve().parent, workspace=Path(workspace).resolve(),
@@ -183,39 +172,39 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     # Modules, the program and its plan outlive the run: the collector's full passes while
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
     gc.freeze()
+    interrupted = False
     try:
         with prints_to_stderr():  # what tools print must not mix with the result on stdout
             if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
-                from agentflow.runtime.temporal.client import TemporalError, TemporalSettings, execute_temporal
+                from agentflow.runtime.temporal.client import TemporalSettings, execute_temporal
                 settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
-                try:
-                    outcome, terminated = run_stoppable(execute_temporal(request, reporter, settings))
-                except TemporalError as err:
-                    raise StoreError(str(err)) from None
+                outcome, terminated = run_stoppable(execute_temporal(request, reporter, settings))
             else:
                 outcome, terminated = run_stoppable(execute(request, reporter))
     except KeyboardInterrupt:
-        reporter.close()
-        _stopped(terminated=False)
-    except (StoreError, ResumeError, CredentialError) as err:
-        reporter.close()
-        raise UserError(str(err)) from None
+        interrupted = True
     finally:
+        reporter.close()  # its summary comes before any error or stop message
         gc.unfreeze()  # everything is collectable again before exit
-    reporter.close()
+    if interrupted:
+        _stopped(terminated=False)
     if terminated or outcome.status == "cancelled":
         _stopped(terminated)
     if dry_run:
         _print_decisions(outcome, plan.data)
         return
     if outcome.status == "failed":
-        f = outcome.failure
-        where = f"{f.node_id}" + (f" (role {f.role})" if f and f.role else "") if f else "a node"
-        click.echo(f"error: run {outcome.run_id} failed at {where}: {f.message if f else 'unknown error'}\n"
-                   f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume", err=True)
-        sys.exit(EXIT_FAILED)
+        raise _run_failed(outcome)
     click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
     click.echo(f"run {outcome.run_id} succeeded", err=True)
+
+
+def _run_failed(outcome) -> RunFailed:
+    """Where the run failed, and how to look and go on."""
+    f = outcome.failure
+    where = f"{f.node_id}" + (f" (role {f.role})" if f and f.role else "") if f else "a node"
+    return RunFailed(f"run {outcome.run_id} failed at {where}: {f.message if f else 'unknown error'}\n"
+                     f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume")
 
 
 def _stopped(terminated: bool) -> None:
@@ -256,8 +245,6 @@ def worker_cmd(address, namespace, task_queue, concurrency, blob_dir, identity) 
     try:
         with prints_to_stderr():  # what tools print goes with the worker's log, never to stdout
             asyncio.run(run_worker(address, namespace, task_queue, concurrency, Path(blob_dir), identity))
-    except ConnectionError as err:
-        raise UserError(str(err)) from None
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
 
@@ -290,11 +277,11 @@ def explain_cmd(code: str | None, list_codes: bool) -> None:
     """What a diagnostic code means, with a wrong example and the fix (e.g. `agentflow explain E302`)."""
     from agentflow.compiler.codes import find_code, render_explanation, render_list, unknown_code_message
     if list_codes == (code is not None):
-        raise UserError("give one diagnostic code (e.g. `agentflow explain E302`) or `--list`")
+        raise UsageError("give one diagnostic code (e.g. `agentflow explain E302`) or `--list`")
     if list_codes:
         click.echo(render_list(), nl=False)
         return
     found = find_code(code)
     if found is None:
-        raise UserError(unknown_code_message(code))
+        raise UsageError(unknown_code_message(code))
     click.echo(render_explanation(found), nl=False)

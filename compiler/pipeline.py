@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import ast
 from .diagnostics import Diagnostic, DiagnosticSink, sorted_diagnostics
+from .errors import UsageError
 from .parser import parse
 from .plan import Plan, build_plan
 from .source import SourceFile
@@ -23,7 +24,7 @@ from .symbols import Symbols, collect
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 
 
-class SourceError(Exception):
+class SourceError(UsageError):
     """A spec that cannot be read at all (missing, a directory, not UTF-8, too large)."""
 
 

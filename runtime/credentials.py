@@ -16,11 +16,14 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+
+from agentflow.compiler.errors import UsageError
+
 from .models import is_scripted, load_litellm, missing_key_message
 from .redaction import is_secret_name
 
 
-class CredentialError(Exception):
+class CredentialError(UsageError):
     """A model of the run has no key (exit 2)."""
 
 

@@ -312,7 +312,7 @@ class Engine:
                 args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
                 value = await self.choreography_node(iid, tid, node, args, scope)
         except BaseException as err:
-            stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, _DryRunStop))
+            stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, DryRunStop))
             status = "cancelled" if stopped and not self.failed_inside(iid) else "failed"
             self.ledger.structure_done(iid, status)
             self.reporter.node(iid, status, detail="a node inside it failed" if status == "failed" else "")
@@ -334,12 +334,12 @@ class Engine:
         self.reporter.node(iid, "running", detail=f"{len(items)} items")
         template = template_id(iid) + "[*]"
         var, body = node["var"], node["body"]
-        unknown: list[_DryRunStop] = []
+        unknown: list[DryRunStop] = []
 
         async def item(i: int) -> Any:
             try:
                 return await self.block(body, Scope(f"{iid}[{i}]", template, {var: items[i]}, scope))
-            except _DryRunStop as stop:  # --dry-run decides every item, not only those before it
+            except DryRunStop as stop:  # --dry-run decides every item, not only those before it
                 unknown.append(stop)
 
         values = await fan_out(len(items), item, 1 if node.get("sequential") else FAN_OUT_WINDOW)
@@ -417,7 +417,7 @@ class Engine:
             self.reporter.node(iid, "succeeded", cached=True)
             return value
         if self.options.dry_run:
-            raise _DryRunStop(iid)
+            raise DryRunStop(iid)
         slots = ([] if nested else [self.global_slots]) + ([self.role_slots[role]] if role else [])
         for slot in slots:
             await slot.acquire()
@@ -491,7 +491,7 @@ async def fan_out(count: int, item, window: int) -> list:
     return values
 
 
-class _DryRunStop(Exception):
+class DryRunStop(Exception):
     """In --dry-run, a node that would run: its value, and what depends on it, is unknown."""
 
     def __init__(self, node_id: str) -> None:

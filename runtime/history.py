@@ -38,13 +38,14 @@ def run_statuses(db: str, run_id: str) -> dict[str, str]:
     return {n["node"]: ("cached" if n["cached"] else n["status"]) for n in run_nodes(db, run_id)}
 
 
-def _jsonable(rows: list[dict]) -> str:
+def rows_json(rows: list[dict]) -> str:
+    """What `--json` prints: the rows as indented JSON, dates and decimals as text."""
     return json.dumps(rows, indent=2, default=str, ensure_ascii=False)
 
 
 def print_runs(runs: list[dict], as_json: bool) -> None:
     if as_json:
-        print(_jsonable(runs))
+        print(rows_json(runs))
         return
     from rich.table import Table
     table = Table("run", "flow", "entry", "status", "started", "nodes", "reused", "failed", box=None)
@@ -56,7 +57,7 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
 
 def print_nodes(run: dict, nodes: list[dict], as_json: bool) -> None:
     if as_json:
-        print(_jsonable(nodes))
+        print(rows_json(nodes))
         return
     from rich.table import Table
     table = Table("node", "role", "status", "reused", "attempts", "ms", "tokens", "cost $", "error",

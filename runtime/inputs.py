@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from agentflow.compiler.errors import UsageError
 from agentflow.compiler.types import Validators, type_from_json
 
 
@@ -25,7 +26,7 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 NAME_MAX, PATH_MAX = 255, 4095  # bytes: the longest file name and path Linux takes
 
 
-class InputError(Exception):
+class InputError(UsageError):
     """An input that is missing, unknown, unreadable or of the wrong type (exit 2)."""
 
 

@@ -10,8 +10,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable
 
+from agentflow.compiler.errors import UsageError
+
 from .credentials import check_credentials
-from .engine import Decision, Engine, NodeFailure, RunOptions, _DryRunStop
+from .engine import Decision, Engine, NodeFailure, RunOptions, DryRunStop
 from .ledger import Ledger
 from .local import LocalExecutor
 from .store import Store, StoreError
@@ -39,7 +41,7 @@ class RunOutcome:
     decisions: list[Decision] = field(default_factory=list)
 
 
-class ResumeError(Exception):
+class ResumeError(UsageError):
     """`--resume` named a run that does not exist or belongs to another flow (exit 2)."""
 
 
@@ -47,7 +49,7 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def _pick_run(store: Store, req: RunRequest) -> tuple[str, bool]:
+def pick_run(store: Store, req: RunRequest) -> tuple[str, bool]:
     """(run id, resuming?)."""
     plan = req.plan
     if not req.resume:
@@ -99,7 +101,7 @@ async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
         check_credentials(req.plan, req.options.model)  # first: a run that cannot start writes nothing
         store = Store.open_writer(req.db_path)
     try:
-        run_id, resuming = _pick_run(store, req)
+        run_id, resuming = pick_run(store, req)
         options = replace(req.options, run_id=run_id)
         ledger = Ledger(store, run_id, dry_run=req.options.dry_run)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
@@ -109,7 +111,7 @@ async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
         status, value, failure = "succeeded", None, None
         try:
             value = await engine.run(req.inputs)
-        except _DryRunStop:
+        except DryRunStop:
             status = "dry-run"
         except NodeFailure as err:
             status, failure = "failed", engine.failure or err

@@ -80,6 +80,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import duckdb
 
+from agentflow.compiler.errors import UsageError
 from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from . import faults
@@ -143,7 +144,7 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 # ---------------------------------------------------------------- errors
 
 
-class StoreError(Exception):
+class StoreError(UsageError):
     """A database problem the user can act on; `str(err)` is the whole message."""
 
 

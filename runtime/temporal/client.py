@@ -35,15 +35,15 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import CancelledError as TemporalCancelled
 from temporalio.service import RPCError, RPCStatusCode
 
-from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, _DryRunStop
+from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, DryRunStop
 from ..ledger import SESSION_STEP, Ledger
 from ..local import LocalExecutor
 from ..progress import SilentReporter
-from ..runner import RunOutcome, RunRequest, _pick_run
+from ..runner import RunOutcome, RunRequest, pick_run
 from ..store import Store
 from . import wire
 from .codec import BlobMissing
-from .worker import connect
+from .worker import TemporalError, connect
 
 POLL_S = 0.5
 QUERY_TIMEOUT_S = 10.0
@@ -52,10 +52,6 @@ QUERY_TIMEOUT_S = 10.0
 async def _settle(result):
     if inspect.isawaitable(result):
         await result
-
-
-class TemporalError(Exception):
-    """The Temporal server cannot be reached, or refused the run (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +78,9 @@ def activity_settings(task_queue: str) -> dict:
 async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings) -> RunOutcome:
     store = Store.open_writer(req.db_path)
     try:
-        run_id, resuming = _pick_run(store, req)
-        try:
-            client = await connect(settings.address, settings.namespace,
-                                   settings.blob_dir or default_blob_dir(req.db_path))
-        except ConnectionError as err:
-            raise TemporalError(str(err)) from None
+        run_id, resuming = pick_run(store, req)
+        client = await connect(settings.address, settings.namespace,
+                               settings.blob_dir or default_blob_dir(req.db_path))
         ledger = Ledger(store, run_id)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
         follower = _Follower(ledger, reporter, run_id)
@@ -164,7 +157,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
         code_versions = {name: engine.code_version(name) for name in req.plan["tools"]}
         try:
             await engine.run(req.inputs)
-        except (_DryRunStop, NodeFailure, RunAborted):
+        except (DryRunStop, NodeFailure, RunAborted):
             pass  # the workflow meets the same failure, and reports it
         journals = {}
         if resuming:

@@ -18,16 +18,22 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from agentflow.compiler.errors import UsageError
+
 from .activities import Activities
 from .codec import data_converter
 from .workflow import RunWorkflow
+
+
+class TemporalError(UsageError):
+    """The Temporal server cannot be reached, or refused the run (exit 2)."""
 
 
 async def connect(address: str, namespace: str, blob_dir: Path) -> Client:
     try:
         return await Client.connect(address, namespace=namespace, data_converter=data_converter(blob_dir))
     except Exception as err:  # the SDK raises RuntimeError with the gRPC cause
-        raise ConnectionError(f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}") \
+        raise TemporalError(f"cannot reach the Temporal server at {address} (namespace {namespace}): {err}") \
             from None
 
 

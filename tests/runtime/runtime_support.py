@@ -85,8 +85,8 @@ def runs(cwd: Path, db: str = DB, *, cli: bool = False) -> list[dict]:
     the same history functions (a reader that the writer lets in, like the CLI's)."""
     if cli:
         return json.loads(ok(af(cwd, "runs", "--db", db, "--json")).stdout)
-    from agentflow.runtime.history import _jsonable, list_runs
-    return json.loads(_jsonable(list_runs(str(cwd / db))))
+    from agentflow.runtime.history import rows_json, list_runs
+    return json.loads(rows_json(list_runs(str(cwd / db))))
 
 
 def last_run(cwd: Path, db: str = DB, *, cli: bool = False) -> dict:
@@ -98,8 +98,8 @@ def show(cwd: Path, run_id: str, db: str = DB, *, cli: bool = False) -> dict[str
     if cli:
         rows = json.loads(ok(af(cwd, "show", run_id, "--db", db, "--json")).stdout)
     else:
-        from agentflow.runtime.history import _jsonable, run_nodes
-        rows = json.loads(_jsonable(run_nodes(str(cwd / db), run_id)))
+        from agentflow.runtime.history import rows_json, run_nodes
+        rows = json.loads(rows_json(run_nodes(str(cwd / db), run_id)))
     return {r["node"]: r for r in rows}
 
 
