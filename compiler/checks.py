@@ -350,8 +350,8 @@ class _NameChecker:
             if role in s.roles:
                 if (role, task) not in s.tasks:
                     tasks = [t.name for t in s.roles[role].tasks]
-                    hint: str | None = did_you_mean(task, tasks) or (f"the tasks of `{role}` are {_backticks(tasks)}" if tasks
-                                                         else f"`{role}` declares no task")
+                    hint: str | None = did_you_mean(task, tasks) or (
+                        f"the tasks of `{role}` are {_backticks(tasks)}" if tasks else f"`{role}` declares no task")
                     self.sink.report(Code.E103, f"role `{role}` has no task `{task}`", func.attr_span, "no such task",
                                      help=hint)
                 return
