@@ -278,7 +278,7 @@ def explain_cmd(code: str | None, list_codes: bool) -> None:
     from agentflow.compiler.codes import find_code, render_explanation, render_list, unknown_code_message
     if list_codes == (code is not None):
         raise UsageError("give one diagnostic code (e.g. `agentflow explain E302`) or `--list`")
-    if list_codes:
+    if code is None:  # --list
         click.echo(render_list(), nl=False)
         return
     found = find_code(code)

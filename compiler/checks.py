@@ -15,7 +15,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 from . import ast
 from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph
@@ -58,9 +58,9 @@ class Context:
                 for stmt in decl.body.statements for call in facts.of(stmt).calls]
 
     @cached_property
-    def delegations(self) -> dict[str, list[tuple[str, str, ast.Expr]]]:
+    def delegations(self) -> dict[str, list[tuple[str, str, ast.Attribute]]]:
         """role -> [(delegate role, task, tools entry)] for its `role.task` tools."""
-        out: dict[str, list[tuple[str, str, ast.Expr]]] = {r: [] for r in self.symbols.roles}
+        out: dict[str, list[tuple[str, str, ast.Attribute]]] = {r: [] for r in self.symbols.roles}
         for name, role in self.symbols.roles.items():
             for item in _tool_entries(role):
                 if isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name) \
@@ -220,8 +220,10 @@ class _NameChecker:
         """E108: one `return` at the top of a choreography, one `yield` per `for` body."""
         returns = [s for s in block.statements if isinstance(s, ast.Return)]
         yields = [s for s in block.statements if isinstance(s, ast.Yield)]
-        wanted, unwanted = {"choreography": (returns, yields), "for": (yields, returns), "repeat": ([], returns + yields)}[kind]
-        word = {"choreography": "return", "for": "yield"}.get(kind)
+        bodies: dict[str, tuple[list[ast.Return] | list[ast.Yield], list[ast.Return | ast.Yield]]] = {
+            "choreography": (returns, [*yields]), "for": (yields, [*returns]), "repeat": ([], [*returns, *yields])}
+        wanted, unwanted = bodies[kind]
+        word = {"choreography": "return", "for": "yield"}.get(kind, "")
         if kind == "choreography" and not returns:
             self.sink.report(Code.E108, f"choreography `{self.decl.name}` has no `return`", self.decl.name_span,
                              "no `return` in this body", help="end the body with `return expr`: the choreography's result")
@@ -301,7 +303,7 @@ class _NameChecker:
             return
         s = self.symbols
         if e.id == "prev":
-            hint = "`prev` (the previous iteration) is only defined inside a `repeat` body"
+            hint: str | None = "`prev` (the previous iteration) is only defined inside a `repeat` body"
         elif e.id in s.roles:
             task = s.roles[e.id].tasks[0].name if s.roles[e.id].tasks else "task"
             hint = f"`{e.id}` is a role, not a value: call one of its tasks, e.g. `{e.id}.{task}(...)`"
@@ -348,8 +350,8 @@ class _NameChecker:
             if role in s.roles:
                 if (role, task) not in s.tasks:
                     tasks = [t.name for t in s.roles[role].tasks]
-                    hint = did_you_mean(task, tasks) or (f"the tasks of `{role}` are {_backticks(tasks)}" if tasks
-                                                         else f"`{role}` declares no task")
+                    hint: str | None = did_you_mean(task, tasks) or (
+                        f"the tasks of `{role}` are {_backticks(tasks)}" if tasks else f"`{role}` declares no task")
                     self.sink.report(Code.E103, f"role `{role}` has no task `{task}`", func.attr_span, "no such task",
                                      help=hint)
                 return
@@ -470,7 +472,7 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
             sink.report(Code.E302, f"`{attr.name}` must be {_KIND_WORDS[kind]}, found {_found(v)}", v.span,
                         f"expected {_KIND_WORDS[kind]}", help=_example(attr.name, kind))
         return
-    if kind == "tool_refs":
+    if kind == "tool_refs" and isinstance(v, ast.ListExpr):
         _check_tool_refs(v, sink, ctx)
     minimum = {"replicas": 1, "max_turns": 1, "max_tokens": 1, "max_context_tokens": 1, "retries": 0}.get(attr.name)
     if minimum is not None and value < minimum:
@@ -592,11 +594,12 @@ def check_secrets(ctx: Context, sink: DiagnosticSink) -> None:
     """E304: string literals that look like API keys."""
     for decl in ctx.program.decls:
         for lit in _string_literals(decl, ctx.symbols.facts):
-            hit = find_secret(lit.value)
+            text = cast(str, lit.value)  # _string_literals yields string literals only
+            hit = find_secret(text)
             if hit is not None:
                 start, end, what = hit
                 sink.report(Code.E304, f"this string looks like a secret: {what}",
-                            text_span(lit.span, lit.value, start, end, ctx.source), "looks like a secret",
+                            text_span(lit.span, text, start, end, ctx.source), "looks like a secret",
                             help="keys never belong in a spec: put the key in an environment variable and name "
                                  'it with `api_key_env = "OPENAI_API_KEY"` on the role')
 
@@ -666,7 +669,7 @@ def check_wait_cycles(ctx: Context, sink: DiagnosticSink) -> None:
     facts = ctx.symbols.facts
 
     def session_calls(stmt: ast.Statement) -> tuple[tuple[int, str], ...]:
-        out = []
+        out: list[tuple[int, str]] = []
         for e in facts.of(stmt).calls:
             t = facts.target(e)
             if t.kind == "task" and ctx.is_session(t.role):
@@ -734,7 +737,7 @@ def check_delegation(ctx: Context, sink: DiagnosticSink) -> None:
     for cycle in delegation_cycles(roles, edges):
         ring = cycle + [cycle[0]]
 
-        def entry(a: str, b: str) -> ast.Expr:
+        def entry(a: str, b: str) -> ast.Attribute:
             return next(item for d, _, item in ctx.delegations[a] if d == b)
 
         def text(a: str, b: str) -> str:
@@ -766,9 +769,9 @@ def check_unused_declarations(ctx: Context, sink: DiagnosticSink) -> None:
             called_tasks.add((t.role, t.task))
     granted = {item.id for role in s.roles.values() for item in _tool_entries(role) if isinstance(item, ast.Name)}
     delegated = {(d, task) for ds in ctx.delegations.values() for d, task, _ in ds}
-    for name, role in s.roles.items():
+    for name, role_decl in s.roles.items():
         if name not in ctx.reachable_roles:
-            sink.report(Code.W301, f"role `{name}` is never used", role.name_span, "reachable from no choreography",
+            sink.report(Code.W301, f"role `{name}` is never used", role_decl.name_span, "reachable from no choreography",
                         help="call one of its tasks from a choreography, grant a task to a used role as "
                              "`role.task`, or remove the role")
     for name, tool in s.tools.items():

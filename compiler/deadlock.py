@@ -102,6 +102,7 @@ def find_cycles(nodes: Sequence[N], edges: Mapping[N, Iterable[N]]) -> list[list
                 if last is not None:
                     break
             frontier = nxt_frontier
+        assert last is not None, "a strongly connected component has a cycle through each node"
         path = [last]
         while path[-1] != start:
             path.append(parent[path[-1]])

@@ -84,7 +84,11 @@ class BodyFacts:
     def target(self, call: ast.Call) -> CallTarget:
         """What a call calls (the calls of bodies are classified once)."""
         found = self._targets.get(id(call))
-        return found if found is not None else classify_call(call, self._symbols())
+        if found is not None:
+            return found
+        symbols = self._symbols()
+        assert symbols is not None, "the Symbols that own these facts outlive their use"
+        return classify_call(call, symbols)
 
 
 class _Found:

@@ -348,7 +348,7 @@ def _expand(plan: Plan, tnodes: dict, tedges: dict, tclusters: dict, statuses: d
         label = t["label"] if t else iid.rsplit("/", 1)[-1]
         nodes[iid] = {"id": iid, "kind": t["kind"] if t else "unknown", "label": f"{label}\n{iid}",
                       "cluster": icluster, "role": t["role"] if t else None, "status": statuses[iid]}
-        while tcluster is not None and icluster not in clusters:
+        while tcluster is not None and icluster is not None and icluster not in clusters:
             tc = tclusters[tcluster]
             clusters[icluster] = {"id": icluster, "kind": tc["kind"],
                                   "label": f"{tc['label']}: {icluster.rsplit('/', 1)[-1]}",

@@ -28,15 +28,15 @@ def _type_chain(texpr: ast.TypeExpr) -> tuple[int, str | None]:
     return levels, texpr.name if isinstance(texpr, ast.NamedType) else None
 
 
-def _deepest(edges: Mapping[str, list[tuple[int, str]]]) -> dict[str, int]:
+def _deepest(edges: Mapping[str, list[tuple[int, str | None]]]) -> dict[str | None, int]:
     """For a graph of `name -> [(levels, child)]`, each name's depth: its deepest
     `levels + depth(child)`. A child that is already on the walk's path (a cycle: a
     recursive record, or recursion that E403 reports) adds nothing."""
-    depth: dict[str, int] = {}
+    depth: dict[str | None, int] = {}
     for root in edges:
         if root in depth:
             continue
-        path: list[tuple[str, Iterator[tuple[int, str]]]] = [(root, iter(edges[root]))]
+        path: list[tuple[str, Iterator[tuple[int, str | None]]]] = [(root, iter(edges[root]))]
         on_path = {root}
         while path:
             name, pending = path[-1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import textwrap
 from functools import lru_cache
+from typing import Any, Iterable
 
 from lark import Lark, Token, Tree, v_args
 from lark.lexer import BasicLexer, LexerThread, UnlessCallback
@@ -78,7 +79,8 @@ def string_value(token: str) -> str:
 
 
 def _tok_span(tok: Token) -> Span:
-    return Span(_ToAst.file, tok.start_pos, tok.end_pos, tok.line, tok.column, tok.end_line, tok.end_column)
+    # lark types a token's positions optional; a lexed token has them all
+    return Span(_ToAst.file, tok.start_pos, tok.end_pos, tok.line, tok.column, tok.end_line, tok.end_column)  # type: ignore[arg-type]
 
 
 def _meta_span(meta) -> Span:
@@ -319,7 +321,7 @@ def _word(term: str) -> str:
     return term.lower()
 
 
-def _expected_words(expected: set[str]) -> str:
+def _expected_words(expected: Iterable[str]) -> str:
     expected = set(expected)
     words = []
     if {"NAME", "STRING", "NUMBER"} <= expected:
@@ -350,7 +352,7 @@ def _report(err: UnexpectedInput, source: SourceFile, parsed: str, sink: Diagnos
     the part of it after an earlier error); returns the offset it occurred at."""
     text = source.text
     if isinstance(err, UnexpectedCharacters):
-        pos = err.pos_in_stream
+        pos: int = err.pos_in_stream  # type: ignore[assignment]  # lark declares it None, then sets it
         char = text[pos]
         if char == '"':
             triple = text.startswith('"""', pos)
@@ -481,7 +483,7 @@ def _fast_tables():
         nones = 0
         for i, sym in enumerate(expansion):
             nones += empty_indices[i]
-            if opts.keep_all_tokens or not (sym.is_term and sym.filter_out):
+            if opts.keep_all_tokens or not (sym.is_term and sym.filter_out):  # type: ignore[attr-defined]  # on lark's Terminal
                 include.append((i, (not sym.is_term) and sym.name.startswith("_"), nones))
                 nones = 0
         trailing = nones + empty_indices[size]
@@ -563,12 +565,12 @@ def _lex(lexer, text: str):
         return
     ignored, token_re = regexes
     newline_types = lexer.newline_types
-    keywords = {type_: (cb.scanner.fullmatch, {}) for type_, cb in lexer.callback.items()}
+    keywords: dict[str, tuple[Any, dict[str, str]]] = {type_: (cb.scanner.fullmatch, {}) for type_, cb in lexer.callback.items()}
     new_token = Token._future_new
     pos = line_start = 0
     line = 1
     token = None
-    for m in iter(token_re.scanner(text).match, None):
+    for m in iter(token_re.scanner(text).match, None):  # type: ignore[attr-defined]  # typeshed lacks Pattern.scanner
         type_ = m.lastgroup
         start = m.start(type_)
         if start != pos:
@@ -593,7 +595,9 @@ def _lex(lexer, text: str):
             type_ = retyped
         token = new_token(type_, value, start, start_line, start_column, line, pos - line_start + 1, pos)
         yield token
-    stop = ignored.match(text, pos).end()
+    blank = ignored.match(text, pos)
+    assert blank is not None, "the ignored pattern matches the empty string"
+    stop = blank.end()
     if stop < len(text):
         newlines = text.count("\n", pos, stop)
         if newlines:
@@ -708,6 +712,7 @@ def _fast_parse(text: str):
             if trailing:
                 children += [None] * trailing
             pos = meta
+            value: Any
             if kind == _INLINE:
                 value = children
             elif expand1 and len(children) == 1:

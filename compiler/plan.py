@@ -60,7 +60,7 @@ class Plan:
     @cached_property
     def graph(self) -> "nx.DiGraph":
         import networkx as nx
-        graph = nx.DiGraph()
+        graph: nx.DiGraph = nx.DiGraph()
         for node_id, attrs in self.parts.nodes.items():
             graph.add_node(node_id, **attrs)
         for (src, dst), labels in self.parts.edges.items():
@@ -213,7 +213,7 @@ class _Lowering:
     def link_names(self, block: ast.Block, local_ids: dict[str, str], prefix: str) -> None:
         """Data edges between sibling bindings, labelled with the name they carry."""
         for stmt in block.statements:
-            target = local_ids.get(stmt.name) if isinstance(stmt, ast.Binding) else \
+            target = local_ids[stmt.name] if isinstance(stmt, ast.Binding) else \
                 f"{prefix}/{'return' if isinstance(stmt, ast.Return) else 'yield'}"
             for used in sorted(self.facts.of(stmt).reads):
                 if used in local_ids and local_ids[used] != target:

@@ -177,12 +177,13 @@ def attr_value(expr: ast.Expr) -> Any:
 class CallTarget:
     """What a call expression calls. `kind` is task, tool, choreography, builtin,
     unknown_role (`x.t()` where x is not a role), unknown (a plain name that is
-    nothing callable) or not_callable (any other callee shape)."""
+    nothing callable) or not_callable (any other callee shape). `role` and `task` are
+    empty unless the callee is `role.task`."""
 
     kind: str
     name: str
-    role: str | None = None
-    task: str | None = None
+    role: str = ""
+    task: str = ""
 
 
 def classify_call(call: ast.Call, symbols: Symbols) -> CallTarget:

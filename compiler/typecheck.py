@@ -14,7 +14,7 @@ or string literal takes that type when it fits and otherwise says which field mi
 from __future__ import annotations
 
 import json as _json
-from typing import NamedTuple, get_args
+from typing import Any, Callable, NamedTuple, get_args
 
 from . import ast
 from .codes import Code
@@ -47,7 +47,7 @@ class Scope:
         for b in block.bindings if block is not None else ():
             self.bindings.setdefault(b.name, b)
 
-    def lookup(self, name: str) -> tuple[str, "Scope", object] | None:
+    def lookup(self, name: str) -> tuple[str, "Scope", ast.Binding | ast.Param | None] | None:
         scope: Scope | None = self
         while scope is not None:
             if name in scope.bindings:
@@ -153,14 +153,15 @@ def values_hint(value: str, union: LiteralT) -> str:
     return (f'did you mean `"{close[14:-2]}"`? ' if close else "") + f"the possible values are {values}"
 
 
-def is_string_literal(e: ast.Expr) -> bool:
-    return isinstance(e, ast.Literal) and isinstance(e.value, str)
+def string_literal(e: ast.Expr) -> str | None:
+    """The text of a string literal; None for any other expression."""
+    return e.value if isinstance(e, ast.Literal) and isinstance(e.value, str) else None
 
 
 def takes_expectation(e: ast.Expr) -> bool:
     """Whether an expected type can change the type of `e`: literals, and the list
     literals and conditionals that pass an expectation on to them."""
-    return isinstance(e, (ast.RecordExpr, ast.ListExpr, ast.Conditional)) or is_string_literal(e)
+    return isinstance(e, (ast.RecordExpr, ast.ListExpr, ast.Conditional)) or string_literal(e) is not None
 
 
 class Misfit(NamedTuple):
@@ -208,8 +209,9 @@ class Typer:
                    for name, decl in self.symbols.choreographies.items()}
         for name in dependency_order(list(self.symbols.choreographies), callees):
             self.choreography_type(name)
-        for decl in [*self.symbols.tools.values(), *self.symbols.tasks.values(),
-                     *self.symbols.choreographies.values()]:
+        with_params: list[ast.ToolDecl | ast.TaskDecl | ast.ChoreographyDecl] = [
+            *self.symbols.tools.values(), *self.symbols.tasks.values(), *self.symbols.choreographies.values()]
+        for decl in with_params:
             self.check_defaults(decl.params)
 
     def check_defaults(self, params: tuple[ast.Param, ...]) -> None:
@@ -241,14 +243,13 @@ class Typer:
         try:
             scope = Scope("choreography", None, decl.body, params={p.name: p for p in decl.params})
             self.check_block(scope)
-            declared = self.symbols.resolve_type(decl.returns) if decl.returns is not None else None
             ret = next((s for s in decl.body.statements if isinstance(s, ast.Return)), None)
-            if declared is None:
+            if decl.returns is None:
                 result = self.expr(ret.value, scope) if ret is not None else ANY
             else:
-                result = declared
+                result = declared = self.symbols.resolve_type(decl.returns)
                 got = self.misfit(ret.value, scope, declared) if ret is not None else None
-                if got is not None:
+                if ret is not None and got is not None:
                     self.sink.report(Code.E201, f"`{name}` returns {show(declared)}, but this is {show(got)}",
                                      ret.value.span, f"this is {show(got)}",
                                      secondary=[Label(decl.returns.span, "declared here")],
@@ -323,9 +324,10 @@ class Typer:
         checker = _CHECK_METHODS.get(type(e))
         if checker is not None:
             return checker(self, e, scope, want)
-        if want is not None and is_string_literal(e):
+        text = string_literal(e)
+        if want is not None and text is not None:
             union = strip_optional(want)
-            if isinstance(union, LiteralT) and e.value in union.values:
+            if isinstance(union, LiteralT) and text in union.values:
                 return union, ()
         return self.expr(e, scope), ()
 
@@ -371,11 +373,11 @@ class Typer:
         if found is None:
             return ANY  # E101, reported in phase 1
         kind, owner, thing = found
-        if kind == "binding":
+        if isinstance(thing, ast.Binding):
             return self.binding_type(thing)
         if kind == "var":
             return owner.var_type
-        if kind == "param":
+        if isinstance(thing, ast.Param):
             return self.symbols.resolve_type(thing.type)
         # prev: the previous iteration's bindings, or null
         fields = self.quietly(lambda: tuple((b.name, self.binding_type(b)) for b in owner.bindings.values()))
@@ -393,13 +395,15 @@ class Typer:
                     types[i] = self.expr(item, scope)
             elem = next((t for t in types if t is not None and isinstance(strip_optional(t), RecordT)), None)
         misfits: list[Misfit] = []
-        for i, item in enumerate(e.items):
-            if types[i] is None:
-                types[i], item_misfits = self.check(item, scope, elem)
+        item_types: list[Type] = []
+        for item, t in zip(e.items, types):
+            if t is None:
+                t, item_misfits = self.check(item, scope, elem)
                 misfits.extend(item_misfits)
+            item_types.append(t)
         if misfits and elem is not None:
             return ListT(elem), tuple(misfits)
-        return ListT(self.join_items(e, types)), tuple(misfits)
+        return ListT(self.join_items(e, item_types)), tuple(misfits)
 
     def join_items(self, e: ast.ListExpr, types: list[Type]) -> Type:
         """The element type of a list literal: the join of its items' types."""
@@ -461,9 +465,10 @@ class Typer:
     def wrong_field(self, record: Type, name: str, value: ast.Expr, t: Type, want: Type) -> Misfit:
         """A field of the wrong type; a string literal is named, with the union's values."""
         union = strip_optional(want)
-        if is_string_literal(value) and isinstance(union, LiteralT):
-            found = f'`"{value.value}"`'
-            hint = values_hint(value.value, union)
+        text = string_literal(value)
+        if text is not None and isinstance(union, LiteralT):
+            found = f'`"{text}"`'
+            hint: str | None = values_hint(text, union)
         else:
             found, hint = show(t), self._mismatch_help(t, want)
         return Misfit(Code.E201, f"field `{name}` of {show(record)} expects {show(want)}, found {found}",
@@ -617,6 +622,7 @@ class Typer:
         otherwise a literal side is told the other side's type."""
         ct = self.expr(e.cond, scope)
         self.require_bool(ct, e.cond, "the condition of `if`")
+        else_misfits: tuple[Misfit, ...]
         if want is None and takes_expectation(e.then) and not takes_expectation(e.orelse):
             b, else_misfits = self.expr(e.orelse, scope), ()
             a, then_misfits = self.suggested(e.then, scope, b)
@@ -832,9 +838,9 @@ class Typer:
 
 # The expressions an expected type can change, and `Typer.e_<Class>` for every other
 # expression class: found once rather than by name per expression
-_CHECK_METHODS = {ast.RecordExpr: Typer.record_type, ast.ListExpr: Typer.list_type,
+_CHECK_METHODS: dict[type, Callable[[Typer, Any, Scope, Type | None], Checked]] = {ast.RecordExpr: Typer.record_type, ast.ListExpr: Typer.list_type,
                   ast.Conditional: Typer.conditional_type, ast.ForExpr: Typer.for_type}
-_EXPR_METHODS = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr) if cls not in _CHECK_METHODS}
+_EXPR_METHODS: dict[type, Callable[[Typer, Any, Scope], Type]] = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr) if cls not in _CHECK_METHODS}
 
 
 # ---------------------------------------------------------------- templates (E205)
@@ -870,8 +876,8 @@ def check_templates(symbols: Symbols, sink: DiagnosticSink, source: SourceFile |
     def params_of(decl) -> dict[str, Type]:
         return {p.name: symbols.resolve_type(p.type) for p in decl.params}
 
-    def malformed(ph: Placeholder, lit: ast.Literal, where: str) -> None:
-        sink.report(Code.E205, f"malformed placeholder in {where}: {ph.error}", placeholder_span(lit.span, lit.value, ph, source),
+    def malformed(ph: Placeholder, span: Span, text: str, where: str) -> None:
+        sink.report(Code.E205, f"malformed placeholder in {where}: {ph.error}", placeholder_span(span, text, ph, source),
                     "not a placeholder", help="write `{{` and `}}` for literal braces; a placeholder is "
                     "`{name}`, `{name.field}` or `{name[0]}`")
 
@@ -880,11 +886,11 @@ def check_templates(symbols: Symbols, sink: DiagnosticSink, source: SourceFile |
             return
         for ph in placeholders(lit.value):
             if ph.root is None:
-                malformed(ph, lit, where)
+                malformed(ph, lit.span, lit.value, where)
                 continue
             span = placeholder_span(lit.span, lit.value, ph, source)
             if ph.root not in params:
-                hint = did_you_mean(ph.root, params) or (
+                hint: str | None = did_you_mean(ph.root, params) or (
                     f"the parameters of `{owner}` are {', '.join(f'`{n}`' for n in params)}" if params
                     else f"`{owner}` has no parameters")
                 sink.report(Code.E205, f"`{{{ph.root}}}` in {where} is not a parameter", span,
@@ -906,22 +912,22 @@ def check_templates(symbols: Symbols, sink: DiagnosticSink, source: SourceFile |
                 for item in a.value.items:
                     check_literal(item, params_of(tool), f"the command of `{name}`", name)
                 break
-    for name, role in symbols.roles.items():
-        system = next((a.value for a in role.attrs if a.name == "system"), None)
-        if not (isinstance(system, ast.Literal) and isinstance(system.value, str)) or not role.tasks:
+    for name, role_decl in symbols.roles.items():
+        system = next((a.value for a in role_decl.attrs if a.name == "system"), None)
+        if not (isinstance(system, ast.Literal) and isinstance(system.value, str)) or not role_decl.tasks:
             continue
         for ph in placeholders(system.value):
             if ph.root is None:
-                malformed(ph, system, f"the system prompt of `{name}`")
+                malformed(ph, system.span, system.value, f"the system prompt of `{name}`")
                 continue
-            lacking = [t.name for t in role.tasks if ph.root not in {p.name for p in t.params}]
+            lacking = [t.name for t in role_decl.tasks if ph.root not in {p.name for p in t.params}]
             span = placeholder_span(system.span, system.value, ph, source)
             if lacking:
                 sink.report(Code.E205, f"`{{{ph.root}}}` in the system prompt of `{name}` is not a parameter of every task",
                             span, "not a parameter of " + ", ".join(f"`{name}.{t}`" for t in lacking),
                             help="a system prompt may only use parameters that every task of the role has")
                 continue
-            for t in role.tasks:
+            for t in role_decl.tasks:
                 task_params = params_of(t)
                 _, error, hint = _path_type(task_params[ph.root], ph.path, table)
                 if error:

@@ -233,7 +233,8 @@ def type_to_json(t: Type) -> Any:
 
 def type_from_json(data: Any) -> Type:
     if isinstance(data, str):
-        return {"null": NULL, "unknown": ANY}.get(data) or Prim(data)
+        named: dict[str, Type] = {"null": NULL, "unknown": ANY}
+        return named.get(data) or Prim(data)
     (kind, value), = data.items()
     if kind == "list":
         return ListT(type_from_json(value))
@@ -282,7 +283,7 @@ class Validators:
         if isinstance(t, Prim):
             return {"str": str, "int": int, "float": float, "bool": bool, "json": TAny}[t.name]
         if isinstance(t, ListT):
-            return List[self._py(t.elem)]
+            return List[self._py(t.elem)]  # type: ignore[misc]  # a type made at run time
         if isinstance(t, LiteralT):
             return Literal[t.values]
         if isinstance(t, OptionalT):
@@ -292,7 +293,7 @@ class Validators:
         if isinstance(t, RecordT):
             if t.name not in self._models:
                 self._models[t.name] = t.name  # forward reference for recursive records
-                fields = {n: (self._py(ft), ...) for n, ft in self.table.get(t.name, ())}
+                fields: dict[str, Any] = {n: (self._py(ft), ...) for n, ft in self.table.get(t.name, ())}
                 model = create_model(t.name, __config__=ConfigDict(extra="forbid", strict=False), **fields)
                 self._models[t.name] = model
                 model.model_rebuild(_types_namespace=dict(self._models))

@@ -13,7 +13,7 @@ import asyncio
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentflow.compiler.hashing import canonical_json, digest, value_hash
 from agentflow.compiler.plan import definition_hash
@@ -21,6 +21,9 @@ from agentflow.compiler.types import Validators, type_from_json, with_omitted_fi
 
 from .evaluate import ExpressionError, evaluate
 from .inputs import force_matcher
+
+if TYPE_CHECKING:  # tools loads only once a run calls one
+    from .tools import ToolContext
 
 _INSTANCE = re.compile(r"\[\d+\]|#\d+")
 
@@ -142,7 +145,7 @@ class Engine:
         # Per-target parts of a key and tool objects, computed once (not once per node).
         self._key_parts: dict[tuple[str, str], tuple[str, str]] = {}
         self._tool_specs: dict[str, Any] = {}
-        self._tool_context = None
+        self._tool_context: ToolContext | None = None
 
     # ------------------------------------------------------------ definitions and keys
 

@@ -14,7 +14,7 @@ from typing import Any
 from agentflow.compiler.hashing import canonical_json, digest
 
 from .engine import NodeOutcome
-from .store import Store
+from .store import NodeState, Store
 
 
 # The journal step in which a session call records what it adds to its role's session.
@@ -27,7 +27,7 @@ class Ledger:
         self.run_id = run_id
         self.dry_run = dry_run
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-store")
-        self.resumed: dict[str, dict] = {}
+        self.resumed: dict[str, NodeState] = {}
         self.previous: dict[str, dict] = {}
         self._lookups: dict[str, list[asyncio.Future]] = {}
         self._lookup_scheduled = False

@@ -261,7 +261,7 @@ class _Synth:
             options = schema["enum"]
             return copy.deepcopy(options[self.n(path, "enum") % len(options)])
         if schema.get("allOf"):
-            merged: dict = {k: v for k, v in schema.items() if k != "allOf"}
+            merged = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
                 part = self.resolve(part["$ref"]) if isinstance(part, dict) and "$ref" in part else part
                 if isinstance(part, dict):
@@ -934,6 +934,7 @@ def _retry_after_seconds(value: str) -> float | None:
 
 
 def _retry_after(exc: Exception) -> float | None:
+    headers: Any  # litellm's, or the HTTP response's, or None
     for headers in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
         try:
             value = headers.get("retry-after") or headers.get("Retry-After")

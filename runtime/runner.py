@@ -8,7 +8,7 @@ import signal
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, cast
 
 from agentflow.compiler.errors import UsageError
 
@@ -96,7 +96,7 @@ class _NoHistory:
 
 async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
     if req.options.dry_run:  # it calls no model: no key needed
-        store = Store.open_reader(req.db_path) if req.db_path.exists() else _NoHistory()
+        store = Store.open_reader(req.db_path) if req.db_path.exists() else cast(Store, _NoHistory())
     else:
         check_credentials(req.plan, req.options.model)  # first: a run that cannot start writes nothing
         store = Store.open_writer(req.db_path)
@@ -138,6 +138,7 @@ def run_stoppable(main: Awaitable) -> tuple[Any, bool]:
     async def guarded() -> Any:
         nonlocal terminated
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None, "a coroutine runs in a task"
 
         def on_sigterm() -> None:
             nonlocal terminated

@@ -391,9 +391,9 @@ class _Batch:
         """Put a batch whose flush failed back in front of what was buffered since."""
         for run_id, upd in newer.runs.items():
             self.runs[run_id] = {**self.runs.get(run_id, {}), **upd}
-        for ident, upd in newer.nodes.items():
+        for ident, node_upd in newer.nodes.items():
             old = self.nodes.get(ident)
-            self.nodes[ident] = upd if old is None else old.absorb_newer(upd)
+            self.nodes[ident] = node_upd if old is None else old.absorb_newer(node_upd)
         self.results.update(newer.results)
         self.llm_calls += newer.llm_calls
         if newer.turn_resets:
@@ -795,7 +795,7 @@ class Store:
         con = self._duck
         assert con is not None
         try:
-            if not con.execute("SELECT count(*) FROM _runs WHERE status = 'running'").fetchone()[0]:
+            if not con.execute("SELECT count(*) FROM _runs WHERE status = 'running'").fetchone()[0]:  # type: ignore[index]  # duckdb: count(*) has a row
                 return
             con.execute("BEGIN")
             con.execute("UPDATE _node_runs SET status = 'cancelled', error = $1 WHERE status = 'running' "
@@ -1475,7 +1475,7 @@ class Store:
                     "SELECT count(*) FROM (SELECT 1 FROM _sessions GROUP BY run_id, role, seq HAVING count(*) > 1)",
             }
             for label, sql in queries.items():
-                n = con.execute(sql).fetchone()[0]
+                n = con.execute(sql).fetchone()[0]  # type: ignore[index]  # duckdb: count(*) has a row
                 if n:
                     problems.append(f"{n} {label}")
             return problems

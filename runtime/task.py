@@ -67,7 +67,7 @@ class TaskCall:
         self.role = self.definition["role"]
         self.returns = type_from_json(self.definition["returns"])
         self.attempts = 1
-        self.usage = [0, 0, 0.0]
+        self.usage: tuple[int, int, float] = (0, 0, 0.0)  # prompt tokens, completion tokens, cost in USD
         self.delegations = 0
 
     def fail(self, message: str) -> NodeFailure:
@@ -180,9 +180,9 @@ class TaskCall:
                               retrying(int(self.entry.get("retries") or 0), TransientModelError, once))
         except ModelError as err:
             raise self.fail(_naming_model(d["model"], str(err))) from None
-        self.usage[0] += response.prompt_tokens
-        self.usage[1] += response.completion_tokens
-        self.usage[2] += response.cost_usd or 0.0
+        prompt, completion, cost = self.usage
+        self.usage = (prompt + response.prompt_tokens, completion + response.completion_tokens,
+                      cost + (response.cost_usd or 0.0))
         self.engine.ledger.record_llm_call(self.job.node_id, response)
         return response
 

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 from agentflow.compiler.hashing import as_json_reads_back, canonical_json, digest
 from agentflow.compiler.types import Validators, type_from_json
@@ -158,7 +158,7 @@ class TemplateRef:
     """One `{expr}` of a template: `path[0]` is the name, then field names and int indexes."""
 
     expr: str  # normalized: `a.b[0]`, without braces and blanks
-    path: tuple[str | int, ...]
+    path: tuple[str, *tuple[str | int, ...]]
     offset: int  # offset of the `{` in the template
 
 
@@ -175,10 +175,10 @@ class CompiledTemplate:
     def render(self, values: Mapping[str, Any]) -> str:
         parts = self.parts
         if not self.refs:
-            return parts[0] if parts else ""
+            return cast(str, parts[0]) if parts else ""  # no references: the one part is text
         out = []
         for part in parts:
-            if part.__class__ is str:
+            if isinstance(part, str):
                 out.append(part)
             else:
                 out.append(_format_value(_lookup(part, values), part))
@@ -893,6 +893,7 @@ async def _call_command(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
     except ValueError as exc:  # a NUL or an unencodable character in an argument
         raise _fail(spec, f"cannot start {argv[0]!r}: {exc}") from None
 
+    assert proc.stdout is not None and proc.stderr is not None, "both are pipes"
     output = asyncio.gather(_read_head(proc.stdout, OUTPUT_CAP_BYTES),
                             _read_tail(proc.stderr, _STDERR_TAIL * 4), proc.wait())
     output.add_done_callback(_retrieve)  # a timeout or a signal cancels it: nobody else looks

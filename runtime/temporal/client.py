@@ -24,7 +24,6 @@ Ctrl-C or SIGTERM cancels the workflow (and so its activities) and returns a can
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 from dataclasses import dataclass, replace
@@ -47,11 +46,6 @@ from .worker import TemporalError, connect
 
 POLL_S = 0.5
 QUERY_TIMEOUT_S = 10.0
-
-
-async def _settle(result):
-    if inspect.isawaitable(result):
-        await result
 
 
 @dataclass(frozen=True)
@@ -315,26 +309,26 @@ class _Follower:
             if op == "report":
                 self.reporter.node(e["node"], e["status"], cached=e["cached"], detail=e["detail"])
             elif op == "node_started":
-                await _settle(ledger.node_started(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"]))
+                ledger.node_started(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"])
             elif op == "structure_started":
-                await _settle(ledger.structure_started(e["node"]))
+                ledger.structure_started(e["node"])
             elif op == "reused":
-                await _settle(ledger.reused(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"]))
+                await ledger.reused(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"])
             elif op == "node_succeeded":
-                await _settle(ledger.node_succeeded(e["node"], e["role"], e["key"], NodeOutcome(
-                    e["value"], e["attempts"], e["prompt_tokens"], e["completion_tokens"], e["cost_usd"])))
+                ledger.node_succeeded(e["node"], e["role"], e["key"], NodeOutcome(
+                    e["value"], e["attempts"], e["prompt_tokens"], e["completion_tokens"], e["cost_usd"]))
             elif op == "node_failed":
-                await _settle(ledger.node_failed(e["node"], e["role"], e["error"], e["attempts"]))
+                await ledger.node_failed(e["node"], e["role"], e["error"], e["attempts"])
             elif op == "node_cancelled":
-                await _settle(ledger.node_cancelled(e["node"], e["role"]))
+                ledger.node_cancelled(e["node"], e["role"])
             elif op == "node_skipped":
-                await _settle(ledger.node_skipped(e["node"], e["role"]))
+                ledger.node_skipped(e["node"], e["role"])
             elif op == "structure_done":
-                await _settle(ledger.structure_done(e["node"], e["status"], e.get("cached", False)))
+                ledger.structure_done(e["node"], e["status"], e.get("cached", False))
             elif op == "llm_call":
                 response = SimpleNamespace(**{k: v for k, v in e.items() if k != "op"})
-                await _settle(ledger.record_llm_call(e["node"], response))
+                ledger.record_llm_call(e["node"], response)
             elif op == "turn":
-                await _settle(ledger.append_turn(e["node"], e["key"], e["message"]))
+                await ledger.append_turn(e["node"], e["key"], e["message"])
             elif op == "session":
-                await _settle(ledger.append_session(e["role"], e["messages"]))
+                await ledger.append_session(e["role"], e["messages"])

@@ -1,0 +1,1 @@
+../../agentflow/__init__.py

@@ -1,0 +1,1 @@
+../../agentflow/__main__.py
