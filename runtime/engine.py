@@ -60,7 +60,6 @@ class NodeJob:
     target: str  # "role.task" | tool name
     args: dict
     key: str
-    attempt_base: int = 0
 
 
 @dataclass(frozen=True)

@@ -587,12 +587,6 @@ class ScriptedModelClient:
         self._scripts: dict[Path, tuple[tuple[int, int], list[_Rule]]] = {}
         self._used: dict[tuple[Path, tuple[int, int], int], int] = {}
 
-    def reset(self) -> None:
-        """Forget cached scripts and `times` counters."""
-        with self._lock:
-            self._scripts.clear()
-            self._used.clear()
-
     async def complete(self, request: ModelRequest) -> ModelResponse:
         start = time.perf_counter()
         rule = self._match(request)
