@@ -16,19 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agentflow.compiler.hashing import canonical_json, digest, value_hash
+from agentflow.compiler.node_ids import template_id
 from agentflow.compiler.plan import definition_hash
 from agentflow.compiler.types import Validators, type_from_json, with_omitted_fields
 
 from .evaluate import ExpressionError, evaluate
 from .inputs import force_matcher
-
-_INSTANCE = re.compile(r"\[\d+\]|#\d+")
-
-
-def template_id(instance_id: str) -> str:
-    """`main/reviews[2]/attempt#1/review` -> `main/reviews[*]/attempt#*/review`."""
-    return _INSTANCE.sub(lambda m: "[*]" if m.group(0)[0] == "[" else "#*", instance_id)
-
 
 _SEPARATOR = re.compile(r"[/\[#]")
 
