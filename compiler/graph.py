@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any, Iterator
 
-from .node_ids import template_id
+from .names import template_id
 from .plan import Plan
 
 FORMATS = ("mermaid", "dot", "json")

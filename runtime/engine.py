@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agentflow.compiler.hashing import canonical_json, digest, value_hash
-from agentflow.compiler.node_ids import template_id
+from agentflow.compiler.names import template_id
 from agentflow.compiler.plan import definition_hash
 from agentflow.compiler.types import Validators, type_from_json, with_omitted_fields
 

@@ -1,5 +1,5 @@
-"""Node ids, shared by the compiler (graphs of a run) and the runtime (which imports no
-other compiler module but `hashing` and `types`, and this one).
+"""Names both the compiler and the runtime know (the runtime imports no compiler module but
+this one, `hashing` and `types`).
 
 A plan names nodes by template id (`main/reviews[*]/attempt#*/review`); a run names each
 instance (`main/reviews[2]/attempt#1/review`): `[i]` a `for` item, `#n` a `repeat` iteration.
@@ -7,6 +7,8 @@ instance (`main/reviews[2]/attempt#1/review`): `[i]` a `for` item, `#n` a `repea
 from __future__ import annotations
 
 import re
+
+BUILTIN_TOOLS = ("fs.read", "fs.write", "fs.list")  # a tool's `builtin = "..."`, run by runtime/tools.py
 
 _INSTANCE = re.compile(r"\[\d+\]|#\d+")
 
