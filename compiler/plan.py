@@ -139,7 +139,7 @@ class _Lowering:
                 "tools": [self.tool_schema(ref, tools) for ref in role_def["tools"]],
             }
             runtime = {k: task_attrs.get(k, role_def.get(k)) for k in ("retries", "timeout", "api_base", "api_key_env")}
-            runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", True))
+            runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))
             out[f"{role}.{task_name}"] = {"definition": definition, "definition_hash": definition_hash(definition),
                                           **runtime, "replicas": role_def["replicas"]}
         return out
@@ -158,7 +158,7 @@ class _Lowering:
                          "parameters": self._params_schema(tool.params),
                          "timeout": attrs.get("timeout", self.defaults.get("timeout")),
                          "retries": attrs.get("retries", self.defaults.get("retries", ATTR_DEFAULTS["retries"])),
-                         "cache": attrs.get("cache", self.defaults.get("cache", True))}
+                         "cache": attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))}
         return out
 
     def _params_schema(self, params) -> dict:

@@ -167,8 +167,8 @@ class Engine:
         defn = d["definition"]
         target = tuple(defn["target"]) if isinstance(defn["target"], list) else defn["target"]
         return ToolSpec(name=name, params=tuple(p["name"] for p in defn["params"]), kind=defn["impl"],
-                        target=target, returns_str=defn["returns"] == "str", timeout_s=d.get("timeout"),
-                        cwd=defn.get("cwd"))
+                        target=target, returns_str=defn["returns"] == "str", timeout_s=d["timeout"],
+                        cwd=defn["cwd"])
 
     def tool_context(self):
         if self._tool_context is None:
@@ -384,7 +384,7 @@ class Engine:
 
     def cacheable(self, kind: str, target: str) -> bool:
         table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
-        return bool(table[target].get("cache", True)) and not self.options.no_cache
+        return table[target]["cache"] and not self.options.no_cache
 
     async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False) -> Any:
         """Runs or reuses one task or tool call, and stores its result before returning it.
