@@ -219,7 +219,7 @@ def _print_decisions(outcome, plan: dict) -> None:
     for d in outcome.decisions:
         seen.add(d.node_id)
         click.echo(f"{d.action:<6} {d.node_id}  ({d.reason})")
-    from agentflow.runtime.engine import template_id
+    from agentflow.compiler.names import template_id
     decided = {template_id(n) for n in seen}
     for tid, node in sorted(plan["nodes"].items()):
         if node["kind"] in ("task", "tool") and tid not in decided:

@@ -22,9 +22,10 @@ from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph
 from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .facts import BodyFacts, children, walk
+from .names import BUILTIN_TOOLS
 from .nesting import check_inlining_depth, check_type_nesting
 from .source import SourceFile, Span
-from .symbols import (BUILTIN_FUNCTIONS, BUILTINS, DEFAULTS_ATTRS, ROLE_ATTRS, TASK_ATTRS, TOOL_ATTRS, Symbols,
+from .symbols import (BUILTIN_FUNCTIONS, DEFAULTS_ATTRS, ROLE_ATTRS, TASK_ATTRS, TOOL_ATTRS, Symbols,
                       attr_value)
 from .templates import text_span
 from .typecheck import REPEAT_FIELDS, check_templates, check_types, head_span
@@ -405,7 +406,7 @@ def check_recursion(ctx: Context, sink: DiagnosticSink) -> None:
 _KIND_WORDS = {"str": "a string", "int": "an integer", "number": "a number", "bool": "`true` or `false`",
                "duration": "a duration such as `30s` or `2m`", "memory": '`"none"` or `"session"`',
                "tool_refs": "a list of tools and `role.task` names", "argv": "a list of strings",
-               "builtin": "one of " + ", ".join(f'`"{b}"`' for b in BUILTINS)}
+               "builtin": "one of " + ", ".join(f'`"{b}"`' for b in BUILTIN_TOOLS)}
 
 
 _EXAMPLES = {"replicas": "`replicas = 2` lets two calls of this role run at once (the default is 1)",
@@ -448,14 +449,14 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
           "bool": lambda: isinstance(value, bool),
           "duration": lambda: isinstance(v, ast.Duration),
           "memory": lambda: isinstance(v, ast.Literal) and value in ("none", "session"),
-          "builtin": lambda: isinstance(v, ast.Literal) and value in BUILTINS,
+          "builtin": lambda: isinstance(v, ast.Literal) and value in BUILTIN_TOOLS,
           "argv": lambda: isinstance(v, ast.ListExpr) and bool(v.items) and all(
               isinstance(i, ast.Literal) and isinstance(i.value, str) for i in v.items),
           "tool_refs": lambda: isinstance(v, ast.ListExpr)}[kind]()
     if not ok:
         if kind == "builtin" and isinstance(value, str):
             sink.report(Code.E302, f"unknown builtin `{value}`", v.span, "no such builtin",
-                        help=did_you_mean(value, BUILTINS) or f"the builtins are {_backticks(BUILTINS)}")
+                        help=did_you_mean(value, BUILTIN_TOOLS) or f"the builtins are {_backticks(BUILTIN_TOOLS)}")
         elif kind == "memory" and isinstance(value, str):
             sink.report(Code.E302, f'`memory` must be "none" or "session", not "{value}"', v.span, "unknown memory mode",
                         help=did_you_mean(value, ("none", "session")) or

@@ -160,12 +160,6 @@ def wait_graph(waiters: Sequence[Waiter]) -> dict[str, list[Wait]]:
     return graph
 
 
-def deadlocks(waiters: Sequence[Waiter]) -> list[list[str]]:
-    """The wait cycles of one scope, each in waiting order."""
-    graph = wait_graph(waiters)
-    return find_cycles([w.name for w in waiters], {n: [e.target for e in es] for n, es in graph.items()})
-
-
 def delegation_cycles(roles: Sequence[str], delegates: Mapping[str, Iterable[str]]) -> list[list[str]]:
     """Cycles of roles that can call each other through `role.task` tools (self-delegation
     included), each starting at its earliest role in `roles` order."""

@@ -21,6 +21,7 @@ import json
 import re
 from typing import Any, Iterator
 
+from .names import template_id
 from .plan import Plan
 
 FORMATS = ("mermaid", "dot", "json")
@@ -42,15 +43,6 @@ _KIND_COLORS = {"tool": "#fff3bf", "tool_def": "#fff3bf", "for": "#f1f3f5", "rep
 
 ROLES_CLUSTER = "@roles"
 STATUS_CLUSTER = "@statuses"
-
-_INDEX = re.compile(r"\[\d+\]")
-_ITER = re.compile(r"#\d+")
-
-
-def template_id(instance_id: str) -> str:
-    """`main/reviews[2]/attempt#1/review` -> `main/reviews[*]/attempt#*/review`."""
-    return _ITER.sub("#*", _INDEX.sub("[*]", instance_id))
-
 
 def render_graph(plan: Plan, fmt: str, statuses: dict[str, str] | None = None) -> str:
     """The plan (or, with `statuses`, a run's expanded instances) as mermaid, dot or json text."""

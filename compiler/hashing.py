@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Iterable
 
 KEY_FORMAT_VERSION = "agentflow-key-v1"
 
@@ -57,11 +57,17 @@ def as_json_reads_back(text: str) -> str:
 
 def digest(*parts: str | bytes) -> str:
     """sha256 over length-prefixed parts, so ("ab", "c") and ("a", "bc") differ."""
-    chunks = [_VERSION]
+    return framed_sha256(_VERSION, parts).hex()
+
+
+def framed_sha256(label: bytes, parts: Iterable[str | bytes]) -> bytes:
+    """sha256 of `label`, then each part prefixed by its length: the one framing of every
+    digest (keys here, the scripted model's seeds under a label of their own)."""
+    chunks = [label]
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
         chunks += (len(data).to_bytes(8, "big"), data)
-    return hashlib.sha256(b"".join(chunks)).hexdigest()
+    return hashlib.sha256(b"".join(chunks)).digest()
 
 
 def value_hash(value: Any) -> str:

@@ -78,21 +78,21 @@ def string_value(token: str) -> str:
     return _unescape(token[1:-1])
 
 
-def _tok_span(tok: Token) -> Span:
+def _tok_span(file: str, tok: Token) -> Span:
     # lark types a token's positions optional; a lexed token has them all
-    return Span(_ToAst.file, tok.start_pos, tok.end_pos, tok.line, tok.column, tok.end_line, tok.end_column)  # type: ignore[arg-type]
+    return Span(file, tok.start_pos, tok.end_pos, tok.line, tok.column, tok.end_line, tok.end_column)  # type: ignore[arg-type]
 
 
-def _meta_span(meta) -> Span:
+def _meta_span(file: str, meta) -> Span:
     """The span of a reduction: from Lark's Meta, or from the (first, last) tokens that the
     fast path gives instead."""
     if type(meta) is tuple:
         first, last = meta
-        return Span(_ToAst.file, first.start_pos, last.end_pos, first.line, first.column,
+        return Span(file, first.start_pos, last.end_pos, first.line, first.column,
                     last.end_line, last.end_column)
     if getattr(meta, "empty", True):
-        return Span(_ToAst.file, 0, 0, 0, 0, 0, 0)
-    return Span(_ToAst.file, meta.start_pos, meta.end_pos, meta.line, meta.column, meta.end_line, meta.end_column)
+        return Span(file, 0, 0, 0, 0, 0, 0)
+    return Span(file, meta.start_pos, meta.end_pos, meta.line, meta.column, meta.end_line, meta.end_column)
 
 
 def _present(items) -> tuple:
@@ -101,10 +101,20 @@ def _present(items) -> tuple:
 
 @v_args(meta=True)
 class _ToAst(Transformer_NonRecursive):
-    """One method per grammar rule; builds frozen AST nodes and tracks expression and type depth."""
+    """One method per grammar rule; builds frozen AST nodes and tracks expression and type depth.
+    One instance per parse: its file name and depths are that parse's own (parses may run in
+    threads at once)."""
 
-    file = "<input>"
-    depth: dict[int, int] = {}
+    def __init__(self, file: str = "<input>") -> None:
+        super().__init__()
+        self.file = file
+        self.depth: dict[int, int] = {}  # id(node) -> its nesting depth
+
+    def _span(self, meta) -> Span:
+        return _meta_span(self.file, meta)
+
+    def _tok_span(self, tok: Token) -> Span:
+        return _tok_span(self.file, tok)
 
     # -- depth guards, so later recursive passes never overflow
     def _nested(self, node, *children, what: str = "expression"):
@@ -122,16 +132,16 @@ class _ToAst(Transformer_NonRecursive):
 
     # -- declarations
     def start(self, meta, items):
-        return ast.Program(tuple(items), span=_meta_span(meta))
+        return ast.Program(tuple(items), span=self._span(meta))
 
     def defaults(self, meta, attrs):
-        return ast.DefaultsDecl(tuple(attrs), span=_meta_span(meta))
+        return ast.DefaultsDecl(tuple(attrs), span=self._span(meta))
 
     def type_decl(self, meta, c):
-        return ast.TypeDecl(str(c[0]), tuple(c[1:]), span=_meta_span(meta), name_span=_tok_span(c[0]))
+        return ast.TypeDecl(str(c[0]), tuple(c[1:]), span=self._span(meta), name_span=self._tok_span(c[0]))
 
     def field(self, meta, c):
-        return ast.FieldDecl(str(c[0]), c[1], span=_meta_span(meta))
+        return ast.FieldDecl(str(c[0]), c[1], span=self._span(meta))
 
     def _signature(self, c):
         name, params, rest = c[0], c[1], c[2:]
@@ -141,21 +151,24 @@ class _ToAst(Transformer_NonRecursive):
 
     def tool_decl(self, meta, c):
         name, params, returns, attrs = self._signature(c)
-        return ast.ToolDecl(str(name), params, returns, tuple(attrs), span=_meta_span(meta), name_span=_tok_span(name))
+        return ast.ToolDecl(str(name), params, returns, tuple(attrs), span=self._span(meta),
+                            name_span=self._tok_span(name))
 
     def task_decl(self, meta, c):
         name, params, returns, attrs = self._signature(c)
-        return ast.TaskDecl(str(name), params, returns, tuple(attrs), span=_meta_span(meta), name_span=_tok_span(name))
+        return ast.TaskDecl(str(name), params, returns, tuple(attrs), span=self._span(meta),
+                            name_span=self._tok_span(name))
 
     def role_decl(self, meta, c):
         members = c[1:]
         return ast.RoleDecl(str(c[0]), tuple(m for m in members if isinstance(m, ast.Attr)),
                             tuple(m for m in members if isinstance(m, ast.TaskDecl)),
-                            span=_meta_span(meta), name_span=_tok_span(c[0]))
+                            span=self._span(meta), name_span=self._tok_span(c[0]))
 
     def choreography(self, meta, c):
         name, params, returns, body = self._signature(c)
-        return ast.ChoreographyDecl(str(name), params, returns, body[0], span=_meta_span(meta), name_span=_tok_span(name))
+        return ast.ChoreographyDecl(str(name), params, returns, body[0], span=self._span(meta),
+                                    name_span=self._tok_span(name))
 
     def returns(self, meta, c):
         return _Returns(c[0])
@@ -164,132 +177,132 @@ class _ToAst(Transformer_NonRecursive):
         return _present(c)
 
     def param(self, meta, c):
-        return ast.Param(str(c[0]), c[1], c[2] if len(c) > 2 else None, span=_meta_span(meta))
+        return ast.Param(str(c[0]), c[1], c[2] if len(c) > 2 else None, span=self._span(meta))
 
     def attr(self, meta, c):
-        return ast.Attr(str(c[0]), c[1], span=_meta_span(meta), name_span=_tok_span(c[0]))
+        return ast.Attr(str(c[0]), c[1], span=self._span(meta), name_span=self._tok_span(c[0]))
 
     # -- types
     def named_type(self, meta, c):
-        return ast.NamedType(str(c[0]), span=_meta_span(meta))
+        return ast.NamedType(str(c[0]), span=self._span(meta))
 
     def generic_type(self, meta, c):
-        return self._nested(ast.GenericType(str(c[0]), c[1], span=_meta_span(meta)), c[1], what="type")
+        return self._nested(ast.GenericType(str(c[0]), c[1], span=self._span(meta)), c[1], what="type")
 
     def optional_type(self, meta, c):
-        return self._nested(ast.OptionalType(c[0], span=_meta_span(meta)), c[0], what="type")
+        return self._nested(ast.OptionalType(c[0], span=self._span(meta)), c[0], what="type")
 
     def literal_union(self, meta, c):
-        return ast.LiteralUnion(tuple(string_value(str(t)) for t in c), span=_meta_span(meta))
+        return ast.LiteralUnion(tuple(string_value(str(t)) for t in c), span=self._span(meta))
 
     # -- statements
     def block(self, meta, c):
-        return ast.Block(tuple(c), span=_meta_span(meta))
+        return ast.Block(tuple(c), span=self._span(meta))
 
     def binding(self, meta, c):
         after = c[2] if len(c) > 2 and c[2] is not None else ()
-        return ast.Binding(str(c[0]), c[1], after, span=_meta_span(meta), name_span=_tok_span(c[0]))
+        return ast.Binding(str(c[0]), c[1], after, span=self._span(meta), name_span=self._tok_span(c[0]))
 
     def after(self, meta, c):
-        return tuple(ast.AfterRef(str(t), span=_tok_span(t)) for t in c)
+        return tuple(ast.AfterRef(str(t), span=self._tok_span(t)) for t in c)
 
     def return_stmt(self, meta, c):
-        return ast.Return(c[0], span=_meta_span(meta))
+        return ast.Return(c[0], span=self._span(meta))
 
     def yield_stmt(self, meta, c):
-        return ast.Yield(c[0], span=_meta_span(meta))
+        return ast.Yield(c[0], span=self._span(meta))
 
     # -- expressions
     def for_expr(self, meta, c):
-        node = ast.ForExpr(str(c[0]), c[1], c[2], span=_meta_span(meta), var_span=_tok_span(c[0]))
+        node = ast.ForExpr(str(c[0]), c[1], c[2], span=self._span(meta), var_span=self._tok_span(c[0]))
         return self._nested(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
 
     def repeat_expr(self, meta, c):
         if len(c) == 2:  # `repeat until ...` without `max` (E404 in the checker)
             c = [None, *c]
         max_expr = c[0]
-        node = ast.RepeatExpr(max_expr, c[1], c[2], span=_meta_span(meta))
+        node = ast.RepeatExpr(max_expr, c[1], c[2], span=self._span(meta))
         return self._nested(node, c[1], *(getattr(s, "value", None) for s in c[2].statements))
 
     def repeat_max(self, meta, c):
         return c[0]
 
     def conditional(self, meta, c):
-        return self._nested(ast.Conditional(c[0], c[1], c[2], span=_meta_span(meta)), *c)
+        return self._nested(ast.Conditional(c[0], c[1], c[2], span=self._span(meta)), *c)
 
     def or_op(self, meta, c):
-        return self._nested(ast.BinOp("or", c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.BinOp("or", c[0], c[1], span=self._span(meta)), *c)
 
     def and_op(self, meta, c):
-        return self._nested(ast.BinOp("and", c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.BinOp("and", c[0], c[1], span=self._span(meta)), *c)
 
     def not_op(self, meta, c):
-        return self._nested(ast.UnaryOp("not", c[0], span=_meta_span(meta)), c[0])
+        return self._nested(ast.UnaryOp("not", c[0], span=self._span(meta)), c[0])
 
     def compare(self, meta, c):
         op = "not in" if c[1].type == "NOT_IN" else str(c[1])
-        return self._nested(ast.BinOp(op, c[0], c[2], span=_meta_span(meta)), c[0], c[2])
+        return self._nested(ast.BinOp(op, c[0], c[2], span=self._span(meta)), c[0], c[2])
 
     binop = compare
 
     def neg(self, meta, c):
-        return self._nested(ast.UnaryOp("-", c[1], span=_meta_span(meta)), c[1])
+        return self._nested(ast.UnaryOp("-", c[1], span=self._span(meta)), c[1])
 
     def attribute(self, meta, c):
-        return self._nested(ast.Attribute(c[0], str(c[1]), span=_meta_span(meta), attr_span=_tok_span(c[1])), c[0])
+        return self._nested(ast.Attribute(c[0], str(c[1]), span=self._span(meta), attr_span=self._tok_span(c[1])), c[0])
 
     def index(self, meta, c):
-        return self._nested(ast.Index(c[0], c[1], span=_meta_span(meta)), *c)
+        return self._nested(ast.Index(c[0], c[1], span=self._span(meta)), *c)
 
     def call(self, meta, c):
         args = c[1]
-        return self._nested(ast.Call(c[0], args, span=_meta_span(meta)), c[0], *(a.value for a in args))
+        return self._nested(ast.Call(c[0], args, span=self._span(meta)), c[0], *(a.value for a in args))
 
     def args(self, meta, c):
         return tuple(a if isinstance(a, ast.Arg) else ast.Arg(None, a, span=a.span) for a in _present(c))
 
     def kwarg(self, meta, c):
-        return ast.Arg(str(c[0]), c[1], span=_meta_span(meta))
+        return ast.Arg(str(c[0]), c[1], span=self._span(meta))
 
     def name(self, meta, c):
-        return ast.Name(str(c[0]), span=_tok_span(c[0]))
+        return ast.Name(str(c[0]), span=self._tok_span(c[0]))
 
     def string(self, meta, c):
-        return ast.Literal(string_value(str(c[0])), span=_tok_span(c[0]))
+        return ast.Literal(string_value(str(c[0])), span=self._tok_span(c[0]))
 
     def number(self, meta, c):
         text = str(c[0])
-        return ast.Literal(float(text) if "." in text else int(text), span=_tok_span(c[0]))
+        return ast.Literal(float(text) if "." in text else int(text), span=self._tok_span(c[0]))
 
     def duration(self, meta, c):
         text = str(c[0])
         unit = "ms" if text.endswith("ms") else text[-1]
-        return ast.Duration(int(text[: -len(unit)]) * _DURATION_UNITS[unit], text, span=_tok_span(c[0]))
+        return ast.Duration(int(text[: -len(unit)]) * _DURATION_UNITS[unit], text, span=self._tok_span(c[0]))
 
     def true(self, meta, c):
-        return ast.Literal(True, span=_meta_span(meta))
+        return ast.Literal(True, span=self._span(meta))
 
     def false(self, meta, c):
-        return ast.Literal(False, span=_meta_span(meta))
+        return ast.Literal(False, span=self._span(meta))
 
     def null(self, meta, c):
-        return ast.Literal(None, span=_meta_span(meta))
+        return ast.Literal(None, span=self._span(meta))
 
     def list_lit(self, meta, c):
         items = _present(c)
-        return self._nested(ast.ListExpr(items, span=_meta_span(meta)), *items)
+        return self._nested(ast.ListExpr(items, span=self._span(meta)), *items)
 
     def comprehension(self, meta, c):
         cond = c[3] if len(c) > 3 else None
-        node = ast.Comprehension(c[0], str(c[1]), c[2], cond, span=_meta_span(meta))
+        node = ast.Comprehension(c[0], str(c[1]), c[2], cond, span=self._span(meta))
         return self._nested(node, c[0], c[2], cond)
 
     def record_field(self, meta, c):
-        return ast.RecordField(str(c[0]), c[1], span=_tok_span(c[0]))
+        return ast.RecordField(str(c[0]), c[1], span=self._tok_span(c[0]))
 
     def record_lit(self, meta, c):
         fields = _present(c)
-        return self._nested(ast.RecordExpr(fields, span=_meta_span(meta)), *(f.value for f in fields))
+        return self._nested(ast.RecordExpr(fields, span=self._span(meta)), *(f.value for f in fields))
 
 
 class _Returns:
@@ -386,7 +399,7 @@ def _report(err: UnexpectedInput, source: SourceFile, parsed: str, sink: Diagnos
         label = "the file ends here"
         opener = _unclosed_bracket(parsed)
         if opener is not None:
-            secondary.append(Label(_tok_span(opener), f"this `{opener}` is never closed"))
+            secondary.append(Label(_tok_span(source.name, opener), f"this `{opener}` is never closed"))
             help_ = help_ or f"close it with `{_CLOSER_TEXT[opener.type]}`"
     sink.report(Code.E001, f"unexpected {_found_words(tok)}, expected {_expected_words(err.expected)}",
                 source.span(start, end), label, secondary=secondary, help=help_)
@@ -467,7 +480,6 @@ def _fast_tables():
     replaced by a precomputed description of how Lark's tree builder treats that rule."""
     lark = _parser()
     table = lark.parser.parser.parser.parse_table
-    builder = _ToAst()
     infos = {}
     for rule in lark.rules:
         expansion = rule.expansion
@@ -508,7 +520,7 @@ def _fast_tables():
             kind = _NODE
             method = _ToAst.__dict__.get(name)
             if method is not None:
-                fn = method.base_func.__get__(builder)
+                fn = method.base_func  # called with the parse's own `_ToAst` as `self`
         # -- propagate_positions: a terminal at either end is always the first/last position
         first_i = 0 if size and expansion[0].is_term else -1
         last_i = size - 1 if size and expansion[-1].is_term else -1
@@ -626,8 +638,8 @@ def _after_unit_reductions(actions, gotos, below: int, top: int, ttype: str) -> 
     return top
 
 
-def _fast_parse(text: str):
-    """`_ToAst().transform(_parser().parse(text))`, with the same result and the same
+def _fast_parse(text: str, builder: _ToAst):
+    """`builder.transform(_parser().parse(text))`, with the same result and the same
     exceptions, without building the parse tree; and NestingTooDeep when more than
     MAX_OPEN constructs are open at once, where Lark's stacks would grow without bound."""
     actions, gotos, start_state, end_state, lexer = _fast_tables()
@@ -656,7 +668,7 @@ def _fast_parse(text: str):
                 value_stack.append(token)
                 pos_stack.append((token, token))
                 if len(state_stack) > MAX_OPEN:
-                    raise NestingTooDeep(_tok_span(token), "open")
+                    raise NestingTooDeep(builder._tok_span(token), "open")
                 break
             if action == _UNIT_REDUCE:
                 key = (state_stack[-2], state, ttype)
@@ -732,7 +744,7 @@ def _fast_parse(text: str):
                 value = Tree(name, children, _lark_meta(meta))
             else:
                 try:
-                    value = fn(_EMPTY_META if meta is None else meta, children)
+                    value = fn(builder, _EMPTY_META if meta is None else meta, children)
                 except Exception as err:  # noqa: BLE001 - Lark would have finished parsing first
                     failure = err
                     value = None
@@ -764,14 +776,13 @@ def _lark_meta(meta):
 def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
     """Parses a whole file. On a syntax error it resumes at the next top-level
     declaration, so several independent mistakes are reported in one go."""
-    _ToAst.file = source.name
     text = source.text
     program = None
     resume_at = 0
     for _ in range(MAX_SYNTAX_ERRORS):
         masked = text if resume_at == 0 else _blank(text[:resume_at]) + text[resume_at:]
         try:
-            result = _fast_parse(masked)
+            result = _fast_parse(masked, _ToAst(source.name))
             if resume_at == 0:
                 program = result
             break
@@ -781,8 +792,6 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
             message, help_ = _NESTING_WORDS[err.what]
             sink.report(Code.E003, message, err.span, "too deeply nested", help=help_)
             failed_at = err.span.end
-        finally:
-            _ToAst.depth.clear()
         nxt = _DECL_START.search(text, failed_at)
         if nxt is None:
             break

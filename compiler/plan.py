@@ -139,7 +139,7 @@ class _Lowering:
                 "tools": [self.tool_schema(ref, tools) for ref in role_def["tools"]],
             }
             runtime = {k: task_attrs.get(k, role_def.get(k)) for k in ("retries", "timeout", "api_base", "api_key_env")}
-            runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", True))
+            runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))
             out[f"{role}.{task_name}"] = {"definition": definition, "definition_hash": definition_hash(definition),
                                           **runtime, "replicas": role_def["replicas"]}
         return out
@@ -158,7 +158,7 @@ class _Lowering:
                          "parameters": self._params_schema(tool.params),
                          "timeout": attrs.get("timeout", self.defaults.get("timeout")),
                          "retries": attrs.get("retries", self.defaults.get("retries", ATTR_DEFAULTS["retries"])),
-                         "cache": attrs.get("cache", self.defaults.get("cache", True))}
+                         "cache": attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))}
         return out
 
     def _params_schema(self, params) -> dict:
@@ -182,9 +182,9 @@ class _Lowering:
 
     def choreography(self, name: str, prefix: str, cluster: str | None) -> dict:
         decl = self.symbols.choreographies[name]
-        return self.block(decl.body, prefix, cluster, result_kind="return")
+        return self.block(decl.body, prefix, cluster)
 
-    def block(self, block: ast.Block, prefix: str, cluster: str | None, result_kind: str) -> dict:
+    def block(self, block: ast.Block, prefix: str, cluster: str | None) -> dict:
         bindings = {}
         local_ids = {b.name: f"{prefix}/{b.name}" for b in block.bindings}
         last_caller: dict[str, str] = {}  # session role -> the latest binding (in text order) calling it
@@ -288,7 +288,7 @@ class _Lowering:
             self.graph.add_node(node_id, kind="for", label=f"for {loop.var}", cluster=cluster)
             self.graph.add_node(body_prefix, kind="cluster", label=f"for {loop.var} in ...", cluster=cluster)
             roles, body = self.collecting_session_calls(
-                lambda: self.block(loop.body, body_prefix, body_prefix, "yield"))
+                lambda: self.block(loop.body, body_prefix, body_prefix))
             self.nodes[node_id] = {"kind": "for", "var": loop.var, "iter": iter_expr, "body": body,
                                    "line": loop.span.line, "scope": cluster}
             if roles:
@@ -298,7 +298,7 @@ class _Lowering:
             body_prefix = f"{node_id}#*"
             self.graph.add_node(node_id, kind="repeat", label="repeat", cluster=cluster)
             self.graph.add_node(body_prefix, kind="cluster", label="repeat", cluster=cluster)
-            body = self.block(loop.body, body_prefix, body_prefix, "")
+            body = self.block(loop.body, body_prefix, body_prefix)
             until = self.expr(loop.until, f"{body_prefix}/until", body_prefix, [0])
             max_iter = loop.max.value if isinstance(loop.max, ast.Literal) else 1
             self.nodes[node_id] = {"kind": "repeat", "max": max_iter, "until": until, "body": body,

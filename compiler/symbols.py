@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # Attribute vocabulary: name -> kind of value. Kinds: str, int, number, bool, duration,
 # model (str), memory ("none"|"session"), tool_refs (list of names / role.task),
-# argv (list of str), builtin (one of BUILTINS).
+# argv (list of str), builtin (one of names.BUILTIN_TOOLS).
 ROLE_ATTRS = {"model": "str", "system": "str", "tools": "tool_refs", "replicas": "int",
               "memory": "memory", "temperature": "number", "max_tokens": "int", "max_turns": "int",
               "retries": "int", "timeout": "duration", "api_base": "str", "api_key_env": "str",
@@ -32,7 +32,6 @@ TOOL_ATTRS = {"python": "str", "command": "argv", "builtin": "builtin", "descrip
 DEFAULTS_ATTRS = {**ROLE_ATTRS, **TASK_ATTRS, **{k: v for k, v in TOOL_ATTRS.items()
                                                  if k in ("timeout", "retries", "cache")}}
 del DEFAULTS_ATTRS["prompt"], DEFAULTS_ATTRS["tools"], DEFAULTS_ATTRS["system"]
-BUILTINS = ("fs.read", "fs.write", "fs.list")
 BUILTIN_FUNCTIONS = ("len", "all", "any", "join", "json")
 ATTR_DEFAULTS = {"replicas": 1, "memory": "none", "max_turns": 8, "retries": 2, "cache": True,
                  "max_context_tokens": 8000}

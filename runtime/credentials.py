@@ -56,7 +56,7 @@ def model_uses(plan: dict, model_override: str | None) -> list[ModelUse]:
         entry = plan["tasks"][task]
         model = model_override or entry["definition"]["model"]
         if model and not is_scripted(model):
-            uses.add(ModelUse(model, entry["definition"]["role"], entry.get("api_key_env"), entry.get("api_base")))
+            uses.add(ModelUse(model, entry["definition"]["role"], entry["api_key_env"], entry["api_base"]))
     return sorted(uses, key=lambda u: (u.model, u.role))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentflow.compiler.hashing import canonical_json, digest, value_hash
+from agentflow.compiler.names import template_id
 from agentflow.compiler.plan import definition_hash
 from agentflow.compiler.types import Validators, type_from_json, with_omitted_fields
 
@@ -24,14 +25,6 @@ from .inputs import force_matcher
 
 if TYPE_CHECKING:  # tools loads only once a run calls one
     from .tools import ToolContext
-
-_INSTANCE = re.compile(r"\[\d+\]|#\d+")
-
-
-def template_id(instance_id: str) -> str:
-    """`main/reviews[2]/attempt#1/review` -> `main/reviews[*]/attempt#*/review`."""
-    return _INSTANCE.sub(lambda m: "[*]" if m.group(0)[0] == "[" else "#*", instance_id)
-
 
 _SEPARATOR = re.compile(r"[/\[#]")
 
@@ -63,7 +56,6 @@ class NodeJob:
     target: str  # "role.task" | tool name
     args: dict
     key: str
-    attempt_base: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,8 +170,8 @@ class Engine:
         defn = d["definition"]
         target = tuple(defn["target"]) if isinstance(defn["target"], list) else defn["target"]
         return ToolSpec(name=name, params=tuple(p["name"] for p in defn["params"]), kind=defn["impl"],
-                        target=target, returns_str=defn["returns"] == "str", timeout_s=d.get("timeout"),
-                        cwd=defn.get("cwd"))
+                        target=target, returns_str=defn["returns"] == "str", timeout_s=d["timeout"],
+                        cwd=defn["cwd"])
 
     def tool_context(self):
         if self._tool_context is None:
@@ -395,7 +387,7 @@ class Engine:
 
     def cacheable(self, kind: str, target: str) -> bool:
         table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
-        return bool(table[target].get("cache", True)) and not self.options.no_cache
+        return table[target]["cache"] and not self.options.no_cache
 
     async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False) -> Any:
         """Runs or reuses one task or tool call, and stores its result before returning it.

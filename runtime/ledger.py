@@ -49,9 +49,7 @@ class Ledger:
         if resuming:
             self.resumed = await self._io(self.store.run_node_states, self.run_id)
         if not self.dry_run:
-            for node_id, state in self.resumed.items():
-                if state.status == "failed":  # it starts over; an interrupted call resumes its journal
-                    self.store.reset_turns(self.run_id, node_id)
+            self._forget_failed_journals(self.resumed)
             self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
                                  inputs=inputs)
             try:
@@ -195,6 +193,18 @@ class Ledger:
         """The role's session as it stands now, one list of messages per call. It starts empty
         in every process: a resumed run rebuilds it in program order (see `restart_sessions`)."""
         return self._sessions.setdefault(role, [])
+
+    async def restart_failed(self) -> None:
+        """What `open` does on `--resume`, again for failures recorded since (those of a
+        Temporal execution that `reattach` drained): each failed node starts over."""
+        self._forget_failed_journals(await self._io(self.store.run_node_states, self.run_id))
+        await self.flush()
+
+    def _forget_failed_journals(self, states: dict) -> None:
+        """A failed node starts over, its journal forgotten; an interrupted call resumes its journal."""
+        for node_id, state in states.items():
+            if state.status == "failed":
+                self.store.reset_turns(self.run_id, node_id)
 
     async def restart_sessions(self) -> None:
         """Before a resumed run continues: its sessions are rebuilt in program order as its

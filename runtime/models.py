@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from agentflow.compiler.hashing import escape_surrogates
+from agentflow.compiler.hashing import canonical_json, framed_sha256
 
 from .redaction import configured_secrets, redact
 
@@ -189,21 +189,7 @@ def _rough_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def _digest(*parts: str) -> bytes:
-    """sha256 over length-prefixed parts (so ("ab", "c") and ("a", "bc") differ)."""
-    h = hashlib.sha256(b"agentflow-scripted-v1")
-    for part in parts:
-        data = part.encode()
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.digest()
-
-
-def _canonical(value: Any) -> str:
-    """One spelling of a request part for seeds and token counts. A lone surrogate (an
-    undecodable file name in a prompt) is escaped as in every key, so it can be hashed."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return escape_surrogates(text)
+_SEED_LABEL = b"agentflow-scripted-v1"  # seeds keep their own label: the same request, the same answer
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,12 +573,6 @@ class ScriptedModelClient:
         self._scripts: dict[Path, tuple[tuple[int, int], list[_Rule]]] = {}
         self._used: dict[tuple[Path, tuple[int, int], int], int] = {}
 
-    def reset(self) -> None:
-        """Forget cached scripts and `times` counters."""
-        with self._lock:
-            self._scripts.clear()
-            self._used.clear()
-
     async def complete(self, request: ModelRequest) -> ModelResponse:
         start = time.perf_counter()
         rule = self._match(request)
@@ -621,8 +601,8 @@ class ScriptedModelClient:
                 )
                 for i, call in enumerate(rule.value, start=1)
             )
-        prompt_text = _canonical(list(request.messages)) + (_canonical(list(request.tools)) if request.tools else "")
-        completion_text = (content or "") + (_canonical([c.arguments for c in tool_calls]) if tool_calls else "")
+        prompt_text = canonical_json(list(request.messages)) + (canonical_json(list(request.tools)) if request.tools else "")
+        completion_text = (content or "") + (canonical_json([c.arguments for c in tool_calls]) if tool_calls else "")
         return ModelResponse(
             content=content,
             tool_calls=tool_calls,
@@ -636,12 +616,12 @@ class ScriptedModelClient:
     # -- synthesis --------------------------------------------------------------------------
     @staticmethod
     def _seed(request: ModelRequest) -> bytes:
-        return _digest(
+        return framed_sha256(_SEED_LABEL, (
             request.model,
-            _canonical(list(request.messages)),
-            _canonical(request.output_schema),
+            canonical_json(list(request.messages)),
+            canonical_json(request.output_schema),
             request.node_id,
-        )
+        ))
 
     def _synthesize(self, request: ModelRequest) -> str:
         seed = self._seed(request)

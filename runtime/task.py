@@ -82,7 +82,7 @@ class TaskCall:
         messages = [{"role": "system", "content": system}] if system else []
         if self.definition["memory"] == "session":
             calls = await self.engine.ledger.load_session(self.role)
-            messages += compact(calls, int(self.definition.get("max_context_tokens") or 8000))
+            messages += compact(calls, self.definition["max_context_tokens"])
         return messages + [{"role": "user", "content": prompt}]
 
     async def run(self) -> NodeOutcome:
@@ -92,8 +92,8 @@ class TaskCall:
         journal = [m for m in steps if m["role"] != SESSION_STEP]
         remembered = len(journal) < len(steps)  # killed after its session step, before its result
         messages = start + journal
-        max_turns = int(self.definition.get("max_turns") or 8)
-        retries = int(self.entry.get("retries") or 0)
+        max_turns = self.definition["max_turns"]
+        retries = self.entry["retries"]
         turns = sum(1 for m in journal if m["role"] == "assistant")
         self.delegations = delegations_answered(journal, self.definition["tools"])
         repairs = sum(1 for m in journal if m.get("repair"))
@@ -159,8 +159,8 @@ class TaskCall:
             model=d["model"], messages=tuple({k: v for k, v in m.items() if k != "repair"} for m in messages),
             tools=tools, output_schema=d["output_schema"], output_name=_output_name(d["returns"]),
             node_id=self.job.node_id, task=self.job.target, turn=turn, attempt=self.attempts,
-            temperature=d.get("temperature"), max_tokens=d.get("max_tokens"), timeout_s=self.entry.get("timeout"),
-            api_base=self.entry.get("api_base"), api_key_env=self.entry.get("api_key_env"),
+            temperature=d["temperature"], max_tokens=d["max_tokens"], timeout_s=self.entry["timeout"],
+            api_base=self.entry["api_base"], api_key_env=self.entry["api_key_env"],
             script_dir=str(self.engine.options.spec_dir))
         client = client_for(d["model"])
 
@@ -177,7 +177,7 @@ class TaskCall:
         try:
             remote = getattr(self.engine.executor, "complete", None)  # an executor that calls elsewhere
             response = await (remote(self, request) if remote else
-                              retrying(int(self.entry.get("retries") or 0), TransientModelError, once))
+                              retrying(self.entry["retries"], TransientModelError, once))
         except ModelError as err:
             raise self.fail(_naming_model(d["model"], str(err))) from None
         prompt, completion, cost = self.usage
@@ -273,7 +273,7 @@ async def run_tool(engine: Engine, name: str, args: dict) -> Any:
     args = check_arguments(name, entry["definition"]["params"], args, engine.validators)
     remote = getattr(engine.executor, "call_tool", None)  # an executor that calls elsewhere (Temporal)
     value = await (remote(engine, name, args) if remote else
-                   retrying(int(entry.get("retries") or 0), TransientToolError,
+                   retrying(entry["retries"], TransientToolError,
                             lambda: call_tool(spec, args, engine.tool_context())))
     try:
         return engine.validators.validate(type_from_json(entry["definition"]["returns"]), value)

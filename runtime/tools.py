@@ -62,6 +62,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 from agentflow.compiler.hashing import as_json_reads_back, canonical_json, digest
+from agentflow.compiler.names import BUILTIN_TOOLS
 from agentflow.compiler.types import Validators, type_from_json
 from agentflow.compiler.templates import format_path, placeholders
 
@@ -314,8 +315,6 @@ def _format_value(value: Any, ref: TemplateRef) -> str:
 # --------------------------------------------------------------------------------------------
 # Calling tools
 
-
-BUILTIN_TOOLS = ("fs.read", "fs.write", "fs.list")
 
 # Bump one of these when the builtin's behaviour changes, so cached results are not reused.
 _BUILTIN_VERSIONS = {"fs.read": "fs.read@1", "fs.write": "fs.write@1", "fs.list": "fs.list@1"}

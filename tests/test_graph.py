@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from agentflow.compiler.diagnostics import DiagnosticSink
-from agentflow.compiler.graph import _dot_str, _mermaid_text, graph_model, render_graph, template_id, to_dot
+from agentflow.compiler.graph import _dot_str, _mermaid_text, graph_model, render_graph, to_dot
+from agentflow.compiler.names import template_id
 from agentflow.compiler.parser import parse
 from agentflow.compiler.plan import build_plan
 from agentflow.compiler.source import SourceFile

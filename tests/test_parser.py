@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,17 +54,17 @@ def _dump(value):
     return repr(value)
 
 
-def _lark_path(text: str):
+def _lark_path(text: str, builder: P._ToAst):
     """The reference: Lark's own tree building, then the transformer."""
     try:
-        return P._ToAst().transform(P._parser().parse(text))
+        return builder.transform(P._parser().parse(text))
     except VisitError as err:
         raise err.orig_exc from None
 
 
 def _outcome(fn, text: str):
     try:
-        return ("ok", _dump(fn(text)))
+        return ("ok", _dump(fn(text, P._ToAst("case.agentflow"))))
     except UnexpectedToken as err:
         tok = err.token
         return ("token", tok.type, str(tok), tok.start_pos, tok.line, tok.column, tok.end_pos, sorted(err.expected))
@@ -72,8 +74,6 @@ def _outcome(fn, text: str):
         return ("input", type(err).__name__, repr(err))
     except P.NestingTooDeep as err:
         return ("deep", _dump(err.span))
-    finally:
-        P._ToAst.depth.clear()
 
 
 def _tokens(tokens):
@@ -113,7 +113,6 @@ def test_case_count():
 
 @pytest.mark.parametrize("name,text", CASES, ids=[c[0] for c in CASES])
 def test_fast_path_matches_lark_tree_building(name, text, monkeypatch):
-    P._ToAst.file = "case.agentflow"
     assert _outcome(P._fast_parse, text) == _outcome(_lark_path, text)
     # and the whole parse(), error recovery included, reports the same diagnostics
     fast = _diagnosed(text)
@@ -125,3 +124,28 @@ def test_fast_path_matches_lark_tree_building(name, text, monkeypatch):
 def test_lexing_loop_matches_lark_lexer(name, text):
     lexer = P._fast_tables()[-1]
     assert _tokens(P._lex(lexer, text)) == _tokens(P._with_end(LexerThread.from_text(lexer, text).lex(None)))
+
+
+def test_parses_in_threads_at_once_match_sequential_parses():
+    """Each parse keeps its file name and nesting depths to itself: two files parsed in
+    threads at once (one deep, one with syntax errors after deep nesting) give the ASTs,
+    spans and diagnostics they give one at a time."""
+    files = [("review.agentflow", (ROOT / "specs" / "research_report.agentflow").read_text() + EXTRA["deep_ok"]),
+             ("broken.agentflow", EXTRA["deep_then_syntax"] + EXTRA["deep_not"] + EXTRA["deep_bad"])]
+
+    def parsed(name: str, text: str):
+        sink = DiagnosticSink()
+        return _dump(P.parse(SourceFile(name, text), sink)), repr(sink.diagnostics)
+
+    expected = [parsed(*f) for f in files]
+    rounds = 60
+    start = threading.Barrier(len(files))
+
+    def worker(name: str, text: str) -> list:
+        start.wait()
+        return [parsed(name, text) for _ in range(rounds)]
+
+    with ThreadPoolExecutor(len(files)) as pool:
+        results = list(pool.map(lambda f: worker(*f), files))
+    for want, got in zip(expected, results):
+        assert got == [want] * rounds

@@ -84,7 +84,7 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
             handle = await follower.reattach(client, wf_id) if resuming else None
             if handle is None:
                 if resuming:
-                    await _restart_failed(ledger, run_id)
+                    await ledger.restart_failed()
                     await ledger.restart_sessions()  # the new execution rebuilds them, as locally
                 config = await _workflow_input(req, store, run_id, resuming, settings)
                 try:
@@ -104,17 +104,6 @@ async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings
         return RunOutcome(run_id, status, value, failure)
     finally:
         store.close()
-
-
-async def _restart_failed(ledger: Ledger, run_id: str) -> None:
-    """What `Ledger.open` does on `--resume`: a node that failed starts over, its journal
-    forgotten. Again here, for failures the execution just drained by `reattach` recorded."""
-    store = ledger.store
-    states = await asyncio.get_running_loop().run_in_executor(ledger.pool, store.run_node_states, run_id)
-    for node_id, state in states.items():
-        if state.status == "failed":
-            store.reset_turns(run_id, node_id)
-    await ledger.flush()
 
 
 # ---------------------------------------------------------------- the reuse-only pass

@@ -200,7 +200,7 @@ class WorkflowEngine(Engine):
         return self._code_versions[tool_name]
 
     async def decide(self, iid, kind, target, key, def_hash, inputs):
-        if kind == "task" and self.plan["tasks"][target]["definition"].get("memory") == "session":
+        if kind == "task" and self.plan["tasks"][target]["definition"]["memory"] == "session":
             self.ledger.session_keys.add(key)  # a reuse from another run replays its session steps
         return await super().decide(iid, kind, target, key, def_hash, inputs)
 
@@ -236,11 +236,11 @@ class TemporalExecutor(LocalExecutor):
     async def complete(self, call, request):
         """One model turn of `call` (a TaskCall), retries included; bumps `call.attempts`."""
         from dataclasses import replace
-        retries = int(call.entry.get("retries") or 0)
+        retries = call.entry["retries"]
         payload = {"request": wire.request_to_wire(replace(request, attempt=call.attempts)), "retries": retries}
         try:
             result = await workflow.execute_activity(wire.MODEL_ACTIVITY, payload,
-                                                     **self._options(retries, call.entry.get("timeout")))
+                                                     **self._options(retries, call.entry["timeout"]))
         except ActivityError as err:
             _raise_if_cancelled(err)
             attempts, message, permanent = _failure(err, retries + 1)
@@ -252,12 +252,12 @@ class TemporalExecutor(LocalExecutor):
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
         """One tool call, retries included; raises ToolError as a local call would."""
         entry = engine.plan["tools"][name]
-        retries = int(entry.get("retries") or 0)
+        retries = entry["retries"]
         payload = {"spec": wire.spec_to_wire(engine.tool_spec(name)), "args": args, "retries": retries,
                    "spec_dir": str(engine.options.spec_dir), "workspace": str(engine.options.workspace)}
         try:
             result = await workflow.execute_activity(wire.TOOL_ACTIVITY, payload,
-                                                     **self._options(retries, entry.get("timeout")))
+                                                     **self._options(retries, entry["timeout"]))
         except ActivityError as err:
             _raise_if_cancelled(err)
             raise ToolError(_failure(err, retries + 1)[1], tool=name) from None

@@ -1,0 +1,18 @@
+"""Names both the compiler and the runtime know (the runtime imports no compiler module but
+this one, `hashing` and `types`).
+
+A plan names nodes by template id (`main/reviews[*]/attempt#*/review`); a run names each
+instance (`main/reviews[2]/attempt#1/review`): `[i]` a `for` item, `#n` a `repeat` iteration.
+"""
+from __future__ import annotations
+
+import re
+
+BUILTIN_TOOLS = ("fs.read", "fs.write", "fs.list")  # a tool's `builtin = "..."`, run by runtime/tools.py
+
+_INSTANCE = re.compile(r"\[\d+\]|#\d+")
+
+
+def template_id(instance_id: str) -> str:
+    """`main/reviews[2]/attempt#1/review` -> `main/reviews[*]/attempt#*/review`."""
+    return _INSTANCE.sub(lambda m: "[*]" if m.group(0)[0] == "[" else "#*", instance_id)
