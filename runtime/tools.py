@@ -51,7 +51,6 @@ import json
 import math
 import os
 import queue
-import re
 import signal
 import sys
 import threading
