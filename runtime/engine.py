@@ -136,6 +136,7 @@ class Engine:
         self._code_versions: dict[str, str] = {}
         # Per-target parts of a key and tool objects, computed once (not once per node).
         self._key_parts: dict[tuple[str, str], tuple[str, str]] = {}
+        self._param_types: dict[tuple[str, str], tuple[tuple[dict, Any], ...]] = {}
         self._tool_specs: dict[str, Any] = {}
         self._tool_context: ToolContext | None = None
 
@@ -367,15 +368,22 @@ class Engine:
     def with_defaults(self, kind: str, target: str, args: dict) -> dict:
         """A null passed to a parameter that has a default gives the default; a record
         lacking optional fields of the parameter's type gets them as null."""
-        params = (self.plan["tasks"][target]["definition"] if kind == "task" else
-                  self.plan["tools"][target]["definition"])["params"]
         given = {}
-        for p in params:
+        for p, param_type in self._params(kind, target):
             value = args.get(p["name"])
             if value is None and p["has_default"]:
                 value = p["default"]
-            given[p["name"]] = self.as_type(p["type"], value)
+            given[p["name"]] = with_omitted_fields(param_type, value, self.validators.table)
         return given
+
+    def _params(self, kind: str, target: str) -> tuple[tuple[dict, Any], ...]:
+        """A call target's parameters with their parsed types, parsed once per run (not per call)."""
+        params = self._param_types.get((kind, target))
+        if params is None:
+            table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
+            params = self._param_types[(kind, target)] = tuple(
+                (p, type_from_json(p["type"])) for p in table[target]["definition"]["params"])
+        return params
 
     def as_type(self, type_json: Any, value: Any) -> Any:
         """`value` with the omitted optional fields of the type spelled `type_json` (plan JSON)."""
