@@ -3,7 +3,7 @@ explanation (what triggers it, a small wrong program, how to fix it).
 
 Checks report `Code` members (`sink.report(Code.E302, ...)`), so a code is written out only
 here; `agentflow explain` renders these entries. Every example is a whole program that the
-real compiler reports under exactly its code (tests/test_explain.py compiles them).
+real compiler reports under exactly its code (tests/compiler/test_explain.py compiles them).
 """
 from __future__ import annotations
 

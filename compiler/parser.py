@@ -3,7 +3,7 @@
 The LALR parser is built once per process from the grammar (Lark caches its tables on
 disk). `_fast_parse` drives Lark's LALR table over Lark's lexer and builds AST nodes at each
 reduction with the `_ToAst` methods, exactly as Lark's tree building followed by the
-`_ToAst` transformer would (tests/test_parser.py checks it); no stack grows with depth.
+`_ToAst` transformer would (tests/compiler/test_parser.py checks it); no stack grows with depth.
 """
 from __future__ import annotations
 

@@ -3,7 +3,18 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
+from openai_server import OpenAIServer
+
 # A runner may start the tests with SIGINT ignored (a background job of a script does). A
 # child inherits an ignored signal, but a handled one is reset to the default at exec: with a
 # handler here, the `agentflow` processes the tests start see the Ctrl-C the tests send them.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture
+def server():
+    """The project's own OpenAI-protocol server on 127.0.0.1, for the litellm path."""
+    with OpenAIServer() as srv:
+        yield srv

@@ -1,5 +1,5 @@
 """The resume matrix's scenarios and what a run leaves, shared by the local engine's matrix
-(`tests/runtime/test_resume_matrix.py`) and Temporal's (`tests/temporal/test_temporal_resume_matrix.py`).
+(`tests/e2e/test_resume_matrix.py`) and Temporal's (`tests/temporal/test_temporal_resume_matrix.py`).
 
 Each scenario is a small spec on the scripted model. `observe` reads what a finished run left
 (its printed result, node rows, stored sessions and the calls paid), so an interrupted and

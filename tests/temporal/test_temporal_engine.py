@@ -30,9 +30,8 @@ from temporal_support import HERE, KEY_ENV, SECRET, base_env
 REPO = HERE.parent.parent
 SPECS = REPO / "specs"
 WORK = HERE / "specs" / "work.agentflow"
-sys.path.insert(0, str(HERE.parent))
-from openai_server import OpenAIServer  # noqa: E402
-import polling  # noqa: E402
+from openai_server import OpenAIServer
+import polling
 
 EXAMPLES = [
     ("research_report.agentflow", ["--input", "topic=bees"]),

@@ -4,14 +4,12 @@ commit, SIGINT and SIGTERM at its middle one) or a node failing; `--resume` must
 uninterrupted run's result, node rows and sessions, and pay no finished call twice."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 
 from temporal_support import HERE, base_env
 
-sys.path.insert(0, str(HERE.parent))
-from resume_scenarios import SCENARIOS, failed_then_resumed, reference, stop_matrix  # noqa: E402
+from resume_scenarios import SCENARIOS, failed_then_resumed, reference, stop_matrix
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

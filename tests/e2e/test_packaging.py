@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTALLED_AS = {"agentflow": "agentflow", "compiler": "agentflow/compiler",
                 "runtime": "agentflow/runtime", "grammar": "agentflow/grammar"}
 

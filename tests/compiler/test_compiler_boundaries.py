@@ -19,8 +19,7 @@ from agentflow.compiler.parser import MAX_NESTING, MAX_OPEN
 from agentflow.compiler.pipeline import MAX_SOURCE_BYTES, compile_source, read_source
 from agentflow.compiler.source import SourceFile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
-from runtime_support import af, ok  # noqa: E402
+from runtime_support import af, ok
 
 ROLE = 'role r { model = "scripted"\n  task t(x: int) -> int { prompt = "x" }\n}\n'
 

@@ -11,7 +11,7 @@ import pytest
 from agentflow.compiler.pipeline import compile_source
 from agentflow.compiler.source import SourceFile
 
-SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.agentflow"))
+SPECS = sorted(Path(__file__).resolve().parents[2].joinpath("specs").glob("*.agentflow"))
 
 
 def _compile(text: str, name: str = "spec.agentflow"):

@@ -26,8 +26,7 @@ from agentflow.runtime.tools import (
     check_arguments,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
-from runtime_support import DB, af, last_run, ok, result_json, show, write  # noqa: E402
+from runtime_support import DB, af, last_run, ok, result_json, show, write
 
 PY = sys.executable
 UNDECODABLE = b"\xff-report.txt"  # not UTF-8: Python names it "\udcff-report.txt"

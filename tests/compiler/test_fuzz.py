@@ -13,8 +13,8 @@ from agentflow.compiler.source import SourceFile
 from agentflow.compiler.symbols import collect
 from mutations import mutate
 
-ROOT = Path(__file__).resolve().parent.parent
-SEEDS = sorted((ROOT / "specs").glob("*.agentflow")) + sorted((ROOT / "tests" / "bad").glob("*.agentflow"))
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = sorted((ROOT / "specs").glob("*.agentflow")) + sorted((ROOT / "tests" / "compiler" / "bad").glob("*.agentflow"))
 CASES_PER_SEED = 1500 // max(1, len(SEEDS)) + 1
 def run_checker(name: str, text: str) -> DiagnosticSink:
     source = SourceFile(name, text)

@@ -86,7 +86,7 @@ def test_find_cycles_with_every_edge_pointing_back_has_none() -> None:
 def test_a_compilation_is_freed_by_reference_counting() -> None:
     """No reference cycles: the program goes when its last user lets go, not when the
     cyclic collector next runs (at exit, for the CLI)."""
-    spec = Path(__file__).parent.parent / "specs" / "build_project.agentflow"
+    spec = Path(__file__).resolve().parents[2] / "specs" / "build_project.agentflow"
     was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()

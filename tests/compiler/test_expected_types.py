@@ -6,7 +6,6 @@ that misses gets exactly one diagnostic, with its code, its span and the field i
 """
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from agentflow.compiler.source import SourceFile
 from agentflow.compiler.types import STR, ListT, OptionalT, RecordT, with_omitted_fields
 from test_checks import compile_text
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
-from runtime_support import af, ok, result_json, write  # noqa: E402
+from runtime_support import af, ok, result_json, write
 
 HEADER = """\
 defaults { model = "scripted" }

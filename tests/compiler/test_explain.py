@@ -13,7 +13,7 @@ from agentflow.compiler.pipeline import compile_source
 from agentflow.compiler.source import SourceFile
 from test_cli_compile import agentflow, assert_no_traceback
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CODE_LITERAL = re.compile(r"""["'][EW]\d{3}["']""")
 CODE_USE = re.compile(r"\bCode\.([EW]\d{3})\b")
 
@@ -27,10 +27,10 @@ def python_files(*dirs: str) -> list[Path]:
 
 
 def test_the_bad_corpus_and_its_snapshots_have_exactly_the_registry_codes() -> None:
-    fixtures = {m.group(1).upper() for p in (ROOT / "tests" / "bad").glob("*.agentflow")
+    fixtures = {m.group(1).upper() for p in (ROOT / "tests" / "compiler" / "bad").glob("*.agentflow")
                 if (m := re.match(r"([ew]\d{3})_", p.name))}
     snapshots = set(re.findall(r"(?:error|warning)\[([EW]\d{3})\]",
-                               (ROOT / "tests" / "__snapshots__" / "test_diagnostics_snapshots.ambr").read_text()))
+                               (ROOT / "tests" / "compiler" / "__snapshots__" / "test_diagnostics_snapshots.ambr").read_text()))
     assert fixtures <= snapshots == registry_names()  # the corpus also shows every code rendered
 
 

@@ -18,7 +18,7 @@ from agentflow.compiler.plan import build_plan
 from agentflow.compiler.source import SourceFile
 from agentflow.compiler.symbols import collect
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FORMATS = ("mermaid", "dot", "json")
 
 # Tools granted and delegated, a nested call, `after`, a tool call, a sub-choreography in a `for`.

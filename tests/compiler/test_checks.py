@@ -15,8 +15,8 @@ from agentflow.compiler.templates import placeholders
 from agentflow.compiler.typecheck import Typer
 from agentflow.compiler.types import BOOL, INT, STR, ListT, OptionalT, RecordT, StructT
 
-ROOT = Path(__file__).resolve().parent.parent
-BAD = ROOT / "tests" / "bad"
+ROOT = Path(__file__).resolve().parents[2]
+BAD = ROOT / "tests" / "compiler" / "bad"
 
 
 def compile_text(text: str, entry: str | None = None, name: str = "t.agentflow", with_source: bool = True):

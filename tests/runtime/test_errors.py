@@ -9,7 +9,6 @@ import importlib
 import inspect
 import pkgutil
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,7 @@ import agentflow.runtime
 from agentflow.compiler import errors
 from agentflow.compiler.errors import AgentflowError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
-from runtime_support import DB, af, last_run, ok, write  # noqa: E402
+from runtime_support import DB, af, last_run, ok, write
 
 # Control flow inside the compiler or the engine: caught and turned into a diagnostic, a
 # node's recorded failure or the run's outcome before the CLI sees anything.

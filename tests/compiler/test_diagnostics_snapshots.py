@@ -1,4 +1,4 @@
-"""Golden renderings of the bad-program corpus (tests/bad): one text snapshot per file,
+"""Golden renderings of the bad-program corpus (tests/compiler/bad): one text snapshot per file,
 JSON snapshots for a few. Update with `pytest --snapshot-update`, then read them."""
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from agentflow.compiler.parser import parse
 from agentflow.compiler.source import SourceFile
 from agentflow.compiler.symbols import collect
 
-ROOT = Path(__file__).resolve().parent.parent
-BAD = sorted((ROOT / "tests" / "bad").glob("*.agentflow"))
+ROOT = Path(__file__).resolve().parents[2]
+BAD = sorted((ROOT / "tests" / "compiler" / "bad").glob("*.agentflow"))
 
 
 def diagnose(path: Path) -> tuple[SourceFile, list]:
-    source = SourceFile(f"tests/bad/{path.name}", path.read_text())
+    source = SourceFile(f"tests/compiler/bad/{path.name}", path.read_text())
     sink = DiagnosticSink()
     program = parse(source, sink)
     if program is not None and not sink.has_errors:
@@ -36,5 +36,5 @@ def test_text_rendering(path: Path, snapshot) -> None:
 
 @pytest.mark.parametrize("name", ["e401_session_order", "e203_arguments"])
 def test_json_rendering(name: str, snapshot) -> None:
-    _, diagnostics = diagnose(ROOT / "tests" / "bad" / f"{name}.agentflow")
+    _, diagnostics = diagnose(ROOT / "tests" / "compiler" / "bad" / f"{name}.agentflow")
     assert render_json(diagnostics) == snapshot

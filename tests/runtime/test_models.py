@@ -27,8 +27,7 @@ from agentflow.runtime.models import (
     client_for,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import OpenAIServer  # noqa: E402
+from openai_server import OpenAIServer
 
 HERE = Path(__file__).parent
 KEY_ENV = "AGENTFLOW_TEST_DUMMY_KEY"
@@ -632,7 +631,7 @@ def test_server_caps_concurrent_chat_requests() -> None:
 @pytest.mark.parametrize("flags", [[], ["--keep-alive", "--max-concurrent", "8"]])
 def test_server_as_subprocess(flags: list[str]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "openai_server.py"), "--port", "0", "--latency-ms", "50", *flags],
+        [sys.executable, str(HERE.parent / "openai_server.py"), "--port", "0", "--latency-ms", "50", *flags],
         stdout=subprocess.PIPE, text=True,
     )
     try:

@@ -18,8 +18,8 @@ from agentflow.compiler.diagnostics import DiagnosticSink
 from agentflow.compiler.source import SourceFile
 from mutations import mutate
 
-ROOT = Path(__file__).resolve().parent.parent
-SEEDS = sorted((ROOT / "specs").glob("*.agentflow")) + sorted((ROOT / "tests" / "bad").glob("*.agentflow"))
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = sorted((ROOT / "specs").glob("*.agentflow")) + sorted((ROOT / "tests" / "compiler" / "bad").glob("*.agentflow"))
 TOKENS = ["{", "}", "(", ")", "[", "]", "=", ".", ",", ";", "\"", '"""', "for", "repeat", "max", "until",
           "yield", "return", "after", "null", "true", "if", "else", "in", "not in", "not", "and", "or", "?",
           "|", "0", "1.5", "-1", "2s", "main", "str", "list[", "x", "->", "+", "*", "==", "#", "@", "\n"]

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-TESTS = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(TESTS))
-from polling import wait_until  # noqa: E402,F401  (re-exported for the tests)
-from openai_server import OpenAIServer  # noqa: E402
+TESTS = Path(__file__).resolve().parent
+from polling import wait_until  # noqa: F401  (re-exported for the tests)
+from openai_server import OpenAIServer
 
 SECRET = "sk-agentflow-test-Q7v9ZkP2xW"  # the value of AGENTFLOW_TEST_KEY in every subprocess
 KEY_ENV = "AGENTFLOW_TEST_KEY"
