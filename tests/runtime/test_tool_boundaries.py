@@ -191,7 +191,7 @@ def test_a_command_honours_its_timeout(ctx: ToolContext) -> None:
 
 def test_a_tool_without_timeout_gets_the_default(ctx: ToolContext, monkeypatch) -> None:
     assert tools.DEFAULT_TIMEOUT_S == 600
-    monkeypatch.setattr(tools, "DEFAULT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(tools.workers, "DEFAULT_TIMEOUT_S", 0.3)  # where calls read it
     with pytest.raises(TransientToolError, match=r"after 0.3s \(the default timeout; set `timeout`"):
         run(call_tool(py_tool(ctx, SLOW_SYNC), {}, ctx))
     with pytest.raises(TransientToolError, match="after 0.3s"):
