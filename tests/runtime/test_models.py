@@ -484,10 +484,10 @@ def test_missing_package_at_call_time_is_permanent_and_named(srv: OpenAIServer) 
     # litellm 1.106 imports `mcp` whenever tools are sent: were it missing, say so, don't retry.
     import litellm
 
-    from agentflow.runtime import models
+    from agentflow.runtime.models import litellm_client
 
     wrapped = litellm.APIConnectionError(message="OpenAIException - No module named 'mcp'", llm_provider="openai", model="gpt-4o-mini")
-    error = models._classify(wrapped, remote(srv), litellm)
+    error = litellm_client.classify(wrapped, remote(srv), litellm)
     assert type(error) is ModelError and "package 'mcp'" in str(error)
 
 
