@@ -18,6 +18,17 @@ class AgentflowGroup(click.Group):
     """Errors map to exit codes here, for every command: an AgentflowError from anywhere
     below is `error: <message>` on stderr and its exit code, never a traceback."""
 
+    def main(self, args=None, *rest, **kwargs):
+        """As the process's own command line (`args` None: click reads sys.argv), a process
+        that imported litellm ends without the interpreter's teardown (runtime/quick_exit.py)."""
+        try:
+            return super().main(args, *rest, **kwargs)
+        except SystemExit as stop:
+            if args is None and "litellm" in sys.modules:
+                from agentflow.runtime.quick_exit import exit_without_teardown
+                exit_without_teardown(stop.code)
+            raise
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -153,12 +164,14 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     from agentflow.runtime.inputs import check_force, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
-    from agentflow.runtime.runner import RunRequest, execute, run_stoppable
+    from agentflow.runtime.runner import RunRequest, execute, run_stoppable, start_model_imports
     from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
         _require_temporal()
     plan = _compile(file, "text", entry)
+    if engine == "local" and not dry_run:  # the calls are made in this process
+        start_model_imports(plan.data, model)
     inputs = parse_inputs(plan.data, input_pairs, inputs_file)
     check_force(plan.data, force)
     _check_path("--db", db, directory=False)

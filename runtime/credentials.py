@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from agentflow.compiler.errors import UsageError
 
-from .models import is_scripted, load_litellm, missing_key_message
+from .models import ModelError, is_scripted, load_litellm, missing_key_message
 from .redaction import is_secret_name
 
 
@@ -62,7 +62,11 @@ def model_uses(plan: dict, model_override: str | None) -> list[ModelUse]:
 
 def provider_key_variables(use: ModelUse) -> list[str]:
     """The key variables litellm says `use`'s provider needs and the environment lacks."""
-    report = load_litellm().validate_environment(model=use.model, api_base=use.api_base)
+    try:
+        litellm = load_litellm()
+    except ModelError as err:  # a broken installation: one line and exit 2, before anything runs
+        raise CredentialError(str(err)) from None
+    report = litellm.validate_environment(model=use.model, api_base=use.api_base)
     return [name for name in report.get("missing_keys", []) if is_secret_name(name)]
 
 

@@ -12,10 +12,11 @@ from typing import Any, Awaitable, cast
 
 from agentflow.compiler.errors import UsageError
 
-from .credentials import check_credentials
+from .credentials import check_credentials, model_uses
 from .engine import Decision, Engine, NodeFailure, RunOptions, DryRunStop
 from .ledger import Ledger
 from .local import LocalExecutor
+from .models import import_litellm_in_background
 from .store import Store, StoreError
 
 
@@ -92,6 +93,14 @@ class _NoHistory:
 
     def close(self) -> None:
         pass
+
+
+def start_model_imports(plan: dict, model_override: str | None) -> None:
+    """When the run will call a real model, start importing litellm now, on a background
+    thread: the import (~2 s of CPU) then overlaps the rest of startup and the store's open
+    instead of delaying the first call."""
+    if model_uses(plan, model_override):
+        import_litellm_in_background()
 
 
 async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:

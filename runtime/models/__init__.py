@@ -26,7 +26,7 @@ from .interface import (
     TransientModelError,
     is_scripted,
 )
-from .litellm_client import LiteLLMModelClient, load_litellm, missing_key_message
+from .litellm_client import LiteLLMModelClient, import_litellm_in_background, load_litellm, missing_key_message
 from .scripted import ScriptedModelClient
 from .synthesis import synthesize_value
 
@@ -40,6 +40,7 @@ __all__ = [
     "ScriptedModelClient",
     "LiteLLMModelClient",
     "client_for",
+    "import_litellm_in_background",
     "is_scripted",
     "load_litellm",
     "missing_key_message",

@@ -1,7 +1,8 @@
 """Real models through litellm: one `acompletion` per call, its failures classified.
 
-litellm is imported lazily, on the first call: importing agentflow never imports it, and
-nothing else in agentflow imports it.
+litellm is imported lazily, on the first call, or ahead of it on a background thread
+(`import_litellm_in_background`): importing agentflow never imports it, and nothing else in
+agentflow imports it.
 
 Structured output with litellm: `response_format = {"type": "json_schema", ...}` is sent when
 litellm says the model supports response schemas, or when the model is `openai/...` and an
@@ -75,6 +76,20 @@ def load_litellm() -> Any:
                 logging.getLogger(name).setLevel(logging.ERROR)
             _litellm = litellm
         return _litellm
+
+
+def import_litellm_in_background() -> None:
+    """Start `load_litellm` on a daemon thread, so that its import overlaps what a run does
+    before its first call (the rest of startup, the store's open). A failure is left to the
+    next `load_litellm()`, which imports again and raises the one clear message."""
+    threading.Thread(target=_load_litellm_or_leave_it, name="agentflow-litellm-import", daemon=True).start()
+
+
+def _load_litellm_or_leave_it() -> None:
+    try:
+        load_litellm()
+    except ModelError:  # reported by the caller's own load_litellm(), where it is needed
+        pass
 
 
 def _import_out_of_gc_reach() -> Any:
