@@ -1,15 +1,17 @@
 """Whole-process run figures on generated fan-outs (issue: performance).
 
-    python tests/bench/bench_run.py [--sizes 1000,10000,100000] [--llm-calls 1000]
+    python tests/bench/bench_run.py [--sizes 1000,10000,100000] [--llm 20x500@10,1000x50@100]
 
 Cases, one line of figures each:
   cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
   rerun   the same again, every node stored: wall time
   resume  a run killed half-way (SIGKILL), then --resume: wall time of the resume
-  llm     M model calls of 50 ms each through litellm against a local OpenAI-protocol
-          server (HTTP/1.1 keep-alive, as real providers), --concurrency 100 and
-          replicas = 100: wall time against the ideal, split into the time to the first
-          request (startup, compile, litellm import), the call phase and the time after
+  llm     M model calls of L ms each through litellm against a local OpenAI-protocol
+          server (HTTP/1.1 keep-alive, as real providers), --concurrency C and
+          replicas = 100 (`--llm MxL@C`, comma-separated; by default 20 x 500 ms at 10, the
+          fixed cost of a small run, and 1,000 x 50 ms at 100, the cost per call): wall time
+          against the ideal, split into the time to the first request (startup, compile,
+          litellm import), the call phase and the time after the last answer (exit)
   rss     peak resident memory of the cold run and of the rerun (each child's own)
 """
 from __future__ import annotations
@@ -84,7 +86,6 @@ def fanout_cases(n: int, tmp: Path) -> None:
     print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)")
 
 
-LLM_CONCURRENCY = 100
 # A priced model name, as a user of a provider (or of a proxy in front of one) has: litellm
 # prices every call. An unpriced name (e.g. a local model's) costs ~0.3 ms more per call in
 # litellm's price-map fallback lookups.
@@ -112,30 +113,30 @@ LITELLM_IMPORT = ("import time; from agentflow.runtime.models import load_litell
                   "start = time.perf_counter(); load_litellm(); print(time.perf_counter() - start)")
 
 
-def llm_case(calls: int, tmp: Path) -> None:
+def llm_case(calls: int, latency_ms: int, concurrency: int, tmp: Path) -> None:
     """The whole process, split at the server's first request and last answer."""
     from openai_server import OpenAIServer
-    work = tmp / "llm"
+    work = tmp / f"llm{calls}x{latency_ms}@{concurrency}"
     work.mkdir()
     # Headroom over the client's concurrency: a slot is freed just after its answer is sent,
     # so the client's next request may arrive before that.
-    with OpenAIServer(latency_ms=50, max_concurrent=2 * LLM_CONCURRENCY, keep_alive=True) as server:
+    with OpenAIServer(latency_ms=latency_ms, max_concurrent=2 * concurrency, keep_alive=True) as server:
         (work / "llm.agentflow").write_text(LLM_SPEC % server.base_url)
         (work / "in.json").write_text(json.dumps({"items": list(range(calls))}))
         os.environ["AGENTFLOW_BENCH_KEY"] = ENV["AGENTFLOW_BENCH_KEY"] = "bench-key"
         started, server_cpu, run_cpu = time.time(), time.process_time(), children_cpu()
         wall, _, _ = agentflow(["run", "llm.agentflow", "--inputs", "in.json",
-                                "--concurrency", str(LLM_CONCURRENCY)], work)
+                                "--concurrency", str(concurrency)], work)
         server_cpu = time.process_time() - server_cpu  # this process only serves meanwhile
         run_cpu = children_cpu() - run_cpu
         stats = server.stats()
-    ideal = calls * 0.05 / LLM_CONCURRENCY
+    ideal = -(-calls // concurrency) * latency_ms / 1000  # rounds of calls, each one latency
     before = stats["first_chat_at"] - started
     phase = stats["last_answer_at"] - stats["first_chat_at"]
     after = wall - before - phase
     imported = float(subprocess.run([sys.executable, "-c", LITELLM_IMPORT], env=ENV, capture_output=True,
                                     text=True, check=True).stdout)
-    print(f"llm     {calls} calls x 50 ms at concurrency {LLM_CONCURRENCY}: {wall:6.2f} s  (ideal {ideal:.2f} s, "
+    print(f"llm     {calls} calls x {latency_ms} ms at concurrency {concurrency}: {wall:6.2f} s  (ideal {ideal:.2f} s, "
           f"x{wall / ideal:.2f}) = {before:.2f} s to the first request (litellm import alone: {imported:.2f} s)"
           f" + {phase:.2f} s call phase (x{phase / ideal:.2f}) + {after:.2f} s after the last answer; "
           f"run CPU {run_cpu:.2f} s, server CPU {server_cpu:.2f} s, {stats['chat_requests']} requests served")
@@ -149,13 +150,15 @@ def children_cpu() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--llm-calls", type=int, default=1000)
+    parser.add_argument("--llm", default="20x500@10,1000x50@100", help="model-call cases: CALLSxMS@CONCURRENCY,...")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",") if s):
             fanout_cases(n, Path(tmp))
-        if args.llm_calls:
-            llm_case(args.llm_calls, Path(tmp))
+        for case in (c for c in args.llm.split(",") if c):
+            calls, rest = case.split("x")
+            latency_ms, concurrency = rest.split("@")
+            llm_case(int(calls), int(latency_ms), int(concurrency), Path(tmp))
 
 
 if __name__ == "__main__":
