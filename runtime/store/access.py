@@ -1,0 +1,384 @@
+"""How processes share the database file: one writer, readers at any time.
+
+DuckDB lets one process open a file read-write and, while it does, no other process
+can open it at all, not even read-only. Runs write for minutes while `agentflow runs`
+and `agentflow show` must read. So:
+
+* **Writer exclusivity** is our own advisory lock, `flock(LOCK_EX)` on `<db>.lock`,
+  held for the writer's whole life and holding its pid and command line. The kernel
+  drops it when the process dies (even by kill -9), so a stale lock never blocks; a
+  second writer fails at once with `StoreLocked` naming the holder.
+* **The database file is attached only while it is used.** Opening a DuckDB
+  connection costs ~15-25 ms (instance start-up), but ATTACH/DETACH of a file on a
+  live in-memory instance ~0.6 ms. So each `Store` owns one in-memory instance and
+  ATTACHes the file to it. The writer stays attached while it is busy (back-to-back
+  flushes then cost one commit each, not open + checkpoint + close), and detaches,
+  which checkpoints the WAL into the file, once idle for `IDLE_DETACH_S` or as soon
+  as a reader asks.
+* **Readers ask through `<db>.wait`.** A reader holds `flock(LOCK_SH)` on it while it
+  waits and reads; the writer tests it with a non-blocking `LOCK_EX` (microseconds)
+  before each flush and from a janitor thread every `JANITOR_TICK_S`, detaches, and
+  attaches again only when no reader waits (or after `READER_YIELD_S`). The reader
+  attaches read-only, retrying with backoff while the file is still held, queries
+  and detaches: it waits a few tens of milliseconds even while the writer flushes
+  continuously, and sees everything flushed so far. The janitor also flushes facts
+  buffered for `AUTO_FLUSH_S` once the caller pauses (and after `AUTO_FLUSH_MAX_S`
+  regardless, so a bulk producer's batches are not cut into small upserts), so
+  readers lag a writer by under a second even if it seldom calls `flush()`.
+* Other programs that open the file (the duckdb CLI) do not know the protocol: we
+  retry while they hold it, then report their pid from DuckDB's own lock error.
+* Within one process, a reader of a path this process writes reads through the
+  writer (DuckDB refuses to attach one file twice in a process).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import duckdb
+
+from . import schema
+from .errors import StoreError, StoreLocked, translate
+
+IDLE_DETACH_S = 0.2  # writer lets go of the file after this long without a flush
+READER_YIELD_S = 1.0  # a writer waits at most this long for waiting readers
+READ_TIMEOUT_S = 5.0  # a reader gives up after this long
+WRITE_ATTACH_TIMEOUT_S = 10.0  # a writer waits this long for another program to let go
+
+_T = TypeVar("_T")
+_DUCK_PID = re.compile(r"held in (.*?) \(PID (\d+)\)")
+
+
+def _own_cmdline() -> str:
+    argv = list(sys.argv) or ["python"]
+    if argv[0] in ("-c", "-m", ""):
+        argv = [os.path.basename(sys.executable)] + argv
+    else:
+        argv[0] = os.path.basename(argv[0])
+    return shlex.join(argv)[:300]
+
+
+def _is_lock_conflict(err: BaseException) -> bool:
+    text = str(err)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def _lock_files(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + ".lock"), path.with_name(path.name + ".wait")
+
+
+def _read_holder(lock_path: Path, patience: float = 0.1) -> tuple[int | None, str | None]:
+    """The pid and command line a writer wrote into its lock file, if readable. A holder
+    writes them right after locking, so give it `patience` seconds when it must exist."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            text = lock_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None, None
+        first, _, rest = text.partition("\n")
+        if first.strip().isdigit():
+            return int(first), rest.strip() or None
+        if time.monotonic() >= deadline:
+            return None, None
+        time.sleep(0.005)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(pid: int | None, cmdline: str | None) -> str:
+    if pid is None:
+        return "another process"
+    return f"pid {pid}: {cmdline}" if cmdline else f"pid {pid}"
+
+
+# Writers of this process, by resolved path: a reader here reads through them.
+_WRITERS: "weakref.WeakValueDictionary[str, FileAccess]" = weakref.WeakValueDictionary()
+_WRITERS_MU = threading.Lock()
+
+
+class FileAccess:
+    """One process's access to the database file: the writer lock, attaching and detaching
+    the file on a private in-memory DuckDB instance, and reads that wait their turn."""
+
+    def __init__(self, path: Path, writer: bool) -> None:
+        """Use `Store.open_writer` / `Store.open_reader`."""
+        self.path = path
+        self.writer = writer
+        self._lock_path, self._wait_path = _lock_files(path)
+        self._lock_fd: int | None = None
+        self._wait_fd: int | None = None
+        self._made_files: set[Path] = set()  # lock files this store created
+        self._duck: duckdb.DuckDBPyConnection | None = None
+        self._attached = False
+        self._closed = False
+        self._io = threading.RLock()  # one user of the DuckDB connection at a time
+        self._last_io = time.monotonic()
+        self._stop = threading.Event()
+        self._schema_checked = False
+
+    def _check_path(self) -> None:
+        if self.path.is_dir():
+            raise StoreError(f"database path {self._shown()} is a directory, not a database file; "
+                             f"give a file path with --db")
+
+    def _shown(self) -> str:
+        """The path as the user would write it: relative under the current directory."""
+        try:
+            rel = os.path.relpath(self.path)
+        except ValueError:
+            return str(self.path)
+        return str(self.path) if rel.startswith("..") else rel
+
+    def _lock_and_attach(self) -> None:
+        self._check_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = self._open_lock_file(self._lock_path, os.O_RDWR)
+            self._wait_fd = self._open_lock_file(self._wait_path, os.O_RDWR)
+        except OSError as err:
+            raise StoreError(f"cannot create database {self._shown()}: {err.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StoreError(f"cannot lock database {self._shown()}: {err.strerror}") from None
+            pid, cmd = _read_holder(self._lock_path)
+            raise StoreLocked(
+                f"database {self._shown()} is in use by another agentflow run "
+                f"({_describe(pid, cmd)}); wait for it to finish or use --db to pick "
+                f"another database", self.path, pid, cmd) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n{_own_cmdline()}\n".encode(), 0)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            self.path.unlink()  # killed while creating it: an empty file holds nothing
+        with _WRITERS_MU:
+            _WRITERS[str(self.path)] = self
+        self._duck = duckdb.connect(":memory:")
+        with self._io:
+            self._attach()
+            schema.ensure_schema(self._duck, self._shown(), writer=True)
+            schema.record_dead_runs(self._duck, self._shown())
+
+    def _open_reader(self) -> None:
+        self._check_path()
+        if not self.path.exists():
+            raise StoreError(f"no database at {self._shown()} (nothing has run there yet?); "
+                             f"use --db to point at one")
+        try:
+            self._wait_fd = self._open_lock_file(self._wait_path, os.O_RDWR)
+        except OSError:
+            try:
+                self._wait_fd = os.open(self._wait_path, os.O_RDONLY)
+            except OSError:
+                self._wait_fd = None  # cannot signal: plain retries still work
+        self._duck = duckdb.connect(":memory:")
+        self._read(lambda con: None)  # checks the schema version now, not at first use
+
+    def _open_lock_file(self, path: Path, flags: int) -> int:
+        """A descriptor on `path`, made if missing; remembers whether this store made it."""
+        while True:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    return os.open(path, flags)
+                except FileNotFoundError:  # removed meanwhile by an open that failed: make it
+                    continue
+            self._made_files.add(path)
+            return fd
+
+    def _release(self, remove_made_files: bool = False) -> None:
+        self._closed = True
+        self._stop.set()
+        with self._io:
+            if self._attached:
+                try:
+                    self._detach()
+                except StoreError:
+                    pass
+            if self._duck is not None:
+                try:
+                    self._duck.close()
+                except duckdb.Error:
+                    pass
+                self._duck = None
+        with _WRITERS_MU:
+            if _WRITERS.get(str(self.path)) is self:
+                del _WRITERS[str(self.path)]
+        if remove_made_files:
+            self._remove_made_files()
+        if self._lock_fd is not None:
+            try:
+                if self.writer:
+                    os.ftruncate(self._lock_fd, 0)
+            except OSError:
+                pass
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+        if self._wait_fd is not None:
+            os.close(self._wait_fd)
+            self._wait_fd = None
+
+    def _remove_made_files(self) -> None:
+        """Unlink the lock files this store made, each while it holds it alone. Another
+        process that opened one meanwhile locks a file no longer there, which is harmless:
+        it opens the same non-database and fails too."""
+        for path, fd in ((self._lock_path, self._lock_fd), (self._wait_path, self._wait_fd)):
+            if fd is None or path not in self._made_files:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    os.unlink(path)
+            except OSError:  # held by another process, or gone: leave it
+                pass
+
+    # ------------------------------------------------------------ attaching
+
+    def _readers_waiting(self) -> bool:
+        if self._wait_fd is None:
+            return False
+        try:
+            fcntl.flock(self._wait_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
+        return False
+
+    def _attach(self) -> None:
+        """Attach the file (read-write for the writer). Caller holds `_io`."""
+        assert self._duck is not None
+        if self._attached:
+            if not (self.writer and self._readers_waiting()):
+                return
+            self._detach()
+        if self.writer:
+            yield_until = time.monotonic() + READER_YIELD_S
+            while self._readers_waiting() and time.monotonic() < yield_until:
+                time.sleep(0.002)
+        deadline = time.monotonic() + (WRITE_ATTACH_TIMEOUT_S if self.writer else READ_TIMEOUT_S)
+        mode = "" if self.writer else " (READ_ONLY)"
+        path_sql = str(self.path).replace("'", "''")
+        delay = 0.001
+        while True:
+            try:
+                self._duck.execute(f"ATTACH '{path_sql}' AS db{mode}")
+                self._duck.execute("USE db")
+                self._attached = True
+                return
+            except duckdb.Error as err:
+                if not _is_lock_conflict(err):
+                    raise self._translate(err) from None
+                if time.monotonic() > deadline:
+                    match = _DUCK_PID.search(str(err))
+                    pid, prog = (int(match.group(2)), match.group(1)) if match else (None, None)
+                    lpid, lcmd = _read_holder(self._lock_path)
+                    if pid is not None and pid == lpid:
+                        prog = lcmd or prog
+                    what = "agentflow run" if pid is not None and pid == lpid else "process"
+                    waited = WRITE_ATTACH_TIMEOUT_S if self.writer else READ_TIMEOUT_S
+                    raise StoreLocked(
+                        f"database {self._shown()} is held by another {what} "
+                        f"({_describe(pid, prog)}) and did not become free within {waited:.0f} s; "
+                        f"try again, or close that program", self.path, pid, prog) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def _detach(self) -> None:
+        assert self._duck is not None
+        self._attached = False
+        try:
+            self._duck.execute("USE memory")
+            self._duck.execute("DETACH db")
+        except duckdb.Error as err:
+            # a broken instance (after a fatal error) cannot be reused: start afresh
+            try:
+                self._duck.close()
+            except duckdb.Error:
+                pass
+            self._duck = duckdb.connect(":memory:")
+            raise self._translate(err) from None
+
+    def _translate(self, err: duckdb.Error) -> StoreError:
+        return translate(err, self._shown())
+
+    def _read(self, query: Callable[[duckdb.DuckDBPyConnection], _T], *, flush: bool = True) -> _T:
+        """Run a read against the file, whoever is writing it. The writer flushes first, to
+        read its own writes, unless the query looks at what is buffered itself (`flush=False`;
+        no batch is being written meanwhile)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        if self.writer:
+            with self._io:
+                if flush:
+                    self._flush_locked()
+                self._attach()
+                self._last_io = time.monotonic()
+                return self._run(query)
+        with _WRITERS_MU:
+            local = _WRITERS.get(str(self.path))
+        if local is not None and not local._closed:
+            return local._read(query)
+        with self._io:
+            signalled = self._signal_wait()
+            try:
+                self._attach()
+                try:
+                    if not self._schema_checked:
+                        self._run(lambda con: schema.ensure_schema(con, self._shown(), writer=False))
+                        self._schema_checked = True
+                    return self._run(query)
+                finally:
+                    self._detach()
+            finally:
+                if signalled and self._wait_fd is not None:
+                    fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
+
+    def _signal_wait(self) -> bool:
+        """Tell the writer a reader is waiting (shared lock on `<db>.wait`)."""
+        if self._wait_fd is None:
+            return False
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(self._wait_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except OSError:  # the writer is probing it this very microsecond
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.001)
+
+    def _run(self, query: Callable[[duckdb.DuckDBPyConnection], _T]) -> _T:
+        assert self._duck is not None
+        try:
+            return query(self._duck)
+        except duckdb.Error as err:
+            raise self._translate(err) from None
+
+    def _live_writer_pid(self) -> int | None:
+        """The pid of the process writing this database now, if any."""
+        if self.writer:
+            return os.getpid()
+        pid, _ = _read_holder(self._lock_path, patience=0)
+        return pid if pid is not None and _pid_alive(pid) else None
+
+    def _flush_locked(self) -> None:
+        """Write what is buffered, before a writer reads: `BatchedWriter` buffers."""

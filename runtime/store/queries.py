@@ -1,0 +1,225 @@
+"""Queries: the reads behind reuse and resume (results, node states, journals, sessions) and
+behind `runs` and `show` (runs and their nodes), and the consistency check."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import duckdb
+
+from .records import DIED_ERROR, RUN_STATUSES, STATUSES, NodeState, Turn, loaded
+from .schema import PUBLIC_VIEWS, SCHEMA_VERSION
+from .writes import BatchedWriter
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    return None if at is None else at.replace(tzinfo=timezone.utc)
+
+
+def _died(status: str, pid: int | None, holder: int | None) -> bool:
+    """Whether a run recorded as running is dead: its process (kill -9, power loss) no
+    longer holds the writer lock, so it can never record how it ended."""
+    return status == "running" and (pid is None or pid != holder)
+
+
+class Queries(BatchedWriter):
+    """A store's reads. The writer answers some from what it has buffered or remembers."""
+
+    def lookup_results(self, keys: Iterable[str]) -> dict[str, tuple[Any, str]]:
+        """Stored results for the keys that have one: key -> (value, value_hash). One query.
+
+        The writer answers from its buffer what it has not written yet, so a lookup never
+        waits for a flush of the rows buffered meanwhile (a rerun buffers one per node)."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+
+        def query(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+            with self._mu:
+                pending = self._buf.results if self.writer else {}
+                buffered = [(k, pending[k][0], pending[k][1]) for k in wanted if k in pending]
+            rest = [k for k in wanted if k not in pending] if buffered else wanted
+            return buffered + con.execute(
+                "SELECT r.key, r.value, r.value_hash FROM _results r SEMI JOIN "
+                "(SELECT unnest($1::VARCHAR[]) AS key) q ON r.key = q.key", [rest]).fetchall()
+
+        return {k: (loaded(v), h) for k, v, h in self._read(query, flush=False)}
+
+    def has_results(self, keys: Iterable[str]) -> set[str]:
+        """The keys that have a stored result, without loading the values."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return set()
+        rows = self._read(lambda con: con.execute(
+            "SELECT r.key FROM _results r SEMI JOIN (SELECT unnest($1::VARCHAR[]) AS key) q "
+            "ON r.key = q.key", [wanted]).fetchall())
+        return {r[0] for r in rows}
+
+    _NODE_COLS = ("run_id, node_id, role, status, cached, attempts, key, def_hash, input_hash, "
+                  "input_hashes, output_hash, error")
+
+    @staticmethod
+    def _node_state(row: tuple) -> NodeState:
+        (run_id, node_id, role, status, cached, attempts, key, def_hash, input_hash, input_hashes,
+         output_hash, error) = row
+        return NodeState(run_id, node_id, role, status, cached, attempts, key, def_hash, input_hash,
+                         None if input_hashes is None else json.loads(input_hashes), output_hash, error)
+
+    def run_node_states(self, run_id: str) -> dict[str, NodeState]:
+        """Every node a run recorded, by node id: what `--resume` reuses or re-runs.
+
+        The writer remembers which rows the run has (it is the only writer): the nodes a
+        resumed run adds are then appended like a new run's, not upserted (~5x the cost)."""
+        rows = self._read(lambda con: con.execute(
+            f"SELECT {self._NODE_COLS} FROM _node_runs WHERE run_id = $1", [run_id]).fetchall())
+        states = {r[1]: self._node_state(r) for r in rows}
+        if self.writer:
+            with self._mu:
+                self._rows_of[run_id] = set(states)
+        return states
+
+    def last_node_records(self, flow: str, node_ids: Iterable[str] | None = None, *,
+                          exclude_run: str | None = None) -> dict[str, NodeState]:
+        """The newest record of each node in earlier runs of a flow (that had a key), to
+        explain why a node re-runs ("prompt changed", "input x changed")."""
+        ids = None if node_ids is None else list(dict.fromkeys(node_ids))
+        sql = (f"SELECT {', '.join('n.' + c.strip() for c in self._NODE_COLS.split(','))} "
+               f"FROM _node_runs n JOIN _runs r USING (run_id) "
+               f"WHERE r.flow = $1 AND n.key IS NOT NULL AND n.run_id IS DISTINCT FROM $2 "
+               + ("" if ids is None else "AND n.node_id IN (SELECT unnest($3::VARCHAR[])) ")
+               + "QUALIFY row_number() OVER (PARTITION BY n.node_id ORDER BY "
+                 "coalesce(n.finished_at, n.started_at) DESC NULLS LAST, r.started_at DESC) = 1")
+        params: list = [flow, exclude_run] + ([] if ids is None else [ids])
+        rows = self._read(lambda con: con.execute(sql, params).fetchall())
+        return {r[1]: self._node_state(r) for r in rows}
+
+    def load_turns(self, run_id: str, node_id: str, key: str | None = None) -> list[Turn]:
+        """A task call's journal, in order; with `key`, only steps taken under that key."""
+        rows = self._read(lambda con: con.execute(
+            "SELECT seq, kind, payload, key FROM _turns WHERE run_id = $1 AND node_id = $2 "
+            "AND ($3::VARCHAR IS NULL OR key = $3) ORDER BY seq", [run_id, node_id, key]).fetchall())
+        return [Turn(s, k, loaded(p), ky) for s, k, p, ky in rows]
+
+    def result_journal(self, key: str, kind: str) -> list[Any]:
+        """The journal steps of one kind that the call which produced the result stored
+        under `key` took, in order (e.g. what a session call added to its role's session)."""
+        rows = self._read(lambda con: con.execute(
+            "SELECT t.payload FROM _turns t JOIN _results r ON t.run_id = r.run_id AND t.node_id = r.node_id "
+            "WHERE r.key = $1 AND t.key = $1 AND t.kind = $2 ORDER BY t.seq", [key, kind]).fetchall())
+        return [loaded(r[0]) for r in rows]
+
+    def load_session(self, run_id: str, role: str) -> list[Any]:
+        """A role's session memory in this run, oldest message first."""
+        rows = self._read(lambda con: con.execute(
+            "SELECT message FROM _sessions WHERE run_id = $1 AND role = $2 ORDER BY seq",
+            [run_id, role]).fetchall())
+        return [loaded(r[0]) for r in rows]
+
+    _RUN_SQL = (
+        "SELECT r.run_id, r.flow, r.entry, r.status, r.started_at, r.finished_at, r.plan_hash, r.inputs, "
+        "r.pid, count(n.node_id), "
+        + ", ".join(f"count(*) FILTER (WHERE n.status = '{s}')" for s in STATUSES)
+        + ", count(*) FILTER (WHERE n.cached), coalesce(sum(n.prompt_tokens), 0), "
+        "coalesce(sum(n.completion_tokens), 0), coalesce(sum(n.cost_usd), 0) "
+        "FROM _runs r LEFT JOIN _node_runs n USING (run_id) {where} GROUP BY ALL "
+        "ORDER BY r.started_at DESC NULLS LAST, r.run_id DESC {limit}")
+
+    def _runs(self, where: str = "", params: list | None = None, limit: int | None = None) -> list[dict]:
+        sql = self._RUN_SQL.format(where=where, limit="" if limit is None else f"LIMIT {int(limit)}")
+        rows = self._read(lambda con: con.execute(sql, params or []).fetchall())
+        holder = self._live_writer_pid()
+        out = []
+        for row in rows:
+            (run_id, flow, entry, status, started, finished, plan_hash, inputs, pid, total) = row[:10]
+            counts = dict(zip(STATUSES, row[10:16]))
+            cached, ptok, ctok, cost = row[16:20]
+            died = _died(status, pid, holder)
+            out.append({
+                "run_id": run_id, "flow": flow, "entry": entry, "status": "interrupted" if died else status,
+                "started_at": _aware(started), "finished_at": _aware(finished),
+                "live": status == "running" and not died,
+                "plan_hash": plan_hash, "inputs": None if inputs is None else loaded(inputs),
+                "pid": pid, "nodes": total, **counts, "cached": cached,
+                "prompt_tokens": int(ptok), "completion_tokens": int(ctok), "cost_usd": float(cost)})
+        return out
+
+    def list_runs(self, limit: int | None = None) -> list[dict]:
+        """Runs, newest first, with node counts per status, tokens and cost. A run recorded
+        as running whose process is gone reads `interrupted`, with `live` false."""
+        return self._runs(limit=limit)
+
+    def get_run(self, run_id: str) -> dict | None:
+        """One run as in `list_runs`, or None."""
+        found = self._runs("WHERE r.run_id = $1", [run_id])
+        return found[0] if found else None
+
+    def latest_run(self, flow: str, entry: str | None = None, *, unfinished_only: bool = False) -> dict | None:
+        """The newest run of a flow (and entry), e.g. the one `--resume` continues;
+        unfinished means anything but succeeded."""
+        where = "WHERE r.flow = $1 AND ($2::VARCHAR IS NULL OR r.entry = $2)"
+        if unfinished_only:
+            where += " AND r.status <> 'succeeded'"
+        found = self._runs(where, [flow, entry], limit=1)
+        return found[0] if found else None
+
+    def run_nodes(self, run_id: str) -> list[dict]:
+        """Each node of a run for `show`: status, reused or not, attempts, duration, tokens, cost,
+        error. The nodes a dead run (see `list_runs`) left running read `cancelled`."""
+        def query(con: duckdb.DuckDBPyConnection) -> tuple[tuple | None, list[tuple]]:
+            run = con.execute("SELECT status, pid FROM _runs WHERE run_id = $1", [run_id]).fetchone()
+            return run, con.execute(
+                "SELECT node_id, role, status, cached, attempts, duration_ms, prompt_tokens, completion_tokens, "
+                "cost_usd, llm_calls, error, started_at, finished_at FROM _node_runs WHERE run_id = $1 "
+                "ORDER BY started_at NULLS LAST, node_id", [run_id]).fetchall()
+
+        run, rows = self._read(query)
+        died = run is not None and _died(run[0], run[1], self._live_writer_pid())
+        nodes = []
+        for n, role, st, c, a, d, p, ct, cost, calls, e, s, f in rows:
+            if died and st == "running":
+                st, e = "cancelled", DIED_ERROR
+            nodes.append({"node": n, "role": role, "status": st, "cached": bool(c), "attempts": a,
+                          "duration_ms": d, "prompt_tokens": p, "completion_tokens": ct, "cost_usd": cost,
+                          "llm_calls": calls, "error": e, "started_at": _aware(s), "finished_at": _aware(f)})
+        return nodes
+
+    def check_consistency(self) -> list[str]:
+        """Problems found in the database (empty when sound): the schema version, the
+        public views, statuses, and that every succeeded node has its stored result."""
+        def check(con: duckdb.DuckDBPyConnection) -> list[str]:
+            problems = []
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None or row[0] != str(SCHEMA_VERSION):
+                problems.append(f"schema_version is {row[0] if row else 'missing'!r}, expected {SCHEMA_VERSION}")
+            for view, cols in PUBLIC_VIEWS.items():
+                found = tuple(r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_catalog = 'db' "
+                    "AND table_name = $1 ORDER BY ordinal_position", [view]).fetchall())
+                if found != cols:
+                    problems.append(f"view {view} has columns {found}, expected {cols}")
+            queries = {
+                "node runs with an unknown status":
+                    f"SELECT count(*) FROM _node_runs WHERE status NOT IN {STATUSES}",
+                "runs with an unknown status": f"SELECT count(*) FROM _runs WHERE status NOT IN {RUN_STATUSES}",
+                "succeeded nodes without a key or output hash":
+                    "SELECT count(*) FROM _node_runs WHERE status = 'succeeded' AND (key IS NULL OR output_hash IS NULL)",
+                "succeeded nodes whose result is missing":
+                    "SELECT count(*) FROM _node_runs n ANTI JOIN _results r ON n.key = r.key "
+                    "WHERE n.status = 'succeeded' AND n.key IS NOT NULL",
+                "node runs of unknown runs": "SELECT count(*) FROM _node_runs n ANTI JOIN _runs r USING (run_id)",
+                "duplicate journal steps":
+                    "SELECT count(*) FROM (SELECT 1 FROM _turns GROUP BY run_id, node_id, seq HAVING count(*) > 1)",
+                "duplicate session messages":
+                    "SELECT count(*) FROM (SELECT 1 FROM _sessions GROUP BY run_id, role, seq HAVING count(*) > 1)",
+            }
+            for label, sql in queries.items():
+                n = con.execute(sql).fetchone()[0]  # type: ignore[index]  # duckdb: count(*) has a row
+                if n:
+                    problems.append(f"{n} {label}")
+            return problems
+        return self._read(check)
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._read(lambda con: con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone())
+        return row[0] if row else None

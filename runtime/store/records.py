@@ -1,0 +1,76 @@
+"""What the store records, and how: statuses, the records reads return, and the JSON text
+values are stored as (never pickles)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from agentflow.compiler.hashing import canonical_json
+
+STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled")
+FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled")
+FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled")
+RUN_STATUSES = STATUSES + ("interrupted",)  # interrupted: its process died before it could say
+DIED_ERROR = "interrupted: the run's process died"  # the error of a node that was running then
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What a run recorded about one node: enough to resume it or explain a re-run."""
+
+    run_id: str
+    node_id: str
+    role: str | None
+    status: str
+    cached: bool
+    attempts: int
+    key: str | None
+    def_hash: str | None
+    input_hash: str | None
+    input_hashes: dict[str, str] | None
+    output_hash: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One journaled step of a task call (a model response, a tool result...)."""
+
+    seq: int
+    kind: str
+    payload: Any
+    key: str | None
+
+
+def to_json(value: Any) -> str:
+    """The text a JSON column stores for a value (see `storable`)."""
+    return storable(canonical_text(value), value)
+
+
+def canonical_text(value: Any) -> str:
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"not storable as JSON: {err}") from None
+
+
+# DuckDB's JSON columns refuse a lone surrogate even as a `\udcff` escape, so a value whose
+# canonical text has one (an undecodable file name) is stored as {WRAPPED: its text}, and so
+# is a value that itself looks like that wrapper; `loaded` undoes exactly one wrapping.
+WRAPPED = "agentflow:json"
+
+
+def storable(text: str, value: Any) -> str:
+    if "\\ud" not in text and not (type(value) is dict and len(value) == 1 and WRAPPED in value):
+        return text
+    return canonical_json({WRAPPED: text})
+
+
+def loaded(text: str) -> Any:
+    """The value stored as `text` by `to_json`."""
+    value = json.loads(text)
+    if type(value) is dict and len(value) == 1 and WRAPPED in value:
+        return json.loads(value[WRAPPED])
+    return value
+

@@ -1,0 +1,106 @@
+"""The database schema: its tables and public views, its version, and what an open does to a
+database before use (create it, check its version, record runs whose process died)."""
+from __future__ import annotations
+
+import duckdb
+
+from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
+from .records import DIED_ERROR
+
+SCHEMA_VERSION = 1
+
+PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
+    "runs": ("run_id", "flow", "entry", "status", "started_at", "finished_at"),
+    "node_runs": ("run_id", "node_id", "role", "status", "cached", "attempts", "started_at",
+                  "finished_at", "error"),
+    "llm_calls": ("run_id", "node_id", "model", "prompt_tokens", "completion_tokens", "cost_usd",
+                  "latency_ms", "cached", "created_at"),
+}
+
+_SCHEMA = f"""
+CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE _runs (
+    run_id VARCHAR PRIMARY KEY, flow VARCHAR, entry VARCHAR, status VARCHAR NOT NULL,
+    started_at TIMESTAMP, finished_at TIMESTAMP, plan_hash VARCHAR, inputs JSON, pid INTEGER);
+CREATE TABLE _node_runs (
+    run_id VARCHAR NOT NULL, node_id VARCHAR NOT NULL, role VARCHAR, status VARCHAR NOT NULL,
+    cached BOOLEAN NOT NULL, attempts INTEGER NOT NULL, started_at TIMESTAMP,
+    finished_at TIMESTAMP, error VARCHAR, key VARCHAR, def_hash VARCHAR, input_hash VARCHAR,
+    input_hashes JSON, output_hash VARCHAR, duration_ms BIGINT,
+    prompt_tokens BIGINT NOT NULL DEFAULT 0, completion_tokens BIGINT NOT NULL DEFAULT 0,
+    cost_usd DOUBLE NOT NULL DEFAULT 0, llm_calls INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, node_id));
+CREATE TABLE _results (
+    key VARCHAR PRIMARY KEY, value JSON NOT NULL, value_hash VARCHAR NOT NULL,
+    run_id VARCHAR, node_id VARCHAR, created_at TIMESTAMP);
+CREATE TABLE _turns (
+    run_id VARCHAR NOT NULL, node_id VARCHAR NOT NULL, seq INTEGER NOT NULL, key VARCHAR,
+    kind VARCHAR, payload JSON, created_at TIMESTAMP);
+CREATE TABLE _llm_calls (
+    run_id VARCHAR NOT NULL, node_id VARCHAR, model VARCHAR, prompt_tokens BIGINT,
+    completion_tokens BIGINT, cost_usd DOUBLE, latency_ms DOUBLE, cached BOOLEAN,
+    created_at TIMESTAMP);
+CREATE TABLE _sessions (
+    run_id VARCHAR NOT NULL, role VARCHAR NOT NULL, seq INTEGER NOT NULL, message JSON,
+    created_at TIMESTAMP);
+CREATE VIEW runs AS SELECT {", ".join(PUBLIC_VIEWS["runs"])} FROM _runs;
+CREATE VIEW node_runs AS SELECT {", ".join(PUBLIC_VIEWS["node_runs"])} FROM _node_runs;
+CREATE VIEW llm_calls AS SELECT {", ".join(PUBLIC_VIEWS["llm_calls"])} FROM _llm_calls;
+INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, where: str, writer: bool) -> None:
+    """Create the schema in a new database (a writer only), or check an existing one's version."""
+    try:
+        names = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'db'"
+        ).fetchall()}
+        if "meta" not in names:
+            if names:
+                raise StoreNotADatabase(f"{where} is a DuckDB database but not an agentflow "
+                                        f"one (it has no meta table); use --db to pick another file")
+            if not writer:
+                raise StoreError(f"{where} is an empty database; nothing has run there yet")
+            con.execute("BEGIN")
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            con.execute("COMMIT")
+            return
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.Error as err:
+        raise translate(err, where) from None
+    if row is None or not str(row[0]).isdigit():
+        raise StoreSchemaError(f"database {where} has no valid schema version "
+                               f"({row[0] if row else 'missing'!r}); it was not written by "
+                               f"agentflow or is damaged; use --db to pick another file")
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise StoreSchemaError(
+            f"database {where} was written by a newer agentflow (schema version "
+            f"{version}; this agentflow reads up to version {SCHEMA_VERSION}); upgrade agentflow "
+            f"or use --db to pick another database")
+    if version < SCHEMA_VERSION:  # no older schema has shipped yet
+        raise StoreSchemaError(f"database {where} has schema version {version}, which "
+                               f"this agentflow cannot upgrade; use --db to start a new one")
+
+
+def record_dead_runs(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    """Runs still recorded as running are dead (this writer holds the lock, so no other
+    writer lives): record them as interrupted and their running nodes as cancelled, so
+    the public views stop saying `running` too. One cheap query when there are none."""
+    try:
+        if not con.execute("SELECT count(*) FROM _runs WHERE status = 'running'").fetchone()[0]:  # type: ignore[index]  # duckdb: count(*) has a row
+            return
+        con.execute("BEGIN")
+        con.execute("UPDATE _node_runs SET status = 'cancelled', error = $1 WHERE status = 'running' "
+                    "AND run_id IN (SELECT run_id FROM _runs WHERE status = 'running')", [DIED_ERROR])
+        con.execute("UPDATE _runs SET status = 'interrupted' WHERE status = 'running'")
+        con.execute("COMMIT")
+    except duckdb.Error as err:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise translate(err, where) from None
