@@ -16,6 +16,7 @@ from .credentials import check_credentials
 from .engine import Decision, Engine, NodeFailure, RunOptions, DryRunStop
 from .ledger import Ledger
 from .local import LocalExecutor
+from .ports import NodeExecutor, Reporter
 from .store import Store, StoreError
 
 
@@ -94,7 +95,7 @@ class _NoHistory:
         pass
 
 
-async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
+async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | None = None) -> RunOutcome:
     if req.options.dry_run:  # it calls no model: no key needed
         store = Store.open_reader(req.db_path) if req.db_path.exists() else cast(Store, _NoHistory())
     else:
