@@ -197,6 +197,8 @@ class Engine:
         try:
             value = await self.block(self.plan["body"], root)
             return value if self.plan["returns"] is None else self.as_type(self.plan["returns"], value)
+        except RunAborted as aborted:  # what the result waited on never started: the first failure is why
+            raise self.failure or aborted
         except asyncio.CancelledError:
             for task in list(self.tasks):  # interrupted: stop everything, state stays resumable
                 task.cancel()

@@ -42,6 +42,12 @@ SOURCE = """
       return each
     }
 
+    choreography aborts() -> str {
+      bad = read("missing.txt")
+      good = a.t("x")
+      return good
+    }
+
     choreography reads(paths: list[str]) -> list[str] {
       each = for p in paths {
         text = read(p)
@@ -89,6 +95,14 @@ def test_a_failed_node_fails_its_structure_and_nothing_downstream_starts(tmp_pat
     assert run.statuses["reads/each"] == "failed"  # a node inside it failed
     assert run.statuses["reads/each[0]/text"] == "succeeded"  # it ran beside the failure, and was stored
     assert "reads/each[1]/answer" not in run.statuses  # downstream of the failure: never started
+
+
+def test_a_run_stopped_by_a_failure_fails_with_that_failure_not_with_a_node_it_kept_from_starting(tmp_path):
+    """`good` waits for the only slot while `bad` fails, then does not start (RunAborted); the
+    run's result waits on `good`, yet the run fails with `bad`'s failure."""
+    run = run_plan(compiled(SOURCE, "aborts"), tmp_path, {}, concurrency=1)
+    assert run.failure is not None and run.failure.node_id == "aborts/bad"
+    assert run.statuses == {"aborts/bad": "failed"}
 
 
 @pytest.mark.parametrize("options, bound", [({}, 2), ({"concurrency": 1}, 1)])
