@@ -13,7 +13,7 @@ import asyncio
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from agentflow.compiler.hashing import canonical_json, digest, value_hash
 from agentflow.compiler.names import template_id
@@ -22,6 +22,7 @@ from agentflow.compiler.types import Validators, type_from_json, with_omitted_fi
 
 from .evaluate import ExpressionError, evaluate
 from .inputs import force_matcher
+from .ports import NodeExecutor, Reporter, RunLedger
 
 if TYPE_CHECKING:  # tools loads only once a run calls one
     from .tools import ToolContext
@@ -79,14 +80,6 @@ class RunAborted(Exception):
     """A node did not start because another node failed first."""
 
 
-class NodeExecutor(Protocol):
-    async def execute(self, engine: "Engine", job: NodeJob) -> NodeOutcome: ...
-
-
-class Reporter(Protocol):
-    def node(self, node_id: str, status: str, *, cached: bool = False, detail: str = "") -> None: ...
-
-
 @dataclass
 class Scope:
     """One instance of a block: its id prefix, its names, and its enclosing scope."""
@@ -111,16 +104,17 @@ class Decision:
 
 
 class Engine:
-    def __init__(self, plan: dict, ledger, options: RunOptions, executor: NodeExecutor, reporter: Reporter) -> None:
+    def __init__(self, plan: dict, ledger: RunLedger, options: RunOptions, executor: NodeExecutor,
+                 reporter: Reporter) -> None:
         self.plan = plan
         self.nodes: dict[str, dict] = plan["nodes"]
         self._scope_nodes: dict[str, list[tuple[str, dict]]] = {}  # scope template -> its node templates
         for tid, node in self.nodes.items():
             self._scope_nodes.setdefault(node.get("scope") or plan["entry"], []).append((tid, node))
-        self.ledger = ledger
+        self.ledger: RunLedger = ledger
         self.options = options
-        self.executor = executor
-        self.reporter = reporter
+        self.executor: NodeExecutor = executor
+        self.reporter: Reporter = reporter
         self.validators = Validators({n: tuple((f, type_from_json(t)) for f, t in fields)
                                       for n, fields in plan["type_table"].items()})
         self.global_slots = asyncio.Semaphore(max(1, options.concurrency))
@@ -203,6 +197,8 @@ class Engine:
         try:
             value = await self.block(self.plan["body"], root)
             return value if self.plan["returns"] is None else self.as_type(self.plan["returns"], value)
+        except RunAborted as aborted:  # what the result waited on never started: the first failure is why
+            raise self.failure or aborted
         except asyncio.CancelledError:
             for task in list(self.tasks):  # interrupted: stop everything, state stays resumable
                 task.cancel()
@@ -404,7 +400,7 @@ class Engine:
         delegation chain can never starve itself of slots."""
         args = self.with_defaults(kind, target, args)
         session_lock = self.session_locks.get(role) if role else None
-        if session_lock is not None:
+        if role and session_lock is not None:
             async with session_lock:
                 transcript = await self.ledger.session_hash(role)
                 return await self._call(iid, kind, target, args, role, transcript, nested)

@@ -17,6 +17,7 @@ from .engine import Decision, Engine, NodeFailure, RunOptions, DryRunStop
 from .ledger import Ledger
 from .local import LocalExecutor
 from .models import import_litellm_in_background
+from .ports import NodeExecutor, Reporter
 from .store import Store, StoreError
 
 
@@ -103,7 +104,7 @@ def start_model_imports(plan: dict, model_override: str | None) -> None:
         import_litellm_in_background()
 
 
-async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
+async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | None = None) -> RunOutcome:
     if req.options.dry_run:  # it calls no model: no key needed
         store = Store.open_reader(req.db_path) if req.db_path.exists() else cast(Store, _NoHistory())
     else:

@@ -15,9 +15,8 @@ from agentflow.compiler.types import type_from_json
 
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
 from .ledger import SESSION_STEP
-from .models import ModelError, ModelRequest, ModelResponse, TransientModelError, client_for
-from .retry import retrying
-from .tools import TemplateError, ToolError, TransientToolError, call_tool, check_arguments, render_template
+from .models import ModelError, ModelRequest, ModelResponse
+from .tools import TemplateError, ToolError, check_arguments, render_template
 
 SUMMARY_CHARS = 300
 
@@ -162,22 +161,8 @@ class TaskCall:
             temperature=d["temperature"], max_tokens=d["max_tokens"], timeout_s=self.entry["timeout"],
             api_base=self.entry["api_base"], api_key_env=self.entry["api_key_env"],
             script_dir=str(self.engine.options.spec_dir))
-        client = client_for(d["model"])
-
-        tries = 0
-
-        async def once() -> ModelResponse:
-            nonlocal request, tries
-            if tries:  # a retry is a new attempt; the first try of a turn is not
-                self.attempts += 1
-            tries += 1
-            request = _with_attempt(request, self.attempts)
-            return await client.complete(request)
-
         try:
-            remote = getattr(self.engine.executor, "complete", None)  # an executor that calls elsewhere
-            response = await (remote(self, request) if remote else
-                              retrying(self.entry["retries"], TransientModelError, once))
+            response = await self.engine.executor.complete(self, request)
         except ModelError as err:
             raise self.fail(_naming_model(d["model"], str(err))) from None
         prompt, completion, cost = self.usage
@@ -237,11 +222,6 @@ def delegations_answered(journal: list[dict], grants: list[dict]) -> int:
     return sum(1 for m in journal if m["role"] == "tool" and m.get("name") in delegates)
 
 
-def _with_attempt(request: ModelRequest, attempt: int) -> ModelRequest:
-    from dataclasses import replace
-    return replace(request, attempt=attempt)
-
-
 def _naming_model(model: str, message: str) -> str:
     """`message` led by the model it concerns, once: the litellm client's messages already are."""
     prefix = f"model {model}"
@@ -269,12 +249,8 @@ async def run_tool(engine: Engine, name: str, args: dict) -> Any:
     """One tool call with transient retries, its value checked against the declared type."""
     from pydantic import ValidationError
     entry = engine.plan["tools"][name]
-    spec = engine.tool_spec(name)
     args = check_arguments(name, entry["definition"]["params"], args, engine.validators)
-    remote = getattr(engine.executor, "call_tool", None)  # an executor that calls elsewhere (Temporal)
-    value = await (remote(engine, name, args) if remote else
-                   retrying(entry["retries"], TransientToolError,
-                            lambda: call_tool(spec, args, engine.tool_context())))
+    value = await engine.executor.call_tool(engine, name, args)
     try:
         return engine.validators.validate(type_from_json(entry["definition"]["returns"]), value)
     except ValidationError as err:

@@ -37,6 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, DryRunStop
 from ..ledger import SESSION_STEP, Ledger
 from ..local import LocalExecutor
+from ..ports import Reporter
 from ..progress import SilentReporter
 from ..runner import RunOutcome, RunRequest, pick_run
 from ..store import Store
@@ -69,7 +70,7 @@ def activity_settings(task_queue: str) -> dict:
             "default_timeout_s": 600.0, "grace_s": 30.0, "extra_attempts": 2}
 
 
-async def execute_temporal(req: RunRequest, reporter, settings: TemporalSettings) -> RunOutcome:
+async def execute_temporal(req: RunRequest, reporter: Reporter, settings: TemporalSettings) -> RunOutcome:
     store = Store.open_writer(req.db_path)
     try:
         run_id, resuming = pick_run(store, req)
@@ -167,7 +168,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
 # ---------------------------------------------------------------- following a workflow
 
 class _Follower:
-    def __init__(self, ledger: Ledger, reporter, run_id: str) -> None:
+    def __init__(self, ledger: Ledger, reporter: Reporter, run_id: str) -> None:
         self.ledger = ledger
         self.reporter = reporter
         self.cursor_key = f"temporal_cursor/{run_id}"
@@ -283,8 +284,8 @@ class _Follower:
         await self.poll(handle)
 
     async def apply(self, events: list[dict]) -> None:
-        """Writes events through the normal Ledger (whose record methods may be sync or
-        async), and how far it got, in one transaction: all of a page or none of it."""
+        """Writes events through the normal Ledger, and how far it got, in one transaction:
+        all of a page or none of it."""
         with self.ledger.store.commits_held():
             await self._record(events)
             self.cursor += len(events)

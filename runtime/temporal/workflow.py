@@ -32,24 +32,13 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from agentflow.compiler.hashing import canonical_json, digest
-    from agentflow.runtime.engine import Engine, NodeFailure, RunAborted, RunOptions
+    from agentflow.runtime.engine import Engine, NodeFailure, NodeOutcome, RunAborted, RunOptions
     from agentflow.runtime.local import LocalExecutor
-    from agentflow.runtime.models import ModelError, TransientModelError
-    from agentflow.runtime.task import TaskCall  # noqa: F401  (LocalExecutor imports it lazily)
+    from agentflow.runtime.models import ModelError, ModelRequest, ModelResponse, TransientModelError
+    from agentflow.runtime.task import TaskCall
     from agentflow.runtime.tools import ToolError
 
     from . import wire
-
-
-class _Done:
-    """What every record method returns: awaiting it is a no-op, ignoring it is fine too, so
-    the engine may call these methods with or without `await` (the local Ledger has both)."""
-
-    def __await__(self):
-        return iter(())
-
-
-_DONE = _Done()
 
 
 class WorkflowLedger:
@@ -69,9 +58,8 @@ class WorkflowLedger:
         self._last_step: dict[str, list] = {}
         self.session_keys: set[str] = set()  # keys of session calls: their lookups want session steps too
 
-    def emit(self, op: str, **fields: Any) -> _Done:
+    def emit(self, op: str, **fields: Any) -> None:
         self.events.append({"op": op, **fields})
-        return _DONE
 
     def resumed_key(self, node_id: str) -> str | None:
         return self.resumed.get(node_id)
@@ -91,58 +79,58 @@ class WorkflowLedger:
     async def explain(self, node_id: str, def_hash: str, inputs: dict, *, cacheable: bool) -> str:
         return "no stored result"
 
-    def node_started(self, node_id, role, key, def_hash, inputs):
-        return self.emit("node_started", node=node_id, role=role, key=key, def_hash=def_hash, inputs=inputs)
+    def node_started(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> None:
+        self.emit("node_started", node=node_id, role=role, key=key, def_hash=def_hash, inputs=inputs)
 
-    def structure_started(self, node_id: str):
-        return self.emit("structure_started", node=node_id)
+    def structure_started(self, node_id: str) -> None:
+        self.emit("structure_started", node=node_id)
 
-    async def reused(self, node_id, role, key, def_hash, inputs) -> Any:
-        if role in self.session_roles:
+    async def reused(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> Any:
+        if role is not None and role in self.session_roles:
             # no event: the client's Ledger.reused replays these steps into its database itself
             self.sessions.setdefault(role, []).extend(copy.deepcopy(self.session_steps.get(key, [])))
         self.emit("reused", node=node_id, role=role, key=key, def_hash=def_hash, inputs=inputs)
         return copy.deepcopy(self.results[key])
 
-    def node_succeeded(self, node_id, role, key, outcome):
+    def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None:
         self.results[key] = outcome.value
         if role in self._last_step:
             self.session_steps[key] = [self._last_step.pop(role)]
-        return self.emit("node_succeeded", node=node_id, role=role, key=key, value=outcome.value,
-                         attempts=outcome.attempts, prompt_tokens=outcome.prompt_tokens,
-                         completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)
+        self.emit("node_succeeded", node=node_id, role=role, key=key, value=outcome.value,
+                  attempts=outcome.attempts, prompt_tokens=outcome.prompt_tokens,
+                  completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)
 
-    def node_failed(self, node_id, role, error, attempts):
-        return self.emit("node_failed", node=node_id, role=role, error=error, attempts=attempts)
+    async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None:
+        self.emit("node_failed", node=node_id, role=role, error=error, attempts=attempts)
 
-    def node_cancelled(self, node_id, role):
-        return self.emit("node_cancelled", node=node_id, role=role)
+    def node_cancelled(self, node_id: str, role: str | None) -> None:
+        self.emit("node_cancelled", node=node_id, role=role)
 
-    def node_skipped(self, node_id, role):
-        return self.emit("node_skipped", node=node_id, role=role)
+    def node_skipped(self, node_id: str, role: str | None) -> None:
+        self.emit("node_skipped", node=node_id, role=role)
 
-    def structure_done(self, node_id, status, cached=False):
-        return self.emit("structure_done", node=node_id, status=status, cached=cached)
+    def structure_done(self, node_id: str, status: str, cached: bool = False) -> None:
+        self.emit("structure_done", node=node_id, status=status, cached=cached)
 
-    def record_llm_call(self, node_id, response):
-        return self.emit("llm_call", node=node_id, model=response.model, prompt_tokens=response.prompt_tokens,
-                         completion_tokens=response.completion_tokens, cost_usd=response.cost_usd,
-                         latency_ms=response.latency_ms)
+    def record_llm_call(self, node_id: str, response: ModelResponse) -> None:
+        self.emit("llm_call", node=node_id, model=response.model, prompt_tokens=response.prompt_tokens,
+                  completion_tokens=response.completion_tokens, cost_usd=response.cost_usd,
+                  latency_ms=response.latency_ms)
 
     async def load_turns(self, node_id: str, key: str) -> list[dict]:
         journal = self.journals.get(node_id)
         return list(journal["turns"]) if journal and journal.get("key") == key else []
 
-    def append_turn(self, node_id: str, key: str, message: dict):
-        return self.emit("turn", node=node_id, key=key, message=message)
+    async def append_turn(self, node_id: str, key: str, message: dict) -> None:
+        self.emit("turn", node=node_id, key=key, message=message)
 
-    async def load_session(self, role: str) -> list:
+    async def load_session(self, role: str) -> list[list[dict]]:
         return self.sessions.setdefault(role, [])
 
-    def append_session(self, role: str, messages: list):
+    async def append_session(self, role: str, messages: list[dict]) -> None:
         self.sessions.setdefault(role, []).append(messages)
         self._last_step[role] = messages  # the call finishing now, under its role's session lock
-        return self.emit("session", role=role, messages=messages)
+        self.emit("session", role=role, messages=messages)
 
     async def session_hash(self, role: str) -> str:
         return digest("session", canonical_json(await self.load_session(role)))
@@ -192,6 +180,8 @@ class EventReporter:
 
 
 class WorkflowEngine(Engine):
+    ledger: WorkflowLedger
+
     def __init__(self, *args, code_versions: dict[str, str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._code_versions = dict(code_versions)  # computed by the client: they read files
@@ -233,7 +223,7 @@ class TemporalExecutor(LocalExecutor):
                                      maximum_attempts=retries + 1 + s["extra_attempts"],
                                      non_retryable_error_types=["ModelError", "ToolError"]))
 
-    async def complete(self, call, request):
+    async def complete(self, call: TaskCall, request: ModelRequest) -> ModelResponse:
         """One model turn of `call` (a TaskCall), retries included; bumps `call.attempts`."""
         from dataclasses import replace
         retries = call.entry["retries"]

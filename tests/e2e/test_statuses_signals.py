@@ -317,3 +317,30 @@ def test_a_signal_during_a_command_tool_stops_the_run_without_a_traceback(tmp_pa
     _, err = outputs(proc)
     assert proc.returncode == code, err
     assert "Traceback" not in err and "never retrieved" not in err, err
+
+
+def test_a_node_kept_from_starting_by_a_failure_ends_the_run_with_that_failure(tmp_path):
+    """With one slot, `good` waits while `bad` fails, then never starts; the result waits on
+    `good`, yet the run fails with `bad`'s failure (exit 3), not a traceback."""
+    write(tmp_path / "two.agentflow", """
+        defaults {
+          model = "scripted"
+        }
+
+        tool read(path: str) -> str {
+          builtin = "fs.read"
+        }
+
+        role a {
+          task t(x: str) -> str { prompt = "T {x}" }
+        }
+
+        choreography main() -> str {
+          bad = read("missing.txt")
+          good = a.t("x")
+          return good
+        }
+    """)
+    result = ok(af(tmp_path, "run", "two.agentflow", "--concurrency", "1"), 3)
+    assert "failed at main/bad: tool read: no such file: missing.txt" in result.stderr
+    assert show(tmp_path, runs(tmp_path)[0]["run_id"])["main/bad"]["status"] == "failed"

@@ -1,0 +1,97 @@
+"""The ports of the engine: what it needs from the ledger, the executor and the reporter.
+
+Two engines implement them: the local one (`ledger.Ledger` over DuckDB, `local.LocalExecutor`,
+`progress.*Reporter`) and the Temporal workflow (`temporal.workflow.WorkflowLedger`,
+`TemporalExecutor`, `EventReporter`). The engine and the task loop see only these types.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .engine import Engine, NodeJob, NodeOutcome
+    from .models import ModelRequest, ModelResponse
+    from .task import TaskCall
+
+
+class RunLedger(Protocol):
+    """The record of a run: what the engine and the task loop read from it and write to it.
+
+    One calling convention per method, by one rule: a method is async when its caller must
+    wait, for an answer from the store (`has_result`, `reused`, `explain`, `load_turns`,
+    `load_session`, `session_hash`) or for durability (`flush`, and the records that commit
+    before the run may go on: `node_failed`, `append_turn`, `append_session`). Every other
+    record is sync and only buffers: it never waits, so the engine records a node's status
+    without yielding to the event loop (and without a coroutine per node in a fan-out of
+    100k), and the Temporal ledger turns it into an event at once. A result becomes durable
+    at the `flush()` the engine awaits after `node_succeeded`.
+    """
+
+    # decisions
+    def resumed_key(self, node_id: str) -> str | None:
+        """The key of the node if it finished in the resumed run."""
+        ...
+
+    async def has_result(self, key: str) -> bool: ...
+
+    async def explain(self, node_id: str, def_hash: str, inputs: dict, *, cacheable: bool) -> str:
+        """Why a node must run (what `--dry-run` prints)."""
+        ...
+
+    async def reused(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> Any:
+        """Records the reuse of a stored result, and returns that result."""
+        ...
+
+    # node records
+    def node_started(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> None: ...
+
+    def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None: ...
+
+    async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None: ...
+
+    def node_cancelled(self, node_id: str, role: str | None) -> None: ...
+
+    def node_skipped(self, node_id: str, role: str | None) -> None: ...
+
+    def structure_started(self, node_id: str) -> None: ...
+
+    def structure_done(self, node_id: str, status: str, cached: bool = False) -> None: ...
+
+    def record_llm_call(self, node_id: str, response: ModelResponse) -> None: ...
+
+    async def flush(self) -> None:
+        """Returns once every record buffered so far is durable."""
+        ...
+
+    # a task call's journal, and its role's session
+    async def load_turns(self, node_id: str, key: str) -> list[dict]: ...
+
+    async def append_turn(self, node_id: str, key: str, message: dict) -> None: ...
+
+    async def load_session(self, role: str) -> list[list[dict]]: ...
+
+    async def append_session(self, role: str, messages: list[dict]) -> None: ...
+
+    async def session_hash(self, role: str) -> str: ...
+
+
+class NodeExecutor(Protocol):
+    """Where calls run: in this process, or as Temporal activities. The engine decides
+    whether a node runs; the executor runs it, and the model and tool calls inside it."""
+
+    async def execute(self, engine: Engine, job: NodeJob) -> NodeOutcome: ...
+
+    async def complete(self, call: TaskCall, request: ModelRequest) -> ModelResponse:
+        """One model turn of `call`, its transient retries included (each adds to
+        `call.attempts`); raises ModelError once they are spent."""
+        ...
+
+    async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
+        """One tool call with checked `args`, its transient retries included; raises ToolError."""
+        ...
+
+
+class Reporter(Protocol):
+    """Progress events, as nodes start and end."""
+
+    def node(self, node_id: str, status: str, *, cached: bool = False, detail: str = "") -> None: ...
