@@ -53,15 +53,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 
 
-class MalformedExpression(ValueError):
-    """An expression whose kind or arity is not one of KINDS."""
-
-
 def make(kind: str, *fields: Any) -> Expr:
     """The expression `[kind, *fields]`, checked against KINDS (what lowering builds with)."""
     spec = KINDS.get(kind)
     if spec is None or len(fields) != len(spec.fields):
-        raise MalformedExpression(f"not an expression: {[kind, *fields]!r}")
+        raise ValueError(f"not an expression: {[kind, *fields]!r}")
     return [kind, *fields]
 
 
@@ -69,7 +65,7 @@ def children(expr: Expr) -> Iterator[Expr]:
     """The sub-expressions of `expr`, in field order (never the inside of a `node`)."""
     kind = KINDS.get(expr[0])
     if kind is None:
-        raise MalformedExpression(f"not an expression: {expr!r}")
+        raise ValueError(f"not an expression: {expr!r}")
     for spec, value in zip(kind.fields, expr[1:]):
         if spec.shape == "expr" or spec.shape == "expr?" and value is not None:
             yield value
@@ -88,7 +84,7 @@ def walker(handlers: Mapping[str, Callable[..., R]],
     what is evaluated and in which order (`cond` takes one side, `and` may stop early)."""
     unknown = set(handlers) - set(KINDS)
     if unknown:
-        raise MalformedExpression(f"handlers for kinds the IR does not have: {sorted(unknown)}")
+        raise ValueError(f"handlers for kinds the IR does not have: {sorted(unknown)}")
     table = dict(handlers)
 
     def walk(expr: Expr, context: C) -> R:

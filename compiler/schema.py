@@ -5,9 +5,10 @@ hash of its canonical JSON. These TypedDicts type that data without changing it:
 builds it, the runtime reads it through them, and mypy checks both sides. This module
 imports nothing of the compiler, so the runtime (and the Temporal sandbox) can load it
 without the parser.
-"""
-from __future__ import annotations
 
+No `from __future__ import annotations` here: tests check plans against these classes at run
+time, which needs `NotRequired` visible to `TypedDict`.
+"""
 from typing import Any, Literal, NotRequired, TypedDict, Union
 
 from .ir import Expr
