@@ -194,3 +194,9 @@ class Plan(TypedDict):
     tools: dict[str, Tool]
     body: Body  # the entry's
     nodes: dict[str, Node]  # by template id
+
+
+def session_roles(plan: Plan) -> set[str]:
+    """The roles whose calls share one conversation (`memory = "session"`): the engine
+    serialises their calls and the ledgers rebuild their sessions."""
+    return {name for name, role in plan["roles"].items() if role["memory"] == "session"}

@@ -126,7 +126,7 @@ class Engine:
                                       for n, fields in plan["type_table"].items()})
         self.global_slots = asyncio.Semaphore(max(1, options.concurrency))
         self.role_slots = {name: asyncio.Semaphore(max(1, role["replicas"])) for name, role in plan["roles"].items()}
-        self.session_locks = {name: asyncio.Lock() for name, role in plan["roles"].items() if role["memory"] == "session"}
+        self.session_locks = {name: asyncio.Lock() for name in schema.session_roles(plan)}
         self.failure: NodeFailure | None = None
         self.failed_nodes: list[str] = []  # every node that failed, the first one first
         self.ran_inside: set[str] = set()  # instance prefixes inside which a call ran (not reused)

@@ -46,7 +46,7 @@ class Ledger:
 
     async def open(self, plan: schema.Plan, plan_hash: str, inputs: dict, resuming: bool) -> None:
         self.flow = plan["flow"]
-        self.session_roles = {name for name, role in plan["roles"].items() if role["memory"] == "session"}
+        self.session_roles = schema.session_roles(plan)
         if resuming:
             self.resumed = await self._io(self.store.run_node_states, self.run_id)
         if not self.dry_run:

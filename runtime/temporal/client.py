@@ -115,7 +115,7 @@ class _Prefetch(Ledger):
 
     def __init__(self, store: Store, run_id: str, plan: schema.Plan) -> None:
         super().__init__(store, run_id, dry_run=True)
-        self.memory_roles = {n for n, r in plan["roles"].items() if r["memory"] == "session"}
+        self.memory_roles = schema.session_roles(plan)
         self.found: dict[str, object] = {}
         self.session_steps: dict[str, list] = {}  # key -> what its reuse added to a session
 
