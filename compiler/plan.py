@@ -368,7 +368,7 @@ def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: 
     }
     for node_id, node in lowering.nodes.items():
         if node["kind"] == "task" or node["kind"] == "tool":
-            table: dict[str, schema.Task] | dict[str, schema.Tool] = tasks if node["kind"] == "task" else tools
+            table = tasks if node["kind"] == "task" else tools
             node["definition_hash"] = table[node["target"]]["definition_hash"]
             lowering.graph.add_node(node_id, definition_hash=node["definition_hash"])
     return Plan(data, lowering.graph)

@@ -382,7 +382,7 @@ class Engine:
         """A call target's parameters with their parsed types, parsed once per run (not per call)."""
         params = self._param_types.get((kind, target))
         if params is None:
-            table: dict[str, schema.Task] | dict[str, schema.Tool] = self.plan["tasks"] if kind == "task" else self.plan["tools"]
+            table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
             params = self._param_types[(kind, target)] = tuple(
                 (p, type_from_json(p["type"])) for p in table[target]["definition"]["params"])
         return params

@@ -63,15 +63,44 @@ def expression_problems(expr: Any, path: str) -> list[str]:
     return [p for i, child in enumerate(ir.children(expr)) for p in expression_problems(child, f"{path}<{i}>")]
 
 
-def plan_data(spec: Path) -> dict:
-    result = compile_source(SourceFile(spec.name, spec.read_text()))
+# What the examples leave out: every attribute set, session ordering, `list`, `index`, `neg`.
+EVERYTHING = """
+defaults { model = "scripted"  retries = 1  timeout = 5s  temperature = 0.5  cache = false }
+type Pair { a: int  b: str? }
+tool run(cmd: str) -> str { command = ["sh", "-c", "{cmd}"]  cwd = "work"  description = "Runs."  retries = 0 }
+tool peek(path: str) -> str { builtin = "fs.read" }
+role scribe {
+  model = "openai/gpt-4o-mini"  system = "Be brief."  memory = "session"  replicas = 1  max_tokens = 100
+  max_turns = 3  api_base = "http://127.0.0.1:1/v1"  api_key_env = "SCRIBE_KEY"  max_context_tokens = 500
+  tools = [run, peek, helper.help]
+  task note(x: str, n: int = 2) -> Pair { prompt = "NOTE {x}"  retries = 4  timeout = 1m  max_turns = 2  cache = true }
+}
+role helper { replicas = 2  task help(q: str) -> str { prompt = "{q}" } }
+choreography main(xs: list[int]) -> json {
+  first = scribe.note("first")
+  second = scribe.note("second", n = -xs[0])
+  return {pairs: [first, second], last: [x * 2 for x in xs if x > 0][-1]}
+}
+"""
+
+
+def plan_data(spec: Path | str) -> dict:
+    source = SourceFile("everything.agentflow", spec) if isinstance(spec, str) else SourceFile(spec.name, spec.read_text())
+    result = compile_source(source)
     assert result.ok, [d.message for d in result.diagnostics]
     return json.loads(result.plan.to_json())
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
-def test_every_example_plan_conforms_to_the_schema(spec: Path) -> None:
+@pytest.mark.parametrize("spec", [*SPECS, EVERYTHING], ids=lambda p: p.stem if isinstance(p, Path) else "everything")
+def test_every_example_plan_conforms_to_the_schema(spec: Path | str) -> None:
     assert problems(plan_data(spec), schema.Plan) == []
+
+
+def test_the_inline_spec_reaches_what_the_examples_do_not() -> None:
+    text = json.dumps(plan_data(EVERYTHING))
+    for shape in ('["list", ', '["index", ', '["neg", ', '"session_after": ["first"]', '"cwd": "work"',
+                  '"api_key_env": "SCRIBE_KEY"', '"max_tokens": 100'):
+        assert shape in text
 
 
 def test_the_check_finds_what_does_not_conform() -> None:
