@@ -125,12 +125,8 @@ async def _reference(ref: Expr, resolve: Resolver) -> Any:
     raise ExpressionError(f"unknown expression {ref[0]!r}")
 
 
-_walk = walker({
+# `await evaluate(e, resolve)`: the value of an IR expression; `resolve` handles `name` and `node`.
+evaluate: Callable[[Expr, Resolver], Awaitable[Any]] = walker({
     "lit": _lit, "attr": _attr, "index": _index, "binop": _binop, "not": _not, "neg": _neg,
     "cond": _cond, "list": _list, "record": _record, "builtin": _builtin, "comp": _comp,
 }, _reference)
-
-
-def evaluate(e: Expr, resolve: Resolver) -> Awaitable[Any]:
-    """The value of an IR expression (awaitable); `resolve` handles `name` and `node`."""
-    return _walk(e, resolve)
