@@ -9,7 +9,7 @@ loads it without loading the parser.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Literal, Mapping, TypeVar
 
 Expr = list  # [kind, field...]: see KINDS
 
@@ -23,11 +23,14 @@ class Field:
     "expr?" (an expression or null), "exprs" (a list of them), "named" ([[name, expr]])."""
 
     name: str
-    shape: str = "value"
+    shape: Literal["value", "expr", "expr?", "exprs", "named"] = "value"
 
 
 @dataclass(frozen=True)
 class Kind:
+    """One kind of expression: its name (the list's first item), its fields in order, and
+    what it means."""
+
     name: str
     fields: tuple[Field, ...]
     doc: str
