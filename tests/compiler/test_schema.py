@@ -85,7 +85,8 @@ choreography main(xs: list[int]) -> json {
 
 
 def plan_data(spec: Path | str) -> dict:
-    source = SourceFile("everything.agentflow", spec) if isinstance(spec, str) else SourceFile(spec.name, spec.read_text())
+    source = SourceFile("everything.agentflow", spec) if isinstance(spec, str) else \
+        SourceFile(spec.name, spec.read_text())
     result = compile_source(source)
     assert result.ok, [d.message for d in result.diagnostics]
     return json.loads(result.plan.to_json())
