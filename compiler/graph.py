@@ -21,6 +21,7 @@ import json
 import re
 from typing import Any, Iterator
 
+from . import ir, schema
 from .names import template_id
 from .plan import Plan
 
@@ -86,10 +87,7 @@ def _template(plan: Plan) -> tuple[dict, dict, dict]:
         if kind == "cluster":
             owner = a.get("parent")
             owner_kind = g.nodes[owner]["kind"] if owner in g else "for"
-            owner_node = plan.data["nodes"].get(owner, {})
-            label = (f"for {owner_node['var']}" if owner_kind == "for" and "var" in owner_node
-                     else f"repeat max {owner_node['max']}" if owner_kind == "repeat" and "max" in owner_node
-                     else a.get("label", nid))
+            label = _loop_label(plan.data["nodes"].get(owner) if owner is not None else None) or a.get("label", nid)
             clusters[nid] = {"id": nid, "kind": owner_kind, "label": label, "parent": a.get("cluster"), "owner": owner}
             continue
         node = {"id": nid, "kind": kind, "label": _node_label(nid, a), "cluster": a.get("cluster"),
@@ -106,6 +104,15 @@ def _template(plan: Plan) -> tuple[dict, dict, dict]:
             _edge(edges, src, dst, label, "order" if label == "after" else "data")
     _scope_edges(plan, nodes, edges)
     return nodes, edges, clusters
+
+
+def _loop_label(node: schema.Node | None) -> str | None:
+    """A `for` or `repeat` body's cluster label, from the loop node that owns it."""
+    if node is not None and node["kind"] == "for":
+        return f"for {node['var']}"
+    if node is not None and node["kind"] == "repeat":
+        return f"repeat max {node['max']}"
+    return None
 
 
 def _node_label(nid: str, a: dict) -> str:
@@ -144,47 +151,49 @@ class _Scope:
 
 def _refs(expr: Any, bound: frozenset = frozenset()) -> Iterator[tuple[str, str | None]]:
     """(name, first attribute read from it or None) for each free name; does not enter nodes."""
-    if not isinstance(expr, list) or not expr:
-        return
-    op, args = expr[0], expr[1:]
-    if op == "name":
-        if args[0] not in bound:
-            yield args[0], None
-    elif op == "attr":
-        if isinstance(args[0], list) and args[0][:1] == ["name"]:
-            if args[0][1] not in bound:
-                yield args[0][1], args[1]
-        else:
-            yield from _refs(args[0], bound)
-    elif op == "list":
-        for e in args[0]:
-            yield from _refs(e, bound)
-    elif op == "record":
-        for _field, e in args[0]:
-            yield from _refs(e, bound)
-    elif op == "builtin":
-        for e in args[1]:
-            yield from _refs(e, bound)
-    elif op == "binop":
-        yield from _refs(args[1], bound)
-        yield from _refs(args[2], bound)
-    elif op in ("index", "not", "neg", "cond"):
-        for e in args:
-            yield from _refs(e, bound)
-    elif op == "comp":  # ["comp", elem, var, iter, cond|null]
-        inner = bound | {args[1]}
-        yield from _refs(args[0], inner)
-        yield from _refs(args[2], bound)
-        yield from _refs(args[3], inner)
+    return _walk_refs(expr, bound)
+
+
+def _name_ref(name: str, bound: frozenset) -> Iterator[tuple[str, str | None]]:
+    if name not in bound:
+        yield name, None
+
+
+def _attr_ref(value: Any, attr: str, bound: frozenset) -> Iterator[tuple[str, str | None]]:
+    if value[:1] == ["name"]:
+        if value[1] not in bound:
+            yield value[1], attr
+    else:
+        yield from _walk_refs(value, bound)
+
+
+def _comp_refs(elem: Any, var: str, iter_expr: Any, cond: Any, bound: frozenset) -> Iterator[tuple[str, str | None]]:
+    inner = bound | {var}
+    yield from _walk_refs(elem, inner)
+    yield from _walk_refs(iter_expr, bound)
+    if cond is not None:
+        yield from _walk_refs(cond, inner)
+
+
+def _child_refs(expr: Any, bound: frozenset) -> Iterator[tuple[str, str | None]]:
+    for child in ir.children(expr):
+        yield from _walk_refs(child, bound)
+
+
+_walk_refs = ir.walker({"name": _name_ref, "attr": _attr_ref, "comp": _comp_refs}, _child_refs)
 
 
 def _node_ids(expr: Any) -> Iterator[str]:
-    if isinstance(expr, list):
-        if len(expr) == 2 and expr[0] == "node" and isinstance(expr[1], str):
-            yield expr[1]
-        else:
-            for part in expr:
-                yield from _node_ids(part)
+    """The plan nodes an expression reads directly (not those inside them)."""
+    return _walk_node_ids(expr, None)
+
+
+def _child_node_ids(expr: Any, _context: None) -> Iterator[str]:
+    for child in ir.children(expr):
+        yield from _walk_node_ids(child, None)
+
+
+_walk_node_ids = ir.walker({"node": lambda node_id, _context: iter((node_id,))}, _child_node_ids)
 
 
 def _scope_edges(plan: Plan, nodes: dict, edges: dict) -> None:
@@ -201,39 +210,39 @@ def _scope_edges(plan: Plan, nodes: dict, edges: dict) -> None:
     _walk_body(data, data["body"], root, nodes, edges)
 
 
-def _walk_body(data: dict, body: dict, scope: _Scope, nodes: dict, edges: dict) -> None:
+def _walk_body(data: schema.Plan, body: schema.Body, scope: _Scope, nodes: dict, edges: dict) -> None:
     for name, b in sorted(body["bindings"].items()):
         consumer = f"{scope.prefix}/{name}"
         _walk_expr(data, b["expr"], consumer, scope, nodes, edges)
-    if body.get("result") is not None:
+    result = body["result"]
+    if result is not None:
         kind = "yield" if scope.var is not None else "return"
         consumer = f"{scope.prefix}/{kind}"
-        _walk_expr(data, body["result"], consumer, scope, nodes, edges)
+        _walk_expr(data, result, consumer, scope, nodes, edges)
         if scope.owner is not None and (scope.var is not None or scope.sub):
             _edge(edges, consumer, scope.owner, kind, "result")
 
 
-def _walk_expr(data: dict, expr: Any, consumer: str, scope: _Scope, nodes: dict, edges: dict) -> None:
+def _walk_expr(data: schema.Plan, expr: ir.Expr, consumer: str, scope: _Scope, nodes: dict, edges: dict) -> None:
     _link_refs(expr, consumer, scope, nodes, edges)
     for nid in sorted(set(_node_ids(expr))):
         node = data["nodes"].get(nid)
         if node is None:
             continue
-        kind = node["kind"]
-        if kind in ("task", "tool"):
-            for arg in node.get("args", {}).values():
+        if node["kind"] == "task" or node["kind"] == "tool":
+            for arg in node["args"].values():
                 _walk_expr(data, arg, nid, scope, nodes, edges)
-        elif kind == "choreography":
-            for arg in node.get("args", {}).values():
+        elif node["kind"] == "choreography":
+            for arg in node["args"].values():
                 _walk_expr(data, arg, nid, scope, nodes, edges)
-            sub_params = {p: nid for p in node.get("args", {})}
+            sub_params = {p: nid for p in node["args"]}
             sub = _Scope(None, nid, node["body"]["bindings"], owner=nid, params=sub_params, sub=True)
             _walk_body(data, node["body"], sub, nodes, edges)
-        elif kind == "for":
+        elif node["kind"] == "for":
             _walk_expr(data, node["iter"], nid, scope, nodes, edges)
             inner = _Scope(scope, f"{nid}[*]", node["body"]["bindings"], var=node["var"], owner=nid)
             _walk_body(data, node["body"], inner, nodes, edges)
-        elif kind == "repeat":
+        elif node["kind"] == "repeat":
             inner = _Scope(scope, f"{nid}#*", node["body"]["bindings"], owner=nid, repeat=True)
             _walk_body(data, node["body"], inner, nodes, edges)
             # `until` reads the iteration's bindings: edges from the body to the repeat node.

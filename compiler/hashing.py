@@ -73,3 +73,8 @@ def framed_sha256(label: bytes, parts: Iterable[str | bytes]) -> bytes:
 def value_hash(value: Any) -> str:
     """The version of a value: equal values hash equal, whichever node produced them."""
     return digest("value", canonical_json(value))
+
+
+def definition_hash(definition: Any) -> str:
+    """The hash of a node's resolved definition; the runtime recomputes it after overrides."""
+    return digest("definition", canonical_json(definition))

@@ -1,5 +1,5 @@
-"""Names both the compiler and the runtime know (the runtime imports no compiler module but
-this one, `hashing` and `types`).
+"""Names both the compiler and the runtime know (one of the few compiler modules the runtime
+may import: tests/runtime/test_imports.py lists them).
 
 A plan names nodes by template id (`main/reviews[*]/attempt#*/review`); a run names each
 instance (`main/reviews[2]/attempt#1/review`): `[i]` a `for` item, `#n` a `repeat` iteration.

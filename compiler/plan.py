@@ -4,12 +4,8 @@ executable expression IR the runtime interprets, and a networkx DAG for display.
 Node template ids come from structure only: `main/plan`, `main/reviews[*]/attempt#*/review`.
 A call nested inside a binding's expression is `<binding>@<n>` in evaluation order; a
 sub-choreography is inlined under its call site's id. The plan is plain JSON data
-(`Plan.data`), so it travels unchanged to a Temporal worker.
-
-Expression IR (JSON lists): ["lit", v] ["name", id] ["list", [e]] ["record", [[n, e]]]
-["attr", e, n] ["index", e, e] ["binop", op, e, e] ["not", e] ["neg", e]
-["cond", c, a, b] ["comp", e, var, iter, cond|null] ["builtin", name, [e]]
-["node", node_id] (a call, `for` or `repeat` node, evaluated by the scheduler).
+(`Plan.data`, typed by `schema`), so it travels unchanged to a Temporal worker; its
+expressions are built with `ir.make`, the one definition of the expression IR.
 """
 from __future__ import annotations
 
@@ -17,14 +13,13 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from . import ast
-from .hashing import canonical_json, digest
+from . import ast, ir, schema
+from .hashing import canonical_json, definition_hash, digest
 from .symbols import ATTR_DEFAULTS, Symbols, attr_value
 from .types import STR, RecordT, json_schema, type_to_json
 
-PLAN_FORMAT = "agentflow-plan/1"
 # Attributes that change what a call returns; retries, timeouts, endpoints and keys do not.
 _RESULT_ATTRS = ("model", "system", "temperature", "max_tokens", "max_turns", "memory", "max_context_tokens")
 
@@ -54,7 +49,7 @@ class _GraphParts:
 class Plan:
     """The compiled plan: canonical JSON data plus its DAG of node templates."""
 
-    data: dict
+    data: schema.Plan
     parts: _GraphParts = field(repr=False, compare=False)
 
     @cached_property
@@ -75,11 +70,6 @@ class Plan:
         return digest("plan", canonical_json(self.data))
 
 
-def definition_hash(definition: dict) -> str:
-    """The hash of a node's resolved definition; the runtime recomputes it after overrides."""
-    return digest("definition", canonical_json(definition))
-
-
 def _literal_or_none(expr: ast.Expr | None) -> Any:
     return None if expr is None else attr_value(expr)
 
@@ -88,7 +78,7 @@ def _attrs(attrs) -> dict[str, Any]:
     return {a.name: attr_value(a.value) for a in attrs}
 
 
-def _params(params: tuple[ast.Param, ...], symbols: Symbols) -> list[dict]:
+def _params(params: tuple[ast.Param, ...], symbols: Symbols) -> list[schema.Param]:
     return [{"name": p.name, "type": type_to_json(symbols.resolve_type(p.type)),
              "has_default": p.default is not None, "default": _literal_or_none(p.default)}
             for p in params]
@@ -103,7 +93,7 @@ class _Lowering:
         self.symbols = symbols
         self.facts = symbols.facts
         self.source_name = source_name
-        self.nodes: dict[str, dict] = {}
+        self.nodes: dict[str, schema.Node] = {}
         self.graph = _GraphParts()
         self.defaults = {k: attr_value(a.value) for k, a in symbols.defaults.items()}
         self.session_roles = {name for name, role in symbols.roles.items()
@@ -112,7 +102,7 @@ class _Lowering:
 
     # ------------------------------------------------------------ declarations
 
-    def roles(self) -> dict:
+    def roles(self) -> dict[str, schema.Role]:
         out = {}
         for name, role in self.symbols.roles.items():
             attrs = {**ATTR_DEFAULTS, **{k: v for k, v in self.defaults.items() if k != "cache"}, **_attrs(role.attrs)}
@@ -120,16 +110,16 @@ class _Lowering:
             attrs["tools"] = list(attrs.get("tools") or [])
             for drop in ("python", "command", "builtin", "description", "cwd", "cache", "prompt"):
                 attrs.pop(drop, None)
-            out[name] = attrs
+            out[name] = cast(schema.Role, attrs)
         return out
 
-    def tasks(self, roles: dict, tools: dict) -> dict:
+    def tasks(self, roles: dict[str, schema.Role], tools: dict[str, schema.Tool]) -> dict[str, schema.Task]:
         out = {}
         for (role, task_name), task in self.symbols.tasks.items():
             task_attrs = _attrs(task.attrs)
             returns = _returns(task.returns, self.symbols)
             role_def = roles[role]
-            definition = {
+            definition = cast(schema.TaskDefinition, {
                 "kind": "task", "role": role, "task": task_name,
                 "prompt": task_attrs.get("prompt", ""),
                 "params": _params(task.params, self.symbols),
@@ -137,28 +127,31 @@ class _Lowering:
                 "output_schema": None if returns == STR else json_schema(returns, self.symbols.type_table),
                 **{k: task_attrs.get(k, role_def.get(k)) for k in _RESULT_ATTRS},
                 "tools": [self.tool_schema(ref, tools) for ref in role_def["tools"]],
-            }
+            })
             runtime = {k: task_attrs.get(k, role_def.get(k)) for k in ("retries", "timeout", "api_base", "api_key_env")}
             runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))
-            out[f"{role}.{task_name}"] = {"definition": definition, "definition_hash": definition_hash(definition),
-                                          **runtime, "replicas": role_def["replicas"]}
+            out[f"{role}.{task_name}"] = cast(schema.Task, {
+                "definition": definition, "definition_hash": definition_hash(definition),
+                **runtime, "replicas": role_def["replicas"]})
         return out
 
-    def tools(self) -> dict:
+    def tools(self) -> dict[str, schema.Tool]:
         out = {}
         for name, tool in self.symbols.tools.items():
             attrs = _attrs(tool.attrs)
             returns = _returns(tool.returns, self.symbols)
             kind = next((k for k in ("python", "command", "builtin") if k in attrs), "builtin")
-            definition = {"kind": "tool", "tool": name, "impl": kind, "target": attrs.get(kind),
-                          "params": _params(tool.params, self.symbols), "returns": type_to_json(returns),
-                          "cwd": attrs.get("cwd")}
-            out[name] = {"definition": definition, "definition_hash": definition_hash(definition),
-                         "description": attrs.get("description", ""),
-                         "parameters": self._params_schema(tool.params),
-                         "timeout": attrs.get("timeout", self.defaults.get("timeout")),
-                         "retries": attrs.get("retries", self.defaults.get("retries", ATTR_DEFAULTS["retries"])),
-                         "cache": attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))}
+            definition = cast(schema.ToolDefinition, {
+                "kind": "tool", "tool": name, "impl": kind, "target": attrs.get(kind),
+                "params": _params(tool.params, self.symbols), "returns": type_to_json(returns),
+                "cwd": attrs.get("cwd")})
+            out[name] = cast(schema.Tool, {
+                "definition": definition, "definition_hash": definition_hash(definition),
+                "description": attrs.get("description", ""),
+                "parameters": self._params_schema(tool.params),
+                "timeout": attrs.get("timeout", self.defaults.get("timeout")),
+                "retries": attrs.get("retries", self.defaults.get("retries", ATTR_DEFAULTS["retries"])),
+                "cache": attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))})
         return out
 
     def _params_schema(self, params) -> dict:
@@ -166,7 +159,7 @@ class _Lowering:
         return {"type": "object", "properties": props,
                 "required": [p.name for p in params if p.default is None]}
 
-    def tool_schema(self, ref: str, tools: dict) -> dict:
+    def tool_schema(self, ref: str, tools: dict[str, schema.Tool]) -> schema.ToolGrant:
         """What a role's model is told about one granted tool (part of the task's definition)."""
         if "." in ref:
             role, task_name = ref.split(".", 1)
@@ -180,12 +173,12 @@ class _Lowering:
 
     # ------------------------------------------------------------ choreographies
 
-    def choreography(self, name: str, prefix: str, cluster: str | None) -> dict:
+    def choreography(self, name: str, prefix: str, cluster: str | None) -> schema.Body:
         decl = self.symbols.choreographies[name]
         return self.block(decl.body, prefix, cluster)
 
-    def block(self, block: ast.Block, prefix: str, cluster: str | None) -> dict:
-        bindings = {}
+    def block(self, block: ast.Block, prefix: str, cluster: str | None) -> schema.Body:
+        bindings: dict[str, schema.Binding] = {}
         local_ids = {b.name: f"{prefix}/{b.name}" for b in block.bindings}
         last_caller: dict[str, str] = {}  # session role -> the latest binding (in text order) calling it
         for b in block.bindings:
@@ -231,14 +224,14 @@ class _Lowering:
     def edge(self, src: str, dst: str, label: str) -> None:
         self.graph.add_edge(src, dst, label)
 
-    def binding_expr(self, b: ast.Binding, node_id: str, cluster: str | None) -> list:
+    def binding_expr(self, b: ast.Binding, node_id: str, cluster: str | None) -> ir.Expr:
         value = b.value
         if isinstance(value, ast.Call) and self.facts.target(value).kind in ("task", "tool", "choreography"):
             self.call_node(value, node_id, node_id, cluster, [0])
-            return ["node", node_id]
+            return ir.make("node", node_id)
         if isinstance(value, (ast.ForExpr, ast.RepeatExpr)):
             self.loop_node(value, node_id, cluster)
-            return ["node", node_id]
+            return ir.make("node", node_id)
         self.graph.add_node(node_id, kind="value", label=b.name, cluster=cluster)
         return self.expr(value, node_id, cluster, [0])
 
@@ -251,8 +244,8 @@ class _Lowering:
         else:
             params = self.symbols.choreographies[target.name].params
         args = self.bind_args(call, params, slot, cluster, counter)
-        node = {"kind": target.kind, "target": target.name, "args": args,
-                "line": call.span.line, "scope": cluster}
+        node: dict[str, Any] = {"kind": target.kind, "target": target.name, "args": args,
+                                "line": call.span.line, "scope": cluster}
         label = target.name
         if target.kind == "task":
             node["role"] = target.role
@@ -265,20 +258,20 @@ class _Lowering:
         else:
             self.graph.add_node(node_id, kind=target.kind, label=label, cluster=cluster,
                                 role=target.role, target=target.name)
-        self.nodes[node_id] = node
+        self.nodes[node_id] = cast(schema.Node, node)
         if slot != node_id:
             self.edge(node_id, slot, "value")
 
-    def bind_args(self, call: ast.Call, params, slot, cluster, counter) -> dict:
+    def bind_args(self, call: ast.Call, params, slot, cluster, counter) -> dict[str, ir.Expr]:
         """Arguments by parameter name: positional then keyword, defaults for the rest."""
-        by_name: dict[str, list] = {}
+        by_name: dict[str, ir.Expr] = {}
         names = [p.name for p in params]
         for i, arg in enumerate(call.args):
             pname = arg.name if arg.name is not None else (names[i] if i < len(names) else f"_{i}")
             by_name[pname] = self.expr(arg.value, slot, cluster, counter)
         for p in params:
             if p.name not in by_name:
-                by_name[p.name] = ["lit", _literal_or_none(p.default)]
+                by_name[p.name] = ir.make("lit", _literal_or_none(p.default))
         return {n: by_name[n] for n in names if n in by_name}
 
     def loop_node(self, loop: ast.ForExpr | ast.RepeatExpr, node_id: str, cluster: str | None) -> None:
@@ -289,62 +282,64 @@ class _Lowering:
             self.graph.add_node(body_prefix, kind="cluster", label=f"for {loop.var} in ...", cluster=cluster)
             roles, body = self.collecting_session_calls(
                 lambda: self.block(loop.body, body_prefix, body_prefix))
-            self.nodes[node_id] = {"kind": "for", "var": loop.var, "iter": iter_expr, "body": body,
-                                   "line": loop.span.line, "scope": cluster}
+            for_node: schema.ForNode = {"kind": "for", "var": loop.var, "iter": iter_expr, "body": body,
+                                        "line": loop.span.line, "scope": cluster}
             if roles:
                 # a session role's calls happen in program order: list order across items
-                self.nodes[node_id]["sequential"] = True
+                for_node["sequential"] = True
+            self.nodes[node_id] = for_node
         else:
             body_prefix = f"{node_id}#*"
             self.graph.add_node(node_id, kind="repeat", label="repeat", cluster=cluster)
             self.graph.add_node(body_prefix, kind="cluster", label="repeat", cluster=cluster)
             body = self.block(loop.body, body_prefix, body_prefix)
             until = self.expr(loop.until, f"{body_prefix}/until", body_prefix, [0])
-            max_iter = loop.max.value if isinstance(loop.max, ast.Literal) else 1
+            max_iter = cast(int, loop.max.value) if isinstance(loop.max, ast.Literal) else 1  # checked: an int
             self.nodes[node_id] = {"kind": "repeat", "max": max_iter, "until": until, "body": body,
                                    "line": loop.span.line, "scope": cluster}
         self.graph.add_node(body_prefix, parent=node_id)
 
-    def expr(self, e: ast.Expr, slot: str, cluster: str | None, counter: list) -> list:
+    def expr(self, e: ast.Expr, slot: str, cluster: str | None, counter: list) -> ir.Expr:
         """Expression IR; each nested call becomes node `<slot>@<n>`."""
         r = lambda x: self.expr(x, slot, cluster, counter)  # noqa: E731
         if isinstance(e, ast.Literal):
-            return ["lit", e.value]
+            return ir.make("lit", e.value)
         if isinstance(e, ast.Name):
-            return ["name", e.id]
+            return ir.make("name", e.id)
         if isinstance(e, ast.BinOp):
-            return ["binop", e.op, r(e.left), r(e.right)]
+            return ir.make("binop", e.op, r(e.left), r(e.right))
         if isinstance(e, ast.Duration):
-            return ["lit", e.seconds]
+            return ir.make("lit", e.seconds)
         if isinstance(e, ast.ListExpr):
-            return ["list", [r(i) for i in e.items]]
+            return ir.make("list", [r(i) for i in e.items])
         if isinstance(e, ast.RecordExpr):
             _, omitted = self.symbols.omitted_fields.get(id(e), (e, ()))
-            return ["record", [[f.name, r(f.value)] for f in e.fields] + [[n, ["lit", None]] for n in omitted]]
+            return ir.make("record", [[f.name, r(f.value)] for f in e.fields]
+                           + [[n, ir.make("lit", None)] for n in omitted])
         if isinstance(e, ast.Attribute):
-            return ["attr", r(e.value), e.attr]
+            return ir.make("attr", r(e.value), e.attr)
         if isinstance(e, ast.Index):
-            return ["index", r(e.value), r(e.index)]
+            return ir.make("index", r(e.value), r(e.index))
         if isinstance(e, ast.UnaryOp):
-            return ["not" if e.op == "not" else "neg", r(e.operand)]
+            return ir.make("not" if e.op == "not" else "neg", r(e.operand))
         if isinstance(e, ast.Conditional):
-            return ["cond", r(e.cond), r(e.then), r(e.orelse)]
+            return ir.make("cond", r(e.cond), r(e.then), r(e.orelse))
         if isinstance(e, ast.Comprehension):
-            return ["comp", r(e.elem), e.var, r(e.iter), r(e.cond) if e.cond is not None else None]
+            return ir.make("comp", r(e.elem), e.var, r(e.iter), r(e.cond) if e.cond is not None else None)
         if isinstance(e, ast.Call):
             target = self.facts.target(e)
             if target.kind == "builtin":
-                return ["builtin", target.name, [r(a.value) for a in e.args]]
+                return ir.make("builtin", target.name, [r(a.value) for a in e.args])
             counter[0] += 1
             node_id = f"{slot}@{counter[0]}"
             self.call_node(e, node_id, slot, cluster, counter)
-            return ["node", node_id]
+            return ir.make("node", node_id)
         if isinstance(e, (ast.ForExpr, ast.RepeatExpr)):
             counter[0] += 1
             node_id = f"{slot}@{counter[0]}"
             self.loop_node(e, node_id, cluster)
             self.edge(node_id, slot, "value")
-            return ["node", node_id]
+            return ir.make("node", node_id)
         raise TypeError(f"cannot lower {type(e).__name__}")
 
 
@@ -356,8 +351,8 @@ def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: 
     tasks = lowering.tasks(roles, tools)
     decl = symbols.choreographies[entry]
     body = lowering.choreography(entry, entry, None)
-    data = {
-        "format": PLAN_FORMAT,
+    data: schema.Plan = {
+        "format": schema.PLAN_FORMAT,
         "source": PurePath(source_name).name,
         "flow": PurePath(source_name).stem,
         "entry": entry,
@@ -372,7 +367,7 @@ def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: 
         "nodes": lowering.nodes,
     }
     for node_id, node in lowering.nodes.items():
-        if node["kind"] in ("task", "tool"):
+        if node["kind"] == "task" or node["kind"] == "tool":
             table = tasks if node["kind"] == "task" else tools
             node["definition_hash"] = table[node["target"]]["definition_hash"]
             lowering.graph.add_node(node_id, definition_hash=node["definition_hash"])

@@ -17,6 +17,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
+from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
 
 from .models import ModelError, is_scripted, load_litellm, missing_key_message
@@ -37,7 +38,7 @@ class ModelUse:
     api_base: str | None
 
 
-def called_tasks(plan: dict) -> set[str]:
+def called_tasks(plan: schema.Plan) -> set[str]:
     """The tasks a run of `plan` can call: its task nodes and, transitively, their delegations."""
     pending = [node["target"] for node in plan["nodes"].values() if node["kind"] == "task"]
     called: set[str] = set()
@@ -49,7 +50,7 @@ def called_tasks(plan: dict) -> set[str]:
     return called
 
 
-def model_uses(plan: dict, model_override: str | None) -> list[ModelUse]:
+def model_uses(plan: schema.Plan, model_override: str | None) -> list[ModelUse]:
     """The non-scripted models the run will call, one entry per role and model."""
     uses = set()
     for task in called_tasks(plan):
@@ -76,7 +77,7 @@ def missing_variables(use: ModelUse) -> list[str]:
     return provider_key_variables(use)
 
 
-def check_credentials(plan: dict, model_override: str | None) -> None:
+def check_credentials(plan: schema.Plan, model_override: str | None) -> None:
     """Raise CredentialError naming every missing variable, its model and roles."""
     roles_by_need: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
     for use in model_uses(plan, model_override):

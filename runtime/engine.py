@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentflow.compiler.hashing import canonical_json, digest, value_hash
+from agentflow.compiler import schema
+from agentflow.compiler.hashing import canonical_json, definition_hash, digest, value_hash
 from agentflow.compiler.names import template_id
-from agentflow.compiler.plan import definition_hash
-from agentflow.compiler.types import Validators, type_from_json, with_omitted_fields
+from agentflow.compiler.ir import Expr
+from agentflow.compiler.types import Type, Validators, type_from_json, with_omitted_fields
 
 from .evaluate import ExpressionError, evaluate
 from .inputs import force_matcher
@@ -104,11 +105,11 @@ class Decision:
 
 
 class Engine:
-    def __init__(self, plan: dict, ledger: RunLedger, options: RunOptions, executor: NodeExecutor,
+    def __init__(self, plan: schema.Plan, ledger: RunLedger, options: RunOptions, executor: NodeExecutor,
                  reporter: Reporter) -> None:
         self.plan = plan
-        self.nodes: dict[str, dict] = plan["nodes"]
-        self._scope_nodes: dict[str, list[tuple[str, dict]]] = {}  # scope template -> its node templates
+        self.nodes: dict[str, schema.Node] = plan["nodes"]
+        self._scope_nodes: dict[str, list[tuple[str, schema.Node]]] = {}  # scope template -> its node templates
         for tid, node in self.nodes.items():
             self._scope_nodes.setdefault(node.get("scope") or plan["entry"], []).append((tid, node))
         self.ledger: RunLedger = ledger
@@ -119,7 +120,7 @@ class Engine:
                                       for n, fields in plan["type_table"].items()})
         self.global_slots = asyncio.Semaphore(max(1, options.concurrency))
         self.role_slots = {name: asyncio.Semaphore(max(1, role["replicas"])) for name, role in plan["roles"].items()}
-        self.session_locks = {name: asyncio.Lock() for name, role in plan["roles"].items() if role["memory"] == "session"}
+        self.session_locks = {name: asyncio.Lock() for name in schema.session_roles(plan)}
         self.failure: NodeFailure | None = None
         self.failed_nodes: list[str] = []  # every node that failed, the first one first
         self.ran_inside: set[str] = set()  # instance prefixes inside which a call ran (not reused)
@@ -130,20 +131,20 @@ class Engine:
         self._code_versions: dict[str, str] = {}
         # Per-target parts of a key and tool objects, computed once (not once per node).
         self._key_parts: dict[tuple[str, str], tuple[str, str]] = {}
-        self._param_types: dict[tuple[str, str], tuple[tuple[dict, Any], ...]] = {}
+        self._param_types: dict[tuple[str, str], tuple[tuple[schema.Param, Type], ...]] = {}
         self._tool_specs: dict[str, Any] = {}
         self._tool_context: ToolContext | None = None
 
     # ------------------------------------------------------------ definitions and keys
 
-    def _effective(self, entry: dict) -> tuple[dict, str]:
+    def _effective(self, entry: schema.Task) -> tuple[schema.TaskDefinition, str]:
         """A task's definition after `--model`, and its hash."""
         definition = entry["definition"]
         if self.options.model:
-            definition = {**definition, "model": self.options.model}
+            definition = definition | {"model": self.options.model}
         return definition, definition_hash(definition)
 
-    def task_definition(self, target: str) -> dict:
+    def task_definition(self, target: str) -> schema.TaskDefinition:
         return self._task_defs[target][0]
 
     def code_version(self, tool_name: str) -> str:
@@ -213,7 +214,7 @@ class Engine:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def block(self, body: dict, scope: Scope) -> Any:
+    async def block(self, body: schema.Body, scope: Scope) -> Any:
         """Starts every binding of a block, then evaluates its result."""
         bindings = body["bindings"]
         for name, binding in bindings.items():
@@ -233,7 +234,7 @@ class Engine:
             self.mark_unstarted(scope)
         return result
 
-    async def binding(self, name: str, binding: dict, scope: Scope) -> Any:
+    async def binding(self, name: str, binding: schema.Binding, scope: Scope) -> Any:
         for other in binding["after"] + binding.get("session_after", []):
             await self.lookup(other, scope)
         try:
@@ -268,7 +269,7 @@ class Engine:
             s = s.parent
         raise ExpressionError(f"`{name}` is not bound")
 
-    async def eval(self, expr: list, scope: Scope) -> Any:
+    async def eval(self, expr: Expr, scope: Scope) -> Any:
         op = expr[0]
         if op == "node":  # the shapes of most bindings and arguments, without the interpreter
             return await self.node(expr[1], scope)
@@ -281,14 +282,14 @@ class Engine:
         iid = scope.instance_id(tid)
         self.started.add(iid)
         kind = node["kind"]
-        if kind in ("for", "repeat", "choreography"):
+        if node["kind"] != "task" and node["kind"] != "tool":
             return await self.structure(iid, tid, node, scope)
         args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
         return await self.call(iid, kind, node["target"], args, node.get("role"))
 
     # ------------------------------------------------------------ structure
 
-    async def structure(self, iid: str, tid: str, node: dict, scope: Scope) -> Any:
+    async def structure(self, iid: str, tid: str, node: schema.StructureNode, scope: Scope) -> Any:
         """A `for`, `repeat` or sub-choreography instance. It ends with a final status like
         any node: failed when a node inside it failed (or its own expression did), cancelled
         when it was stopped, and reused when no call inside it ran (a `for` over an empty
@@ -296,9 +297,9 @@ class Engine:
         self.ledger.structure_started(iid)
         kind = node["kind"]
         try:
-            if kind == "for":
+            if node["kind"] == "for":
                 value = await self.for_node(iid, node, scope)
-            elif kind == "repeat":
+            elif node["kind"] == "repeat":
                 value = await self.repeat_node(iid, node, scope)
             else:
                 args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
@@ -319,7 +320,7 @@ class Engine:
         inner = (iid + "/", iid + "[", iid + "#")
         return any(failed == iid or failed.startswith(inner) for failed in self.failed_nodes)
 
-    async def for_node(self, iid: str, node: dict, scope: Scope) -> Any:
+    async def for_node(self, iid: str, node: schema.ForNode, scope: Scope) -> Any:
         items = await self.eval(node["iter"], scope)
         if not isinstance(items, list):
             raise self.fail(NodeFailure(iid, None, f"`for` needs a list, got {type(items).__name__}"))
@@ -339,7 +340,7 @@ class Engine:
             raise unknown[0]
         return values
 
-    async def repeat_node(self, iid: str, node: dict, scope: Scope) -> Any:
+    async def repeat_node(self, iid: str, node: schema.RepeatNode, scope: Scope) -> Any:
         prev = None
         converged = False
         record: dict = {}
@@ -355,7 +356,8 @@ class Engine:
             prev = record
         return {**record, "iterations": iteration, "converged": converged}
 
-    async def choreography_node(self, iid: str, tid: str, node: dict, args: dict, scope: Scope) -> Any:
+    async def choreography_node(self, iid: str, tid: str, node: schema.ChoreographyNode, args: dict,
+                                scope: Scope) -> Any:
         consts = {name: value for name, value in args.items()}
         return await self.block(node["body"], Scope(iid, tid, consts, None))
 
@@ -372,7 +374,7 @@ class Engine:
             given[p["name"]] = with_omitted_fields(param_type, value, self.validators.table)
         return given
 
-    def _params(self, kind: str, target: str) -> tuple[tuple[dict, Any], ...]:
+    def _params(self, kind: str, target: str) -> tuple[tuple[schema.Param, Type], ...]:
         """A call target's parameters with their parsed types, parsed once per run (not per call)."""
         params = self._param_types.get((kind, target))
         if params is None:

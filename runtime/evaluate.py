@@ -1,8 +1,8 @@
 """Pure evaluation of the plan's expression IR (everything except nodes and names).
 
-The scheduler supplies `resolve(kind, arg)` for `name` and `node` references; every
-other operation is a pure function of values, with Python semantics except that
-field access on null gives null.
+The scheduler supplies `resolve(ref)` for `name` and `node` references; every other kind
+is a pure function of values, with Python semantics except that field access on null
+gives null. One handler per kind of `agentflow.compiler.ir`, walked by its `walker`.
 """
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import operator
 from typing import Any, Awaitable, Callable
 
 from agentflow.compiler.hashing import canonical_json
+from agentflow.compiler.ir import Expr, walker
 
-Resolver = Callable[[list], Awaitable[Any]]
+Resolver = Callable[[Expr], Awaitable[Any]]
 
 
 class ExpressionError(Exception):
@@ -25,7 +26,7 @@ _BINOPS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _builtin(name: str, args: list) -> Any:
+def _builtin_value(name: str, args: list) -> Any:
     if name == "len":
         return len(args[0]) if args[0] is not None else 0
     if name == "all":
@@ -39,69 +40,93 @@ def _builtin(name: str, args: list) -> Any:
     raise ExpressionError(f"unknown builtin `{name}`")
 
 
-async def evaluate(e: list, resolve: Resolver) -> Any:
-    """The value of an IR expression; `resolve` handles `name` and `node`."""
-    op = e[0]
-    if op == "lit":
-        return e[1]
-    if op in ("name", "node"):
-        return await resolve(e)
-    if op == "attr":
-        value = await evaluate(e[1], resolve)
-        if value is None:
-            return None
-        if isinstance(value, dict):
-            return value.get(e[2])
-        raise ExpressionError(f"cannot read field `{e[2]}` of a {type(value).__name__}")
-    if op == "index":
-        value, index = await evaluate(e[1], resolve), await evaluate(e[2], resolve)
-        if value is None:
-            return None
-        try:
-            return value[index]
-        except (IndexError, KeyError, TypeError) as err:
-            raise ExpressionError(f"index {index!r} is out of range for a value of length "
-                                  f"{len(value) if hasattr(value, '__len__') else '?'}") from err
-    if op == "binop":
-        name = e[1]
-        left = await evaluate(e[2], resolve)
-        if name == "and":
-            return left and await evaluate(e[3], resolve)
-        if name == "or":
-            return left or await evaluate(e[3], resolve)
-        right = await evaluate(e[3], resolve)
-        try:
-            return _BINOPS[name](left, right)
-        except (TypeError, ZeroDivisionError) as err:
-            raise ExpressionError(f"`{name}` failed: {err}") from err
-    if op == "not":
-        return not await evaluate(e[1], resolve)
-    if op == "neg":
-        return -(await evaluate(e[1], resolve))
-    if op == "cond":
-        chosen = e[2] if await evaluate(e[1], resolve) else e[3]
-        return await evaluate(chosen, resolve)
-    if op == "list":
-        return [await evaluate(x, resolve) for x in e[1]]
-    if op == "record":
-        return {name: await evaluate(x, resolve) for name, x in e[1]}
-    if op == "builtin":
-        return _builtin(e[1], [await evaluate(x, resolve) for x in e[2]])
-    if op == "comp":
-        _, elem, var, iter_expr, cond = e
-        items = await evaluate(iter_expr, resolve) or []
-        out = []
-        for item in items:
-            bound = _bind(resolve, var, item)
-            if cond is None or await evaluate(cond, bound):
-                out.append(await evaluate(elem, bound))
-        return out
-    raise ExpressionError(f"unknown expression {op!r}")
+async def _lit(value: Any, resolve: Resolver) -> Any:
+    return value
+
+
+async def _attr(e: Expr, field: str, resolve: Resolver) -> Any:
+    value = await evaluate(e, resolve)
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return value.get(field)
+    raise ExpressionError(f"cannot read field `{field}` of a {type(value).__name__}")
+
+
+async def _index(e: Expr, i: Expr, resolve: Resolver) -> Any:
+    value, index = await evaluate(e, resolve), await evaluate(i, resolve)
+    if value is None:
+        return None
+    try:
+        return value[index]
+    except (IndexError, KeyError, TypeError) as err:
+        raise ExpressionError(f"index {index!r} is out of range for a value of length "
+                              f"{len(value) if hasattr(value, '__len__') else '?'}") from err
+
+
+async def _binop(name: str, left_e: Expr, right_e: Expr, resolve: Resolver) -> Any:
+    left = await evaluate(left_e, resolve)
+    if name == "and":
+        return left and await evaluate(right_e, resolve)
+    if name == "or":
+        return left or await evaluate(right_e, resolve)
+    right = await evaluate(right_e, resolve)
+    try:
+        return _BINOPS[name](left, right)
+    except (TypeError, ZeroDivisionError) as err:
+        raise ExpressionError(f"`{name}` failed: {err}") from err
+
+
+async def _not(e: Expr, resolve: Resolver) -> Any:
+    return not await evaluate(e, resolve)
+
+
+async def _neg(e: Expr, resolve: Resolver) -> Any:
+    return -(await evaluate(e, resolve))
+
+
+async def _cond(c: Expr, then: Expr, orelse: Expr, resolve: Resolver) -> Any:
+    return await evaluate(then if await evaluate(c, resolve) else orelse, resolve)
+
+
+async def _list(items: list[Expr], resolve: Resolver) -> Any:
+    return [await evaluate(x, resolve) for x in items]
+
+
+async def _record(fields: list, resolve: Resolver) -> Any:
+    return {name: await evaluate(x, resolve) for name, x in fields}
+
+
+async def _builtin(name: str, args: list[Expr], resolve: Resolver) -> Any:
+    return _builtin_value(name, [await evaluate(x, resolve) for x in args])
+
+
+async def _comp(elem: Expr, var: str, iter_e: Expr, cond: Expr | None, resolve: Resolver) -> Any:
+    out = []
+    for item in await evaluate(iter_e, resolve) or []:
+        bound = _bind(resolve, var, item)
+        if cond is None or await evaluate(cond, bound):
+            out.append(await evaluate(elem, bound))
+    return out
 
 
 def _bind(resolve: Resolver, var: str, value: Any) -> Resolver:
-    async def inner(ref: list) -> Any:
+    async def inner(ref: Expr) -> Any:
         if ref[0] == "name" and ref[1] == var:
             return value
         return await resolve(ref)
     return inner
+
+
+async def _reference(ref: Expr, resolve: Resolver) -> Any:
+    """`name` and `node`: the scheduler's business; anything else is not an expression."""
+    if ref[0] in ("name", "node"):
+        return await resolve(ref)
+    raise ExpressionError(f"unknown expression {ref[0]!r}")
+
+
+# `await evaluate(e, resolve)`: the value of an IR expression; `resolve` handles `name` and `node`.
+evaluate: Callable[[Expr, Resolver], Awaitable[Any]] = walker({
+    "lit": _lit, "attr": _attr, "index": _index, "binop": _binop, "not": _not, "neg": _neg,
+    "cond": _cond, "list": _list, "record": _record, "builtin": _builtin, "comp": _comp,
+}, _reference)

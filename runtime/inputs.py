@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
 from agentflow.compiler.types import Validators, type_from_json
 
@@ -78,7 +79,7 @@ def _json_problem(value: Any) -> str | None:
     return None
 
 
-def parse_inputs(plan: dict, pairs: Iterable[str], inputs_file: str | None) -> dict[str, Any]:
+def parse_inputs(plan: schema.Plan, pairs: Iterable[str], inputs_file: str | None) -> dict[str, Any]:
     """The entry's arguments: raw text for `str` parameters, JSON for every other type."""
     params = {p["name"]: p for p in plan["params"]}
     raw: dict[str, Any] = {}
@@ -106,7 +107,7 @@ def parse_inputs(plan: dict, pairs: Iterable[str], inputs_file: str | None) -> d
     return validate_inputs(plan, raw)
 
 
-def validate_inputs(plan: dict, raw: dict[str, Any]) -> dict[str, Any]:
+def validate_inputs(plan: schema.Plan, raw: dict[str, Any]) -> dict[str, Any]:
     from pydantic import ValidationError
     validators = Validators({n: tuple((f, type_from_json(t)) for f, t in fields)
                              for n, fields in plan["type_table"].items()})
@@ -190,7 +191,7 @@ def force_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     return lambda node_id: regex.fullmatch(node_id) is not None
 
 
-def check_force(plan: dict, patterns: Iterable[str]) -> None:
+def check_force(plan: schema.Plan, patterns: Iterable[str]) -> None:
     """Every pattern names a node of the plan, so a typo is exit 2 before anything runs
     rather than a run that silently forces nothing."""
     ids = list(plan["nodes"])

@@ -11,6 +11,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from agentflow.compiler import schema
 from agentflow.compiler.hashing import canonical_json, digest
 
 from .engine import NodeOutcome
@@ -43,9 +44,9 @@ class Ledger:
 
     # ------------------------------------------------------------ run lifecycle
 
-    async def open(self, plan: dict, plan_hash: str, inputs: dict, resuming: bool) -> None:
+    async def open(self, plan: schema.Plan, plan_hash: str, inputs: dict, resuming: bool) -> None:
         self.flow = plan["flow"]
-        self.session_roles = {name for name, role in plan["roles"].items() if role["memory"] == "session"}
+        self.session_roles = schema.session_roles(plan)
         if resuming:
             self.resumed = await self._io(self.store.run_node_states, self.run_id)
         if not self.dry_run:

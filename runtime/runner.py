@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, cast
 
+from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
 
 from .credentials import check_credentials, model_uses
@@ -25,7 +26,7 @@ from .store import Store, StoreError
 class RunRequest:
     """What the user asked for; `options.run_id` is filled in once the run is picked."""
 
-    plan: dict
+    plan: schema.Plan
     plan_hash: str
     inputs: dict
     db_path: Path

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from agentflow.compiler import schema
 from agentflow.compiler.types import type_from_json
 
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
@@ -215,7 +216,7 @@ def unanswered_tool_calls(messages: list[dict]) -> list[dict]:
     return []
 
 
-def delegations_answered(journal: list[dict], grants: list[dict]) -> int:
+def delegations_answered(journal: list[dict], grants: list[schema.ToolGrant]) -> int:
     """How many delegated calls a journal has results for: a resumed call numbers its next
     delegation (`<node>/<role.task>#<n>`) after them, as the uninterrupted call did."""
     delegates = {t["name"] for t in grants if "delegate" in t}

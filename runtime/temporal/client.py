@@ -34,6 +34,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import CancelledError as TemporalCancelled
 from temporalio.service import RPCError, RPCStatusCode
 
+from agentflow.compiler import schema
+
 from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, DryRunStop
 from ..ledger import SESSION_STEP, Ledger
 from ..local import LocalExecutor
@@ -112,9 +114,9 @@ async def execute_temporal(req: RunRequest, reporter: Reporter, settings: Tempor
 class _Prefetch(Ledger):
     """A dry-run ledger that keeps every stored result the engine reaches."""
 
-    def __init__(self, store: Store, run_id: str, plan: dict) -> None:
+    def __init__(self, store: Store, run_id: str, plan: schema.Plan) -> None:
         super().__init__(store, run_id, dry_run=True)
-        self.memory_roles = {n for n, r in plan["roles"].items() if r["memory"] == "session"}
+        self.memory_roles = schema.session_roles(plan)
         self.found: dict[str, object] = {}
         self.session_steps: dict[str, list] = {}  # key -> what its reuse added to a session
 

@@ -31,6 +31,7 @@ from temporalio.exceptions import TimeoutError as TemporalTimeout
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from agentflow.compiler import schema
     from agentflow.compiler.hashing import canonical_json, digest
     from agentflow.runtime.engine import Engine, NodeFailure, NodeOutcome, RunAborted, RunOptions
     from agentflow.runtime.local import LocalExecutor
@@ -54,7 +55,7 @@ class WorkflowLedger:
         # What a session call added to its role's session, by result key: every reuse replays
         # it, as the local Ledger does (later calls' keys depend on the session).
         self.session_steps: dict[str, list] = dict(config.get("session_steps") or {})
-        self.session_roles = {n for n, r in config["plan"]["roles"].items() if r["memory"] == "session"}
+        self.session_roles = schema.session_roles(config["plan"])
         self._last_step: dict[str, list] = {}
         self.session_keys: set[str] = set()  # keys of session calls: their lookups want session steps too
 

@@ -2,7 +2,7 @@
 python, command or builtin kind; and the version of a tool's code for cache keys."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from agentflow.compiler.types import Validators, type_from_json
 
@@ -29,7 +29,7 @@ async def call_tool(spec: ToolSpec, args: dict, ctx: ToolContext) -> Any:
     raise ToolError(f"tool {spec.name} has an unknown kind {spec.kind!r}", tool=spec.name)
 
 
-def check_arguments(name: str, params: list[dict], args: dict, validators: Validators) -> dict:
+def check_arguments(name: str, params: Sequence[Mapping[str, Any]], args: dict, validators: Validators) -> dict:
     """The arguments of a call checked against the tool's declared parameters (the plan's
     `definition["params"]`), before anything runs: converted as for a model's answer (an
     int may come as "3"), declared defaults filled in. A ToolError names the argument and
@@ -63,7 +63,7 @@ def _refuse_unknown(name: str, params: Sequence[str], args: dict) -> None:
         )
 
 
-def _signature(params: list[dict]) -> str:
+def _signature(params: Sequence[Mapping[str, Any]]) -> str:
     return "(" + ", ".join(f"{p['name']}: {type_from_json(p['type'])}" for p in params) + ")"
 
 
