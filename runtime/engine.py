@@ -256,7 +256,8 @@ class Engine:
             iid = scope.instance_id(tid)
             if iid not in self.started:
                 self.started.add(iid)
-                self.ledger.node_skipped(iid, node.get("role"))
+                role = node.get("role")  # only a call has one
+                self.ledger.node_skipped(iid, role if isinstance(role, str) else None)
                 self.reporter.node(iid, "skipped")
 
     async def lookup(self, name: str, scope: Scope) -> Any:

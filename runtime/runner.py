@@ -97,7 +97,7 @@ class _NoHistory:
         pass
 
 
-def start_model_imports(plan: dict, model_override: str | None) -> None:
+def start_model_imports(plan: schema.Plan, model_override: str | None) -> None:
     """When the run will call a real model, start importing litellm now, on a background
     thread: the import (~2 s of CPU) then overlaps the rest of startup and the store's open
     instead of delaying the first call."""
