@@ -315,9 +315,6 @@ def _format_value(value: Any, ref: TemplateRef) -> str:
 # Calling tools
 
 
-# Bump one of these when the builtin's behaviour changes, so cached results are not reused.
-_BUILTIN_VERSIONS = {"fs.read": "fs.read@1", "fs.write": "fs.write@1", "fs.list": "fs.list@1"}
-
 _STDERR_TAIL = 2000
 _OUTPUT_QUOTE = 200
 _PATH_QUOTE = 200
@@ -396,10 +393,11 @@ def tool_code_version(spec: ToolSpec, ctx: ToolContext) -> str:
       that cannot be found gets an "unresolved" version (the call itself then fails).
     - command: a hash of the argv template, the cwd and how stdout is read. The identity of
       the executable (which `python` is on PATH, its version) is out of scope.
-    - builtin: a constant per builtin, bumped when its behaviour changes.
+    - builtin: its version in `names.BUILTIN_TOOLS`, bumped when its behaviour changes.
     """
     if spec.kind == "builtin":
-        return "builtin:" + _BUILTIN_VERSIONS.get(str(spec.target), f"unknown:{spec.target}")
+        version = BUILTIN_TOOLS.get(str(spec.target))
+        return f"builtin:{spec.target}@{version}" if version else f"builtin:unknown:{spec.target}"
     if spec.kind == "command":
         target = [spec.target] if isinstance(spec.target, str) else list(spec.target)
         output = "str" if spec.returns_str else "json"
