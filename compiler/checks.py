@@ -136,6 +136,13 @@ def check_entry(ctx: Context, sink: DiagnosticSink) -> None:
                     help="name the entry choreography `main`, or pick one with `--entry NAME`")
 
 
+def _value_kind(env: Scope, name: str) -> str | None:
+    """"binding" or "value" (a parameter, loop variable or `prev`) if `name` is a local
+    name: then it is a value, which cannot be called as a tool or a role."""
+    kind = env.kind_of(name)
+    return None if kind is None else "binding" if kind == BINDING else "value"
+
+
 class _NameChecker:
     """Walks one choreography: names, calls, placement of `return`/`yield`, `repeat max`."""
 
@@ -290,9 +297,9 @@ class _NameChecker:
                 return
             if n in s.tools or n in BUILTIN_FUNCTIONS:
                 return
-            local = env.kind_of(n)
+            local = _value_kind(env, n)
             if local is not None:
-                self.sink.report(Code.E104, f"`{n}` is a {'binding' if local == 'binding' else 'value'}, "
+                self.sink.report(Code.E104, f"`{n}` is a {local}, "
                                  "not a tool or choreography", func.span, "cannot be called",
                                  help="only tools, choreographies, builtins and `role.task` can be called")
                 return
@@ -321,9 +328,9 @@ class _NameChecker:
                     self.sink.report(Code.E103, f"role `{role}` has no task `{task}`", func.attr_span, "no such task",
                                      help=hint)
                 return
-            local = env.kind_of(role)
+            local = _value_kind(env, role)
             if local is not None:
-                self.sink.report(Code.E102, f"`{role}` is a {'binding' if local == BINDING else 'value'}, "
+                self.sink.report(Code.E102, f"`{role}` is a {local}, "
                                  "not a role", func.value.span, "not a role",
                                  help="values have no methods: only `role.task(...)` calls are allowed")
                 return

@@ -679,11 +679,11 @@ class Typer:
                 self.args_only(e, scope)
                 return ANY
             self.bind_args(e, target.name, task.params, scope)
-            return self.symbols.resolve_type(task.returns) if task.returns is not None else STR
+            return self.returns(task)
         if target.kind == "tool":
             tool = self.symbols.tools[target.name]
             self.bind_args(e, target.name, tool.params, scope)
-            return self.symbols.resolve_type(tool.returns) if tool.returns is not None else STR
+            return self.returns(tool)
         if target.kind == "choreography":
             decl = self.symbols.choreographies[target.name]
             self.bind_args(e, target.name, decl.params, scope)
@@ -692,6 +692,10 @@ class Typer:
             return self.builtin(e, target.name, scope)
         self.args_only(e, scope)
         return ANY
+
+    def returns(self, decl: ast.TaskDecl | ast.ToolDecl) -> Type:
+        """What a call of a task or tool gives: its declared type, `str` when it declares none."""
+        return self.symbols.resolve_type(decl.returns) if decl.returns is not None else STR
 
     def args_only(self, e: ast.Call, scope: TypedScope) -> None:
         for a in e.args:
