@@ -53,7 +53,7 @@ def is_path(source: Source) -> bool:
     return isinstance(source, os.PathLike)
 
 
-def compile(source: Source, *, entry: str | None = None, name: str = "<string>") -> Plan:  # noqa: A001
+def compile(source: Source, *, entry: str | None = None, name: str = "<string>") -> Plan:
     """Compiles a spec, given as a path or as source text (`name` is then the file name
     diagnostics show). Raises `CompileError` (its `diagnostics` are the records, warnings
     included) on compile errors and `UsageError` for a file that cannot be read."""
@@ -113,6 +113,8 @@ async def run_async(plan: Plan | Source, inputs: Mapping[str, Any] | None = None
     else:
         where = Path(spec_dir or (Path(plan).parent if is_path(plan) else "."))
         plan = compile(plan, entry=entry)
+    if not isinstance(inputs or {}, Mapping):
+        raise UsageError(f"inputs must be a dict of parameter names to values, not {type(inputs).__name__}")
     if concurrency < 1:
         raise UsageError(f"concurrency {concurrency} is below 1; give the number of calls to run at once")
     request = prepare_run(plan, validate_inputs(plan.data, dict(inputs or {})), db=db, workspace=workspace,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 import agentflow
 from agentflow.compiler.diagnostics import Severity
+from agentflow.runtime.history import list_runs
+from polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,6 +102,8 @@ def test_bad_inputs_raise_before_anything_runs(lines: Path, tmp_path: Path, inpu
 def test_bad_options_raise_before_anything_runs(lines: Path, tmp_path: Path) -> None:
     with pytest.raises(agentflow.UsageError, match=r"^db .* is a directory"):
         agentflow.run(lines, {"topics": []}, db=tmp_path)
+    with pytest.raises(agentflow.UsageError, match="inputs must be a dict of parameter names to values, not list"):
+        agentflow.run(lines, [["topics", []]], db=tmp_path / "runs.duckdb")
     with pytest.raises(agentflow.UsageError, match="concurrency 0 is below 1"):
         agentflow.run(lines, {"topics": []}, db=tmp_path / "runs.duckdb", concurrency=0)
     with pytest.raises(agentflow.UsageError, match="there is no run nope"):
@@ -135,3 +140,26 @@ def test_import_agentflow_loads_neither_compiler_nor_runtime() -> None:
              "agentflow.compile; print('agentflow.api' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:2] == ["[]", "True"]
+
+
+def test_ctrl_c_stops_a_run_with_its_state_saved(tmp_path: Path) -> None:
+    """A real process embedding the API gets SIGINT while a command tool runs: KeyboardInterrupt
+    reaches the caller once the run is recorded as cancelled."""
+    (tmp_path / "nap.agentflow").write_text(
+        'tool nap(seconds: str) -> str {\n'
+        '  command = ["python", "-c", "import pathlib, time; pathlib.Path(\'napping\').touch(); '
+        'time.sleep(float(\'{seconds}\'))"]\n}\n'
+        'choreography main() -> str {\n  a = nap("30")\n  return a\n}\n')
+    script = ("import agentflow\ntry:\n    agentflow.run('nap.agentflow', db='runs.duckdb', workspace='ws')\n"
+              "except KeyboardInterrupt:\n    print('interrupted')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: list(tmp_path.rglob("napping")), what="the command to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out, err) == (0, "interrupted\n", "")
+    (run,) = list_runs(str(tmp_path / "runs.duckdb"))
+    assert run["status"] == "cancelled"
