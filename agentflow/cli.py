@@ -7,11 +7,9 @@ from pathlib import Path
 
 import click
 
+from agentflow.api import DEFAULT_DB, DEFAULT_WORKSPACE
 from agentflow.compiler.errors import (EXIT_COMPILE, EXIT_INTERRUPTED, EXIT_TERMINATED, AgentflowError, RunFailed,
                                        UsageError)
-
-DEFAULT_DB = ".agentflow/agentflow.duckdb"
-DEFAULT_WORKSPACE = ".agentflow/workspace"
 
 
 class AgentflowGroup(click.Group):
@@ -117,15 +115,9 @@ def graph_cmd(file: str, fmt: str, output: str | None, run_id: str | None, db: s
 
 
 def _history_call(fn, db: str, *args):
-    _check_path("--db", db, directory=False)
+    from agentflow.api import check_path
+    check_path("--db", db, directory=False)
     return fn(db, *args)
-
-
-def _check_path(option: str, path: str, directory: bool) -> None:
-    """Before anything is created: a bad path is one line and exit 2, not an OSError."""
-    from agentflow.runtime.inputs import path_problem
-    if problem := path_problem(path, directory):
-        raise UsageError(f"{option} {path} {problem}; give the path of a {'directory' if directory else 'file'}")
 
 
 @main.command("run")
@@ -160,11 +152,11 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     import gc
     import json
 
+    from agentflow.api import prepare_run
     from agentflow.compiler.hashing import escape_surrogates
-    from agentflow.runtime.inputs import check_force, parse_inputs
+    from agentflow.runtime.inputs import parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
-    from agentflow.runtime.engine import RunOptions
-    from agentflow.runtime.runner import RunRequest, execute, run_stoppable, start_model_imports
+    from agentflow.runtime.runner import execute, run_stoppable, start_model_imports
     from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
@@ -172,15 +164,10 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     plan = _compile(file, "text", entry)
     if engine == "local" and not dry_run:  # the calls are made in this process
         start_model_imports(plan.data, model)
-    inputs = parse_inputs(plan.data, input_pairs, inputs_file)
-    check_force(plan.data, force)
-    _check_path("--db", db, directory=False)
-    _check_path("--workspace", workspace, directory=True)
-    options = RunOptions(run_id="", spec_dir=Path(file).resolve().parent, workspace=Path(workspace).resolve(),
-                         concurrency=concurrency, model=model, force=tuple(force), no_cache=no_cache,
-                         dry_run=dry_run)
-    request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
-                         options=options, resume=resume is not None, resume_run_id=resume or None)
+    request = prepare_run(plan, parse_inputs(plan.data, input_pairs, inputs_file), db=db, workspace=workspace,
+                          spec_dir=Path(file).resolve().parent, model=model, concurrency=concurrency,
+                          resume=False if resume is None else resume or True, force=force, no_cache=no_cache,
+                          dry_run=dry_run, labels=("--db", "--workspace"))
     reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
     # Modules, the program and its plan outlive the run: the collector's full passes while
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).

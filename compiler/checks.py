@@ -23,6 +23,7 @@ from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .facts import BodyFacts, children, walk
 from .names import BUILTIN_TOOLS
+from .scopes import BINDING, PARAM, VAR, Scope
 from .nesting import check_inlining_depth, check_type_nesting
 from .source import SourceFile, Span
 from .symbols import (BUILTIN_FUNCTIONS, DEFAULTS_ATTRS, ROLE_ATTRS, TASK_ATTRS, TOOL_ATTRS, Symbols,
@@ -135,29 +136,11 @@ def check_entry(ctx: Context, sink: DiagnosticSink) -> None:
                     help="name the entry choreography `main`, or pick one with `--entry NAME`")
 
 
-class _Env:
-    """A scope for name resolution: name -> kind ("param", "binding", "var", "prev")."""
-
-    def __init__(self, parent: "_Env | None", kind: str) -> None:
-        self.parent = parent
-        self.kind = kind
-        self.names: dict[str, str] = {}
-
-    def lookup(self, name: str) -> str | None:
-        env: _Env | None = self
-        while env is not None:
-            if name in env.names:
-                return env.names[name]
-            env = env.parent
-        return None
-
-    def visible(self) -> set[str]:
-        out: set[str] = set()
-        env: _Env | None = self
-        while env is not None:
-            out |= set(env.names)
-            env = env.parent
-        return out
+def _value_kind(env: Scope, name: str) -> str | None:
+    """"binding" or "value" (a parameter, loop variable or `prev`) if `name` is a local
+    name: then it is a value, which cannot be called as a tool or a role."""
+    kind = env.kind_of(name)
+    return None if kind is None else "binding" if kind == BINDING else "value"
 
 
 class _NameChecker:
@@ -169,14 +152,11 @@ class _NameChecker:
         self.calls: list[tuple[str, ast.Call]] = []
 
     def run(self) -> None:
-        env = _Env(None, "choreography")
-        for p in self.decl.params:
-            env.names.setdefault(p.name, "param")
-        self.block(self.decl.body, "choreography", env, params={p.name: p for p in self.decl.params})
+        self.block(self.decl.body, "choreography", None, params={p.name: p for p in self.decl.params})
 
     # -- blocks
-    def block(self, block: ast.Block, kind: str, env: _Env, *, var: tuple[str, Span] | None = None,
-              params: dict[str, ast.Param] | None = None, head: Span | None = None) -> _Env:
+    def block(self, block: ast.Block, kind: str, parent: Scope | None, *, var: tuple[str, Span] | None = None,
+              params: dict[str, ast.Param] | None = None, head: Span | None = None) -> Scope:
         first: dict[str, ast.Binding] = {}
         for b in block.bindings:
             if b.name in first:
@@ -200,19 +180,17 @@ class _NameChecker:
                                  help="`prev` is the previous iteration, `iterations` and `converged` are fields of "
                                       "the repeat's value: choose another name")
             first[b.name] = b
-        inner = env
-        for name in first:
-            inner.names.setdefault(name, "binding")
+        inner = Scope(kind, parent, first.items(), var=var[0] if var else None, params=params)
         self.placement(block, kind, head)
         for s in block.statements:
             self.expr(s.value, inner)
             if isinstance(s, ast.Binding):
                 for ref in s.after:
-                    if inner.lookup(ref.name) != "binding":
-                        what = inner.lookup(ref.name)
-                        hint = (f"`{ref.name}` is a {'parameter' if what == 'param' else 'loop variable'}: it is "
-                                "ready from the start, there is nothing to wait for" if what in ("param", "var")
-                                else did_you_mean(ref.name, [n for n in inner.visible() if inner.lookup(n) == "binding"]))
+                    what = inner.kind_of(ref.name)
+                    if what != BINDING:
+                        hint = (f"`{ref.name}` is a {'parameter' if what == PARAM else 'loop variable'}: it is "
+                                "ready from the start, there is nothing to wait for" if what in (PARAM, VAR)
+                                else did_you_mean(ref.name, [n for n in inner.visible() if inner.kind_of(n) == BINDING]))
                         self.sink.report(Code.E101, f"undefined binding `{ref.name}` in `after`", ref.span,
                                          "not a binding here", help=hint)
         return inner
@@ -252,8 +230,8 @@ class _NameChecker:
                              help=hint)
 
     # -- expressions
-    def expr(self, e: ast.Expr, env: _Env) -> None:
-        stack: list[tuple[ast.Expr, _Env]] = [(e, env)]
+    def expr(self, e: ast.Expr, env: Scope) -> None:
+        stack: list[tuple[ast.Expr, Scope]] = [(e, env)]
         while stack:
             node, env = stack.pop()
             if isinstance(node, ast.Name):
@@ -265,23 +243,17 @@ class _NameChecker:
                         isinstance(node.func, ast.Attribute) and not isinstance(node.func.value, ast.Name)):
                     stack.append((node.func, env))
             elif isinstance(node, ast.Comprehension):
-                inner = _Env(env, "comprehension")
-                inner.names[node.var] = "var"
+                inner = Scope("comprehension", env, var=node.var)
                 stack.append((node.iter, env))
                 stack += [(x, inner) for x in (node.elem, node.cond) if x is not None]
             elif isinstance(node, ast.ForExpr):
                 stack.append((node.iter, env))
-                inner = _Env(env, "for")
-                inner.names[node.var] = "var"
-                self.block(node.body, "for", inner, var=(node.var, node.var_span), head=head_span(node.span, 3))
+                self.block(node.body, "for", env, var=(node.var, node.var_span), head=head_span(node.span, 3))
             elif isinstance(node, ast.RepeatExpr):
                 self.repeat_max(node)
                 if node.max is not None:
                     stack.append((node.max, env))
-                inner = _Env(env, "repeat")
-                inner.names["prev"] = "prev"
-                self.block(node.body, "repeat", inner)
-                stack.append((node.until, inner))
+                stack.append((node.until, self.block(node.body, "repeat", env)))
             else:
                 stack += [(c, env) for c in reversed(children(node))]
 
@@ -299,8 +271,8 @@ class _NameChecker:
             self.sink.report(Code.E404, f"`repeat max {value}` never runs its body", e.max.span, "must be at least 1",
                              help="use `max 1` or more")
 
-    def name(self, e: ast.Name, env: _Env) -> None:
-        if env.lookup(e.id) is not None:
+    def name(self, e: ast.Name, env: Scope) -> None:
+        if env.kind_of(e.id) is not None:
             return
         s = self.symbols
         if e.id == "prev":
@@ -315,7 +287,7 @@ class _NameChecker:
             hint = did_you_mean(e.id, env.visible())
         self.sink.report(Code.E101, f"undefined name `{e.id}`", e.span, "not defined here", help=hint)
 
-    def call(self, call: ast.Call, env: _Env) -> None:
+    def call(self, call: ast.Call, env: Scope) -> None:
         s = self.symbols
         func = call.func
         if isinstance(func, ast.Name):
@@ -325,9 +297,9 @@ class _NameChecker:
                 return
             if n in s.tools or n in BUILTIN_FUNCTIONS:
                 return
-            local = env.lookup(n)
+            local = _value_kind(env, n)
             if local is not None:
-                self.sink.report(Code.E104, f"`{n}` is a {'binding' if local == 'binding' else 'value'}, "
+                self.sink.report(Code.E104, f"`{n}` is a {local}, "
                                  "not a tool or choreography", func.span, "cannot be called",
                                  help="only tools, choreographies, builtins and `role.task` can be called")
                 return
@@ -356,8 +328,9 @@ class _NameChecker:
                     self.sink.report(Code.E103, f"role `{role}` has no task `{task}`", func.attr_span, "no such task",
                                      help=hint)
                 return
-            if env.lookup(role) is not None:
-                self.sink.report(Code.E102, f"`{role}` is a {'binding' if env.lookup(role) == 'binding' else 'value'}, "
+            local = _value_kind(env, role)
+            if local is not None:
+                self.sink.report(Code.E102, f"`{role}` is a {local}, "
                                  "not a role", func.value.span, "not a role",
                                  help="values have no methods: only `role.task(...)` calls are allowed")
                 return

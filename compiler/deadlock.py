@@ -8,7 +8,7 @@ order); `delegation_graph` the graph of roles that can call each other.
 """
 from __future__ import annotations
 
-from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence, TypeVar
+from typing import Hashable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 N = TypeVar("N", bound=Hashable)
 
@@ -20,26 +20,25 @@ def strongly_connected(nodes: Sequence[N], edges: Mapping[N, Iterable[N]]) -> li
     on_stack: set[N] = set()
     stack: list[N] = []
     comps: list[list[N]] = []
-    counter = 0
     known = set(nodes)
+    work: list[tuple[N, Iterator[N]]] = []  # the depth-first path, each node with its edges left
+
+    def enter(node: N) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        work.append((node, iter([m for m in edges.get(node, ()) if m in known])))
+
     for root in nodes:
         if root in index:
             continue
-        work = [(root, iter([m for m in edges.get(root, ()) if m in known]))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
+        enter(root)
         while work:
             node, it = work[-1]
             advanced = False
             for nxt in it:
                 if nxt not in index:
-                    index[nxt] = low[nxt] = counter
-                    counter += 1
-                    stack.append(nxt)
-                    on_stack.add(nxt)
-                    work.append((nxt, iter([m for m in edges.get(nxt, ()) if m in known])))
+                    enter(nxt)
                     advanced = True
                     break
                 if nxt in on_stack:

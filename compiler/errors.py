@@ -12,9 +12,10 @@ where, and what to do. The compiler and the runtime both import this module.
         StoreError       runtime/store.py       the database (StoreLocked, StoreSchemaError,
                                                 StoreNotADatabase)
         TemporalError    runtime/temporal/worker.py  the server is unreachable or refused
+      CompileError     exit 1: compiler/pipeline.py, raised by the Python API (agentflow.compile)
       RunFailed        exit 3: a node failed after its retries; the run's state is saved
 
-Compile errors (exit 1) are diagnostics, not exceptions, and a stop by Ctrl-C or SIGTERM
+Compile errors (exit 1) are diagnostics, which the CLI prints itself, and a stop by Ctrl-C or SIGTERM
 (130, 143) is no error. Outside the family, because they steer control inside the compiler
 or the engine and never reach the CLI: NestingTooDeep (the parser turns it into a
 diagnostic); NodeFailure, RunAborted and DryRunStop (the engine: a NodeFailure becomes the

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 from . import ir, schema
 from .names import template_id
 from .plan import Plan
+from .scopes import BINDING, PARAM, PREV, VAR, Scope
 
 FORMATS = ("mermaid", "dot", "json")
 
@@ -125,28 +126,18 @@ def _node_label(nid: str, a: dict) -> str:
 
 # -------------------------------------------------- edges across scopes
 
-class _Scope:
-    """Names visible in one body: its bindings, plus a `for` variable or `repeat` `prev`."""
+class _Scope(Scope):
+    """A scope of plan bindings, placed in the graph: `prefix` is its bindings' id prefix,
+    `owner` the node that runs the body, `params` map to the nodes that give them."""
 
-    def __init__(self, parent: "_Scope | None", prefix: str, bindings, var: str | None = None,
+    def __init__(self, parent: "_Scope | None", prefix: str, bindings: dict, var: str | None = None,
                  owner: str | None = None, repeat: bool = False, params: dict[str, str] | None = None,
                  sub: bool = False):
-        self.parent = parent
+        kind = "repeat" if repeat else "for" if var is not None else "choreography"
+        super().__init__(kind, parent, bindings.items(), var=var, params=params)
         self.prefix = prefix
-        self.bindings = set(bindings)
-        self.var = var
         self.owner = owner
-        self.repeat = repeat
-        self.params = params or {}
         self.sub = sub  # the inlined body of a sub-choreography called at `owner`
-
-    def resolve(self, name: str) -> tuple["_Scope", str] | None:
-        s: _Scope | None = self
-        while s is not None:
-            if name in s.bindings or name in s.params or name == s.var or (s.repeat and name == "prev"):
-                return s, name
-            s = s.parent
-        return None
 
 
 def _refs(expr: Any, bound: frozenset = frozenset()) -> Iterator[tuple[str, str | None]]:
@@ -247,8 +238,8 @@ def _walk_expr(data: schema.Plan, expr: ir.Expr, consumer: str, scope: _Scope, n
             _walk_body(data, node["body"], inner, nodes, edges)
             # `until` reads the iteration's bindings: edges from the body to the repeat node.
             for name, _attr in _refs(node["until"]):
-                found = inner.resolve(name)
-                if found and found[0] is inner and name in inner.bindings:
+                found = inner.lookup(name)
+                if found == (BINDING, inner):
                     _edge(edges, f"{inner.prefix}/{name}", nid, name, "result")
                 elif found:
                     _link_ref(name, _attr, nid, inner, found, nodes, edges)
@@ -257,25 +248,25 @@ def _walk_expr(data: schema.Plan, expr: ir.Expr, consumer: str, scope: _Scope, n
 
 def _link_refs(expr: Any, consumer: str, scope: _Scope, nodes: dict, edges: dict) -> None:
     for name, attr in _refs(expr):
-        found = scope.resolve(name)
+        found = scope.lookup(name)
         if found is None:
             continue
-        if found[0] is scope and name in scope.bindings:
+        if found == (BINDING, scope):
             continue  # a sibling binding: the plan's DAG already has this edge
         _link_ref(name, attr, consumer, scope, found, nodes, edges)
 
 
 def _link_ref(name: str, attr: str | None, consumer: str, scope: _Scope, found, nodes: dict, edges: dict) -> None:
-    owner_scope = found[0]
-    if name in owner_scope.bindings:
+    what, owner_scope = found
+    if what == BINDING:
         src = f"{owner_scope.prefix}/{name}"
         if src != consumer and src in nodes:
             _edge(edges, src, consumer, name)
-    elif name in owner_scope.params:
+    elif what == PARAM:
         _edge(edges, owner_scope.params[name], consumer, name)
-    elif name == owner_scope.var:
+    elif what == VAR:
         _edge(edges, owner_scope.owner, consumer, name)
-    elif name == "prev":
+    elif what == PREV:
         if attr is not None and attr in owner_scope.bindings:
             _edge(edges, f"{owner_scope.prefix}/{attr}", consumer, f"prev.{attr}", "prev")
         else:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 
-BUILTIN_TOOLS = ("fs.read", "fs.write", "fs.list")  # a tool's `builtin = "..."`, run by runtime/tools.py
+# A tool's `builtin = "..."` (run by runtime/tools.py) -> the version of its behaviour, part of
+# its calls' cache keys: bump it when the builtin changes, so cached results are not reused.
+BUILTIN_TOOLS = {"fs.read": 1, "fs.write": 1, "fs.list": 1}
 
 _INSTANCE = re.compile(r"\[\d+\]|#\d+")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ast
-from .diagnostics import Diagnostic, DiagnosticSink, sorted_diagnostics
-from .errors import UsageError
+from .diagnostics import Diagnostic, DiagnosticSink, render_text, sorted_diagnostics, to_json_obj
+from .errors import EXIT_COMPILE, AgentflowError, UsageError
 from .parser import parse
 from .plan import Plan, build_plan
 from .source import SourceFile
@@ -26,6 +26,30 @@ MAX_SOURCE_BYTES = 10 * 1024 * 1024
 
 class SourceError(UsageError):
     """A spec that cannot be read at all (missing, a directory, not UTF-8, too large)."""
+
+
+class CompileError(AgentflowError):
+    """A spec with compile errors (exit 1), for callers of the Python API: the diagnostics
+    stay data (`diagnostics`, `to_json()`), `render()` is what `agentflow compile` prints."""
+
+    exit_code = EXIT_COMPILE
+
+    def __init__(self, compilation: "Compilation") -> None:
+        self.source = compilation.source
+        self.diagnostics = compilation.diagnostics
+        errors = [d for d in self.diagnostics if d.is_error]
+        first = errors[0]
+        where = first.primary.span
+        more = f" (and {len(errors) - 1} more error{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
+        super().__init__(f"{where.file}:{where.line}:{where.column}: error[{first.code}]: {first.message}{more}")
+
+    def render(self) -> str:
+        """The diagnostics as rustc-style text, with the source lines they point at."""
+        return render_text(self.diagnostics, {self.source.name: self.source})
+
+    def to_json(self) -> dict:
+        """The diagnostics as `agentflow compile --format json` prints them."""
+        return to_json_obj(self.diagnostics)
 
 
 @dataclass(frozen=True)

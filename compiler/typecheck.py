@@ -1,8 +1,6 @@
 """Definite typing of choreography expressions (E201-E204) and templates (E205).
 
-Scopes are declarative: a name resolves, innermost scope first, to a binding of the
-scope (whatever its textual position), the `for` variable, `prev` inside a `repeat`
-body, then the enclosing scopes and finally the choreography's parameters. A
+Names resolve through `scopes.Scope` (the same scopes as the name checks). A
 binding's type is computed on first use and memoised, so each expression is typed
 (and reports) exactly once. Anything unknown after an error is `AnyT`, which is
 compatible with everything: one mistake gives one message.
@@ -19,6 +17,7 @@ from typing import Any, Callable, NamedTuple, get_args
 from . import ast
 from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
+from .scopes import BINDING, PARAM, VAR, Scope
 from .source import SourceFile, Span
 from .symbols import Symbols, attr_value
 from .templates import Placeholder, format_path, placeholder_span, placeholders
@@ -30,46 +29,15 @@ REPEAT_FIELDS = ("iterations", "converged")
 
 # ---------------------------------------------------------------- scopes
 
-class Scope:
-    """One block's names: its bindings (first definition wins), plus the `for`
-    variable, `prev` (in a `repeat` body) or the parameters (at the top)."""
+class TypedScope(Scope):
+    """A scope (see `scopes`) of AST bindings and parameters whose `for` or comprehension
+    variable has a type."""
 
-    def __init__(self, kind: str, parent: "Scope | None", block: ast.Block | None = None, *,
+    def __init__(self, kind: str, parent: "TypedScope | None", block: ast.Block | None = None, *,
                  var: str | None = None, var_type: Type = ANY,
                  params: dict[str, ast.Param] | None = None) -> None:
-        self.kind = kind  # "choreography" | "for" | "repeat" | "comprehension"
-        self.parent = parent
-        self.block = block
-        self.var = var
+        super().__init__(kind, parent, ((b.name, b) for b in block.bindings) if block else (), var=var, params=params)
         self.var_type = var_type
-        self.params = params or {}
-        self.bindings: dict[str, ast.Binding] = {}
-        for b in block.bindings if block is not None else ():
-            self.bindings.setdefault(b.name, b)
-
-    def lookup(self, name: str) -> tuple[str, "Scope", ast.Binding | ast.Param | None] | None:
-        scope: Scope | None = self
-        while scope is not None:
-            if name in scope.bindings:
-                return "binding", scope, scope.bindings[name]
-            if scope.var == name:
-                return "var", scope, None
-            if scope.kind == "repeat" and name == "prev":
-                return "prev", scope, None
-            if name in scope.params:
-                return "param", scope, scope.params[name]
-            scope = scope.parent
-        return None
-
-    def visible(self) -> set[str]:
-        names: set[str] = set()
-        scope: Scope | None = self
-        while scope is not None:
-            names |= set(scope.bindings) | set(scope.params) | ({scope.var} if scope.var else set())
-            if scope.kind == "repeat":
-                names.add("prev")
-            scope = scope.parent
-        return names
 
 
 # ---------------------------------------------------------------- helpers
@@ -197,7 +165,7 @@ class Typer:
         self.memo: dict[int, Type] = {}
         self.quiet_memo: dict[int, Type] | None = None
         self.in_progress: set[int] = set()
-        self.binding_scope: dict[int, Scope] = {}
+        self.binding_scope: dict[int, TypedScope] = {}
         self.choreo_types: dict[str, Type] = {}
         self.choreo_progress: set[str] = set()
         self.pure = 0  # > 0 inside a comprehension
@@ -222,7 +190,7 @@ class Typer:
             value = p.default
             if isinstance(value, ast.Literal) or (isinstance(value, (ast.ListExpr, ast.UnaryOp))
                                                   and attr_value(value) is not None):
-                got = self.misfit(value, Scope("choreography", None), want)
+                got = self.misfit(value, TypedScope("choreography", None), want)
                 if got is not None:
                     self.sink.report(Code.E201, f"default of `{p.name}` does not fit its type {show(want)}",
                                      value.span, f"this is {show(got)}",
@@ -241,7 +209,7 @@ class Typer:
         saved = self.sink, self.quiet_memo, self.pure
         self.sink, self.quiet_memo, self.pure = self.real_sink, None, 0
         try:
-            scope = Scope("choreography", None, decl.body, params={p.name: p for p in decl.params})
+            scope = TypedScope("choreography", None, decl.body, params={p.name: p for p in decl.params})
             self.check_block(scope)
             ret = next((s for s in decl.body.statements if isinstance(s, ast.Return)), None)
             if decl.returns is None:
@@ -260,12 +228,12 @@ class Typer:
         self.choreo_types[name] = result
         return result
 
-    def register(self, scope: Scope) -> Scope:
+    def register(self, scope: TypedScope) -> TypedScope:
         for b in scope.bindings.values():
             self.binding_scope[id(b)] = scope
         return scope
 
-    def check_block(self, scope: Scope) -> None:
+    def check_block(self, scope: TypedScope) -> None:
         """Types the bindings of a block, dependencies first (so lazy typing stays shallow)."""
         self.register(scope)
         deps = {n: [d for d in sorted(self.facts.of(b).reads) if d in scope.bindings and d != n]
@@ -306,7 +274,7 @@ class Typer:
             self.quiet_memo = outer
 
     # -- expressions
-    def expr(self, e: ast.Expr, scope: Scope) -> Type:
+    def expr(self, e: ast.Expr, scope: TypedScope) -> Type:
         """The type of `e` where no type is expected of it."""
         checker = _CHECK_METHODS.get(type(e))
         if checker is not None:
@@ -315,7 +283,7 @@ class Typer:
         return method(self, e, scope) if method is not None else ANY
 
     # -- expected types (bidirectional checking)
-    def check(self, e: ast.Expr, scope: Scope, want: Type | None) -> Checked:
+    def check(self, e: ast.Expr, scope: TypedScope, want: Type | None) -> Checked:
         """Types `e` where a `want` is expected (None: nothing is): a record literal whose
         fields fit a record type is that type, a string literal in a literal union is a
         member of it, and list literals, `for` and both sides of `if ... else` pass the
@@ -331,14 +299,14 @@ class Typer:
                 return union, ()
         return self.expr(e, scope), ()
 
-    def misfit(self, e: ast.Expr, scope: Scope, want: Type) -> Type | None:
+    def misfit(self, e: ast.Expr, scope: TypedScope, want: Type) -> Type | None:
         """Checks `e` against `want` and reports where a literal misses it. Returns the type
         of anything else that does not fit, for the caller to report in its own words."""
         t, misfits = self.check(e, scope, want)
         self.reported((t, misfits))
         return t if not misfits and not is_assignable(t, want, self.table) else None
 
-    def suggested(self, e: ast.Expr, scope: Scope, hint: Type) -> Checked:
+    def suggested(self, e: ast.Expr, scope: TypedScope, hint: Type) -> Checked:
         """Types `e` where a sibling (the other side of `if ... else`, another item of a list)
         suggests `hint`: a literal that fits takes it, one that misses a declared record
         type says why, and anything else keeps its own type for the caller to join."""
@@ -353,7 +321,7 @@ class Typer:
             self.sink.report(m.code, m.message, m.span, m.label, help=m.help)
         return t
 
-    def e_Literal(self, e: ast.Literal, scope: Scope) -> Type:
+    def e_Literal(self, e: ast.Literal, scope: TypedScope) -> Type:
         v = e.value
         if v is None:
             return NULL
@@ -368,22 +336,22 @@ class Typer:
     def e_Duration(self, e, scope) -> Type:
         return FLOAT
 
-    def e_Name(self, e: ast.Name, scope: Scope) -> Type:
+    def e_Name(self, e: ast.Name, scope: TypedScope) -> Type:
         found = scope.lookup(e.id)
         if found is None:
             return ANY  # E101, reported in phase 1
-        kind, owner, thing = found
-        if isinstance(thing, ast.Binding):
-            return self.binding_type(thing)
-        if kind == "var":
+        kind, owner = found
+        if kind == BINDING:
+            return self.binding_type(owner.bindings[e.id])
+        if kind == VAR:
             return owner.var_type
-        if isinstance(thing, ast.Param):
-            return self.symbols.resolve_type(thing.type)
+        if kind == PARAM:
+            return self.symbols.resolve_type(owner.params[e.id].type)
         # prev: the previous iteration's bindings, or null
         fields = self.quietly(lambda: tuple((b.name, self.binding_type(b)) for b in owner.bindings.values()))
         return OptionalT(StructT(fields))
 
-    def list_type(self, e: ast.ListExpr, scope: Scope, want: Type | None) -> Checked:
+    def list_type(self, e: ast.ListExpr, scope: TypedScope, want: Type | None) -> Checked:
         """A list literal. Where a list is expected its items are checked against the element
         type; otherwise a literal item takes the record type of a sibling item (so
         `[editor.write(x), {title: ...}]` is a `list[Report]`) when it fits."""
@@ -422,7 +390,7 @@ class Typer:
                 elem = joined
         return elem if elem is not None else ANY
 
-    def record_type(self, e: ast.RecordExpr, scope: Scope, want: Type | None) -> Checked:
+    def record_type(self, e: ast.RecordExpr, scope: TypedScope, want: Type | None) -> Checked:
         """A record literal. Where a record type is expected it is of that type when its
         fields fit, and otherwise each extra, missing or wrong field says why. A field given
         twice is reported (E106) and its second value ignored."""
@@ -501,12 +469,12 @@ class Typer:
             return OptionalT(t)
         return t
 
-    def e_Attribute(self, e: ast.Attribute, scope: Scope) -> Type:
+    def e_Attribute(self, e: ast.Attribute, scope: TypedScope) -> Type:
         base = self.expr(e.value, scope)
         what = describe_expr(e.value).strip("`") if isinstance(e.value, (ast.Name, ast.Attribute)) else "xs"
         return self.field_type(base, e.attr, e.attr_span, what)
 
-    def e_Index(self, e: ast.Index, scope: Scope) -> Type:
+    def e_Index(self, e: ast.Index, scope: TypedScope) -> Type:
         base = self.expr(e.value, scope)
         index = self.expr(e.index, scope)
         inner = strip_optional(base)
@@ -525,7 +493,7 @@ class Typer:
                          f"this is {show(base)}", help="only lists and strings can be indexed")
         return ANY
 
-    def e_UnaryOp(self, e: ast.UnaryOp, scope: Scope) -> Type:
+    def e_UnaryOp(self, e: ast.UnaryOp, scope: TypedScope) -> Type:
         t = self.expr(e.operand, scope)
         if e.op == "not":
             self.require_bool(t, e.operand, "the operand of `not`")
@@ -544,7 +512,7 @@ class Typer:
                              help=NULL_HELP if isinstance(t, OptionalT) else
                              "compare it to produce a `bool`, e.g. `x == \"...\"` or `len(x) > 0`")
 
-    def e_BinOp(self, e: ast.BinOp, scope: Scope) -> Type:
+    def e_BinOp(self, e: ast.BinOp, scope: TypedScope) -> Type:
         lt = self.expr(e.left, scope)
         rt = self.expr(e.right, scope)
         op = e.op
@@ -617,7 +585,7 @@ class Typer:
             return True
         return False
 
-    def conditional_type(self, e: ast.Conditional, scope: Scope, want: Type | None) -> Checked:
+    def conditional_type(self, e: ast.Conditional, scope: TypedScope, want: Type | None) -> Checked:
         """`a if c else b`: both sides are checked against `want` when a type is expected;
         otherwise a literal side is told the other side's type."""
         ct = self.expr(e.cond, scope)
@@ -657,9 +625,9 @@ class Typer:
                          iter_expr.span, f"this is {show(t)}, not a list", help=hint)
         return ANY
 
-    def e_Comprehension(self, e: ast.Comprehension, scope: Scope) -> Type:
+    def e_Comprehension(self, e: ast.Comprehension, scope: TypedScope) -> Type:
         it = self.expr(e.iter, scope)
-        inner = Scope("comprehension", scope, var=e.var, var_type=self.elem_type(it, e.iter, "a comprehension"))
+        inner = TypedScope("comprehension", scope, var=e.var, var_type=self.elem_type(it, e.iter, "a comprehension"))
         self.pure += 1
         try:
             if e.cond is not None:
@@ -674,12 +642,12 @@ class Typer:
                          "not allowed in a comprehension",
                          help="use a `for` expression for work per item: `xs = for x in items { y = ...  yield y }`")
 
-    def for_type(self, e: ast.ForExpr, scope: Scope, want: Type | None) -> Checked:
+    def for_type(self, e: ast.ForExpr, scope: TypedScope, want: Type | None) -> Checked:
         """`for`: the list of its yields, each checked against the element type when a list is expected."""
         if self.pure:
             self.impure(head_span(e.span, 3), "a `for` expression")
         it = self.expr(e.iter, scope)
-        inner = Scope("for", scope, e.body, var=e.var, var_type=self.elem_type(it, e.iter, "`for`"))
+        inner = TypedScope("for", scope, e.body, var=e.var, var_type=self.elem_type(it, e.iter, "`for`"))
         self.check_block(inner)
         y = next((s for s in e.body.statements if isinstance(s, ast.Yield)), None)
         if y is None:
@@ -687,21 +655,21 @@ class Typer:
         t, misfits = self.check(y.value, inner, expected_elem(want))
         return ListT(t), misfits
 
-    def e_RepeatExpr(self, e: ast.RepeatExpr, scope: Scope) -> Type:
+    def e_RepeatExpr(self, e: ast.RepeatExpr, scope: TypedScope) -> Type:
         if self.pure:
             self.impure(head_span(e.span, 6), "a `repeat` expression")
         if e.max is not None:
             mt = self.expr(e.max, scope)
             if not is_assignable(mt, INT, self.table):
                 self.sink.report(Code.E201, f"`max` must be `int`, found {show(mt)}", e.max.span, f"this is {show(mt)}")
-        inner = Scope("repeat", scope, e.body)
+        inner = TypedScope("repeat", scope, e.body)
         self.check_block(inner)
         self.require_bool(self.expr(e.until, inner), e.until, "the `until` condition")
         fields = [(b.name, self.binding_type(b)) for b in inner.bindings.values() if b.name not in REPEAT_FIELDS]
         return StructT((*fields, ("iterations", INT), ("converged", BOOL)))
 
     # -- calls
-    def e_Call(self, e: ast.Call, scope: Scope) -> Type:
+    def e_Call(self, e: ast.Call, scope: TypedScope) -> Type:
         target = self.facts.target(e)
         if target.kind in ("task", "tool", "choreography") and self.pure:
             self.impure(e.func.span, f"a call of `{target.name}`")
@@ -711,11 +679,11 @@ class Typer:
                 self.args_only(e, scope)
                 return ANY
             self.bind_args(e, target.name, task.params, scope)
-            return self.symbols.resolve_type(task.returns) if task.returns is not None else STR
+            return self.returns(task)
         if target.kind == "tool":
             tool = self.symbols.tools[target.name]
             self.bind_args(e, target.name, tool.params, scope)
-            return self.symbols.resolve_type(tool.returns) if tool.returns is not None else STR
+            return self.returns(tool)
         if target.kind == "choreography":
             decl = self.symbols.choreographies[target.name]
             self.bind_args(e, target.name, decl.params, scope)
@@ -725,11 +693,15 @@ class Typer:
         self.args_only(e, scope)
         return ANY
 
-    def args_only(self, e: ast.Call, scope: Scope) -> None:
+    def returns(self, decl: ast.TaskDecl | ast.ToolDecl) -> Type:
+        """What a call of a task or tool gives: its declared type, `str` when it declares none."""
+        return self.symbols.resolve_type(decl.returns) if decl.returns is not None else STR
+
+    def args_only(self, e: ast.Call, scope: TypedScope) -> None:
         for a in e.args:
             self.expr(a.value, scope)
 
-    def bind_args(self, call: ast.Call, what: str, params: tuple[ast.Param, ...], scope: Scope) -> None:
+    def bind_args(self, call: ast.Call, what: str, params: tuple[ast.Param, ...], scope: TypedScope) -> None:
         by_name = {p.name: p for p in params}
         given: dict[str, ast.Arg] = {}
         seen_keyword = False
@@ -794,7 +766,7 @@ class Typer:
             return "use `json(x)` to turn a value into a string"
         return None
 
-    def builtin(self, e: ast.Call, name: str, scope: Scope) -> Type:
+    def builtin(self, e: ast.Call, name: str, scope: TypedScope) -> Type:
         arity = 2 if name == "join" else 1
         types = []
         for a in e.args:
@@ -838,9 +810,9 @@ class Typer:
 
 # The expressions an expected type can change, and `Typer.e_<Class>` for every other
 # expression class: found once rather than by name per expression
-_CHECK_METHODS: dict[type, Callable[[Typer, Any, Scope, Type | None], Checked]] = {ast.RecordExpr: Typer.record_type, ast.ListExpr: Typer.list_type,
+_CHECK_METHODS: dict[type, Callable[[Typer, Any, TypedScope, Type | None], Checked]] = {ast.RecordExpr: Typer.record_type, ast.ListExpr: Typer.list_type,
                   ast.Conditional: Typer.conditional_type, ast.ForExpr: Typer.for_type}
-_EXPR_METHODS: dict[type, Callable[[Typer, Any, Scope], Type]] = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr) if cls not in _CHECK_METHODS}
+_EXPR_METHODS: dict[type, Callable[[Typer, Any, TypedScope], Type]] = {cls: getattr(Typer, f"e_{cls.__name__}") for cls in get_args(ast.Expr) if cls not in _CHECK_METHODS}
 
 
 # ---------------------------------------------------------------- templates (E205)

@@ -101,14 +101,16 @@ def parse_inputs(plan: schema.Plan, pairs: Iterable[str], inputs_file: str | Non
         else:
             raw[name] = _load_json(text, f"input `{name}`", f" (a {_shown(params[name]['type'])} input is "
                                                              f"written as JSON; got {text[:60]!r})")
-    for name in raw:
-        if name not in params:
-            raise InputError(_unknown(name, params))
     return validate_inputs(plan, raw)
 
 
 def validate_inputs(plan: schema.Plan, raw: dict[str, Any]) -> dict[str, Any]:
+    """The entry's arguments, each checked against its parameter's type, defaults filled in."""
     from pydantic import ValidationError
+    params = {p["name"]: p for p in plan["params"]}
+    for name in raw:
+        if name not in params:
+            raise InputError(_unknown(name, params))
     validators = Validators({n: tuple((f, type_from_json(t)) for f, t in fields)
                              for n, fields in plan["type_table"].items()})
     out = {}

@@ -83,7 +83,7 @@ def tool_code_version(spec: ToolSpec, ctx: ToolContext) -> str:
       that cannot be found gets an "unresolved" version (the call itself then fails).
     - command: a hash of the argv template, the cwd and how stdout is read. The identity of
       the executable (which `python` is on PATH, its version) is out of scope.
-    - builtin: a constant per builtin, bumped when its behaviour changes.
+    - builtin: its version in `names.BUILTIN_TOOLS`, bumped when its behaviour changes.
     """
     if spec.kind == "builtin":
         return builtin_code_version(spec)

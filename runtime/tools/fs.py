@@ -13,15 +13,14 @@ from .templates import kind_of
 from .workers import tool_threads, with_timeout
 
 
-# Bump one of these when the builtin's behaviour changes, so cached results are not reused.
-_BUILTIN_VERSIONS = {"fs.read": "fs.read@1", "fs.write": "fs.write@1", "fs.list": "fs.list@1"}
-
 _PATH_QUOTE = 200
 
 
 def builtin_code_version(spec: ToolSpec) -> str:
-    """A constant per builtin, bumped when its behaviour changes (see `tool_code_version`)."""
-    return "builtin:" + _BUILTIN_VERSIONS.get(str(spec.target), f"unknown:{spec.target}")
+    """Its version in `names.BUILTIN_TOOLS`, bumped when its behaviour changes, so cached
+    results are not reused (see `tool_code_version`)."""
+    version = BUILTIN_TOOLS.get(str(spec.target))
+    return f"builtin:{spec.target}@{version}" if version else f"builtin:unknown:{spec.target}"
 
 
 def workspace_of(ctx: ToolContext) -> Path:

@@ -370,7 +370,6 @@ def test_example_types_prev_and_repeat_value() -> None:
     assert typer.memo[id(attempt)] == StructT((("code", STR), ("review", RecordT("Review")),
                                                ("iterations", INT), ("converged", BOOL)))
     feedback_arg = attempt.value.body.bindings[0].value.args[1].value  # prev.review.feedback
-    from agentflow.compiler.typecheck import Scope
     scope = typer.binding_scope[id(attempt.value.body.bindings[0])]
     assert typer.expr(feedback_arg, scope) == OptionalT(STR)
 

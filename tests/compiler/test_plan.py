@@ -1,5 +1,9 @@
 """The compiled plan: snapshots of every example, stable ids, and definition hashes
-that change for exactly the node whose definition changed."""
+that change for exactly the node whose definition changed.
+
+A plan snapshot shows the structure with each hash as `<hash>`; the hashes (first 12 hex
+digits) have one snapshot of their own, so a structure change reads as one, not as 50
+changed hashes."""
 from __future__ import annotations
 
 import json
@@ -20,10 +24,36 @@ def _compile(text: str, name: str = "spec.agentflow"):
     return result.plan
 
 
+_HASH = re.compile(r'"definition_hash": "([0-9a-f]{64})"')
+
+
+def _spec_plan(spec: Path):
+    return _compile(spec.read_text(), f"specs/{spec.name}")
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
 def test_plan_snapshot(spec: Path, snapshot) -> None:
-    plan = _compile(spec.read_text(), f"specs/{spec.name}")
-    assert plan.to_json() == snapshot
+    assert _HASH.sub('"definition_hash": "<hash>"', _spec_plan(spec).to_json()) == snapshot
+
+
+def _all_hashes(data, path: str = "") -> dict[str, str]:
+    """Every `definition_hash` in a plan (of its tasks, tools and nodes), by where it stands."""
+    if isinstance(data, list):
+        data = {str(i): x for i, x in enumerate(data)}
+    if not isinstance(data, dict):
+        return {}
+    found = {path: data["definition_hash"]} if "definition_hash" in data else {}
+    for key, value in data.items():
+        found |= _all_hashes(value, f"{path}/{key}" if path else key)
+    return found
+
+
+def test_definition_hashes_snapshot(snapshot) -> None:
+    """Every example's hashes, short: a change to hashing shows here, once per hash."""
+    hashes = {spec.stem: _all_hashes(_spec_plan(spec).data) for spec in SPECS}
+    texts = "".join(_spec_plan(spec).to_json() for spec in SPECS)
+    assert sum(map(len, hashes.values())) == len(_HASH.findall(texts))  # the plan snapshots hide no other
+    assert {stem: {where: h[:12] for where, h in found.items()} for stem, found in hashes.items()} == snapshot
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)

@@ -26,7 +26,7 @@ INTERNAL = {"NestingTooDeep", "NodeFailure", "RunAborted", "DryRunStop", "ModelE
             "ToolError", "TransientToolError", "TemplateError", "ExpressionError", "BlobMissing"}
 EXIT_CODES = {"SourceError": 2, "InputError": 2, "ResumeError": 2, "CredentialError": 2, "StoreError": 2,
               "StoreLocked": 2, "StoreSchemaError": 2, "StoreNotADatabase": 2, "TemporalError": 2,
-              "UsageError": 2, "RunFailed": 3}
+              "UsageError": 2, "RunFailed": 3, "CompileError": 1}
 
 
 def _modules():
@@ -35,6 +35,7 @@ def _modules():
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             yield importlib.import_module(info.name)
     yield importlib.import_module("agentflow.cli")
+    yield importlib.import_module("agentflow.api")
 
 
 def _exception_classes() -> dict[str, type]:
