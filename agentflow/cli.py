@@ -164,14 +164,12 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     from agentflow.runtime.inputs import check_force, parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
-    from agentflow.runtime.runner import RunRequest, execute, run_stoppable, start_model_imports
+    from agentflow.runtime.runner import RunRequest, execute, run_stoppable
     from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
         _require_temporal()
     plan = _compile(file, "text", entry)
-    if engine == "local" and not dry_run:  # the calls are made in this process
-        start_model_imports(plan.data, model)
     inputs = parse_inputs(plan.data, input_pairs, inputs_file)
     check_force(plan.data, force)
     _check_path("--db", db, directory=False)
