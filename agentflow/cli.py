@@ -156,14 +156,12 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     from agentflow.compiler.hashing import escape_surrogates
     from agentflow.runtime.inputs import parse_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
-    from agentflow.runtime.runner import execute, run_stoppable, start_model_imports
+    from agentflow.runtime.runner import execute, run_stoppable
     from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
         _require_temporal()
     plan = _compile(file, "text", entry)
-    if engine == "local" and not dry_run:  # the calls are made in this process
-        start_model_imports(plan.data, model)
     request = prepare_run(plan, parse_inputs(plan.data, input_pairs, inputs_file), db=db, workspace=workspace,
                           spec_dir=Path(file).resolve().parent, model=model, concurrency=concurrency,
                           resume=False if resume is None else resume or True, force=force, no_cache=no_cache,

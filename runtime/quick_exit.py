@@ -5,10 +5,15 @@ At exit CPython frees every module's objects one by one; after `import litellm` 
 is printed and stored, for nothing anyone can observe. `exit_without_teardown` keeps what a
 normal exit does that can be observed, in the same order: it waits for non-daemon threads,
 runs the `atexit` handlers (users' tools may register some; litellm flushes its logging),
-flushes stdout and stderr, then ends the process with `os._exit`."""
+flushes every file still open for writing (stdout and stderr, and a file a tool left open,
+which the teardown would have flushed when freeing it), then ends the process with
+`os._exit`. What is not run: `__del__` methods and weakref callbacks of objects alive at
+exit."""
 from __future__ import annotations
 
 import atexit
+import gc
+import io
 import os
 import sys
 import threading
@@ -23,12 +28,25 @@ def exit_without_teardown(code: object) -> NoReturn:
     # points, as nothing public runs them.
     threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed, or a reader that went away: as a normal exit
-            pass
+    flush_open_files()
     os._exit(status)
+
+
+# What `open()` returns for writing: a text file wraps a buffered writer; both may hold data.
+_WRITABLE_FILES = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)
+
+
+def flush_open_files() -> None:
+    """Flush every file object still open for writing, stdout and stderr last: one pass over
+    the collector's objects (~0.05 s after litellm's import, not the teardown's ~1 s)."""
+    streams = [sys.stdout, sys.stderr]
+    files = [obj for obj in gc.get_objects() if type(obj) in _WRITABLE_FILES and obj not in streams]
+    for file in files + streams:
+        try:
+            if not file.closed:
+                file.flush()
+        except (OSError, ValueError):  # a reader that went away, a file closed meanwhile: as at a normal exit
+            pass
 
 
 def exit_status(code: object) -> int:

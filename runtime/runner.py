@@ -99,8 +99,9 @@ class _NoHistory:
 
 def start_model_imports(plan: schema.Plan, model_override: str | None) -> None:
     """When the run will call a real model, start importing litellm now, on a background
-    thread: the import (~2 s of CPU) then overlaps the rest of startup and the store's open
-    instead of delaying the first call."""
+    thread: the import (~2 s of CPU) then overlaps the store's open and the run's start
+    instead of delaying the first call. Not before the key check: a run that cannot start
+    pays for no import."""
     if model_uses(plan, model_override):
         import_litellm_in_background()
 
@@ -110,6 +111,7 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
         store = Store.open_reader(req.db_path) if req.db_path.exists() else cast(Store, _NoHistory())
     else:
         check_credentials(req.plan, req.options.model)  # first: a run that cannot start writes nothing
+        start_model_imports(req.plan, req.options.model)
         store = Store.open_writer(req.db_path)
     try:
         run_id, resuming = pick_run(store, req)

@@ -13,8 +13,9 @@ from pathlib import Path
 from runtime_support import (DB, OpenAIServer, af, af_start, base_env, llm_defaults, ok, outputs, requests_with,
                              result_json, runs, show, stop, wait_until, write)
 
-# The tool registers an atexit handler when called; a module-level object's finalizer marks
-# whether the interpreter's teardown ran (it frees module globals one by one).
+# The tool registers an atexit handler when called and writes to a file it never closes; a
+# module-level object's finalizer marks whether the interpreter's teardown ran (it frees
+# module globals one by one).
 TOOLS = """
 import atexit
 from pathlib import Path
@@ -28,10 +29,12 @@ class Finalized:
 
 
 KEEP = Finalized()
+LOG = open(HERE / "tool.log", "w")  # never closed: its buffer holds what was written
 
 
 def note(text):
     atexit.register((HERE / "atexit-ran").write_text, "saw " + text)
+    LOG.write("noted " + text)
     return "noted " + text
 """
 BODY = """
@@ -69,6 +72,7 @@ def test_a_litellm_run_skips_teardown_but_runs_atexit_handlers_and_flushes(tmp_p
     result = ok(af(tmp_path, "run", "flow.agentflow", "--input", "topic=tea", env=buffered_env()))
     assert result_json(result) == {"answer": "echo: ASK tea", "noted": "noted echo: ASK tea"}
     assert (tmp_path / "atexit-ran").read_text() == "saw echo: ASK tea"
+    assert (tmp_path / "tool.log").read_text() == "noted echo: ASK tea"
     assert not (tmp_path / "teardown-ran").exists(), "the interpreter's teardown ran"
     (run,) = runs(tmp_path, cli=True)
     assert run["status"] == "succeeded"
