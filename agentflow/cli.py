@@ -270,6 +270,24 @@ def show_cmd(run_id: str, db: str, as_json: bool) -> None:
     print_nodes(run, nodes, as_json)
 
 
+@main.command("ui")
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
+def ui_cmd(db: str, host: str, port: int) -> None:
+    """Serve a local page of the runs: their graphs, live while they run, and each node's messages."""
+    import importlib.util
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        raise UsageError("the run viewer needs the ui extra: install agentflow[ui] (pip install 'agentflow[ui]')")
+    _check_path("--db", db, directory=False)
+    from agentflow.runtime.ui.app import serve
+    click.echo(f"agentflow ui: http://{host}:{port}/ (reading {db}; Ctrl-C stops it)", err=True)
+    try:
+        serve(db, host, port)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
 @main.command("explain")
 @click.argument("code", required=False)
 @click.option("--list", "list_codes", is_flag=True, help="One line per code: code, severity, title.")
