@@ -13,30 +13,36 @@ from starlette.staticfiles import StaticFiles
 
 from ..store import StoreError
 from . import picture, reads
+from .throttle import Throttled
 
 STATIC = Path(__file__).parent / "static"
 
 
 def make_app(db: str) -> Starlette:
     """The app over one run database (its path as the user gave it)."""
+    list_runs = Throttled(lambda: reads.list_runs(db))
+    plans: dict[str, dict | None] = {}
+    run_view = Throttled(lambda run_id: reads.run_view(db, run_id, plans))
+    node_view = Throttled(lambda run_id, node_id: reads.node_view(db, run_id, node_id))
+    # A drawing depends on what it shows only: it is made again when a status changes.
+    drawing = Throttled(lambda run_id, version, expand: picture.to_svg(
+        *picture.run_graph(run_view(run_id)["plan"], run_view(run_id)["statuses"], set(expand))), float("inf"))
 
     def runs(request: Request) -> Response:
-        return JSONResponse(reads.list_runs(db))
+        return JSONResponse(list_runs())
 
     def run(request: Request) -> Response:
-        view = reads.run_view(db, request.path_params["run_id"])
+        view = run_view(request.path_params["run_id"])
         return JSONResponse({**{k: v for k, v in view.items() if k != "plan"}, "colors": picture.COLORS})
 
     def graph(request: Request) -> Response:
-        view = reads.run_view(db, request.path_params["run_id"])
-        expand = {t for t in request.query_params.get("expand", "").split(",") if t}
-        boxes, edges = picture.run_graph(view["plan"], view["statuses"], expand)
-        return Response(picture.to_svg(boxes, edges), media_type="image/svg+xml",
-                        headers={"X-Agentflow-Version": view["version"]})
+        run_id = request.path_params["run_id"]
+        version = run_view(run_id)["version"]
+        expand = frozenset(t for t in request.query_params.get("expand", "").split(",") if t)
+        return Response(drawing(run_id, version, expand), media_type="image/svg+xml")
 
     def node(request: Request) -> Response:
-        node_id = request.query_params.get("id", "")
-        return JSONResponse(reads.node_view(db, request.path_params["run_id"], node_id))
+        return JSONResponse(node_view(request.path_params["run_id"], request.query_params.get("id", "")))
 
     def page(name: str):
         return lambda request: FileResponse(STATIC / name)

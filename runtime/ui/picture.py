@@ -97,7 +97,7 @@ def sources(expr: Any, scope: str, scopes: dict[str, Body], entry: str, seen: se
                     seen.add((prefix, ref))
                     found |= sources(body.bindings[ref]["expr"], prefix, scopes, entry, seen)
                 break
-            if ref == body.var or (body.repeat and ref == "prev") or (ref in body.params and body.owner):
+            if body.owner and (ref == body.var or (body.repeat and ref == "prev") or ref in body.params):
                 found.add(body.owner)
                 break
             if ref in body.params:
@@ -235,12 +235,12 @@ def layers(boxes: list[Box], edges: set) -> list[list[str]]:
 def layered_svg(boxes: list[Box], edges: set) -> str:
     rows = layers(boxes, edges)
     by_id = {b.id: b for b in boxes}
-    width = max(len(r) for r in rows) * (BOX_W + GAP_X) + GAP_X if rows else BOX_W
-    at = {}
-    for y, row in enumerate(rows):
+    width = float(max(len(r) for r in rows) * (BOX_W + GAP_X) + GAP_X if rows else BOX_W)
+    at: dict[str, tuple[float, float]] = {}
+    for depth, row in enumerate(rows):
         x0 = (width - len(row) * (BOX_W + GAP_X) + GAP_X) / 2
-        for x, bid in enumerate(row):
-            at[bid] = (x0 + x * (BOX_W + GAP_X), GAP_Y / 2 + y * (BOX_H + GAP_Y))
+        for i, bid in enumerate(row):
+            at[bid] = (x0 + i * (BOX_W + GAP_X), GAP_Y / 2 + depth * (BOX_H + GAP_Y))
     height = len(rows) * (BOX_H + GAP_Y)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}pt" height="{height:.0f}pt" '
            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica" font-size="10">',

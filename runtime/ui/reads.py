@@ -58,19 +58,36 @@ def shown_status(node: dict) -> str:
     return "cached" if node["cached"] and node["status"] == "succeeded" else node["status"]
 
 
-def run_view(db: str, run_id: str) -> dict:
+def run_view(db: str, run_id: str, plans: dict[str, dict | None]) -> dict:
     """A run, its plan (when the run stored one) and its nodes, plus `version`: a digest of
-    what the graph shows, so the page redraws only when something changed."""
+    what the graph shows, so the page redraws only when something changed. `plans` keeps
+    the plans read so far by hash (they never change): one read fewer the writer yields to."""
     with reader(db) as store:
         run = store.get_run(run_id)
         if run is None:
             raise NotFound(f"there is no run {run_id} in {db}")
         nodes = store.run_nodes(run_id)
-        plan_text = store.get_meta(plan_meta_key(run["plan_hash"])) if run["plan_hash"] else None
+        if run["plan_hash"] not in plans:
+            plans[run["plan_hash"]] = stored_plan(store, run)
     statuses = {n["node"]: shown_status(n) for n in nodes}
-    return {"run": run_summary(run), "inputs": plain(run["inputs"]), "plan": None if plan_text is None else json.loads(plan_text),
+    return {"run": run_summary(run), "inputs": plain(run["inputs"]), "plan": plans[run["plan_hash"]],
             "nodes": [plain(n) for n in nodes], "statuses": statuses,
             "version": digest("ui", json.dumps([run["status"], sorted(statuses.items())]))}
+
+
+def stored_plan(store: Store, run: dict) -> dict | None:
+    """The plan a run ran (runs store it since `agentflow ui` exists; older ones have none)."""
+    text = store.get_meta(plan_meta_key(run["plan_hash"])) if run["plan_hash"] else None
+    return None if text is None else json.loads(text)
+
+
+def prompt_templates(plan: dict | None, node_id: str) -> dict:
+    """A task call's system and prompt text before its inputs fill them in (the filled-in
+    prompt is not stored; its inputs are, as hashes)."""
+    node = (plan or {}).get("nodes", {}).get(template_id(node_id), {})
+    task = (plan or {}).get("tasks", {}).get(node.get("target"), {}) if node.get("kind") == "task" else {}
+    definition = task.get("definition", {})
+    return {k: definition[k] for k in ("system", "prompt") if definition.get(k)}
 
 
 def node_view(db: str, run_id: str, node_id: str) -> dict:
@@ -85,13 +102,14 @@ def node_view(db: str, run_id: str, node_id: str) -> dict:
         key = state.key if state else None
         stored = store.lookup_results([key]).get(key) if key and row["status"] == "succeeded" else None
         turns = [t.payload for t in store.load_turns(run_id, node_id)]
+        templates = prompt_templates(stored_plan(store, run), node_id)
         last = None
         if state is not None and state.key and not row["cached"]:
             last = store.last_node_records(run["flow"], [node_id], exclude_run=run_id).get(node_id)
     inputs = state.input_hashes if state and state.input_hashes else {}
     return plain({
         **row, "status": shown_status(row), "run_id": run_id, "template": template_id(node_id), "key": key,
-        "inputs": inputs,
+        "inputs": inputs, "prompt": templates,
         "messages": [t for t in turns if t.get("role") != SESSION_STEP],
         "output": stored[0] if stored else None, "has_output": stored is not None,
         "why": why(row, state is not None and bool(state.key), last, state.def_hash if state else None, inputs)})

@@ -195,6 +195,8 @@ function nodeDetails(state, d) {
   if (d.status === "waiting") out.push(answerPlace(state, d));
   if (d.error) out.push(section("error", el("pre", {class: "error"}, d.error)));
   out.push(section("inputs (hashes of their values)", json(d.inputs)));
+  for (const [name, text] of Object.entries(d.prompt))
+    out.push(section(`${name} (template; the inputs fill it in)`, el("pre", {class: "prompt"}, text)));
   out.push(section("messages", ...(d.messages.length ? d.messages.map(messageView)
     : [el("p", {}, "none stored (a reused node, a tool, or a structure)")])));
   out.push(section("output", d.has_output ? json(d.output) : el("p", {}, "none stored")));
