@@ -278,7 +278,8 @@ def ui_cmd(db: str, host: str, port: int) -> None:
     """Serve a local page of the runs: their graphs, live while they run, and each node's messages."""
     import importlib.util
     if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
-        raise UsageError("the run viewer needs the ui extra: install agentflow[ui] (pip install 'agentflow[ui]')")
+        raise UsageError("the run viewer needs starlette and uvicorn, which are missing from this "
+                         "environment: pip install starlette uvicorn")
     _check_path("--db", db, directory=False)
     from agentflow.runtime.ui.app import serve
     click.echo(f"agentflow ui: http://{host}:{port}/ (reading {db}; Ctrl-C stops it)", err=True)

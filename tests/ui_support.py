@@ -51,6 +51,7 @@ async def hold(text):
     return "held " + text
 """
 TOPICS = ("--input", 'topics=["owls", "tides", "maps"]')
+FAN_OUT_TEXT = "main/drafts[*]/text"  # the collapsed box of the three `writer.draft` calls
 
 
 def flow(cwd: Path, *, go: bool = True) -> Path:

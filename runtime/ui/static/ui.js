@@ -32,6 +32,8 @@ const tokens = (r) => (r.prompt_tokens || 0) + (r.completion_tokens || 0);
 const cost = (usd) => (usd ? usd.toFixed(4) : "");
 const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 19) : "");
 const seconds = (s) => (s == null ? "" : `${s.toFixed(1)} s`);
+const took = (run) => (run.duration_s != null ? seconds(run.duration_s)
+  : run.live ? `${seconds((Date.now() - Date.parse(run.started_at)) / 1000)} so far` : "");
 
 function nodeCounts(run) {
   const parts = ["succeeded", "running", "pending", "failed", "cancelled", "skipped", "waiting"]
@@ -51,7 +53,7 @@ async function showRuns() {
       el("td", {class: "run-status"}, r.status),
       el("td", {}, r.flow + (r.entry && r.entry !== "main" ? `:${r.entry}` : "")),
       el("td", {}, when(r.started_at)),
-      el("td", {class: "num"}, seconds(r.duration_s)),
+      el("td", {class: "num"}, took(r)),
       el("td", {}, nodeCounts(r)),
       el("td", {class: "num"}, tokens(r) || ""),
       el("td", {class: "num"}, cost(r.cost_usd)))));
@@ -100,7 +102,7 @@ function showRunHeader(view) {
   status.textContent = run.status;
   status.style.background = view.colors[run.status] || "#fff";
   document.getElementById("run-facts").textContent =
-    `${run.flow} · ${when(run.started_at)} · ${seconds(run.duration_s)} · nodes ${nodeCounts(run)}` +
+    `${run.flow} · ${when(run.started_at)} · ${took(run)} · nodes ${nodeCounts(run)}` +
     ` · ${tokens(run)} tokens · $${cost(run.cost_usd) || "0"}`;
   document.getElementById("legend").replaceChildren(...Object.entries(view.colors).map(([s, c]) =>
     el("span", {}, el("i", {style: `background:${c}`}), s)));
