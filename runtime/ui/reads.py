@@ -10,11 +10,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
 
-from agentflow.compiler.hashing import digest
+from agentflow.compiler.hashing import digest, value_hash
 from agentflow.compiler.names import template_id
 
 from ..ledger import SESSION_STEP, plan_meta_key, rerun_reason
 from ..store import Store, StoreError
+
+
+SUB_VALUES = 2000  # parts of the run's inputs hashed to find a node's inputs among them
 
 
 class NotFound(StoreError):
@@ -81,18 +84,44 @@ def stored_plan(store: Store, run: dict) -> dict | None:
     return None if text is None else json.loads(text)
 
 
-def prompt_templates(plan: dict | None, node_id: str) -> dict:
-    """A task call's system and prompt text before its inputs fill them in (the filled-in
-    prompt is not stored; its inputs are, as hashes)."""
+def prompt_texts(plan: dict | None, node_id: str, args: dict[str, Any] | None) -> dict:
+    """A task call's system and prompt text: filled in when all its inputs are known (the
+    store keeps the inputs, as hashes, not the text), else the templates as written."""
     node = (plan or {}).get("nodes", {}).get(template_id(node_id), {})
     task = (plan or {}).get("tasks", {}).get(node.get("target"), {}) if node.get("kind") == "task" else {}
     definition = task.get("definition", {})
-    return {k: definition[k] for k in ("system", "prompt") if definition.get(k)}
+    texts = {k: definition[k] for k in ("system", "prompt") if definition.get(k)}
+    if args is None:
+        return {"filled": False, **texts}
+    from ..tools import TemplateError, render_template
+    try:
+        return {"filled": True, **{k: render_template(t, args) for k, t in texts.items()}}
+    except TemplateError:
+        return {"filled": False, **texts}
+
+
+def sub_values(value: Any, limit: int = SUB_VALUES) -> list[Any]:
+    """A value and the values inside it (list items, record fields), breadth first, at most `limit`."""
+    out: list[Any] = []
+    queue = [value]
+    while queue and len(out) < limit:
+        v = queue.pop(0)
+        out.append(v)
+        queue += v if isinstance(v, list) else list(v.values()) if isinstance(v, dict) else []
+    return out
+
+
+def input_values(store: Store, run: dict, hashes: dict[str, str]) -> dict[str, dict]:
+    """Each input's hash and, when found, its value: an earlier result with that hash, or the
+    run's inputs or a part of them (a `for` item of a parameter)."""
+    known = {value_hash(v): v for v in sub_values(run["inputs"])} if run["inputs"] is not None else {}
+    known.update(store.values_by_hash(h for h in hashes.values() if h not in known))
+    return {name: {"hash": h, "known": h in known, "value": known.get(h)} for name, h in hashes.items()}
 
 
 def node_view(db: str, run_id: str, node_id: str) -> dict:
     """One node instance: its row (status, attempts, tokens, cost, latency, error), inputs,
-    messages, output, and why it was reused or run."""
+    prompt, messages, output, and why it was reused or run."""
     with reader(db) as store:
         run = store.get_run(run_id)
         row = next((n for n in store.run_nodes(run_id) if n["node"] == node_id), None) if run else None
@@ -102,17 +131,19 @@ def node_view(db: str, run_id: str, node_id: str) -> dict:
         key = state.key if state else None
         stored = store.lookup_results([key]).get(key) if key and row["status"] == "succeeded" else None
         turns = [t.payload for t in store.load_turns(run_id, node_id)]
-        templates = prompt_templates(stored_plan(store, run), node_id)
+        inputs = input_values(store, run, state.input_hashes if state and state.input_hashes else {})
+        plan = stored_plan(store, run)
         last = None
         if state is not None and state.key and not row["cached"]:
             last = store.last_node_records(run["flow"], [node_id], exclude_run=run_id).get(node_id)
-    inputs = state.input_hashes if state and state.input_hashes else {}
+    args = {n: i["value"] for n, i in inputs.items()} if all(i["known"] for i in inputs.values()) else None
     return plain({
         **row, "status": shown_status(row), "run_id": run_id, "template": template_id(node_id), "key": key,
-        "inputs": inputs, "prompt": templates,
+        "inputs": inputs, "prompt": prompt_texts(plan, node_id, args),
         "messages": [t for t in turns if t.get("role") != SESSION_STEP],
         "output": stored[0] if stored else None, "has_output": stored is not None,
-        "why": why(row, state is not None and bool(state.key), last, state.def_hash if state else None, inputs)})
+        "why": why(row, bool(key), last, state.def_hash if state else None,
+                   {n: i["hash"] for n, i in inputs.items()})})
 
 
 def why(row: dict, keyed: bool, last, def_hash: str | None, inputs: dict) -> str:

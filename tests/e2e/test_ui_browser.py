@@ -96,7 +96,7 @@ def test_clicking_a_node_shows_its_messages_and_a_fan_out_expands(tmp_path, brow
         click_box(browser, "main/drafts[1]/text")  # drawn once expanded
         details = wait_for(browser, lambda d: d.find_elements(*css("#details .message.assistant")), "its messages")
         text = browser.find_element(*css("#details")).text
-        assert "main/drafts[1]/text" in text and "ran: never run" in text and "Write one line about {topic}." in text
+        assert "main/drafts[1]/text" in text and "ran: never run" in text and "Write one line about tides." in text
         assert details[0].text.startswith("assistant")
         assert browser.find_elements(*css("#graph g.node.selected"))
         screenshot(browser, "ui-node-details")

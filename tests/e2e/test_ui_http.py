@@ -59,9 +59,17 @@ def test_a_node_has_its_messages_output_prompt_usage_and_why_it_ran(done):
     assert node["status"] == "succeeded" and node["role"] == "writer" and node["attempts"] == 1
     assert [m["role"] for m in node["messages"]] == ["assistant"]
     assert node["has_output"] and node["output"] == node["messages"][-1]["content"]
-    assert node["prompt"] == {"prompt": "Write one line about {topic}."}
-    assert set(node["inputs"]) == {"topic"} and node["prompt_tokens"] > 0
+    assert node["prompt"] == {"filled": True, "prompt": "Write one line about owls."}
+    assert node["inputs"]["topic"]["value"] == "owls" and node["prompt_tokens"] > 0
     assert node["why"] == "ran: never run" and node["duration_ms"] >= 0
+
+
+def test_an_input_that_an_earlier_node_produced_shows_its_value(done):
+    _, run_id, url = done
+    draft = get_json(f"{url}/api/runs/{run_id}/node?id=main/drafts[2]/text")
+    held = get_json(f"{url}/api/runs/{run_id}/node?id=main/drafts[2]/held")
+    assert held["inputs"]["text"] == {"hash": held["inputs"]["text"]["hash"], "known": True, "value": draft["output"]}
+    assert held["prompt"] == {"filled": True} and held["messages"] == []  # a tool: no prompt, no model
 
 
 def test_a_rerun_says_its_nodes_were_reused(tmp_path):

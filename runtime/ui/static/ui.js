@@ -196,9 +196,14 @@ function nodeDetails(state, d) {
     out.push(el("button", {onclick: () => toggleExpand(state, template)}, "collapse in the graph"));
   if (d.status === "waiting") out.push(answerPlace(state, d));
   if (d.error) out.push(section("error", el("pre", {class: "error"}, d.error)));
-  out.push(section("inputs (hashes of their values)", json(d.inputs)));
-  for (const [name, text] of Object.entries(d.prompt))
-    out.push(section(`${name} (template; the inputs fill it in)`, el("pre", {class: "prompt"}, text)));
+  out.push(section("inputs", ...Object.entries(d.inputs).map(([name, input]) =>
+    el("div", {class: "input"}, el("div", {class: "who"}, name),
+      input.known ? json(input.value) : el("p", {}, `not stored (value hash ${input.hash.slice(0, 12)}…)`)))));
+  for (const name of ["system", "prompt"]) {
+    if (d.prompt[name] == null) continue;
+    const title = d.prompt.filled ? name : `${name} (template: not all its inputs are stored)`;
+    out.push(section(title, el("pre", {class: "prompt"}, d.prompt[name])));
+  }
   out.push(section("messages", ...(d.messages.length ? d.messages.map(messageView)
     : [el("p", {}, "none stored (a reused node, a tool, or a structure)")])));
   out.push(section("output", d.has_output ? json(d.output) : el("p", {}, "none stored")));
