@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterator
 
 from agentflow.compiler.hashing import digest, value_hash
@@ -52,6 +53,9 @@ def run_summary(run: dict) -> dict:
 
 
 def list_runs(db: str) -> list[dict]:
+    """The runs, newest first; none while nothing has run yet (the page waits for the first)."""
+    if not Path(db).exists():
+        return []
     with reader(db) as store:
         return [run_summary(r) for r in store.list_runs()]
 

@@ -10,9 +10,10 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
-from runtime_support import af, base_env, ok, outputs, stop, wait_until
+from runtime_support import DB, af, base_env, ok, outputs, stop, wait_until
 from ui_support import FAN_OUT_TEXT as FAN_OUT, TOPICS, finished_run, flow, get, get_json, start_held_run, ui_server
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,26 @@ def test_without_its_web_framework_it_says_how_to_install_it(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 2 and "pip install starlette uvicorn" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_before_the_first_run_the_list_is_empty_then_shows_it(tmp_path):
+    with ui_server(tmp_path) as url:
+        assert get_json(url + "/api/runs") == []
+        run_id = finished_run(tmp_path)
+        assert [r["run_id"] for r in get_json(url + "/api/runs")] == [run_id]
+
+
+def test_a_run_that_stored_no_plan_is_drawn_from_its_nodes(tmp_path):
+    """Runs recorded before runs stored their plan: the boxes are its nodes, without edges."""
+    run_id = finished_run(tmp_path)
+    with duckdb.connect(str(tmp_path / DB)) as con:
+        assert con.execute("DELETE FROM meta WHERE key LIKE 'plan:%'").fetchone() == (1,)
+    with ui_server(tmp_path) as url:
+        svg = get(f"{url}/api/runs/{run_id}/graph.svg")[2]
+        node = get_json(f"{url}/api/runs/{run_id}/node?id=main/drafts[0]/text")
+    assert {"main/drafts", FAN_OUT, "main/drafts[*]/held", "main/return@1"} == box_ids(svg)
+    assert "[3] 3 succeeded" in svg and 'class="edge"' not in svg
+    assert node["prompt"] == {"filled": True} and node["messages"]
 
 
 def test_a_db_path_that_is_a_directory_is_exit_2(tmp_path):
