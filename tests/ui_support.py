@@ -16,14 +16,19 @@ from runtime_support import af, af_start, base_env, ok, outputs, runs, show, sto
 
 SPEC = """
 defaults {
-  model = "scripted"
+  model = "scripted:script.json"
 }
 
 tool hold(text: str) -> str {
   python = "tools:hold"
 }
 
+tool shout(text: str) -> str {
+  python = "tools:shout"
+}
+
 role writer {
+  tools = [shout]
   task draft(topic: str) -> str { prompt = "Write one line about {topic}." }
   task title(drafts: list[str]) -> str { prompt = "Title these drafts: {drafts}" }
 }
@@ -49,6 +54,17 @@ async def hold(text):
     while not (HERE / "go").exists():
         await asyncio.sleep(0.02)
     return "held " + text
+
+
+def shout(text):
+    return text.upper() + "!"
+"""
+# The title call asks for the `shout` tool, then answers with what it returned.
+SCRIPT = """
+{"rules": [
+  {"task": "writer.title", "turn": 1, "tool_calls": [{"name": "shout", "arguments": {"text": "three drafts"}}]},
+  {"task": "writer.title", "turn": 2, "echo": "last"}
+]}
 """
 TOPICS = ("--input", 'topics=["owls", "tides", "maps"]')
 FAN_OUT_TEXT = "main/drafts[*]/text"  # the collapsed box of the three `writer.draft` calls
@@ -57,6 +73,7 @@ FAN_OUT_TEXT = "main/drafts[*]/text"  # the collapsed box of the three `writer.d
 def flow(cwd: Path, *, go: bool = True) -> Path:
     write(cwd / "flow.agentflow", SPEC)
     write(cwd / "tools.py", TOOLS)
+    write(cwd / "script.json", SCRIPT)
     if go:
         (cwd / "go").touch()
     return cwd

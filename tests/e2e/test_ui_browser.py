@@ -100,6 +100,12 @@ def test_clicking_a_node_shows_its_messages_and_a_fan_out_expands(tmp_path, brow
         assert details[0].text.startswith("assistant")
         assert browser.find_elements(*css("#graph g.node.selected"))
         screenshot(browser, "ui-node-details")
+        click_box(browser, "main/return@1")  # the title call, which used the `shout` tool
+        wait_for(browser, lambda d: d.find_elements(*css("#details .message.tool")), "the tool's result")
+        messages = [m.text for m in browser.find_elements(*css("#details .message"))]
+        assert len(messages) == 3 and "calls shout" in messages[0] and "three drafts" in messages[0]
+        assert messages[1].startswith("tool") and "THREE DRAFTS!" in messages[1]
+        screenshot(browser, "ui-tool-call")
 
 
 def test_a_live_run_updates_on_the_page(tmp_path, browser):

@@ -65,6 +65,15 @@ def test_a_node_has_its_messages_output_prompt_usage_and_why_it_ran(done):
     assert node["why"] == "ran: never run" and node["duration_ms"] >= 0
 
 
+def test_a_call_that_used_a_tool_has_the_call_and_its_result_among_its_messages(done):
+    _, run_id, url = done
+    node = get_json(f"{url}/api/runs/{run_id}/node?id=main/return@1")
+    assert [m["role"] for m in node["messages"]] == ["assistant", "tool", "assistant"]
+    (call,) = node["messages"][0]["tool_calls"]
+    assert call["function"]["name"] == "shout" and node["messages"][1]["content"] == "THREE DRAFTS!"
+    assert node["output"] == "THREE DRAFTS!" and node["llm_calls"] == 2
+
+
 def test_an_input_that_an_earlier_node_produced_shows_its_value(done):
     _, run_id, url = done
     draft = get_json(f"{url}/api/runs/{run_id}/node?id=main/drafts[2]/text")
