@@ -281,10 +281,15 @@ def ui_cmd(db: str, host: str, port: int) -> None:
         raise UsageError("the run viewer needs starlette and uvicorn, which are missing from this "
                          "environment: pip install starlette uvicorn")
     _check_path("--db", db, directory=False)
-    from agentflow.runtime.ui.app import serve
-    click.echo(f"agentflow ui: http://{host}:{port}/ (reading {db}; Ctrl-C stops it)", err=True)
+    from agentflow.runtime.ui.app import listen, serve
+    sock = listen(host, port)
+    where, bound = sock.getsockname()[:2]
+    click.echo(f"agentflow ui: http://{where}:{bound}/ (reading {db}; Ctrl-C stops it)", err=True)
+    import signal
+    # uvicorn shuts down on SIGTERM, then raises it again for this handler: exit 143 like `run`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_TERMINATED))
     try:
-        serve(db, host, port)
+        serve(db, sock)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
 

@@ -3,6 +3,7 @@ JSON and SVG they poll. Handlers are plain functions, run in Starlette's thread 
 read that waits a moment for a writer never stalls the event loop."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -10,6 +11,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+
+from agentflow.compiler.errors import UsageError
 
 from ..store import StoreError
 from . import picture, reads
@@ -65,6 +68,25 @@ def store_error(request: Request, err: Exception) -> Response:
     return JSONResponse({"error": str(err)}, status_code=404 if isinstance(err, reads.NotFound) else 503)
 
 
-def serve(db: str, host: str, port: int) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before serving: a port in use or a host that does not
+    resolve is a usage error (exit 2) said in one line, not uvicorn's log and exit 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:
+        raise UsageError(f"cannot serve on {host}:{port}: {err.strerror}; give another --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise UsageError(f"cannot serve on {host}:{port}: {err.strerror}; give another --port "
+                         f"(0 picks a free one) or --host") from None
+    return sock
+
+
+def serve(db: str, sock: socket.socket) -> None:
+    """Serves the app on a bound socket until Ctrl-C."""
     import uvicorn
-    uvicorn.run(make_app(db), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(make_app(db), log_level="warning")).run(sockets=[sock])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from runtime_support import DB, af, base_env, ok, outputs, stop, wait_until
+from runtime_support import DB, af, af_start, base_env, ok, outputs, stop, wait_until
 from ui_support import FAN_OUT_TEXT as FAN_OUT, TOPICS, finished_run, flow, get, get_json, start_held_run, ui_server
 
 @pytest.fixture(scope="module")
@@ -197,6 +199,27 @@ def test_a_run_that_stored_no_plan_is_drawn_from_its_nodes(tmp_path):
     assert {"main/drafts", FAN_OUT, "main/drafts[*]/held", "main/return@1"} == box_ids(svg)
     assert "[3] 3 succeeded" in svg and 'class="edge"' not in svg
     assert node["prompt"] == {"filled": True} and node["messages"]
+
+
+def test_a_port_in_use_is_exit_2_saying_so(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = ok(af(tmp_path, "ui", "--port", str(port)), 2)
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_it_with_their_exit_codes(tmp_path, signum, code):
+    proc = af_start(tmp_path, "ui", "--port", "0")
+    try:
+        wait_until(lambda: "http://127.0.0.1:" in (tmp_path / proc.err_file.name).read_text(), what="it to serve")
+        proc.send_signal(signum)
+        assert proc.wait(20) == code
+        assert "Traceback" not in outputs(proc)[1]
+    finally:
+        stop(proc)
 
 
 def test_a_db_path_that_is_a_directory_is_exit_2(tmp_path):
