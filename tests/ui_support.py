@@ -42,7 +42,8 @@ choreography main(topics: list[str]) -> str {
   return writer.title(drafts)
 }
 """
-# `hold` waits for a `go` file beside it: a test keeps the fan-out running until it says go.
+# `hold` waits for a `go` file beside it (a test keeps the fan-out running until it says go),
+# and fails if there is a `fail` file.
 TOOLS = """
 import asyncio
 from pathlib import Path
@@ -53,6 +54,8 @@ HERE = Path(__file__).parent
 async def hold(text):
     while not (HERE / "go").exists():
         await asyncio.sleep(0.02)
+    if (HERE / "fail").exists():
+        raise ValueError("told to fail")
     return "held " + text
 
 

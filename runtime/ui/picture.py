@@ -253,8 +253,9 @@ def layered_svg(boxes: list[Box], edges: set) -> str:
     for bid, (x, y) in at.items():
         box = by_id[bid]
         lines = box_lines(box)
-        texts = "".join(f'<text x="{x + BOX_W / 2:.0f}" y="{y + BOX_H / 2 + (i - (len(lines) - 1) / 2) * LINE_H + 4:.0f}" '
-                        f'text-anchor="middle">{html.escape(line[:40])}</text>' for i, line in enumerate(lines))
+        top = y + BOX_H / 2 - (len(lines) - 1) / 2 * LINE_H + 4  # the lines centred in the box
+        texts = "".join(f'<text x="{x + BOX_W / 2:.0f}" y="{top + i * LINE_H:.0f}" text-anchor="middle">'
+                        f'{html.escape(line[:40])}</text>' for i, line in enumerate(lines))
         out.append(f'<g class="node" id="{html.escape("n:" + bid)}"><title>{html.escape(bid)}</title>'
                    f'<rect x="{x:.0f}" y="{y:.0f}" width="{BOX_W}" height="{BOX_H}" rx="6" '
                    f'fill="{COLORS.get(box.status, "#ffffff")}" stroke="#495057" '

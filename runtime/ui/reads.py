@@ -66,9 +66,9 @@ def shown_status(node: dict) -> str:
 
 
 def run_view(db: str, run_id: str, plans: dict[str, dict | None]) -> dict:
-    """A run, its plan (when the run stored one) and its nodes, plus `version`: a digest of
-    what the graph shows, so the page redraws only when something changed. `plans` keeps
-    the plans read so far by hash (they never change): one read fewer the writer yields to."""
+    """A run, its plan (when the run stored one) and its nodes' statuses, plus `version`: a
+    digest of what the graph shows, so the page redraws only when something changed. `plans`
+    keeps the plans read so far by hash (they never change): one read fewer the writer yields to."""
     with reader(db) as store:
         run = store.get_run(run_id)
         if run is None:
@@ -78,7 +78,7 @@ def run_view(db: str, run_id: str, plans: dict[str, dict | None]) -> dict:
             plans[run["plan_hash"]] = stored_plan(store, run)
     statuses = {n["node"]: shown_status(n) for n in nodes}
     return {"run": run_summary(run), "inputs": plain(run["inputs"]), "plan": plans[run["plan_hash"]],
-            "nodes": [plain(n) for n in nodes], "statuses": statuses,
+            "statuses": statuses,
             "version": digest("ui", json.dumps([run["status"], sorted(statuses.items())]))}
 
 

@@ -95,6 +95,22 @@ def test_a_rerun_says_its_nodes_were_reused(tmp_path):
         assert "3 cached" in get(f"{url}/api/runs/{newest['run_id']}/graph.svg")[2]
 
 
+def test_a_failed_run_shows_its_failed_nodes_in_red_with_their_error(tmp_path):
+    (flow(tmp_path) / "fail").touch()
+    ok(af(tmp_path, "run", "flow.agentflow", *TOPICS), 3)
+    with ui_server(tmp_path) as url:
+        (run,) = get_json(url + "/api/runs")
+        assert run["status"] == "failed" and run["failed"] >= 1
+        view = get_json(f"{url}/api/runs/{run['run_id']}")
+        failed = sorted(n for n, s in view["statuses"].items() if s == "failed")
+        assert "main/drafts" in failed and any(n.endswith("/held") for n in failed)
+        node = get_json(f"{url}/api/runs/{run['run_id']}/node?id={failed[-1]}")
+        assert "told to fail" in node["error"] and not node["has_output"]
+        svg = get(f"{url}/api/runs/{run['run_id']}/graph.svg")[2]
+    held_box = svg[svg.index('id="n:main/drafts[*]/held"'):].split("</g>")[0]
+    assert view["colors"]["failed"] in held_box  # the fan-out box takes its worst status
+
+
 def test_unknown_runs_and_nodes_are_404_with_a_message(done):
     _, run_id, url = done
     assert "there is no run nope" in get_json(f"{url}/api/runs/nope", 404)["error"]
