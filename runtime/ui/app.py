@@ -27,9 +27,14 @@ def make_app(db: str) -> Starlette:
     plans: dict[str, dict | None] = {}
     run_view = Throttled(lambda run_id: reads.run_view(db, run_id, plans))
     node_view = Throttled(lambda run_id, node_id: reads.node_view(db, run_id, node_id))
-    # A drawing depends on what it shows only: it is made again when a status changes.
-    drawing = Throttled(lambda run_id, version, expand: picture.to_svg(
-        *picture.run_graph(run_view(run_id)["plan"], run_view(run_id)["statuses"], set(expand))), float("inf"))
+
+    def draw(run_id: str, version: str, expand: frozenset[str]) -> str:
+        """The run's graph as SVG; `version` is there to key the drawing: it is drawn again
+        only when a status changed (or another fan-out is expanded)."""
+        view = run_view(run_id)
+        return picture.to_svg(*picture.run_graph(view["plan"], view["statuses"], set(expand)))
+
+    drawing = Throttled(draw, interval=float("inf"))
 
     def runs(request: Request) -> Response:
         return JSONResponse(list_runs())

@@ -2,14 +2,14 @@
 
 Every read opens the database the way `agentflow runs` and `show` do (`Store.open_reader`):
 it attaches read-only for the length of one request and lets go, so a run writing the file
-meanwhile only yields it for a few milliseconds and is never blocked."""
+is never blocked; it only lets go of the file for the moment of the read (app.py shares
+reads between requests, so open pages cost a busy run little)."""
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from agentflow.compiler.hashing import digest, value_hash
 from agentflow.compiler.names import template_id
@@ -17,18 +17,11 @@ from agentflow.compiler.names import template_id
 from ..ledger import SESSION_STEP, plan_meta_key, rerun_reason
 from ..store import Store, StoreError
 
-
 SUB_VALUES = 2000  # parts of the run's inputs hashed to find a node's inputs among them
 
 
 class NotFound(StoreError):
     """A run or node the database does not hold (the page answers 404)."""
-
-
-@contextmanager
-def reader(db: str) -> Iterator[Store]:
-    with Store.open_reader(db) as store:
-        yield store
 
 
 def plain(value: Any) -> Any:
@@ -56,7 +49,7 @@ def list_runs(db: str) -> list[dict]:
     """The runs, newest first; none while nothing has run yet (the page waits for the first)."""
     if not Path(db).exists():
         return []
-    with reader(db) as store:
+    with Store.open_reader(db) as store:
         return [run_summary(r) for r in store.list_runs()]
 
 
@@ -69,7 +62,7 @@ def run_view(db: str, run_id: str, plans: dict[str, dict | None]) -> dict:
     """A run, its plan (when the run stored one) and its nodes' statuses, plus `version`: a
     digest of what the graph shows, so the page redraws only when something changed. `plans`
     keeps the plans read so far by hash (they never change): one read fewer the writer yields to."""
-    with reader(db) as store:
+    with Store.open_reader(db) as store:
         run = store.get_run(run_id)
         if run is None:
             raise NotFound(f"there is no run {run_id} in {db}")
@@ -126,7 +119,7 @@ def input_values(store: Store, run: dict, hashes: dict[str, str]) -> dict[str, d
 def node_view(db: str, run_id: str, node_id: str) -> dict:
     """One node instance: its row (status, attempts, tokens, cost, latency, error), inputs,
     prompt, messages, output, and why it was reused or run."""
-    with reader(db) as store:
+    with Store.open_reader(db) as store:
         run = store.get_run(run_id)
         row = next((n for n in store.run_nodes(run_id) if n["node"] == node_id), None) if run else None
         if run is None or row is None:
