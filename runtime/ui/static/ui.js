@@ -29,7 +29,7 @@ const api = (runId) => `/api/runs/${encodeURIComponent(runId)}`;
 const templateOf = (id) => id.replace(/\[\d+\]/g, "[*]").replace(/#\d+/g, "#*");
 const fannedOut = (id) => id.includes("[*]") || id.includes("#*");
 const tokens = (r) => (r.prompt_tokens || 0) + (r.completion_tokens || 0);
-const cost = (usd) => (usd ? usd.toFixed(4) : "");
+const cost = (usd) => (usd || 0).toFixed(4);
 const when = (iso) => (iso ? iso.replace("T", " ").slice(0, 19) : "");
 const seconds = (s) => (s == null ? "" : `${s.toFixed(1)} s`);
 const took = (run) => (run.duration_s != null ? seconds(run.duration_s)
@@ -103,7 +103,7 @@ function showRunHeader(view) {
   status.style.background = view.colors[run.status] || "#fff";
   document.getElementById("run-facts").textContent =
     `${run.flow} · ${when(run.started_at)} · ${took(run)} · nodes ${nodeCounts(run)}` +
-    ` · ${tokens(run)} tokens · $${cost(run.cost_usd) || "0"}`;
+    ` · ${tokens(run)} tokens · $${cost(run.cost_usd)}`;
   document.getElementById("legend").replaceChildren(...Object.entries(view.colors).map(([s, c]) =>
     el("span", {}, el("i", {style: `background:${c}`}), s)));
 }
@@ -186,7 +186,7 @@ function nodeDetails(state, d) {
   const facts = [["status", d.status], ["role", d.role || ""], ["attempts", d.attempts],
     ["latency", d.duration_ms == null ? "" : `${Math.round(d.duration_ms)} ms`],
     ["model calls", d.llm_calls], ["tokens", `${d.prompt_tokens || 0} in, ${d.completion_tokens || 0} out`],
-    ["cost", `$${cost(d.cost_usd) || "0"}`], ["started", when(d.started_at)], ["finished", when(d.finished_at)]];
+    ["cost", `$${cost(d.cost_usd)}`], ["started", when(d.started_at)], ["finished", when(d.finished_at)]];
   const out = [
     el("h2", {}, d.node),
     el("table", {class: "facts"}, ...facts.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v)))),
