@@ -2,7 +2,8 @@
 // JSON and SVG the server reads from the run database, so a page left open follows a run.
 "use strict";
 
-const POLL_MS = 1000;
+const POLL_MS = 1000;  // while a run runs
+const IDLE_POLL_MS = 5000;
 
 async function getJSON(url) {
   const response = await fetch(url, {cache: "no-store"});
@@ -81,7 +82,8 @@ async function pollRun(state) {
   } catch (err) {
     showError(err);
   }
-  setTimeout(() => pollRun(state), POLL_MS);
+  // A run that is not running may still be resumed: look again, less often.
+  setTimeout(() => pollRun(state), state.view && !state.view.run.live ? IDLE_POLL_MS : POLL_MS);
 }
 
 async function refresh(state) {
