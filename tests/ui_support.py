@@ -142,7 +142,7 @@ def ui_server(cwd: Path, *args: str, env: dict | None = None) -> Iterator[str]:
             return False
 
     try:
-        wait_until(up, what="agentflow ui to serve")
+        wait_until(up, timeout=90, what="agentflow ui to serve")  # a loaded machine starts it slowly
         yield url
     finally:
         stop(proc)
