@@ -268,6 +268,31 @@ def show_cmd(run_id: str, db: str, as_json: bool) -> None:
     print_nodes(run, nodes, as_json)
 
 
+@main.command("ui")
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
+def ui_cmd(db: str, host: str, port: int) -> None:
+    """Serve a local page of the runs: their graphs, live while they run, and each node's messages."""
+    import importlib.util
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        raise UsageError("the run viewer needs starlette and uvicorn, which are missing from this "
+                         "environment: pip install starlette uvicorn")
+    from agentflow.api import check_path
+    from agentflow.runtime.ui.app import listen, serve
+    check_path("--db", db, directory=False)
+    sock = listen(host, port)
+    where, bound = sock.getsockname()[:2]
+    click.echo(f"agentflow ui: http://{where}:{bound}/ (reading {db}; Ctrl-C stops it)", err=True)
+    import signal
+    # uvicorn shuts down on SIGTERM, then raises it again for this handler: exit 143 like `run`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_TERMINATED))
+    try:
+        serve(db, sock)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
 @main.command("explain")
 @click.argument("code", required=False)
 @click.option("--list", "list_codes", is_flag=True, help="One line per code: code, severity, title.")

@@ -22,6 +22,26 @@ from .store import NodeState, Store
 SESSION_STEP = "session"
 
 
+def plan_meta_key(plan_hash: str) -> str:
+    """The meta entry holding a run's plan, by its hash: runs of one plan share it."""
+    return f"plan:{plan_hash}"
+
+
+def rerun_reason(last: NodeState | None, def_hash: str | None, inputs: dict) -> str:
+    """Why a cacheable node has no result to reuse, from the flow's last record of it."""
+    if last is None:
+        return "never run"
+    if last.status == "failed":
+        return "failed last time"
+    if last.def_hash and last.def_hash != def_hash:
+        return "definition changed"
+    before = last.input_hashes or {}
+    changed = sorted(n for n in inputs if before.get(n) != inputs[n])
+    if changed:
+        return "input " + ", ".join(f"`{n}`" for n in changed) + " changed"
+    return "no stored result"
+
+
 class Ledger:
     def __init__(self, store: Store, run_id: str, *, dry_run: bool = False) -> None:
         self.store = store
@@ -53,6 +73,7 @@ class Ledger:
             self._forget_failed_journals(self.resumed)
             self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
                                  inputs=inputs)
+            self.store.set_meta(plan_meta_key(plan_hash), canonical_json(plan))  # what `agentflow ui` draws
             try:
                 await self.flush()
             except asyncio.CancelledError:  # Ctrl-C or SIGTERM as it began: it ends cancelled, not running
@@ -108,18 +129,7 @@ class Ledger:
         if not cacheable:
             return "not cacheable (cache = false or --no-cache)"
         records = await self._io(lambda: self.store.last_node_records(self.flow, [node_id]))
-        last = records.get(node_id)
-        if last is None:
-            return "never run"
-        if last.status == "failed":
-            return "failed last time"
-        if last.def_hash and last.def_hash != def_hash:
-            return "definition changed"
-        before = last.input_hashes or {}
-        changed = sorted(n for n in inputs if before.get(n) != inputs[n])
-        if changed:
-            return "input " + ", ".join(f"`{n}`" for n in changed) + " changed"
-        return "no stored result"
+        return rerun_reason(records.get(node_id), def_hash, inputs)
 
     # ------------------------------------------------------------ node records
 

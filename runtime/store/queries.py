@@ -46,6 +46,17 @@ class Queries(BatchedWriter):
 
         return {k: (loaded(v), h) for k, v, h in self._read(query, flush=False)}
 
+    def values_by_hash(self, hashes: Iterable[str]) -> dict[str, Any]:
+        """Stored result values by value hash, for the hashes some result has: a node keeps
+        its inputs as hashes, and most inputs are earlier nodes' results (`agentflow ui`)."""
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
+        rows = self._read(lambda con: con.execute(
+            "SELECT value_hash, any_value(value) FROM _results WHERE value_hash IN "
+            "(SELECT unnest($1::VARCHAR[])) GROUP BY value_hash", [wanted]).fetchall())
+        return {h: loaded(v) for h, v in rows}
+
     def has_results(self, keys: Iterable[str]) -> set[str]:
         """The keys that have a stored result, without loading the values."""
         wanted = list(dict.fromkeys(keys))

@@ -17,7 +17,7 @@ def source_files() -> dict[str, Path]:
     files = {}
     for folder, installed in INSTALLED_AS.items():
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix in (".py", ".lark") and "__pycache__" not in path.parts:
+            if path.suffix in (".py", ".lark", ".html", ".js", ".css") and "__pycache__" not in path.parts:
                 files[f"{installed}/{path.relative_to(ROOT / folder).as_posix()}"] = path
     return files
 
@@ -28,6 +28,7 @@ def test_the_wheel_ships_every_module_including_subpackages(tmp_path):
     wheel = next(tmp_path.glob("agentflow-*.whl"))
     shipped = set(zipfile.ZipFile(wheel).namelist())
     assert "agentflow/runtime/temporal/workflow.py" in shipped
+    assert "agentflow/runtime/ui/static/ui.js" in shipped  # the page of `agentflow ui`
     assert source_files().keys() - shipped == set()
     assert not [n for n in shipped if n.split("/")[0] in ("compiler", "runtime", "grammar", "tests")]
 
@@ -37,4 +38,5 @@ def test_the_type_checker_sees_every_module_where_it_installs():
     """mypy reads the checkout through .mypy-root (it cannot follow the editable install's
     import hook): every source file must appear there under its installed name."""
     layout = ROOT / ".mypy-root"
-    assert {name for name, path in source_files().items() if (layout / name).resolve() != path} == set()
+    assert {name for name, path in source_files().items()
+            if path.suffix == ".py" and (layout / name).resolve() != path} == set()

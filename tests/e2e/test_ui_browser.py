@@ -1,0 +1,126 @@
+"""`agentflow ui` in a real browser: Debian's chromium, driven by selenium through
+/usr/bin/chromedriver (nothing downloads). Each test saves a screenshot under
+tests/artifacts/ (git-ignored). They skip, saying why, only where chromium is not installed
+(`apt-get install chromium chromium-driver`; .ci/run installs them)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from runtime_support import outputs, stop
+from ui_support import FAN_OUT_TEXT, finished_run, start_held_run, ui_server
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1400,900")
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason=f"no browser: {CHROMIUM} and {CHROMEDRIVER} come from Debian's chromium and chromium-driver packages")
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="agentflow-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def screenshot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    assert driver.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+def wait_for(driver, condition, what: str, timeout: float = 20):
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout).until(condition, message=f"waiting for {what}")
+
+
+def css(selector: str):
+    from selenium.webdriver.common.by import By
+    return By.CSS_SELECTOR, selector
+
+
+def box(driver, node_id: str):
+    """The graph box of a node (its `<g class="node" id="n:ID">`)."""
+    return wait_for(driver, lambda d: d.execute_script(
+        "return document.getElementById(arguments[0])", f"n:{node_id}"), f"the box of {node_id}")
+
+
+def click_box(driver, node_id: str) -> None:
+    driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+                          box(driver, node_id))
+
+
+def test_the_list_shows_the_runs_and_opens_one(tmp_path, browser):
+    run_id = finished_run(tmp_path)
+    with ui_server(tmp_path) as url:
+        browser.get(url + "/")
+        row = wait_for(browser, lambda d: d.find_elements(*css(f'tr[data-run="{run_id}"]')), "the run's row")[0]
+        assert "succeeded" in row.text and "flow" in row.text and "8 (8 succeeded)" in row.text
+        screenshot(browser, "ui-runs-list")
+        row.find_element(*css("a")).click()
+        wait_for(browser, lambda d: d.current_url.endswith(f"/runs/{run_id}"), "the run page")
+        assert box(browser, FAN_OUT_TEXT) and box(browser, "main/drafts")
+        header = wait_for(browser, lambda d: d.find_element(*css("#run-status")).text, "the run's status")
+        assert header == "succeeded"
+        screenshot(browser, "ui-run-page")
+
+
+def test_clicking_a_node_shows_its_messages_and_a_fan_out_expands(tmp_path, browser):
+    run_id = finished_run(tmp_path)
+    with ui_server(tmp_path) as url:
+        browser.get(f"{url}/runs/{run_id}")
+        click_box(browser, FAN_OUT_TEXT)
+        wait_for(browser, lambda d: "3 instance(s)" in d.find_element(*css("#details")).text, "the fan-out's items")
+        browser.find_element(*css("#expand")).click()
+        click_box(browser, "main/drafts[1]/text")  # drawn once expanded
+        details = wait_for(browser, lambda d: d.find_elements(*css("#details .message.assistant")), "its messages")
+        text = browser.find_element(*css("#details")).text
+        assert "main/drafts[1]/text" in text and "ran: never run" in text and "Write one line about tides." in text
+        assert details[0].text.startswith("assistant")
+        assert browser.find_elements(*css("#graph g.node.selected"))
+        screenshot(browser, "ui-node-details")
+        click_box(browser, "main/return@1")  # the title call, which used the `shout` tool
+        wait_for(browser, lambda d: d.find_elements(*css("#details .message.tool")), "the tool's result")
+        messages = [m.text for m in browser.find_elements(*css("#details .message"))]
+        assert len(messages) == 3 and "calls shout" in messages[0] and "three drafts" in messages[0]
+        assert messages[1].startswith("tool") and "THREE DRAFTS!" in messages[1]
+        screenshot(browser, "ui-tool-call")
+
+
+def test_a_live_run_updates_on_the_page(tmp_path, browser):
+    proc, run_id = start_held_run(tmp_path)
+    try:
+        with ui_server(tmp_path) as url:
+            browser.get(f"{url}/runs/{run_id}")
+            wait_for(browser, lambda d: d.find_element(*css("#run-status")).text == "running", "running")
+            assert box(browser, "main/drafts[*]/held")
+            assert "3 running" in browser.find_element(*css("#graph")).text
+            screenshot(browser, "ui-live-running")
+            (tmp_path / "go").touch()
+            wait_for(browser, lambda d: d.find_element(*css("#run-status")).text == "succeeded", "the run to finish")
+            wait_for(browser, lambda d: "3 succeeded" in d.find_element(*css("#graph")).text, "the graph to redraw")
+            screenshot(browser, "ui-live-done")
+            assert proc.wait(30) == 0, outputs(proc)
+    finally:
+        stop(proc)
