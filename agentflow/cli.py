@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from agentflow.compiler.errors import (EXIT_COMPILE, EXIT_INTERRUPTED, EXIT_TERMINATED, AgentflowError, RunFailed,
-                                       UsageError)
+from agentflow.compiler.errors import (EXIT_COMPILE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_WAITING, AgentflowError,
+                                       RunFailed, UsageError)
 
 DEFAULT_DB = ".agentflow/agentflow.duckdb"
 DEFAULT_WORKSPACE = ".agentflow/workspace"
@@ -143,21 +143,29 @@ def _check_path(option: str, path: str, directory: bool) -> None:
 @click.option("--namespace", default="default", show_default=True, help="Temporal namespace.")
 @click.option("--task-queue", default="agentflow", show_default=True, help="Temporal task queue of the workers.")
 @click.option("--blob-dir", default=None, help="Large payloads, shared with the workers [default: blobs beside --db].")
+@click.option("--interactive", is_flag=True, help='Ask on this terminal for the answers of `model = "human"` '
+                                                  "tasks, instead of stopping for `agentflow answer`.")
 def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
-            no_cache, dry_run, engine, address, namespace, task_queue, blob_dir) -> None:
+            no_cache, dry_run, engine, address, namespace, task_queue, blob_dir, interactive) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
     import gc
     import json
 
     from agentflow.compiler.hashing import escape_surrogates
     from agentflow.runtime.inputs import check_force, parse_inputs
-    from agentflow.runtime.progress import SilentReporter, reporter_for
+    from agentflow.runtime.progress import PlainReporter, SilentReporter, reporter_for
     from agentflow.runtime.engine import RunOptions
     from agentflow.runtime.runner import RunRequest, execute, run_stoppable
     from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
         _require_temporal()
+    if interactive and not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError("--interactive asks on a terminal, and this run has none (stdin or stderr is not a "
+                         "terminal); run without it and answer with `agentflow answer`")
+    if interactive and engine == "temporal":
+        raise UsageError("--interactive runs with --engine local; a Temporal run's answers come with "
+                         "`agentflow answer`")
     plan = _compile(file, "text", entry)
     inputs = parse_inputs(plan.data, input_pairs, inputs_file)
     check_force(plan.data, force)
@@ -167,8 +175,10 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
                          concurrency=concurrency, model=model, force=tuple(force), no_cache=no_cache,
                          dry_run=dry_run)
     request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
-                         options=options, resume=resume is not None, resume_run_id=resume or None)
-    reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
+                         options=options, resume=resume is not None, resume_run_id=resume or None,
+                         interactive=interactive)
+    # questions on the terminal need plain lines, not a live display redrawn over them
+    reporter = SilentReporter() if dry_run else PlainReporter(sys.stderr) if interactive else reporter_for(sys.stderr)
     # Modules, the program and its plan outlive the run: the collector's full passes while
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
     gc.freeze()
@@ -195,6 +205,9 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         return
     if outcome.status == "failed":
         raise _run_failed(outcome)
+    if outcome.status == "waiting":
+        _print_waiting(outcome, file, db)
+        sys.exit(EXIT_WAITING)
     click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
     click.echo(f"run {outcome.run_id} succeeded", err=True)
 
@@ -205,6 +218,20 @@ def _run_failed(outcome) -> RunFailed:
     where = f"{f.node_id}" + (f" (role {f.role})" if f and f.role else "") if f else "a node"
     return RunFailed(f"run {outcome.run_id} failed at {where}: {f.message if f else 'unknown error'}\n"
                      f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume")
+
+
+def _print_waiting(outcome, file: str, db: str) -> None:
+    """Each node waiting for a person (id, prompt, type, how to answer), then how to go on."""
+    import shlex
+
+    from agentflow.runtime.human import describe
+    options = "" if db == DEFAULT_DB else f" --db {shlex.quote(db)}"
+    for question in outcome.questions:
+        click.echo(describe(outcome.run_id, question, options), err=True)
+    n = len(outcome.questions)
+    click.echo(f"run {outcome.run_id} is waiting for {n} answer{'s' if n != 1 else ''}; answer with "
+               f"`agentflow answer`, then continue with `agentflow run {shlex.quote(file)} --resume "
+               f"{outcome.run_id}{options}`", err=True)
 
 
 def _stopped(terminated: bool) -> None:
@@ -224,6 +251,47 @@ def _print_decisions(outcome, plan: dict) -> None:
     for tid, node in sorted(plan["nodes"].items()):
         if node["kind"] in ("task", "tool") and tid not in decided:
             click.echo(f"{'run':<6} {tid}  (its inputs come from nodes that will run)")
+
+
+@main.command("answer")
+@click.argument("run_id")
+@click.argument("node_id")
+@click.argument("value", required=False)
+@click.option("--file", "value_file", type=click.Path(dir_okay=False), default=None,
+              help="Read the answer from this file instead of VALUE.")
+@click.option("--by", default=None, help="Who answers [default: your login name].")
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--address", default="localhost:7233", show_default=True, help="Temporal server (a Temporal run).")
+@click.option("--namespace", default="default", show_default=True, help="Temporal namespace (a Temporal run).")
+def answer_cmd(run_id, node_id, value, value_file, by, db, address, namespace) -> None:
+    """Answer a node that waits for a person: VALUE is JSON, or plain text for a `str` answer."""
+    from agentflow.runtime.answers import answer_text
+    from agentflow.runtime.human import current_user
+
+    if (value is None) == (value_file is None):
+        raise UsageError("give the answer as VALUE or with --file F (one of them)")
+    text = value if value is not None else _read_answer_file(value_file)
+    _check_path("--db", db, directory=False)
+    by = by or current_user()
+    node, checked = answer_text(Path(db), run_id, node_id, text, by)
+    if node.temporal:
+        _require_temporal()
+        import asyncio
+
+        from agentflow.runtime.temporal.client import TemporalSettings, deliver_answer
+        asyncio.run(deliver_answer(TemporalSettings(address, namespace), node, checked, by))
+        click.echo(f"answered {node_id} of run {run_id}: sent to its Temporal workflow, which goes on "
+                   f"on the workers; `agentflow run FILE --engine temporal --resume {run_id}` collects it", err=True)
+    else:
+        click.echo(f"answered {node_id} of run {run_id}; continue with `agentflow run FILE --resume {run_id}`",
+                   err=True)
+
+
+def _read_answer_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read --file {path}: {getattr(err, 'strerror', None) or err}") from None
 
 
 @main.command("worker")

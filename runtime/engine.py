@@ -21,6 +21,7 @@ from agentflow.compiler.plan import definition_hash
 from agentflow.compiler.types import Validators, type_from_json, with_omitted_fields
 
 from .evaluate import ExpressionError, evaluate
+from .human import is_human
 from .inputs import force_matcher
 
 if TYPE_CHECKING:  # tools loads only once a run calls one
@@ -73,6 +74,15 @@ class NodeFailure(Exception):
     def __init__(self, node_id: str, role: str | None, message: str, attempts: int = 1) -> None:
         super().__init__(message)
         self.node_id, self.role, self.message, self.attempts = node_id, role, message, attempts
+
+
+class NodeWaiting(Exception):
+    """A node waits for a person's answer (`model = "human"`): what depends on it waits too,
+    everything else goes on, and the run ends `waiting`. `question` is what the person reads."""
+
+    def __init__(self, question: dict) -> None:
+        super().__init__(question["node"])
+        self.question = question
 
 
 class RunAborted(Exception):
@@ -128,6 +138,7 @@ class Engine:
         self.session_locks = {name: asyncio.Lock() for name, role in plan["roles"].items() if role["memory"] == "session"}
         self.failure: NodeFailure | None = None
         self.failed_nodes: list[str] = []  # every node that failed, the first one first
+        self.questions: list[dict] = []  # the nodes waiting for a person, as their questions
         self.ran_inside: set[str] = set()  # instance prefixes inside which a call ran (not reused)
         self.started: set[str] = set()
         self.decisions: list[Decision] = []
@@ -145,7 +156,7 @@ class Engine:
     def _effective(self, entry: dict) -> tuple[dict, str]:
         """A task's definition after `--model`, and its hash."""
         definition = entry["definition"]
-        if self.options.model:
+        if self.options.model and not is_human(definition["model"]):  # a person is no model to swap
             definition = {**definition, "model": self.options.model}
         return definition, definition_hash(definition)
 
@@ -222,6 +233,7 @@ class Engine:
         bindings = body["bindings"]
         for name, binding in bindings.items():
             scope.futures[name] = self.spawn(self.binding(name, binding, scope))
+        waiting = False
         try:
             result = None if body["result"] is None else await self.eval(body["result"], scope)
             futures = scope.futures.values()
@@ -230,11 +242,13 @@ class Engine:
                     f.result()
             else:
                 await asyncio.gather(*futures)
-        except BaseException:
+        except BaseException as err:
             await asyncio.gather(*scope.futures.values(), return_exceptions=True)
+            waiting = isinstance(err, NodeWaiting)  # nodes after a person's answer are not skipped
             raise
         finally:
-            self.mark_unstarted(scope)
+            if not waiting:
+                self.mark_unstarted(scope)
         return result
 
     async def binding(self, name: str, binding: dict, scope: Scope) -> Any:
@@ -308,8 +322,10 @@ class Engine:
                 args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
                 value = await self.choreography_node(iid, tid, node, args, scope)
         except BaseException as err:
-            stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, DryRunStop))
+            stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, DryRunStop, NodeWaiting))
             status = "cancelled" if stopped and not self.failed_inside(iid) else "failed"
+            if status == "cancelled" and isinstance(err, NodeWaiting):
+                status = "waiting"
             self.ledger.structure_done(iid, status)
             self.reporter.node(iid, status, detail="a node inside it failed" if status == "failed" else "")
             raise
@@ -422,6 +438,8 @@ class Engine:
         if self.options.dry_run:
             raise DryRunStop(iid)
         slots = ([] if nested else [self.global_slots]) + ([self.role_slots[role]] if role else [])
+        if self.is_human(kind, target):  # a person's answer takes no slot: waiting is not work
+            slots = []
         for slot in slots:
             await slot.acquire()
         try:
@@ -436,6 +454,9 @@ class Engine:
                 await self.ledger.node_failed(iid, role, failure.message, failure.attempts)
                 self.reporter.node(iid, "failed", detail=failure.message)
                 raise self.fail(failure)
+            except NodeWaiting as waiting:
+                await self.note_waiting(iid, role, key, waiting.question)
+                raise
             except asyncio.CancelledError:
                 self.ledger.node_cancelled(iid, role)
                 raise
@@ -447,6 +468,16 @@ class Engine:
         await self.ledger.flush()
         self.reporter.node(iid, "succeeded")
         return outcome.value
+
+    def is_human(self, kind: str, target: str) -> bool:
+        """Whether a call is answered by a person (`model = "human"`)."""
+        return kind == "task" and is_human(self.task_definition(target)["model"])
+
+    async def note_waiting(self, iid: str, role: str | None, key: str, question: dict) -> None:
+        """A node waits for a person: its question is journaled and listed in the outcome."""
+        await self.ledger.node_waiting(iid, role, key, question)
+        self.questions.append(question)
+        self.reporter.node(iid, "waiting", detail="a person answers it")
 
     async def decide(self, iid, kind, target, key, def_hash, inputs) -> Decision:
         if self.forced(iid):
@@ -477,6 +508,7 @@ async def fan_out(count: int, item, window: int) -> list:
     values: list = [None] * count
     indices = iter(range(count))
     failures: list[BaseException] = []
+    waits: list[NodeWaiting] = []  # items waiting for a person: later items still start
 
     async def lane() -> None:
         for i in indices:
@@ -484,13 +516,15 @@ async def fan_out(count: int, item, window: int) -> list:
                 return
             try:
                 values[i] = await item(i)
+            except NodeWaiting as waiting:
+                waits.append(waiting)
             except Exception as err:
                 failures.append(err)
                 return
 
     await asyncio.gather(*(lane() for _ in range(min(window, count))))
-    if failures:
-        raise failures[0]
+    if failures or waits:
+        raise (failures or waits)[0]
     return values
 
 

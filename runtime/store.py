@@ -86,9 +86,10 @@ from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 from . import faults
 
 SCHEMA_VERSION = 1
-STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled")
-FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled")
-FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled")
+STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled", "waiting")
+# waiting: a node a person answers (`model = "human"`), and a run that stopped at such nodes
+FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled", "waiting")
+FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled", "waiting")
 RUN_STATUSES = STATUSES + ("interrupted",)  # interrupted: its process died before it could say
 DIED_ERROR = "interrupted: the run's process died"  # the error of a node that was running then
 
@@ -893,7 +894,8 @@ class Store:
             buf.runs[run_id] = {**buf.runs.get(run_id, {}), **row}
 
     def finish_run(self, run_id: str, status: str, at: datetime | None = None) -> None:
-        """A run ends: succeeded, failed or cancelled (interrupted; rerun resumes)."""
+        """A run ends: succeeded, failed, cancelled (interrupted; rerun resumes) or waiting
+        (for a person's answers; `--resume` continues)."""
         if status not in FINAL_RUN_STATUSES:
             raise ValueError(f"run status must be one of {FINAL_RUN_STATUSES}, not {status!r}")
         with self._mu:
@@ -1386,8 +1388,8 @@ class Store:
         out = []
         for row in rows:
             (run_id, flow, entry, status, started, finished, plan_hash, inputs, pid, total) = row[:10]
-            counts = dict(zip(STATUSES, row[10:16]))
-            cached, ptok, ctok, cost = row[16:20]
+            counts = dict(zip(STATUSES, row[10:10 + len(STATUSES)]))
+            cached, ptok, ctok, cost = row[10 + len(STATUSES):]
             died = _died(status, pid, holder)
             out.append({
                 "run_id": run_id, "flow": flow, "entry": entry, "status": "interrupted" if died else status,
