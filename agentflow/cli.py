@@ -206,7 +206,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     if outcome.status == "failed":
         raise _run_failed(outcome)
     if outcome.status == "waiting":
-        _print_waiting(outcome, file, db)
+        _print_waiting(outcome, file, db, engine)
         sys.exit(EXIT_WAITING)
     click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
     click.echo(f"run {outcome.run_id} succeeded", err=True)
@@ -220,18 +220,18 @@ def _run_failed(outcome) -> RunFailed:
                      f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume")
 
 
-def _print_waiting(outcome, file: str, db: str) -> None:
+def _print_waiting(outcome, file: str, db: str, engine: str) -> None:
     """Each node waiting for a person (id, prompt, type, how to answer), then how to go on."""
     import shlex
 
     from agentflow.runtime.human import describe
     options = "" if db == DEFAULT_DB else f" --db {shlex.quote(db)}"
+    resume = f"agentflow run {shlex.quote(file)}{' --engine temporal' if engine == 'temporal' else ''} --resume"
     for question in outcome.questions:
         click.echo(describe(outcome.run_id, question, options), err=True)
     n = len(outcome.questions)
     click.echo(f"run {outcome.run_id} is waiting for {n} answer{'s' if n != 1 else ''}; answer with "
-               f"`agentflow answer`, then continue with `agentflow run {shlex.quote(file)} --resume "
-               f"{outcome.run_id}{options}`", err=True)
+               f"`agentflow answer`, then continue with `{resume} {outcome.run_id}{options}`", err=True)
 
 
 def _stopped(terminated: bool) -> None:
@@ -265,26 +265,33 @@ def _print_decisions(outcome, plan: dict) -> None:
 @click.option("--namespace", default="default", show_default=True, help="Temporal namespace (a Temporal run).")
 def answer_cmd(run_id, node_id, value, value_file, by, db, address, namespace) -> None:
     """Answer a node that waits for a person: VALUE is JSON, or plain text for a `str` answer."""
-    from agentflow.runtime.answers import answer_text
+    from agentflow.runtime.answers import answer
     from agentflow.runtime.human import current_user
 
     if (value is None) == (value_file is None):
         raise UsageError("give the answer as VALUE or with --file F (one of them)")
     text = value if value is not None else _read_answer_file(value_file)
     _check_path("--db", db, directory=False)
-    by = by or current_user()
-    node, checked = answer_text(Path(db), run_id, node_id, text, by)
-    if node.temporal:
-        _require_temporal()
-        import asyncio
-
-        from agentflow.runtime.temporal.client import TemporalSettings, deliver_answer
-        asyncio.run(deliver_answer(TemporalSettings(address, namespace), node, checked, by))
-        click.echo(f"answered {node_id} of run {run_id}: sent to its Temporal workflow, which goes on "
-                   f"on the workers; `agentflow run FILE --engine temporal --resume {run_id}` collects it", err=True)
+    given = answer(Path(db), run_id, node_id, text, by or current_user(),
+                   temporal={"address": address, "namespace": namespace})
+    resume = f"agentflow run FILE{' --engine temporal' if given.node.temporal else ''} --resume {run_id}"
+    if given.delivered:
+        click.echo(f"answered {node_id} of run {run_id}: its Temporal workflow goes on on the workers; "
+                   f"`{resume}` collects the run", err=True)
     else:
-        click.echo(f"answered {node_id} of run {run_id}; continue with `agentflow run FILE --resume {run_id}`",
-                   err=True)
+        click.echo(f"answered {node_id} of run {run_id}; continue with `{resume}`", err=True)
+    if given.node.temporal:
+        _exit_past_temporal_threads()
+
+
+def _exit_past_temporal_threads() -> None:
+    """Exit 0 now, skipping interpreter teardown: a short-lived process that used a Temporal
+    client can abort in finalization while the SDK's Rust threads still hold thread states
+    (temporalio/sdk-python#300). Everything is written and flushed by then."""
+    import os
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _read_answer_file(path: str) -> str:

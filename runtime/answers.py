@@ -17,9 +17,8 @@ from typing import Any
 from agentflow.compiler.errors import UsageError
 from agentflow.compiler.types import Validators, type_from_json
 
+from .human import ANSWER, QUESTION, answer_step
 from .store import Store
-
-QUESTION, ANSWER = "question", "answer"  # the journal steps of a node a person answers
 
 
 class AnswerError(UsageError):
@@ -89,42 +88,59 @@ def waiting_node(store: Store, run_id: str, node_id: str) -> Waiting:
                    ran_on_temporal(store, run_id))
 
 
-def answer(store: Store, run_id: str, node_id: str, value: Any, by: str) -> tuple[Waiting, Any]:
-    """Validates `value` for the waiting node and, for a local run, stores it (`store` is then a
-    writer): the node succeeds with it, and `--resume` continues. Returns the node and the
-    valid value; a Temporal run's caller delivers it to the workflow (`store` may be a reader).
-    Nothing is stored when the value does not fit (AnswerError)."""
-    node = waiting_node(store, run_id, node_id)
-    value = validated(node.question, value)
-    if not node.temporal:
-        store.node_finished(run_id, node_id, status="succeeded", value=value, key=node.key, role=node.role,
-                            attempts=1)
-        store.append_turn(run_id, node_id, key=node.key, kind=ANSWER, payload=answer_step(value, by))
-        store.flush()
-    return node, value
+def store_answer(store: Store, node: Waiting, value: Any, by: str) -> None:
+    """Stores a valid answer (`store` is a writer): the node succeeds with it in its run and
+    its value is kept under the node's key, journaled after the question with who gave it."""
+    store.node_finished(node.run_id, node.node_id, status="succeeded", value=value, key=node.key, role=node.role,
+                        attempts=1)
+    store.append_turn(node.run_id, node.node_id, key=node.key, kind=ANSWER, payload=answer_step(value, by))
+    store.flush()
 
 
-def answer_text(db_path: Path, run_id: str, node_id: str, text: str, by: str) -> tuple[Waiting, Any]:
-    """`agentflow answer`: what a person typed, checked and (for a local run) stored. The
-    database is read first, and opened for writing only for a local run's valid answer: a
-    Temporal run's client may hold it while it follows the workflow."""
+@dataclass(frozen=True)
+class Given:
+    """An answer that was accepted: the node, its valid value, and whether a running Temporal
+    workflow took it (it then records it with the run's events) or the database did."""
+
+    node: Waiting
+    value: Any
+    delivered: bool
+
+
+def answer(db_path: Path, run_id: str, node_id: str, text: str, by: str,
+           temporal: dict | None = None) -> Given:
+    """Answers a waiting node with what a person typed: `agentflow answer` and the run page.
+
+    The answer is checked first (AnswerError, exit 2, and nothing stored when it does not fit).
+    A Temporal run's workflow, still running, takes it by signal (`temporal`: the server's
+    `address` and `namespace`; the run's client, following or at `--resume`, records it); any
+    other run's answer is stored in the database, opened for writing only then (a Temporal
+    client may hold it while it follows its workflow)."""
     if not Path(db_path).is_file():
         raise AnswerError(f"no run database at {db_path}; pass the run's --db")
     with Store.open_reader(db_path) as reader:
         node = waiting_node(reader, run_id, node_id)
-    value = parse_answer(text, node.question)
-    if node.temporal:
-        return node, validated(node.question, value)
+    value = validated(node.question, parse_answer(text, node.question))
+    if node.temporal and _delivered(Path(db_path), node, value, by, temporal or {}):
+        return Given(node, value, True)
     with Store.open_writer(db_path) as store:
-        return answer(store, run_id, node_id, value, by)
+        store_answer(store, node, value, by)
+    return Given(node, value, False)
+
+
+def _delivered(db_path: Path, node: Waiting, value: Any, by: str, temporal: dict) -> bool:
+    """Signals the answer to the run's workflow; False when it is not running (a new execution
+    at `--resume` reuses the answer stored in the database instead)."""
+    import asyncio
+    import importlib.util
+    if importlib.util.find_spec("temporalio") is None:
+        raise AnswerError(f"run {node.run_id} ran on Temporal: answering it needs the temporal extra "
+                          f"(pip install 'agentflow[temporal]')")
+    from .temporal.client import TemporalSettings, deliver_answer
+    return asyncio.run(deliver_answer(TemporalSettings(**temporal), db_path, node, value, by))
 
 
 def ran_on_temporal(store: Store, run_id: str) -> bool:
     """Whether `agentflow run --engine temporal` ran it: its client keeps how far it recorded the
     workflow's events in the database's meta, under this key (runtime/temporal/client.py)."""
     return store.get_meta(f"temporal_cursor/{run_id}") is not None
-
-
-def answer_step(value: Any, by: str) -> dict:
-    """The journal step of an answer: the value and who gave it."""
-    return {"role": ANSWER, "value": value, "by": by}

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .engine import Engine, NodeJob
 
 HUMAN = "human"
+QUESTION, ANSWER = "question", "answer"  # the journal steps of a node a person answers
 
 
 def is_human(model: str | None) -> bool:
@@ -29,7 +30,7 @@ def question_for(plan: dict, definition: dict, node_id: str, key: str, args: dic
     from agentflow.compiler.types import type_from_json
 
     from .tools import render_template
-    return {"role": "question", "node": node_id, "key": key, "task": f"{definition['role']}.{definition['task']}",
+    return {"role": QUESTION, "node": node_id, "key": key, "task": f"{definition['role']}.{definition['task']}",
             "prompt": render_template(definition["prompt"], args), "returns": definition["returns"],
             "type": str(type_from_json(definition["returns"])), "types": plan["type_table"]}
 
@@ -43,6 +44,11 @@ def job_question(engine: "Engine", job: "NodeJob") -> dict:
         return question_for(engine.plan, definition, job.node_id, job.key, job.args)
     except TemplateError as err:
         raise NodeFailure(job.node_id, definition["role"], f"prompt template: {err}") from None
+
+
+def answer_step(value: Any, by: str) -> dict:
+    """The journal step of an answer: the value and who gave it (its row says when)."""
+    return {"role": ANSWER, "value": value, "by": by}
 
 
 def current_user() -> str:

@@ -25,8 +25,7 @@ class LocalExecutor:
     async def human(self, engine: Engine, job: NodeJob) -> NodeOutcome:
         """A person's answer, asked on the terminal; without one (no `--interactive`, or end of
         input) the node waits for `agentflow answer`."""
-        from .answers import answer_step
-        from .human import current_user, job_question
+        from .human import answer_step, current_user, job_question
         question = job_question(engine, job)
         if self.ask is None:
             raise NodeWaiting(question)
