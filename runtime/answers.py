@@ -78,12 +78,14 @@ def waiting_node(store: Store, run_id: str, node_id: str) -> Waiting:
     state = store.run_node_states(run_id).get(node_id)
     if state is None:
         raise AnswerError(f"run {run_id} has no node {node_id}; `agentflow show {run_id}` lists its nodes")
-    if state.status != "waiting" or state.key is None:
+    if state.status != "waiting":
         raise AnswerError(f"node {node_id} of run {run_id} is not waiting for an answer (it is {state.status}); "
                           f"`agentflow show {run_id}` lists the waiting nodes")
-    questions = [t.payload for t in store.load_turns(run_id, node_id, state.key) if t.kind == QUESTION]
-    if not questions:
-        raise AnswerError(f"node {node_id} of run {run_id} has no recorded question; rerun with --resume")
+    questions = [t.payload for t in store.load_turns(run_id, node_id, state.key)
+                 if t.kind == QUESTION] if state.key else []
+    if not questions or state.key is None:
+        raise AnswerError(f"node {node_id} of run {run_id} waits for nodes inside it that a person answers; "
+                          f"answer those (`agentflow show {run_id}` lists the waiting nodes)")
     return Waiting(run_id, run["flow"], node_id, state.role, state.key, questions[-1],
                    ran_on_temporal(store, run_id))
 

@@ -474,10 +474,14 @@ class Engine:
         return kind == "task" and is_human(self.task_definition(target)["model"])
 
     async def note_waiting(self, iid: str, role: str | None, key: str, question: dict) -> None:
-        """A node waits for a person: its question is journaled and listed in the outcome."""
-        await self.ledger.node_waiting(iid, role, key, question)
-        self.questions.append(question)
-        self.reporter.node(iid, "waiting", detail="a person answers it")
+        """A node waits for a person: its question is journaled and listed in the outcome. A
+        call that delegated to it waits as well, with no question of its own: it resumes from
+        its journal once the delegation is answered."""
+        own = question["node"] == iid
+        await self.ledger.node_waiting(iid, role, key, question if own else None)
+        if own:
+            self.questions.append(question)
+        self.reporter.node(iid, "waiting", detail="a person answers it" if own else f"for {question['node']}")
 
     async def decide(self, iid, kind, target, key, def_hash, inputs) -> Decision:
         if self.forced(iid):

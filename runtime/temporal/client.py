@@ -249,8 +249,10 @@ class _Follower:
                 self.waiting[n] = [t.payload for t in turns if t.kind == QUESTION][-1]
 
     def only_people_left(self) -> bool:
-        """Nothing runs, nothing is looked up, and some node waits for a person."""
-        return self.settled and bool(self.waiting) and not self.running
+        """Nothing is looked up, some node waits for a person, and every call still running
+        waits for one of them (it delegated to a person)."""
+        return self.settled and bool(self.waiting) and all(
+            any(w.startswith(r + "/") for w in self.waiting) for r in self.running)
 
     async def follow(self, handle: WorkflowHandle) -> tuple[str, object, NodeFailure | None]:
         result_task = asyncio.ensure_future(handle.result())
@@ -350,7 +352,8 @@ class _Follower:
                 ledger.node_started(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"])
             elif op == "node_waiting":
                 self.running.discard(e["node"])
-                self.waiting[e["node"]] = e["question"]
+                if e["question"] is not None:
+                    self.waiting[e["node"]] = e["question"]
                 await ledger.node_waiting(e["node"], e["role"], e["key"], e["question"])
             elif op == "structure_started":
                 ledger.structure_started(e["node"])

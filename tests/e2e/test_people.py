@@ -251,3 +251,83 @@ def test_interactive_without_a_terminal_is_exit_2(tmp_path):
     result = ok(af(tmp_path, "run", "approval.agentflow", "--interactive"), 2)
     assert result.stderr.startswith("error: --interactive asks on a terminal, and this run has none")
     assert not (tmp_path / DB).exists()  # nothing ran, nothing was written
+
+
+def test_model_override_does_not_replace_a_person(tmp_path):
+    approval(tmp_path)
+    result = ok(af(tmp_path, "run", "approval.agentflow", "--model", "scripted"), 4)
+    assert "waiting  main/decision" in result.stderr
+
+
+def test_a_failed_node_elsewhere_makes_the_run_failed_not_waiting(tmp_path):
+    write(tmp_path / "mixed.agentflow", """
+        defaults { model = "scripted" }
+        tool broken(x: str) -> str { command = ["false", "{x}"] }
+        role person {
+          model = "human"
+          task ok(x: str) -> bool { prompt = "OK {x}?" }
+        }
+        choreography main(x: str = "a") -> json {
+          fine = person.ok(x)
+          bad = broken(x)
+          return {fine: fine, bad: bad}
+        }
+    """)
+    result = ok(af(tmp_path, "run", "mixed.agentflow"), 3)
+    assert "failed at main/bad" in result.stderr
+    run = last_run(tmp_path)
+    assert run["status"] == "failed"
+    assert show(tmp_path, run["run_id"])["main/fine"]["status"] == "waiting"
+
+
+def test_the_interactive_run_waits_when_the_terminal_input_ends(tmp_path):
+    approval(tmp_path)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "agentflow", "run", "approval.agentflow", "--interactive"],
+                            cwd=tmp_path, env=base_env(), stdin=terminal, stderr=terminal, stdout=subprocess.PIPE)
+    os.close(terminal)
+    try:
+        read_until(controller, b"answer> ")
+        os.write(controller, b"\x04")  # Ctrl-D: end of input
+        proc.communicate(timeout=60)
+        seen = read_until(controller, b"", timeout=2).decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(controller)
+    assert proc.returncode == 4
+    assert "answer: agentflow answer" in seen
+    assert last_run(tmp_path)["status"] == "waiting"
+
+
+def test_a_model_that_delegates_to_a_person_waits_with_it_and_resumes_from_its_journal(tmp_path):
+    (tmp_path / "script.json").write_text(json.dumps({"rules": [
+        {"task": "assistant.plan", "turn": 1, "tool_calls": [{"name": "person__confirm", "arguments": {"x": "go?"}}]},
+        {"task": "assistant.plan", "turn": 2, "echo": "last"}]}))
+    write(tmp_path / "ask.agentflow", """
+        role person {
+          model = "human"
+          task confirm(x: str) -> str { prompt = "Please confirm: {x}" }
+        }
+        role assistant {
+          model = "scripted:script.json"
+          tools = [person.confirm]
+          task plan(goal: str) -> str { prompt = "Plan {goal}; ask a person first." }
+        }
+        choreography main(goal: str = "launch") -> str {
+          p = assistant.plan(goal)
+          return p
+        }
+    """)
+    result = ok(af(tmp_path, "run", "ask.agentflow"), 4)
+    run_id = last_run(tmp_path)["run_id"]
+    asked = "main/p/person.confirm#1"
+    assert f"waiting  {asked}" in result.stderr and "Please confirm: go?" in result.stderr
+    assert f"run {run_id} is waiting for 1 answer" in result.stderr
+    nodes = show(tmp_path, run_id)
+    assert nodes["main/p"]["status"] == nodes[asked]["status"] == "waiting"
+    parent = ok(af(tmp_path, "answer", run_id, "main/p", "x"), 2)
+    assert parent.stderr.startswith(f"error: node main/p of run {run_id} waits for nodes inside it that a person")
+    ok(af(tmp_path, "answer", run_id, asked, "confirmed, go ahead"))
+    assert result_json(ok(af(tmp_path, "run", "ask.agentflow", "--resume"))) == "confirmed, go ahead"
+    assert query(tmp_path, "SELECT count(*) FROM _turns WHERE node_id = 'main/p' AND kind = 'assistant'") == [(2,)]
