@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
+from agentflow.compiler.errors import AgentflowError
+
 if TYPE_CHECKING:
     from .engine import Engine, NodeJob
 
@@ -70,14 +72,33 @@ def answer_command(run_id: str, question: dict, options: str = "") -> str:
 
 def example_value(question: dict) -> str:
     """A placeholder answer that shows the expected shape (the person replaces it)."""
+    import json
     returns = question["returns"]
-    if returns == "bool":
-        return "true"
     if returns == "str":
         return "YOUR ANSWER"
     if isinstance(returns, dict) and "literal" in returns:
         return str(returns["literal"][0])
-    return "JSON"
+    return json.dumps(skeleton(returns, question["types"]), ensure_ascii=False)
+
+
+_BLANKS: dict[str, Any] = {"str": "", "int": 0, "float": 0.0, "bool": True}
+
+
+def skeleton(type_json: Any, types: dict, depth: int = 0) -> Any:
+    """A value of the type spelled `type_json` (plan JSON) with every field present: the shape
+    of an answer, to fill in. Lists are empty, optional values null, literal unions their first
+    member; records nest up to a few levels."""
+    if isinstance(type_json, str):
+        return _BLANKS.get(type_json)
+    (kind, inner), = type_json.items()
+    if kind == "list":
+        return []
+    if kind == "literal":
+        return inner[0]
+    if kind in ("record", "struct") and depth < 4:
+        fields = types.get(inner, []) if kind == "record" else inner
+        return {name: skeleton(field, types, depth + 1) for name, field in fields}
+    return None  # optional, or records nested deeper
 
 
 def describe(run_id: str | None, question: dict, options: str = "") -> str:
@@ -112,7 +133,7 @@ class TerminalAsker:
                     raise EOFError
                 try:
                     return self.check(line.rstrip("\n"), question)
-                except Exception as err:  # the reason, then ask again
+                except AgentflowError as err:  # the reason, then ask again
                     self.out.write(f"not a valid answer: {err}\n")
 
     async def _read_line(self) -> str:

@@ -239,14 +239,14 @@ class _Follower:
 
     async def _recorded_state(self) -> None:
         """Which calls run and which nodes wait, as recorded before this client re-attached."""
-        from ..answers import QUESTION
+        from ..human import QUESTION
         store, loop = self.ledger.store, asyncio.get_running_loop()
         states = await loop.run_in_executor(self.ledger.pool, store.run_node_states, self.ledger.run_id)
         self.running = {n for n, st in states.items() if st.status == "running" and st.key}
         for n, st in states.items():
-            if st.status == "waiting" and st.key:
+            if st.status == "waiting" and st.key:  # a call that delegated to a person asks nothing itself
                 turns = await loop.run_in_executor(self.ledger.pool, store.load_turns, self.ledger.run_id, n, st.key)
-                self.waiting[n] = [t.payload for t in turns if t.kind == QUESTION][-1]
+                self.waiting.update((n, t.payload) for t in turns if t.kind == QUESTION)
 
     def only_people_left(self) -> bool:
         """Nothing is looked up, some node waits for a person, and every call still running

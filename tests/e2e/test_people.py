@@ -155,7 +155,10 @@ def test_a_human_task_with_cache_false_asks_again_on_a_later_run(tmp_path):
 
 def test_a_record_answer_is_validated_with_the_output_schema(tmp_path):
     write(tmp_path / "review.agentflow", RECORD_SPEC % "")
-    run_id = wait_for_answer(tmp_path, "review.agentflow")
+    waiting = ok(af(tmp_path, "run", "review.agentflow"), 4)
+    run_id = last_run(tmp_path)["run_id"]
+    # the command to answer shows the shape of the answer
+    assert f"""answer: agentflow answer {run_id} main/verdict '{{"ok": true, "reasons": []}}'""" in waiting.stderr
     for bad, why in [('{"ok": "yes", "reasons": []}', "ok: Input should be a valid boolean"),
                      ('{"ok": true}', "reasons: Field required"),
                      ("true", "Input should be a valid dictionary"),
