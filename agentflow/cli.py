@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from agentflow.api import DEFAULT_DB, DEFAULT_WORKSPACE
-from agentflow.compiler.errors import (EXIT_COMPILE, EXIT_INTERRUPTED, EXIT_TERMINATED, AgentflowError, RunFailed,
-                                       UsageError)
+from agentflow.compiler.errors import (EXIT_COMPILE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_WAITING, AgentflowError,
+                                       RunFailed, UsageError)
 
 
 class AgentflowGroup(click.Group):
@@ -146,8 +146,10 @@ def _history_call(fn, db: str, *args):
 @click.option("--namespace", default="default", show_default=True, help="Temporal namespace.")
 @click.option("--task-queue", default="agentflow", show_default=True, help="Temporal task queue of the workers.")
 @click.option("--blob-dir", default=None, help="Large payloads, shared with the workers [default: blobs beside --db].")
+@click.option("--interactive", is_flag=True, help='Ask on this terminal for the answers of `model = "human"` '
+                                                  "tasks, instead of stopping for `agentflow answer`.")
 def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
-            no_cache, dry_run, engine, address, namespace, task_queue, blob_dir) -> None:
+            no_cache, dry_run, engine, address, namespace, task_queue, blob_dir, interactive) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
     import gc
     import json
@@ -155,18 +157,25 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     from agentflow.api import prepare_run
     from agentflow.compiler.hashing import escape_surrogates
     from agentflow.runtime.inputs import parse_inputs
-    from agentflow.runtime.progress import SilentReporter, reporter_for
+    from agentflow.runtime.progress import PlainReporter, SilentReporter, reporter_for
     from agentflow.runtime.runner import execute, run_stoppable
     from agentflow.runtime.tools import prints_to_stderr
 
     if engine == "temporal" and not dry_run:
         _require_temporal()
+    if interactive and not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise UsageError("--interactive asks on a terminal, and this run has none (stdin or stderr is not a "
+                         "terminal); run without it and answer with `agentflow answer`")
+    if interactive and engine == "temporal":
+        raise UsageError("--interactive runs with --engine local; a Temporal run's answers come with "
+                         "`agentflow answer`")
     plan = _compile(file, "text", entry)
     request = prepare_run(plan, parse_inputs(plan.data, input_pairs, inputs_file), db=db, workspace=workspace,
                           spec_dir=Path(file).resolve().parent, model=model, concurrency=concurrency,
                           resume=False if resume is None else resume or True, force=force, no_cache=no_cache,
-                          dry_run=dry_run, labels=("--db", "--workspace"))
-    reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
+                          dry_run=dry_run, interactive=interactive, labels=("--db", "--workspace"))
+    # questions on the terminal need plain lines, not a live display redrawn over them
+    reporter = SilentReporter() if dry_run else PlainReporter(sys.stderr) if interactive else reporter_for(sys.stderr)
     # Modules, the program and its plan outlive the run: the collector's full passes while
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
     gc.freeze()
@@ -193,6 +202,9 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         return
     if outcome.status == "failed":
         raise _run_failed(outcome)
+    if outcome.status == "waiting":
+        _print_waiting(outcome, file, db, engine)
+        sys.exit(EXIT_WAITING)
     click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
     click.echo(f"run {outcome.run_id} succeeded", err=True)
 
@@ -203,6 +215,20 @@ def _run_failed(outcome) -> RunFailed:
     where = f"{f.node_id}" + (f" (role {f.role})" if f and f.role else "") if f else "a node"
     return RunFailed(f"run {outcome.run_id} failed at {where}: {f.message if f else 'unknown error'}\n"
                      f"  see `agentflow show {outcome.run_id}`; fix the cause and rerun with --resume")
+
+
+def _print_waiting(outcome, file: str, db: str, engine: str) -> None:
+    """Each node waiting for a person (id, prompt, type, how to answer), then how to go on."""
+    import shlex
+
+    from agentflow.runtime.human import describe
+    options = "" if db == DEFAULT_DB else f" --db {shlex.quote(db)}"
+    resume = f"agentflow run {shlex.quote(file)}{' --engine temporal' if engine == 'temporal' else ''} --resume"
+    for question in outcome.questions:
+        click.echo(describe(outcome.run_id, question, options), err=True)
+    n = len(outcome.questions)
+    click.echo(f"run {outcome.run_id} is waiting for {n} answer{'s' if n != 1 else ''}; answer with "
+               f"`agentflow answer`, then continue with `{resume} {outcome.run_id}{options}`", err=True)
 
 
 def _stopped(terminated: bool) -> None:
@@ -222,6 +248,55 @@ def _print_decisions(outcome, plan: dict) -> None:
     for tid, node in sorted(plan["nodes"].items()):
         if node["kind"] in ("task", "tool") and tid not in decided:
             click.echo(f"{'run':<6} {tid}  (its inputs come from nodes that will run)")
+
+
+@main.command("answer")
+@click.argument("run_id")
+@click.argument("node_id")
+@click.argument("value", required=False)
+@click.option("--file", "value_file", type=click.Path(dir_okay=False), default=None,
+              help="Read the answer from this file instead of VALUE.")
+@click.option("--by", default=None, help="Who answers [default: your login name].")
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--address", default="localhost:7233", show_default=True, help="Temporal server (a Temporal run).")
+@click.option("--namespace", default="default", show_default=True, help="Temporal namespace (a Temporal run).")
+def answer_cmd(run_id, node_id, value, value_file, by, db, address, namespace) -> None:
+    """Answer a node that waits for a person: VALUE is JSON, or plain text for a `str` answer."""
+    from agentflow.api import check_path
+    from agentflow.runtime.answers import answer
+    from agentflow.runtime.human import current_user
+
+    if (value is None) == (value_file is None):
+        raise UsageError("give the answer as VALUE or with --file F (one of them)")
+    text = value if value is not None else _read_answer_file(value_file)
+    check_path("--db", db, directory=False)
+    given = answer(Path(db), run_id, node_id, text, by or current_user(),
+                   temporal={"address": address, "namespace": namespace})
+    resume = f"agentflow run FILE{' --engine temporal' if given.node.temporal else ''} --resume {run_id}"
+    if given.delivered:
+        click.echo(f"answered {node_id} of run {run_id}: its Temporal workflow goes on on the workers; "
+                   f"`{resume}` collects the run", err=True)
+    else:
+        click.echo(f"answered {node_id} of run {run_id}; continue with `{resume}`", err=True)
+    if given.node.temporal:
+        _exit_past_temporal_threads()
+
+
+def _exit_past_temporal_threads() -> None:
+    """Exit 0 now, skipping interpreter teardown: a short-lived process that used a Temporal
+    client can abort in finalization while the SDK's Rust threads still hold thread states
+    (temporalio/sdk-python#300). Everything is written and flushed by then."""
+    import os
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _read_answer_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read --file {path}: {getattr(err, 'strerror', None) or err}") from None
 
 
 @main.command("worker")

@@ -5,7 +5,7 @@ all checks of a phase run and report together, and the first phase that reports 
 error stops the run, so one typo does not cascade into twenty messages.
 
   1. names & structure: E101-E104, E106 (bindings), E107, E108, E403, E003 (nesting), E404,
-     attributes E302/E303, secrets E304, models E301
+     attributes E302/E303, secrets E304, models E301/E305
   2. types: E201-E205
   3. deadlocks and warnings: E401, E402, W301, W302, W303, W501
 """
@@ -579,13 +579,26 @@ def check_secrets(ctx: Context, sink: DiagnosticSink) -> None:
 
 
 def check_models(ctx: Context, sink: DiagnosticSink) -> None:
-    """E301: a role that some choreography uses has no model, neither its own nor `defaults`."""
+    """E301: a role that some choreography uses has no model, neither its own nor `defaults`.
+    E305: a role answered by a person (`model = "human"`) is granted tools."""
     for name in ctx.symbols.roles:
         role = ctx.symbols.roles[name]
-        if name in ctx.reachable_roles and ctx.role_attr(role, "model") is None:
+        model = ctx.role_attr(role, "model")
+        if name in ctx.reachable_roles and model is None:
             sink.report(Code.E301, f"role `{name}` has no model", role.name_span, "used, but no `model`",
                         help='set `model = "openai/gpt-4o-mini"` (or "scripted") on the role, or a default in '
                              "`defaults { model = ... }`")
+        tools = ctx.role_attr(role, "tools")
+        if model is not None and attr_value(model.value) == "human" and tools is not None \
+                and isinstance(tools.value, ast.ListExpr) and tools.value.items:
+            own = any(a is tools for a in role.attrs)
+            sink.report(Code.E305, f"role `{name}` is answered by a person and cannot be granted tools",
+                        tools.value.span if own else model.value.span,
+                        "tools for a person" if own else "a person answers this role",
+                        secondary=[Label(model.value.span if own else tools.value.span,
+                                         "a person answers this role" if own else "`tools` from `defaults`")],
+                        help='a person answers the prompt directly: remove `tools` from the role, or give it a '
+                             'model instead of "human"')
 
 
 # ================================================================ phase 2: types

@@ -341,6 +341,30 @@ choreography main(fact: str) -> str {
 ''',
             "Put the key in an environment variable and name that variable with `api_key_env`.")
 
+    E305 = (ERROR, "human role with tools",
+            "A role with `model = \"human\"` is answered by a person, who reads the task's prompt "
+            "and gives an answer of its output type directly: there is no model/tool loop to use "
+            "tools in, so granting it `tools` (its own or from `defaults`) is an error.",
+            '''tool lookup(name: str) -> str {
+  command = ["echo", "{name}"]
+}
+
+role approver {
+  model = "human"
+  tools = [lookup]
+  task approve(draft: str) -> bool {
+    prompt = "Approve this draft? {draft}"
+  }
+}
+
+choreography main(draft: str) -> bool {
+  ok = approver.approve(draft)
+  return ok
+}
+''',
+            "Remove `tools` from the human role; give tools to a role with a model that prepares "
+            "what the person reads.")
+
     E401 = (ERROR, "deadlock (cycle of waits)",
             "The bindings of a body wait on each other in a cycle. A binding waits for each name it "
             "reads, each name in its `after`, and the previous call to the same `session` role. "

@@ -14,11 +14,13 @@ where, and what to do. The compiler and the runtime both import this module.
         TemporalError    runtime/temporal/worker.py  the server is unreachable or refused
       CompileError     exit 1: compiler/pipeline.py, raised by the Python API (agentflow.compile)
       RunFailed        exit 3: a node failed after its retries; the run's state is saved
+        AnswerError      runtime/answers.py     `agentflow answer` of a node that is not waiting,
+                                                or a value that does not fit (exit 2)
 
 Compile errors (exit 1) are diagnostics, which the CLI prints itself, and a stop by Ctrl-C or SIGTERM
 (130, 143) is no error. Outside the family, because they steer control inside the compiler
 or the engine and never reach the CLI: NestingTooDeep (the parser turns it into a
-diagnostic); NodeFailure, RunAborted and DryRunStop (the engine: a NodeFailure becomes the
+diagnostic); NodeFailure, NodeWaiting, RunAborted and DryRunStop (the engine: a NodeFailure becomes the
 failed run's outcome, which the CLI reports as RunFailed); ModelError, ToolError (and
 their TransientModelError, TransientToolError), TemplateError and ExpressionError (one
 node's call: retried, or recorded as the node's failure); BlobMissing (the Temporal codec:
@@ -27,6 +29,7 @@ the client rewords it as a TemporalError).
 from __future__ import annotations
 
 EXIT_COMPILE, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 3, 130, 143
+EXIT_WAITING = 4  # the run stopped at nodes a person answers (`agentflow answer`, then `--resume`)
 
 
 class AgentflowError(Exception):

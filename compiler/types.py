@@ -260,6 +260,11 @@ class Validators:
         self._models: dict[str, Any] = {}
         self._adapters: dict[Type, Any] = {}
 
+    @classmethod
+    def from_plan_table(cls, type_table: dict) -> "Validators":
+        """Validators for a plan's `type_table` (record name -> [[field, type JSON], ...])."""
+        return cls({n: tuple((f, type_from_json(t)) for f, t in fields) for n, fields in type_table.items()})
+
     def _adapter(self, t: Type):
         adapter = self._adapters.get(t)
         if adapter is None:

@@ -3,7 +3,7 @@ key, so that a missing key is one clear message and exit 2, not a failed node af
 request and its retries.
 
 The rule, per role the entry can reach (its calls and their delegations), with its model
-after `--model`, `scripted` models skipped:
+after `--model`, `scripted` and `human` models skipped:
 - a role with `api_key_env` needs that variable set and non-empty (it is the key sent);
 - any other role needs the key variables litellm names for the model's provider
   (`litellm.validate_environment`), e.g. OPENAI_API_KEY for openai/...; an `api_base` does not
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
 
+from .human import is_human
 from .models import ModelError, is_scripted, load_litellm, missing_key_message
 from .redaction import is_secret_name
 
@@ -55,7 +56,10 @@ def model_uses(plan: schema.Plan, model_override: str | None) -> list[ModelUse]:
     uses = set()
     for task in called_tasks(plan):
         entry = plan["tasks"][task]
-        model = model_override or entry["definition"]["model"]
+        model = entry["definition"]["model"]
+        if is_human(model):  # a person needs no key, and `--model` does not replace one
+            continue
+        model = model_override or model
         if model and not is_scripted(model):
             uses.add(ModelUse(model, entry["definition"]["role"], entry["api_key_env"], entry["api_base"]))
     return sorted(uses, key=lambda u: (u.model, u.role))

@@ -22,6 +22,7 @@ from agentflow.compiler.ir import Expr
 from agentflow.compiler.types import Type, Validators, type_from_json, with_omitted_fields
 
 from .evaluate import ExpressionError, evaluate
+from .human import is_human
 from .inputs import force_matcher
 from .ports import NodeExecutor, Reporter, RunLedger
 
@@ -77,6 +78,15 @@ class NodeFailure(Exception):
         self.node_id, self.role, self.message, self.attempts = node_id, role, message, attempts
 
 
+class NodeWaiting(Exception):
+    """A node waits for a person's answer (`model = "human"`): what depends on it waits too,
+    everything else goes on, and the run ends `waiting`. `question` is what the person reads."""
+
+    def __init__(self, question: dict) -> None:
+        super().__init__(question["node"])
+        self.question = question
+
+
 class RunAborted(Exception):
     """A node did not start because another node failed first."""
 
@@ -123,6 +133,7 @@ class Engine:
         self.session_locks = {name: asyncio.Lock() for name in schema.session_roles(plan)}
         self.failure: NodeFailure | None = None
         self.failed_nodes: list[str] = []  # every node that failed, the first one first
+        self.questions: list[dict] = []  # the nodes waiting for a person, as their questions
         self.ran_inside: set[str] = set()  # instance prefixes inside which a call ran (not reused)
         self.started: set[str] = set()
         self.decisions: list[Decision] = []
@@ -140,7 +151,7 @@ class Engine:
     def _effective(self, entry: schema.Task) -> tuple[schema.TaskDefinition, str]:
         """A task's definition after `--model`, and its hash."""
         definition = entry["definition"]
-        if self.options.model:
+        if self.options.model and not is_human(definition["model"]):  # a person is no model to swap
             definition = definition | {"model": self.options.model}
         return definition, definition_hash(definition)
 
@@ -219,6 +230,7 @@ class Engine:
         bindings = body["bindings"]
         for name, binding in bindings.items():
             scope.futures[name] = self.spawn(self.binding(name, binding, scope))
+        waiting = False
         try:
             result = None if body["result"] is None else await self.eval(body["result"], scope)
             futures = scope.futures.values()
@@ -227,11 +239,13 @@ class Engine:
                     f.result()
             else:
                 await asyncio.gather(*futures)
-        except BaseException:
+        except BaseException as err:
             await asyncio.gather(*scope.futures.values(), return_exceptions=True)
+            waiting = isinstance(err, NodeWaiting)  # nodes after a person's answer are not skipped
             raise
         finally:
-            self.mark_unstarted(scope)
+            if not waiting:
+                self.mark_unstarted(scope)
         return result
 
     async def binding(self, name: str, binding: schema.Binding, scope: Scope) -> Any:
@@ -306,8 +320,10 @@ class Engine:
                 args = {name: await self.eval(e, scope) for name, e in node["args"].items()}
                 value = await self.choreography_node(iid, tid, node, args, scope)
         except BaseException as err:
-            stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, DryRunStop))
+            stopped = isinstance(err, (asyncio.CancelledError, RunAborted, NodeFailure, DryRunStop, NodeWaiting))
             status = "cancelled" if stopped and not self.failed_inside(iid) else "failed"
+            if status == "cancelled" and isinstance(err, NodeWaiting):
+                status = "waiting"
             self.ledger.structure_done(iid, status)
             self.reporter.node(iid, status, detail="a node inside it failed" if status == "failed" else "")
             raise
@@ -421,6 +437,8 @@ class Engine:
         if self.options.dry_run:
             raise DryRunStop(iid)
         slots = ([] if nested else [self.global_slots]) + ([self.role_slots[role]] if role else [])
+        if self.is_human(kind, target):  # a person's answer takes no slot: waiting is not work
+            slots = []
         for slot in slots:
             await slot.acquire()
         try:
@@ -435,6 +453,9 @@ class Engine:
                 await self.ledger.node_failed(iid, role, failure.message, failure.attempts)
                 self.reporter.node(iid, "failed", detail=failure.message)
                 raise self.fail(failure)
+            except NodeWaiting as waiting:
+                await self.note_waiting(iid, role, key, waiting.question)
+                raise
             except asyncio.CancelledError:
                 self.ledger.node_cancelled(iid, role)
                 raise
@@ -446,6 +467,20 @@ class Engine:
         await self.ledger.flush()
         self.reporter.node(iid, "succeeded")
         return outcome.value
+
+    def is_human(self, kind: str, target: str) -> bool:
+        """Whether a call is answered by a person (`model = "human"`)."""
+        return kind == "task" and is_human(self.task_definition(target)["model"])
+
+    async def note_waiting(self, iid: str, role: str | None, key: str, question: dict) -> None:
+        """A node waits for a person: its question is journaled and listed in the outcome. A
+        call that delegated to it waits as well, with no question of its own: it resumes from
+        its journal once the delegation is answered."""
+        own = question["node"] == iid
+        await self.ledger.node_waiting(iid, role, key, question if own else None)
+        if own:
+            self.questions.append(question)
+        self.reporter.node(iid, "waiting", detail="a person answers it" if own else f"for {question['node']}")
 
     async def decide(self, iid, kind, target, key, def_hash, inputs) -> Decision:
         if self.forced(iid):
@@ -476,6 +511,7 @@ async def fan_out(count: int, item, window: int) -> list:
     values: list = [None] * count
     indices = iter(range(count))
     failures: list[BaseException] = []
+    waits: list[NodeWaiting] = []  # items waiting for a person: later items still start
 
     async def lane() -> None:
         for i in indices:
@@ -483,13 +519,15 @@ async def fan_out(count: int, item, window: int) -> list:
                 return
             try:
                 values[i] = await item(i)
+            except NodeWaiting as waiting:
+                waits.append(waiting)
             except Exception as err:
                 failures.append(err)
                 return
 
     await asyncio.gather(*(lane() for _ in range(min(window, count))))
-    if failures:
-        raise failures[0]
+    if failures or waits:
+        raise (failures or waits)[0]
     return values
 
 

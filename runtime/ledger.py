@@ -168,6 +168,15 @@ class Ledger:
         self.store.node_finished(self.run_id, node_id, status="failed", error=error, attempts=attempts, role=role)
         await self.flush()
 
+    async def node_waiting(self, node_id: str, role: str | None, key: str, question: dict | None) -> None:
+        """A node waits for a person: its question (None for a call waiting on a delegation) is
+        journaled under its key, what `agentflow answer` checks an answer against, and
+        committed with the node's status."""
+        if question is not None:
+            self.store.append_turn(self.run_id, node_id, key=key, kind=question["role"], payload=question)
+        self.store.node_finished(self.run_id, node_id, status="waiting", key=key, role=role)
+        await self.flush()
+
     def node_cancelled(self, node_id: str, role: str | None) -> None:
         self.store.node_finished(self.run_id, node_id, status="cancelled", error="interrupted", role=role)
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
+from .engine import Engine, NodeFailure, NodeJob, NodeOutcome, NodeWaiting
 from .models import ModelRequest, ModelResponse, TransientModelError, client_for
 from .retry import retrying
 from .tools import ToolError, TransientToolError, call_tool
@@ -14,9 +14,14 @@ if TYPE_CHECKING:
 
 
 class LocalExecutor:
+    def __init__(self, ask: Callable[[dict], Awaitable[Any]] | None = None) -> None:
+        self.ask = ask  # `run --interactive`: asks a person on the terminal (human.TerminalAsker)
+
     async def execute(self, engine: Engine, job: NodeJob) -> NodeOutcome:
         from .task import TaskCall, run_tool
         if job.kind == "task":
+            if engine.is_human(job.kind, job.target):
+                return await self.human(engine, job)
             return await TaskCall(engine, job).run()
         try:
             return NodeOutcome(await run_tool(engine, job.target, job.args))
@@ -40,3 +45,18 @@ class LocalExecutor:
         spec = engine.tool_spec(name)
         return await retrying(engine.plan["tools"][name]["retries"], TransientToolError,
                               lambda: call_tool(spec, args, engine.tool_context()))
+
+    async def human(self, engine: Engine, job: NodeJob) -> NodeOutcome:
+        """A person's answer, asked on the terminal; without one (no `--interactive`, or end of
+        input) the node waits for `agentflow answer`."""
+        from .human import answer_step, current_user, job_question
+        question = job_question(engine, job)
+        if self.ask is None:
+            raise NodeWaiting(question)
+        try:
+            value = await self.ask(question)
+        except EOFError:
+            raise NodeWaiting(question) from None
+        await engine.ledger.append_turn(job.node_id, job.key, question)
+        await engine.ledger.append_turn(job.node_id, job.key, answer_step(value, current_user()))
+        return NodeOutcome(value)

@@ -20,7 +20,7 @@ class RunLedger(Protocol):
     One calling convention per method, by one rule: a method is async when its caller must
     wait, for an answer from the store (`has_result`, `reused`, `explain`, `load_turns`,
     `load_session`, `session_hash`) or for durability (`flush`, and the records that commit
-    before the run may go on: `node_failed`, `append_turn`, `append_session`). Every other
+    before the run may go on: `node_failed`, `node_waiting`, `append_turn`, `append_session`). Every other
     record is sync and only buffers: it never waits, so the engine records a node's status
     without yielding to the event loop (and without a coroutine per node in a fan-out of
     100k), and the Temporal ledger turns it into an event at once. A result becomes durable
@@ -48,6 +48,10 @@ class RunLedger(Protocol):
     def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None: ...
 
     async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None: ...
+
+    async def node_waiting(self, node_id: str, role: str | None, key: str, question: dict | None) -> None:
+        """A node waits for a person's answer (its question journaled); committed before the run
+        stops waiting, like a failure."""
 
     def node_cancelled(self, node_id: str, role: str | None) -> None: ...
 

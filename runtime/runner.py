@@ -14,7 +14,7 @@ from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
 
 from .credentials import check_credentials, model_uses
-from .engine import Decision, Engine, NodeFailure, RunOptions, DryRunStop
+from .engine import Decision, Engine, NodeFailure, NodeWaiting, RunOptions, DryRunStop
 from .ledger import Ledger
 from .local import LocalExecutor
 from .models import import_litellm_in_background
@@ -33,15 +33,17 @@ class RunRequest:
     options: RunOptions
     resume: bool = False
     resume_run_id: str | None = None
+    interactive: bool = False  # a person answers human nodes on the terminal, instead of later
 
 
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # succeeded | failed | cancelled | dry-run
+    status: str  # succeeded | failed | cancelled | waiting | dry-run
     value: Any = None
     failure: NodeFailure | None = None
     decisions: list[Decision] = field(default_factory=list)
+    questions: list[dict] = field(default_factory=list)  # of the nodes waiting for a person
 
 
 class ResumeError(UsageError):
@@ -120,7 +122,7 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
         if resuming:
             await ledger.restart_sessions()
-        engine = Engine(req.plan, ledger, options, executor or LocalExecutor(), reporter)
+        engine = Engine(req.plan, ledger, options, executor or LocalExecutor(ask=terminal_asker(req)), reporter)
         status, value, failure = "succeeded", None, None
         try:
             value = await engine.run(req.inputs)
@@ -128,6 +130,8 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
             status = "dry-run"
         except NodeFailure as err:
             status, failure = "failed", engine.failure or err
+        except NodeWaiting:  # a failure elsewhere wins: the run failed
+            status, failure = ("failed", engine.failure) if engine.failure else ("waiting", None)
         except asyncio.CancelledError:
             status = "cancelled"
         except BaseException:
@@ -137,9 +141,18 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
         if req.options.dry_run:
             status = "dry-run"
         await ledger.close(status)
-        return RunOutcome(run_id, status, value, failure, engine.decisions)
+        return RunOutcome(run_id, status, value, failure, engine.decisions, engine.questions)
     finally:
         store.close()
+
+
+def terminal_asker(req: RunRequest):
+    """`--interactive`: a person answers on this terminal."""
+    if not req.interactive:
+        return None
+    from .answers import checked
+    from .human import TerminalAsker
+    return TerminalAsker(checked)
 
 
 def run_stoppable(main: Awaitable) -> tuple[Any, bool]:

@@ -143,8 +143,8 @@ class Queries(BatchedWriter):
         out = []
         for row in rows:
             (run_id, flow, entry, status, started, finished, plan_hash, inputs, pid, total) = row[:10]
-            counts = dict(zip(STATUSES, row[10:16]))
-            cached, ptok, ctok, cost = row[16:20]
+            counts = dict(zip(STATUSES, row[10:10 + len(STATUSES)]))
+            cached, ptok, ctok, cost = row[10 + len(STATUSES):]
             died = _died(status, pid, holder)
             out.append({
                 "run_id": run_id, "flow": flow, "entry": entry, "status": "interrupted" if died else status,

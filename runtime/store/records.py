@@ -8,9 +8,10 @@ from typing import Any
 
 from agentflow.compiler.hashing import canonical_json
 
-STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled")
-FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled")
-FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled")
+STATUSES = ("pending", "running", "succeeded", "failed", "skipped", "cancelled", "waiting")
+# waiting: a node a person answers (`model = "human"`), and a run that stopped at such nodes
+FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled", "waiting")
+FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled", "waiting")
 RUN_STATUSES = STATUSES + ("interrupted",)  # interrupted: its process died before it could say
 DIED_ERROR = "interrupted: the run's process died"  # the error of a node that was running then
 

@@ -262,7 +262,8 @@ class BatchedWriter(FileAccess):
             buf.runs[run_id] = {**buf.runs.get(run_id, {}), **row}
 
     def finish_run(self, run_id: str, status: str, at: datetime | None = None) -> None:
-        """A run ends: succeeded, failed or cancelled (interrupted; rerun resumes)."""
+        """A run ends: succeeded, failed, cancelled (interrupted; rerun resumes) or waiting
+        (for a person's answers; `--resume` continues)."""
         if status not in FINAL_RUN_STATUSES:
             raise ValueError(f"run status must be one of {FINAL_RUN_STATUSES}, not {status!r}")
         with self._mu:

@@ -20,6 +20,11 @@ On `--resume`, a node that failed starts over, as locally: its journal is reset 
 
 Ctrl-C or SIGTERM cancels the workflow (and so its activities) and returns a cancelled outcome
 (exit 130 or 143).
+
+Nodes a person answers (`model = "human"`) wait in the workflow for the signal `answer`. Once
+the workflow has nothing left to do but wait for people, the client stops following and
+returns a waiting outcome (exit 4) with their questions: the workflow waits on without it, and
+`--resume` follows it again (or collects it, finished).
 """
 from __future__ import annotations
 
@@ -104,9 +109,25 @@ async def execute_temporal(req: RunRequest, reporter: Reporter, settings: Tempor
             raise TemporalError(f"{err}; once it is there, `--resume` collects the run") from None
         finally:
             await ledger.close(status)
-        return RunOutcome(run_id, status, value, failure)
+        return RunOutcome(run_id, status, value, failure, questions=list(follower.waiting.values()))
     finally:
         store.close()
+
+
+async def deliver_answer(settings: TemporalSettings, db_path: Path, node, value: object, by: str) -> bool:
+    """Signals a person's answer to the workflow of a Temporal run (`node`: answers.Waiting);
+    False when that workflow is not running any more."""
+    client = await connect(settings.address, settings.namespace, settings.blob_dir or default_blob_dir(db_path))
+    handle = client.get_workflow_handle(wire.workflow_id(node.flow, node.run_id))
+    try:
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            return False
+        await handle.signal(wire.ANSWER_SIGNAL, {"node": node.node_id, "key": node.key, "value": value, "by": by})
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise TemporalError(f"cannot send the answer to workflow {handle.id}: {err}") from None
+    return True
 
 
 # ---------------------------------------------------------------- the reuse-only pass
@@ -177,6 +198,11 @@ class _Follower:
         self.execution = ""
         self.cursor = 0
         self.answered: set[str] = set()  # lookup keys this client has answered
+        # What the run is doing, from its events: calls running, and nodes waiting for a person
+        # (node -> question); with only the latter, the client need not follow any longer.
+        self.running: set[str] = set()
+        self.waiting: dict[str, dict] = {}
+        self.settled = False  # the last poll applied every event and left no lookup pending
 
     def begin(self, execution: str, cursor: int) -> None:
         self.execution, self.cursor = execution, cursor
@@ -203,6 +229,7 @@ class _Follower:
             raise TemporalError(f"cannot describe workflow {wf_id}: {err}") from None
         handle = client.get_workflow_handle(wf_id, run_id=desc.run_id)
         self.execution, self.cursor = desc.run_id, self._saved_cursor(desc.run_id)
+        await self._recorded_state()
         if desc.status == WorkflowExecutionStatus.RUNNING:
             return handle
         if desc.status == WorkflowExecutionStatus.COMPLETED:
@@ -213,6 +240,23 @@ class _Follower:
         await self.drain(handle)  # cancelled, terminated...: keep what it did, then start anew
         return None
 
+    async def _recorded_state(self) -> None:
+        """Which calls run and which nodes wait, as recorded before this client re-attached."""
+        from ..human import QUESTION
+        store, loop = self.ledger.store, asyncio.get_running_loop()
+        states = await loop.run_in_executor(self.ledger.pool, store.run_node_states, self.ledger.run_id)
+        self.running = {n for n, st in states.items() if st.status == "running" and st.key}
+        for n, st in states.items():
+            if st.status == "waiting" and st.key:  # a call that delegated to a person asks nothing itself
+                turns = await loop.run_in_executor(self.ledger.pool, store.load_turns, self.ledger.run_id, n, st.key)
+                self.waiting.update((n, t.payload) for t in turns if t.kind == QUESTION)
+
+    def only_people_left(self) -> bool:
+        """Nothing is looked up, some node waits for a person, and every call still running
+        waits for one of them (it delegated to a person)."""
+        return self.settled and bool(self.waiting) and all(
+            any(w.startswith(r + "/") for w in self.waiting) for r in self.running)
+
     async def follow(self, handle: WorkflowHandle) -> tuple[str, object, NodeFailure | None]:
         result_task = asyncio.ensure_future(handle.result())
         try:
@@ -220,6 +264,9 @@ class _Follower:
                 await asyncio.wait({result_task}, timeout=POLL_S)
                 if not result_task.done():
                     await self.poll(handle)
+                    if self.only_people_left():  # the workflow waits on without this client
+                        result_task.cancel()
+                        return "waiting", None, None
             result = result_task.result()
         except WorkflowFailureError as err:
             await self.drain(handle)
@@ -249,6 +296,7 @@ class _Follower:
     async def poll(self, handle: WorkflowHandle) -> bool:
         """Applies the events the workflow has that we do not, and answers the stored-result
         lookups it waits on; False if it did not answer."""
+        self.settled = False
         while True:
             try:
                 page = await asyncio.wait_for(handle.query(wire.PROGRESS_QUERY, self.cursor), QUERY_TIMEOUT_S)
@@ -257,7 +305,9 @@ class _Follower:
             if page["events"]:
                 await self.apply(page["events"])
             if not page["events"] or self.cursor >= page["total"]:
-                await self.answer(handle, page.get("lookups") or {})
+                lookups = page.get("lookups") or {}
+                self.settled = not lookups
+                await self.answer(handle, lookups)
                 return True
 
     async def answer(self, handle: WorkflowHandle, lookups: dict[str, bool]) -> None:
@@ -301,17 +351,27 @@ class _Follower:
             if op == "report":
                 self.reporter.node(e["node"], e["status"], cached=e["cached"], detail=e["detail"])
             elif op == "node_started":
+                self.running.add(e["node"])
                 ledger.node_started(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"])
+            elif op == "node_waiting":
+                self.running.discard(e["node"])
+                if e["question"] is not None:
+                    self.waiting[e["node"]] = e["question"]
+                await ledger.node_waiting(e["node"], e["role"], e["key"], e["question"])
             elif op == "structure_started":
                 ledger.structure_started(e["node"])
             elif op == "reused":
                 await ledger.reused(e["node"], e["role"], e["key"], e["def_hash"], e["inputs"])
             elif op == "node_succeeded":
+                self.running.discard(e["node"])
+                self.waiting.pop(e["node"], None)
                 ledger.node_succeeded(e["node"], e["role"], e["key"], NodeOutcome(
                     e["value"], e["attempts"], e["prompt_tokens"], e["completion_tokens"], e["cost_usd"]))
             elif op == "node_failed":
+                self.running.discard(e["node"])
                 await ledger.node_failed(e["node"], e["role"], e["error"], e["attempts"])
             elif op == "node_cancelled":
+                self.running.discard(e["node"])
                 ledger.node_cancelled(e["node"], e["role"])
             elif op == "node_skipped":
                 ledger.node_skipped(e["node"], e["role"])

@@ -12,6 +12,7 @@ MODEL_ACTIVITY = "agentflow.model_call"
 TOOL_ACTIVITY = "agentflow.tool_call"
 PROGRESS_QUERY = "progress"
 LOOKUP_SIGNAL = "lookups"  # the client's answer to the stored-result lookups the workflow asked for
+ANSWER_SIGNAL = "answer"  # a person's answer to a node that waits (`agentflow answer`)
 DEFAULT_TASK_QUEUE = "agentflow"
 PAGE = 500  # events per progress query
 

@@ -33,7 +33,8 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from agentflow.compiler import schema
     from agentflow.compiler.hashing import canonical_json, digest
-    from agentflow.runtime.engine import Engine, NodeFailure, NodeOutcome, RunAborted, RunOptions
+    from agentflow.runtime.engine import Engine, NodeFailure, NodeJob, NodeOutcome, RunAborted, RunOptions
+    from agentflow.runtime.human import answer_step, job_question
     from agentflow.runtime.local import LocalExecutor
     from agentflow.runtime.models import ModelError, ModelRequest, ModelResponse, TransientModelError
     from agentflow.runtime.task import TaskCall
@@ -106,6 +107,9 @@ class WorkflowLedger:
 
     def node_cancelled(self, node_id: str, role: str | None) -> None:
         self.emit("node_cancelled", node=node_id, role=role)
+
+    async def node_waiting(self, node_id: str, role: str | None, key: str, question: dict | None) -> None:
+        self.emit("node_waiting", node=node_id, role=role, key=key, question=question)
 
     def node_skipped(self, node_id: str, role: str | None) -> None:
         self.emit("node_skipped", node=node_id, role=role)
@@ -208,8 +212,19 @@ class TemporalExecutor(LocalExecutor):
     that died (heartbeat timeout). Timeouts: the spec's `timeout` is enforced inside the
     activity (as locally, a transient error); start-to-close is that plus a grace period."""
 
-    def __init__(self, settings: dict) -> None:
+    def __init__(self, settings: dict, answers: dict[str, dict]) -> None:
         self.s = settings
+        self.answers = answers  # node id -> a person's answer (signal `answer`), taken once
+
+    async def human(self, engine: Engine, job: NodeJob) -> NodeOutcome:
+        """A person's answer: the workflow waits for it durably (no client need stay connected)
+        until `agentflow answer` signals it, checked there against the node's question."""
+        question = job_question(engine, job)
+        await engine.note_waiting(job.node_id, engine.task_definition(job.target)["role"], job.key, question)
+        await workflow.wait_condition(lambda: self.answers.get(job.node_id, {}).get("key") == job.key)
+        given = self.answers.pop(job.node_id)
+        await engine.ledger.append_turn(job.node_id, job.key, answer_step(given["value"], given["by"]))
+        return NodeOutcome(given["value"])
 
     def _options(self, retries: int, timeout: Any) -> dict:
         s = self.s
@@ -278,6 +293,7 @@ class RunWorkflow:
     def __init__(self) -> None:
         self.events: list[dict] = []
         self.lookups = Lookups()
+        self.answers: dict[str, dict] = {}
 
     @workflow.query(name=wire.PROGRESS_QUERY)
     def progress(self, since: int) -> dict:
@@ -288,6 +304,12 @@ class RunWorkflow:
     def answer_lookups(self, answer: dict) -> None:
         self.lookups.answer(answer)
 
+    @workflow.signal(name=wire.ANSWER_SIGNAL)
+    def answer(self, given: dict) -> None:
+        """{"node", "key", "value", "by"}: taken by the node when its key matches (a later answer
+        replaces one not taken yet)."""
+        self.answers[given["node"]] = given
+
     @workflow.run
     async def run(self, config: dict) -> dict:
         o = config["options"]
@@ -295,7 +317,7 @@ class RunWorkflow:
                              concurrency=o["concurrency"], model=o["model"], force=tuple(o["force"]),
                              no_cache=o["no_cache"])
         ledger = WorkflowLedger(self.events, config, self.lookups)
-        engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"]),
+        engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"], self.answers),
                                 EventReporter(self.events), code_versions=config["code_versions"])
         status, value, failure = "succeeded", None, None
         try:

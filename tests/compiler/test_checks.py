@@ -93,6 +93,7 @@ CORPUS = {
                         ("E302", 18, 8)],
     "e303_session_replicas": [("E303", 6, 14)],
     "e304_secret": [("E304", 7, 18)],
+    "e305_human_tools": [("E305", 6, 11)],
     "e401_data_cycle": [("E401", 9, 3)],
     "e401_session_order": [("E401", 11, 3)],
     "e401_after": [("E401", 8, 3)],
@@ -105,7 +106,7 @@ CORPUS = {
 
 def test_corpus_covers_every_code_of_section_5() -> None:
     documented = {"E001", "E002", "E003", "E101", "E102", "E103", "E104", "E105", "E106", "E107", "E201", "E202", "E203",
-                  "E204", "E205", "E301", "E302", "E303", "E304", "W301", "W302", "W303", "E401", "E402", "E403",
+                  "E204", "E205", "E301", "E302", "E303", "E304", "E305", "W301", "W302", "W303", "E401", "E402", "E403",
                   "E404", "W501", "E108"}
     covered = {c for expected in CORPUS.values() for c, _, _ in expected}
     assert covered == documented

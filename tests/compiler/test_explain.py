@@ -80,8 +80,8 @@ def test_explain_list_has_one_line_per_code() -> None:
 
 
 @pytest.mark.parametrize("typed, message", [
-    ("E305", "error: no diagnostic code E305; codes are E001–E404 and W301–W501, see `agentflow explain --list`;"
-             " did you mean `E304`?\n"),
+    ("E306", "error: no diagnostic code E306; codes are E001–E404 and W301–W501, see `agentflow explain --list`;"
+             " did you mean `E305`?\n"),
     ("E999", "error: no diagnostic code E999; codes are E001–E404 and W301–W501, see `agentflow explain --list`\n"),
     ("E3\n02", "error: no diagnostic code 'E3\\n02'; codes are E001–E404 and W301–W501, see `agentflow explain "
                "--list`; did you mean `E302`?\n"),

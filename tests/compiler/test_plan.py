@@ -16,6 +16,7 @@ from agentflow.compiler.pipeline import compile_source
 from agentflow.compiler.source import SourceFile
 
 SPECS = sorted(Path(__file__).resolve().parents[2].joinpath("specs").glob("*.agentflow"))
+PROJECT = next(p for p in SPECS if p.stem == "build_project")
 
 
 def _compile(text: str, name: str = "spec.agentflow"):
@@ -67,7 +68,7 @@ def test_plan_is_canonical_and_has_no_absolute_paths(spec: Path) -> None:
 
 
 def test_node_ids_come_from_structure() -> None:
-    plan = _compile(SPECS[0].read_text())
+    plan = _compile(PROJECT.read_text())
     assert set(plan.data["nodes"]) == {
         "main/plan", "main/reviews", "main/reviews[*]/attempt",
         "main/reviews[*]/attempt#*/code", "main/reviews[*]/attempt#*/review"}
@@ -102,13 +103,13 @@ def test_editing_one_prompt_changes_exactly_that_nodes_hash(spec: Path) -> None:
 
 
 def test_comments_whitespace_and_declaration_order_do_not_change_hashes() -> None:
-    text = SPECS[0].read_text()
+    text = PROJECT.read_text()
     shuffled = "# a new comment\n\n" + text.replace("  retries = 2", "  retries = 2   # comment")
     assert _task_hashes(_compile(text)) == _task_hashes(_compile(shuffled))
 
 
 def test_model_and_decoding_parameters_are_part_of_the_hash() -> None:
-    text = SPECS[0].read_text()
+    text = PROJECT.read_text()
     base = _task_hashes(_compile(text))
     warmer = _task_hashes(_compile(text.replace('replicas = 3', 'replicas = 3\n  temperature = 0.9')))
     assert {n for n in base if base[n] != warmer[n]} == {"main/reviews[*]/attempt#*/code"}

@@ -487,3 +487,73 @@ def test_lookups_wait_for_a_client_and_a_resumed_client_answers_them(cluster, tm
     statuses = {n: (r["status"], r["cached"]) for n, r in nodes(db, last_run(db)["run_id"]).items()}
     assert statuses == {"relay/v": ("succeeded", False), "relay/first": ("succeeded", True),
                         "relay/second": ("succeeded", True)}, resumed.stderr
+
+
+# ---------------------------------------------------------------- people in the loop
+
+def people_args(tmp_path: Path, cluster, gate: Path) -> list[str]:
+    return ["run", str(WORK), "--entry", "people", "--input", f"topic=news {uuid.uuid4().hex[:6]}",
+            "--input", f"gate={gate}", "--db", str(tmp_path / "t.duckdb"), *cluster.run_args()]
+
+
+def answer_args(cluster, run_id: str, value: str, *extra: str) -> list[str]:
+    return ["answer", run_id, "people/decision", value, "--db", "t.duckdb", "--address", cluster.server.address,
+            *extra]
+
+
+def test_a_human_node_waits_in_the_workflow_and_the_answer_finishes_it_on_the_workers(cluster, tmp_path):
+    """The client stops following once only a person is awaited (exit 4); the workflow waits on
+    without it; `agentflow answer` signals it and it completes on the workers, with no client
+    (approved, it needs no stored result looked up); `--resume` collects it."""
+    from temporalio.client import WorkflowExecutionStatus
+    gate = tmp_path / "go"
+    gate.touch()  # `wait_for` returns at once
+    args = people_args(tmp_path, cluster, gate)
+    waiting = ok(af(tmp_path, *args), 4)
+    db = tmp_path / "t.duckdb"
+    run = last_run(db)
+    assert run["status"] == "waiting"
+    assert "waiting  people/decision" in waiting.stderr and "Publish this? " in waiting.stderr
+    assert f"--engine temporal --resume {run['run_id']}" in waiting.stderr
+    assert nodes(db, run["run_id"])["people/decision"]["status"] == "waiting"
+    wf_id = workflow_of(db)
+    assert describe(cluster.server.address, wf_id).status == WorkflowExecutionStatus.RUNNING
+    bad = ok(af(tmp_path, *answer_args(cluster, run["run_id"], "maybe")), 2)
+    assert bad.stderr.startswith('error: the answer does not fit "approve" | "revise"')
+    answered = ok(af(tmp_path, *answer_args(cluster, run["run_id"], "approve", "--by", "carol")))
+    assert "its Temporal workflow goes on on the workers" in answered.stderr
+    wait_until(lambda: describe(cluster.server.address, wf_id).status == WorkflowExecutionStatus.COMPLETED,
+               what="the workflow to finish on the workers")
+    collected = ok(af(tmp_path, *args, "--resume"))
+    value = json.loads(collected.stdout)
+    assert value["decision"] == "approve" and value["final"] == value["draft"]
+    assert last_run(db)["status"] == "succeeded" and last_run(db)["run_id"] == run["run_id"]
+    assert nodes(db, run["run_id"])["people/decision"]["status"] == "succeeded"
+    from agentflow.runtime.store import Store
+    with Store.open_reader(db) as store:
+        turns = store.load_turns(run["run_id"], "people/decision")
+    assert [t.kind for t in turns] == ["question", "answer"] and turns[1].payload["by"] == "carol"
+
+
+def test_a_following_client_finishes_normally_when_the_answer_comes_while_it_follows(cluster, tmp_path):
+    """While `wait_for` runs the client keeps following; the answer given meanwhile is used (the
+    revision it asks for is looked up through the client, then runs on a worker) and the run
+    finishes as any other, exit 0."""
+    gate = tmp_path / "go"
+    db = tmp_path / "t.duckdb"
+    client = af_start(tmp_path, *people_args(tmp_path, cluster, gate))
+    try:
+        wait_until(lambda: db.exists() and recorded_runs(db) and
+                   nodes(db, last_run(db)["run_id"]).get("people/decision", {}).get("status") == "waiting",
+                   what="the human node to wait")
+        run_id = last_run(db)["run_id"]
+        ok(af(tmp_path, *answer_args(cluster, run_id, "revise")))
+        assert client.poll() is None  # still following: `wait_for` holds
+        gate.touch()
+        assert client.wait(60) == 0, texts(client)[1]
+    finally:
+        if client.poll() is None:
+            client.kill()
+    value = json.loads(texts(client)[0])
+    assert value["decision"] == "revise" and value["final"] != value["draft"] and value["held"] == str(gate)
+    assert last_run(db)["status"] == "succeeded"

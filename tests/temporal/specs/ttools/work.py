@@ -24,3 +24,11 @@ def shout(text: str) -> str:
 async def same(text: str, seconds: float) -> str:
     await asyncio.sleep(seconds)
     return text
+
+
+async def wait_for(path: str) -> str:
+    """Returns once the file `path` exists: a call that runs exactly as long as a test wants."""
+    from pathlib import Path
+    while not Path(path).exists():
+        await asyncio.sleep(0.05)
+    return path
