@@ -137,6 +137,10 @@ def _check_path(option: str, path: str, directory: bool) -> None:
                    "#* any iteration), a glob, or a binding name.")
 @click.option("--no-cache", is_flag=True, help="Reuse nothing from earlier runs.")
 @click.option("--dry-run", is_flag=True, help="Say per node whether it would be reused or run, and why.")
+@click.option("--durability", type=click.Choice(["group", "strict"]), default="group", show_default=True,
+              help="group: results commit at least every 100 ms and nothing waits for a commit (a kill "
+                   "re-runs the last window's nodes on resume); strict: each result commits before "
+                   "anything that depends on it starts.")
 @click.option("--engine", type=click.Choice(["local", "temporal"]), default="local", show_default=True,
               help="Where calls run: this process, or Temporal workers (docs/TEMPORAL.md).")
 @click.option("--address", default="localhost:7233", show_default=True, help="Temporal server (--engine temporal).")
@@ -144,7 +148,7 @@ def _check_path(option: str, path: str, directory: bool) -> None:
 @click.option("--task-queue", default="agentflow", show_default=True, help="Temporal task queue of the workers.")
 @click.option("--blob-dir", default=None, help="Large payloads, shared with the workers [default: blobs beside --db].")
 def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
-            no_cache, dry_run, engine, address, namespace, task_queue, blob_dir) -> None:
+            no_cache, dry_run, durability, engine, address, namespace, task_queue, blob_dir) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
     import gc
     import json
@@ -167,7 +171,8 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
                          concurrency=concurrency, model=model, force=tuple(force), no_cache=no_cache,
                          dry_run=dry_run)
     request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
-                         options=options, resume=resume is not None, resume_run_id=resume or None)
+                         options=options, resume=resume is not None, resume_run_id=resume or None,
+                         durability=durability)
     reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
     # Modules, the program and its plan outlive the run: the collector's full passes while
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
@@ -196,6 +201,9 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     if outcome.status == "failed":
         raise _run_failed(outcome)
     click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
+    if outcome.repeats:
+        click.echo(f"no work to do: plan, inputs and tool code are those of run {outcome.repeats}, "
+                   f"whose result is reused (--force NODE or --no-cache runs again)", err=True)
     click.echo(f"run {outcome.run_id} succeeded", err=True)
 
 

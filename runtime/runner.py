@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Awaitable, cast
 
 from agentflow.compiler.errors import UsageError
+from agentflow.compiler.hashing import canonical_json, digest
 
 from .credentials import check_credentials
 from .engine import Decision, Engine, NodeFailure, RunOptions, DryRunStop
 from .ledger import Ledger
 from .local import LocalExecutor
-from .store import Store, StoreError
+from .store import Preloaded, Store, StoreError
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class RunRequest:
     options: RunOptions
     resume: bool = False
     resume_run_id: str | None = None
+    durability: str = "group"  # or "strict": see ledger.py
 
 
 @dataclass
@@ -39,6 +41,7 @@ class RunOutcome:
     value: Any = None
     failure: NodeFailure | None = None
     decisions: list[Decision] = field(default_factory=list)
+    repeats: str | None = None  # a no-op rerun: the finished run whose result it reused whole
 
 
 class ResumeError(UsageError):
@@ -84,6 +87,9 @@ class _NoHistory:
     def lookup_results(self, keys) -> dict:
         return {}
 
+    def preload_results(self, *args) -> Preloaded:
+        return Preloaded({}, set())
+
     def last_node_records(self, *args, **kwargs) -> dict:
         return {}
 
@@ -92,6 +98,23 @@ class _NoHistory:
 
     def close(self) -> None:
         pass
+
+
+def run_fingerprint(req: RunRequest, engine: Engine) -> str:
+    """What a run's result depends on: the plan, the inputs, `--model` and the code version
+    of every tool (the parts of node keys that are not node values)."""
+    versions = {name: engine.code_version(name) for name in sorted(req.plan["tools"])}
+    return digest("run", req.plan_hash, canonical_json(req.inputs), req.options.model or "",
+                  canonical_json(versions))
+
+
+def may_repeat(req: RunRequest, engine: Engine) -> bool:
+    """Whether a run with a finished run's fingerprint would reuse every node of it: not
+    with --force, --no-cache or --dry-run, nor when a task or tool opts out of reuse."""
+    plan, options = req.plan, req.options
+    return not (options.force or options.dry_run) and all(
+        engine.cacheable(kind, name) for kind, table in (("task", plan["tasks"]), ("tool", plan["tools"]))
+        for name in table)
 
 
 async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
@@ -103,11 +126,17 @@ async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
     try:
         run_id, resuming = pick_run(store, req)
         options = replace(req.options, run_id=run_id)
-        ledger = Ledger(store, run_id, dry_run=req.options.dry_run)
-        await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
+        ledger = Ledger(store, run_id, dry_run=req.options.dry_run, durability=req.durability)
+        engine = Engine(req.plan, ledger, options, executor or LocalExecutor(), reporter)
+        fingerprint = None if req.options.dry_run else run_fingerprint(req, engine)
+        if fingerprint is not None and not resuming and may_repeat(req, engine):
+            finished = store.finished_run(fingerprint)
+            if finished is not None:  # no work to do (like ninja): record it, give its value
+                store.copy_run(finished[0], run_id)
+                return RunOutcome(run_id, "succeeded", finished[1], repeats=finished[0])
+        await ledger.open(req.plan, req.plan_hash, req.inputs, resuming, fingerprint)
         if resuming:
             await ledger.restart_sessions()
-        engine = Engine(req.plan, ledger, options, executor or LocalExecutor(), reporter)
         status, value, failure = "succeeded", None, None
         try:
             value = await engine.run(req.inputs)
@@ -123,7 +152,7 @@ async def execute(req: RunRequest, reporter, executor=None) -> RunOutcome:
             raise
         if req.options.dry_run:
             status = "dry-run"
-        await ledger.close(status)
+        await ledger.close(status, value)
         return RunOutcome(run_id, status, value, failure, engine.decisions)
     finally:
         store.close()
