@@ -72,9 +72,8 @@ def test_strict_durability_commits_each_result_before_its_dependents_start(tmp_p
     killed = af(tmp_path, "run", "flow.agentflow", "--durability", "strict",
                 env=base_env(AGENTFLOW_FAULT="kill@20"))
     assert killed.returncode == -9, killed.stderr
-    # the begin commit, then one commit per step before the next step starts (a step may
-    # have been running when a commit of the store's own timer was the 20th)
-    assert 0 <= len(calls(tmp_path)) - committed_results(tmp_path) <= 1
+    # the begin commit, then one commit per step before the next step starts
+    assert committed_results(tmp_path) == len(calls(tmp_path)) == 19
 
 
 def test_durability_rejects_an_unknown_mode(tmp_path):

@@ -2,8 +2,8 @@
 every point where its state becomes durable, each compared with an uninterrupted run.
 
 For each scenario of `resume_scenarios` and each durability, a real `agentflow run` process is
-stopped right after its N-th commit point (`AGENTFLOW_FAULT`: a commit to the run database,
-and under group durability also each point where a strict run would commit), for every N with
+stopped right after its N-th commit point (`AGENTFLOW_FAULT`: a commit the run asks for, and
+under group durability also each point where a strict run would commit), for every N with
 SIGKILL and at the first, middle and last point with SIGINT (Ctrl-C) and SIGTERM. `--resume`
 must then give the uninterrupted run's result byte for byte, its node rows and stored
 sessions, and pay no finished model or tool call twice: under strict durability none at all;
