@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 SIGNALS = {"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}
 
@@ -36,6 +38,10 @@ def after_commit() -> None:
     _commits += 1
     if _commits == _FAULT[1]:
         os.kill(os.getpid(), _FAULT[0])
+        if threading.current_thread() is not threading.main_thread():
+            # The main thread acts on SIGINT and SIGTERM: give it the time to, before this
+            # commit's caller goes on (after a run's last commit it could otherwise end first).
+            time.sleep(1.0)
 
 
 def deferred_commit() -> None:
