@@ -1,7 +1,7 @@
 """Whole-process run figures on generated fan-outs (issue: performance).
 
     python tests/bench/bench_run.py [--sizes 1000,10000,100000] [--chains 2000,10000]
-                                    [--repeats 10000] [--llm-calls 1000]
+                                    [--repeats 10000] [--durabilities group,strict] [--llm-calls 1000]
 
 Cases, one line of figures each:
   cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
@@ -151,11 +151,12 @@ def llm_case(calls: int, tmp: Path) -> None:
           f"run CPU {run_cpu:.2f} s, server CPU {server_cpu:.2f} s, {stats['chat_requests']} requests served")
 
 
-def sequential_cases(kind: str, n: int, program: str, tmp: Path) -> dict[str, tuple[float, float]]:
+def sequential_cases(kind: str, n: int, program: str, tmp: Path,
+                     durabilities: list[str]) -> dict[str, tuple[float, float]]:
     """Cold run and full-reuse rerun of a program whose every step needs the one before,
     under each durability; returns {durability: (cold, rerun)} in seconds."""
     figures = {}
-    for durability in ("group", "strict"):
+    for durability in durabilities:
         work = tmp / f"{kind}{n}-{durability}"
         work.mkdir()
         (work / "seq.agentflow").write_text(program)
@@ -180,16 +181,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--chains", default="2000,10000")
     parser.add_argument("--repeats", default="10000")
+    parser.add_argument("--durabilities", default="group,strict")
     parser.add_argument("--llm-calls", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",") if s):
             fanout_cases(n, Path(tmp))
-        chains = {n: sequential_cases("chain", n, chain_program(n), Path(tmp))
+        durabilities = args.durabilities.split(",")
+        chains = {n: sequential_cases("chain", n, chain_program(n), Path(tmp), durabilities)
                   for n in (int(s) for s in args.chains.split(",") if s)}
         for n in (int(s) for s in args.repeats.split(",") if s):
-            loop = sequential_cases("repeat", n, repeat_program(n), Path(tmp))
-            if n in chains:
+            loop = sequential_cases("repeat", n, repeat_program(n), Path(tmp), durabilities)
+            if n in chains and "group" in durabilities:
                 print(f"repeat  N={n:>6}: cold {loop['group'][0] / chains[n]['group'][0]:.2f}x the chain's "
                       f"(target <= 1.5x)")
         if args.llm_calls:
