@@ -456,9 +456,9 @@ class BatchedWriter(FileAccess):
         with self._mu:
             target = self._version
         with self._io:
-            if self._committed >= target:
-                return
-            self._flush_locked()
+            if self._committed < target:
+                self._flush_locked()
+        faults.after_commit()  # one commit point per call, whether or not the janitor wrote first
 
     async def flush_async(self) -> None:
         """`flush()` on a worker thread, so an event loop keeps running meanwhile; tasks
@@ -480,10 +480,10 @@ class BatchedWriter(FileAccess):
             with self._mu:
                 self._holds -= 1
 
-    def _flush_locked(self, timed: bool = False) -> None:
-        """Write the buffer in one transaction. A `timed` flush (the janitor's) is not a
-        commit point for `faults`: it falls where timing puts it, so counting it would
-        make the N-th commit point of a run differ from one run to the next."""
+    def _flush_locked(self) -> None:
+        """Write the buffer in one transaction. Not a commit point for `faults` (only a
+        `flush()` call is): the janitor's flushes fall where timing puts them, so counting
+        them would make the N-th commit point of a run differ from one run to the next."""
         with self._mu:
             if self._holds:
                 return
@@ -501,8 +501,6 @@ class BatchedWriter(FileAccess):
             raise
         self._committed = max(self._committed, batch.version)
         self._last_io = time.monotonic()
-        if not timed:
-            faults.after_commit()
 
     def _write(self, b: _Batch) -> None:
         """One transaction. Rows are appended with plain INSERTs where they are known to be
@@ -692,7 +690,7 @@ class BatchedWriter(FileAccess):
                                           now - since >= AUTO_FLUSH_S and now - last >= 0.05):
                     with self._io:
                         if not self._stop.is_set():
-                            self._flush_locked(timed=True)
+                            self._flush_locked()
                 if self._attached and (time.monotonic() - self._last_io >= IDLE_DETACH_S
                                        or self._readers_waiting()):
                     if self._io.acquire(blocking=False):
