@@ -77,7 +77,8 @@ def check_path(label: str, path: str | os.PathLike, directory: bool) -> None:
 def prepare_run(plan: Plan, inputs: dict, *, db: str | os.PathLike, workspace: str | os.PathLike, spec_dir: Path,
                 model: str | None = None, concurrency: int = 16, resume: bool | str = False,
                 force: Iterable[str] = (), no_cache: bool = False, dry_run: bool = False,
-                interactive: bool = False, labels: tuple[str, str] = ("db", "workspace")) -> RunRequest:
+                durability: str = "group", interactive: bool = False,
+                labels: tuple[str, str] = ("db", "workspace")) -> RunRequest:
     """The runner's request for a run of `plan`, once the force patterns and paths are
     checked. `resume`: True continues the latest unfinished run of the flow, a string the
     run of that id. `labels` name the db and workspace in messages (the CLI's options)."""
@@ -93,7 +94,7 @@ def prepare_run(plan: Plan, inputs: dict, *, db: str | os.PathLike, workspace: s
                          model=model, force=force, no_cache=no_cache, dry_run=dry_run)
     return RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db), options=options,
                       resume=resume is not False, resume_run_id=resume if isinstance(resume, str) and resume else None,
-                      interactive=interactive)
+                      durability=durability, interactive=interactive)
 
 
 async def run_async(plan: Plan | Source, inputs: Mapping[str, Any] | None = None, *, db: str | os.PathLike = DEFAULT_DB,

@@ -140,6 +140,10 @@ def _history_call(fn, db: str, *args):
                    "#* any iteration), a glob, or a binding name.")
 @click.option("--no-cache", is_flag=True, help="Reuse nothing from earlier runs.")
 @click.option("--dry-run", is_flag=True, help="Say per node whether it would be reused or run, and why.")
+@click.option("--durability", type=click.Choice(["group", "strict"]), default="group", show_default=True,
+              help="group: results commit at least every 100 ms and nothing waits for a commit (a kill "
+                   "re-runs the last window's nodes on resume); strict: each result commits before "
+                   "anything that depends on it starts.")
 @click.option("--engine", type=click.Choice(["local", "temporal"]), default="local", show_default=True,
               help="Where calls run: this process, or Temporal workers (docs/TEMPORAL.md).")
 @click.option("--address", default="localhost:7233", show_default=True, help="Temporal server (--engine temporal).")
@@ -149,7 +153,7 @@ def _history_call(fn, db: str, *args):
 @click.option("--interactive", is_flag=True, help='Ask on this terminal for the answers of `model = "human"` '
                                                   "tasks, instead of stopping for `agentflow answer`.")
 def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
-            no_cache, dry_run, engine, address, namespace, task_queue, blob_dir, interactive) -> None:
+            no_cache, dry_run, durability, engine, address, namespace, task_queue, blob_dir, interactive) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
     import gc
     import json
@@ -173,7 +177,8 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     request = prepare_run(plan, parse_inputs(plan.data, input_pairs, inputs_file), db=db, workspace=workspace,
                           spec_dir=Path(file).resolve().parent, model=model, concurrency=concurrency,
                           resume=False if resume is None else resume or True, force=force, no_cache=no_cache,
-                          dry_run=dry_run, interactive=interactive, labels=("--db", "--workspace"))
+                          dry_run=dry_run, durability=durability, interactive=interactive,
+                          labels=("--db", "--workspace"))
     # questions on the terminal need plain lines, not a live display redrawn over them
     reporter = SilentReporter() if dry_run else PlainReporter(sys.stderr) if interactive else reporter_for(sys.stderr)
     # Modules, the program and its plan outlive the run: the collector's full passes while
@@ -206,6 +211,9 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         _print_waiting(outcome, file, db, engine)
         sys.exit(EXIT_WAITING)
     click.echo(escape_surrogates(json.dumps(outcome.value, indent=2, ensure_ascii=False)))
+    if outcome.repeats:
+        click.echo(f"no work to do: plan, inputs and tool code are those of run {outcome.repeats}, "
+                   f"whose result is reused (--force NODE or --no-cache runs again)", err=True)
     click.echo(f"run {outcome.run_id} succeeded", err=True)
 
 

@@ -1,9 +1,16 @@
 """The engine's asynchronous view of the store: group commit and batched lookups.
 
 All store calls run on one worker thread, in order, so the event loop never blocks on
-DuckDB. Lookups made in the same loop turn become one query. A node's result is
-committed by the `flush()` the engine awaits after `node_succeeded`, so nothing that
-depends on it starts before it is durable; writes that need no such promise are only buffered.
+DuckDB. A run starts by preloading the results its flow's earlier runs stored (bounded by
+`PRELOAD_MAX_*`), so most lookups are answered in memory; the others made in the same loop
+turn become one query.
+
+Durability: under `strict`, a node's result is committed by the `flush()` the engine awaits
+after `node_succeeded`, so nothing that depends on it starts before it is durable. Under
+`group` (the default), `flush()` returns at once and the store commits whatever is buffered
+at least every `GROUP_COMMIT_S` and at the end of the run: a kill loses at most that window,
+whose nodes run again on resume (their keys are content hashes, so a lost result that comes
+out different changes its dependents' keys too).
 """
 from __future__ import annotations
 
@@ -14,12 +21,21 @@ from typing import Any
 from agentflow.compiler import schema
 from agentflow.compiler.hashing import canonical_json, digest
 
+from . import faults
 from .engine import NodeOutcome
-from .store import NodeState, Store
+from .store import NO_VALUE, NodeState, Preloaded, Store
 
 
 # The journal step in which a session call records what it adds to its role's session.
 SESSION_STEP = "session"
+
+DURABILITIES = ("group", "strict")
+GROUP_COMMIT_S = 0.1  # under group durability, buffered facts commit at most this late
+# A run preloads at most this many stored results, or about this much value text, and the
+# set of stored keys if there are at most this many; beyond, lookups ask the store.
+PRELOAD_MAX_ROWS = 200_000
+PRELOAD_MAX_BYTES = 64 << 20
+PRELOAD_MAX_KEYS = 200_000
 
 
 def plan_meta_key(plan_hash: str) -> str:
@@ -43,10 +59,12 @@ def rerun_reason(last: NodeState | None, def_hash: str | None, inputs: dict) -> 
 
 
 class Ledger:
-    def __init__(self, store: Store, run_id: str, *, dry_run: bool = False) -> None:
+    def __init__(self, store: Store, run_id: str, *, dry_run: bool = False, durability: str = "strict") -> None:
         self.store = store
         self.run_id = run_id
         self.dry_run = dry_run
+        self.durability = durability
+        self.preloaded = Preloaded({}, None)  # nothing in memory: every lookup asks the store
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-store")
         self.resumed: dict[str, NodeState] = {}
         self.previous: dict[str, dict] = {}
@@ -64,26 +82,32 @@ class Ledger:
 
     # ------------------------------------------------------------ run lifecycle
 
-    async def open(self, plan: schema.Plan, plan_hash: str, inputs: dict, resuming: bool) -> None:
+    async def open(self, plan: schema.Plan, plan_hash: str, inputs: dict, resuming: bool,
+                   fingerprint: str | None = None) -> None:
         self.flow = plan["flow"]
         self.session_roles = schema.session_roles(plan)
         if resuming:
             self.resumed = await self._io(self.store.run_node_states, self.run_id)
+        self.preloaded = await self._io(self.store.preload_results, self.flow, PRELOAD_MAX_ROWS,
+                                        PRELOAD_MAX_BYTES, PRELOAD_MAX_KEYS)
         if not self.dry_run:
+            if self.durability == "group":
+                self.store.commit_within(GROUP_COMMIT_S)
             self._forget_failed_journals(self.resumed)
             self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
-                                 inputs=inputs)
+                                 inputs=inputs, fingerprint=fingerprint)
             self.store.set_meta(plan_meta_key(plan_hash), canonical_json(plan))  # what `agentflow ui` draws
             try:
-                await self.flush()
+                await self.commit()
             except asyncio.CancelledError:  # Ctrl-C or SIGTERM as it began: it ends cancelled, not running
                 self.store.finish_run(self.run_id, "cancelled")  # the store's close writes it
                 raise
 
-    async def close(self, status: str) -> None:
+    async def close(self, status: str, value: Any = NO_VALUE) -> None:
+        """The run ends; a succeeded run's `value` is kept for a no-op rerun to print."""
         if not self.dry_run:
-            self.store.finish_run(self.run_id, status)
-            await self.flush()
+            self.store.finish_run(self.run_id, status, value=value if status == "succeeded" else NO_VALUE)
+            await self.commit()
         self.pool.shutdown(wait=True)
 
     # ------------------------------------------------------------ decisions
@@ -99,6 +123,8 @@ class Ledger:
         return found is not None
 
     async def _lookup(self, key: str):
+        if self.preloaded.answers(key):
+            return self.preloaded.result(key)
         future = asyncio.get_running_loop().create_future()
         self._lookups.setdefault(key, []).append(future)
         if not self._lookup_scheduled:
@@ -163,6 +189,7 @@ class Ledger:
         """Buffers a success; the caller awaits `flush()` before anyone may use the value."""
         self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
                                  attempts=outcome.attempts, key=key, role=role)
+        self.preloaded.stored(key)
 
     async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None:
         self.store.node_finished(self.run_id, node_id, status="failed", error=error, attempts=attempts, role=role)
@@ -248,8 +275,19 @@ class Ledger:
     # ------------------------------------------------------------ group commit
 
     async def flush(self) -> None:
+        """Where a fact must be durable before anything depends on it: under strict
+        durability, `commit()`; under group durability it returns at once (the store
+        commits within `GROUP_COMMIT_S`), counted as a commit point by `faults`."""
+        if self.dry_run:
+            return
+        if self.durability == "group":
+            faults.deferred_commit()
+            return
+        await self.commit()
+
+    async def commit(self) -> None:
         """Returns once everything buffered so far is committed. Concurrent callers share
-        one flush (group commit): the store writes whole batches, never row by row."""
+        one commit (group commit): the store writes whole batches, never row by row."""
         if self.dry_run:
             return
         future = asyncio.get_running_loop().create_future()

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, cast
 
 from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
+from agentflow.compiler.hashing import canonical_json, digest
 
 from .credentials import check_credentials, model_uses
 from .engine import Decision, Engine, NodeFailure, NodeWaiting, RunOptions, DryRunStop
@@ -19,7 +20,7 @@ from .ledger import Ledger
 from .local import LocalExecutor
 from .models import import_litellm_in_background
 from .ports import NodeExecutor, Reporter
-from .store import Store, StoreError
+from .store import Preloaded, Store, StoreError
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class RunRequest:
     resume: bool = False
     resume_run_id: str | None = None
     interactive: bool = False  # a person answers human nodes on the terminal, instead of later
+    durability: str = "group"  # or "strict": see ledger.py
 
 
 @dataclass
@@ -44,6 +46,7 @@ class RunOutcome:
     failure: NodeFailure | None = None
     decisions: list[Decision] = field(default_factory=list)
     questions: list[dict] = field(default_factory=list)  # of the nodes waiting for a person
+    repeats: str | None = None  # a no-op rerun: the finished run whose result it reused whole
 
 
 class ResumeError(UsageError):
@@ -89,6 +92,9 @@ class _NoHistory:
     def lookup_results(self, keys) -> dict:
         return {}
 
+    def preload_results(self, *args) -> Preloaded:
+        return Preloaded({}, set())
+
     def last_node_records(self, *args, **kwargs) -> dict:
         return {}
 
@@ -108,6 +114,23 @@ def start_model_imports(plan: schema.Plan, model_override: str | None) -> None:
         import_litellm_in_background()
 
 
+def run_fingerprint(req: RunRequest, engine: Engine) -> str:
+    """What a run's result depends on: the plan, the inputs, `--model` and the code version
+    of every tool (the parts of node keys that are not node values)."""
+    versions = {name: engine.code_version(name) for name in sorted(req.plan["tools"])}
+    return digest("run", req.plan_hash, canonical_json(req.inputs), req.options.model or "",
+                  canonical_json(versions))
+
+
+def may_repeat(req: RunRequest, engine: Engine) -> bool:
+    """Whether a run with a finished run's fingerprint would reuse every node of it: not
+    with --force, --no-cache or --dry-run, nor when a task or tool opts out of reuse."""
+    plan, options = req.plan, req.options
+    return not (options.force or options.dry_run) and all(
+        engine.cacheable(kind, name) for kind, table in (("task", plan["tasks"]), ("tool", plan["tools"]))
+        for name in table)
+
+
 async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | None = None) -> RunOutcome:
     if req.options.dry_run:  # it calls no model: no key needed
         store = Store.open_reader(req.db_path) if req.db_path.exists() else cast(Store, _NoHistory())
@@ -118,11 +141,17 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
     try:
         run_id, resuming = pick_run(store, req)
         options = replace(req.options, run_id=run_id)
-        ledger = Ledger(store, run_id, dry_run=req.options.dry_run)
-        await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
+        ledger = Ledger(store, run_id, dry_run=req.options.dry_run, durability=req.durability)
+        engine = Engine(req.plan, ledger, options, executor or LocalExecutor(ask=terminal_asker(req)), reporter)
+        fingerprint = None if req.options.dry_run else run_fingerprint(req, engine)
+        if fingerprint is not None and not resuming and may_repeat(req, engine):
+            finished = store.finished_run(fingerprint)
+            if finished is not None:  # no work to do (like ninja): record it, give its value
+                store.copy_run(finished[0], run_id)
+                return RunOutcome(run_id, "succeeded", finished[1], repeats=finished[0])
+        await ledger.open(req.plan, req.plan_hash, req.inputs, resuming, fingerprint)
         if resuming:
             await ledger.restart_sessions()
-        engine = Engine(req.plan, ledger, options, executor or LocalExecutor(ask=terminal_asker(req)), reporter)
         status, value, failure = "succeeded", None, None
         try:
             value = await engine.run(req.inputs)
@@ -140,7 +169,7 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
             raise
         if req.options.dry_run:
             status = "dry-run"
-        await ledger.close(status)
+        await ledger.close(status, value)
         return RunOutcome(run_id, status, value, failure, engine.decisions, engine.questions)
     finally:
         store.close()

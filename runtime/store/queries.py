@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import duckdb
 
-from .records import DIED_ERROR, RUN_STATUSES, STATUSES, NodeState, Turn, loaded
+from .records import DIED_ERROR, RUN_STATUSES, STATUSES, NodeState, Preloaded, Turn, loaded
 from .schema import PUBLIC_VIEWS, SCHEMA_VERSION
 from .writes import BatchedWriter
 
@@ -56,6 +56,37 @@ class Queries(BatchedWriter):
             "SELECT value_hash, any_value(value) FROM _results WHERE value_hash IN "
             "(SELECT unnest($1::VARCHAR[])) GROUP BY value_hash", [wanted]).fetchall())
         return {h: loaded(v) for h, v in rows}
+
+    def preload_results(self, flow: str, max_rows: int, max_bytes: int, max_keys: int) -> Preloaded:
+        """The newest stored result of each node of the flow's earlier runs, by key, up to
+        `max_rows` results or `max_bytes` of value text, and every stored key if there are
+        at most `max_keys`: what a rerun looks up, in two queries instead of one per node."""
+        def query(con: duckdb.DuckDBPyConnection) -> Preloaded:
+            cursor = con.execute(
+                "SELECT r.key, r.value, r.value_hash FROM _results r SEMI JOIN ("
+                "SELECT n.key FROM _node_runs n JOIN _runs u USING (run_id) WHERE u.flow = $1 "
+                "AND n.status = 'succeeded' AND n.key IS NOT NULL QUALIFY row_number() OVER ("
+                "PARTITION BY n.node_id ORDER BY n.finished_at DESC NULLS LAST) = 1) k ON r.key = k.key "
+                "LIMIT $2", [flow, max_rows])
+            values: dict[str, tuple[str, str]] = {}
+            size = 0
+            while size <= max_bytes and (rows := cursor.fetchmany(4096)):
+                for key, text, value_hash in rows:
+                    values[key] = (text, value_hash)
+                    size += len(text)
+            count = con.execute("SELECT count(*) FROM _results").fetchone()[0]  # type: ignore[index]  # duckdb: count(*) has a row
+            keys = None if count > max_keys else {
+                r[0] for r in con.execute("SELECT key FROM _results").fetchall()}
+            return Preloaded(values, keys)
+        return self._read(query)
+
+    def finished_run(self, fingerprint: str) -> tuple[str, Any] | None:
+        """(run id, value) of the newest succeeded run with this fingerprint (plan, inputs,
+        tool code: see runner.py), whose every node a rerun would reuse; or None."""
+        row = self._read(lambda con: con.execute(
+            "SELECT run_id, value FROM _runs WHERE fingerprint = $1 AND status = 'succeeded' "
+            "AND value IS NOT NULL ORDER BY finished_at DESC NULLS LAST LIMIT 1", [fingerprint]).fetchone())
+        return None if row is None else (row[0], loaded(row[1]))
 
     def has_results(self, keys: Iterable[str]) -> set[str]:
         """The keys that have a stored result, without loading the values."""

@@ -14,6 +14,7 @@ FINAL_NODE_STATUSES = ("succeeded", "failed", "skipped", "cancelled", "waiting")
 FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled", "waiting")
 RUN_STATUSES = STATUSES + ("interrupted",)  # interrupted: its process died before it could say
 DIED_ERROR = "interrupted: the run's process died"  # the error of a node that was running then
+NO_VALUE: Any = object()  # a value not given (None is JSON null)
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,45 @@ class Turn:
     key: str | None
 
 
+@dataclass
+class Preloaded:
+    """Stored results a run may reuse, loaded at its start in one bounded query, so that
+    most lookups are answered in memory. `values`: key -> (value text, value hash), for the
+    flow's newest result of each node; `keys`: every stored key, or None when there were
+    too many to load (a key not in `values` is then looked up in the store)."""
+
+    values: dict[str, tuple[str, str]]
+    keys: set[str] | None
+
+    def answers(self, key: str) -> bool:
+        """Whether memory knows the answer for `key`: its result, or that there is none."""
+        return key in self.values or (self.keys is not None and key not in self.keys)
+
+    def result(self, key: str) -> tuple[Any, str] | None:
+        """(value, value hash) preloaded for `key`, or None."""
+        found = self.values.get(key)
+        return None if found is None else (loaded(found[0]), found[1])
+
+    def stored(self, key: str) -> None:
+        """A result was stored for `key` during the run: from now on the store answers it."""
+        self.values.pop(key, None)
+        if self.keys is not None:
+            self.keys.add(key)
+
+
 def to_json(value: Any) -> str:
     """The text a JSON column stores for a value (see `storable`)."""
     return storable(canonical_text(value), value)
+
+
+def ordered_json(value: Any) -> str:
+    """A run's value as stored: JSON keeping its key order, so a no-op rerun prints it as
+    the run did (see `storable`)."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"not storable as JSON: {err}") from None
+    return storable(text, value)
 
 
 def canonical_text(value: Any) -> str:

@@ -7,7 +7,7 @@ import duckdb
 from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
 from .records import DIED_ERROR
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id", "flow", "entry", "status", "started_at", "finished_at"),
@@ -21,7 +21,8 @@ _SCHEMA = f"""
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 CREATE TABLE _runs (
     run_id VARCHAR PRIMARY KEY, flow VARCHAR, entry VARCHAR, status VARCHAR NOT NULL,
-    started_at TIMESTAMP, finished_at TIMESTAMP, plan_hash VARCHAR, inputs JSON, pid INTEGER);
+    started_at TIMESTAMP, finished_at TIMESTAMP, plan_hash VARCHAR, inputs JSON, pid INTEGER,
+    fingerprint VARCHAR, value JSON);
 CREATE TABLE _node_runs (
     run_id VARCHAR NOT NULL, node_id VARCHAR NOT NULL, role VARCHAR, status VARCHAR NOT NULL,
     cached BOOLEAN NOT NULL, attempts INTEGER NOT NULL, started_at TIMESTAMP,
@@ -48,6 +49,13 @@ CREATE VIEW node_runs AS SELECT {", ".join(PUBLIC_VIEWS["node_runs"])} FROM _nod
 CREATE VIEW llm_calls AS SELECT {", ".join(PUBLIC_VIEWS["llm_calls"])} FROM _llm_calls;
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
+
+# The statements that bring a database of version N to N + 1, run in one transaction with
+# the version bump; every version since the first release opens.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # a run's fingerprint and value: a no-op rerun copies a finished run (runner.py)
+    1: ("ALTER TABLE _runs ADD COLUMN fingerprint VARCHAR", "ALTER TABLE _runs ADD COLUMN value JSON"),
+}
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, where: str, writer: bool) -> None:
@@ -81,9 +89,28 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, where: str, writer: bool) -> N
             f"database {where} was written by a newer agentflow (schema version "
             f"{version}; this agentflow reads up to version {SCHEMA_VERSION}); upgrade agentflow "
             f"or use --db to pick another database")
-    if version < SCHEMA_VERSION:  # no older schema has shipped yet
+    if version < min(MIGRATIONS):
         raise StoreSchemaError(f"database {where} has schema version {version}, which "
                                f"this agentflow cannot upgrade; use --db to start a new one")
+    if version < SCHEMA_VERSION and writer:  # readers read older versions as they are
+        migrate(con, version, where)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, version: int, where: str) -> None:
+    """Upgrade a database from `version` to `SCHEMA_VERSION`, all steps in one transaction."""
+    try:
+        con.execute("BEGIN")
+        for step in range(version, SCHEMA_VERSION):
+            for stmt in MIGRATIONS[step]:
+                con.execute(stmt)
+        con.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    except duckdb.Error as err:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise translate(err, where) from None
 
 
 def record_dead_runs(con: duckdb.DuckDBPyConnection, where: str) -> None:

@@ -38,14 +38,14 @@ from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from .. import faults
 from .access import IDLE_DETACH_S, FileAccess
-from .records import FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, canonical_text, storable, to_json
+from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, canonical_text, ordered_json,
+                      storable, to_json)
 from .schema import PUBLIC_VIEWS
 
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
 AUTO_FLUSH_MAX_S = 0.75  # and facts this old in any case
 JANITOR_TICK_S = 0.02
 
-_NO_VALUE: Any = object()
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -206,6 +206,21 @@ def _insert(con: duckdb.DuckDBPyConnection, into: str, columns: Sequence[tuple[s
     con.execute(f"{into} SELECT * FROM ({sql}) {suffix}", params)
 
 
+def _in_transaction(con: duckdb.DuckDBPyConnection, statements: Sequence[tuple[str, list]]) -> None:
+    """Run `(sql, params)` statements in one transaction: all of them or none."""
+    try:
+        con.execute("BEGIN")
+        for sql, params in statements:
+            con.execute(sql, params)
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+
+
 class BatchedWriter(FileAccess):
     """The writer's side of a store: facts buffered in memory, committed in batches by
     `flush()` and by a janitor thread that also lets go of the file when idle."""
@@ -226,6 +241,12 @@ class BatchedWriter(FileAccess):
         self._careful = False  # upsert everything (after a key turned out to exist)
         self._janitor: threading.Thread | None = None
         self._background_error: BaseException | None = None  # the janitor's last failure
+        self._commit_after = AUTO_FLUSH_MAX_S  # the janitor commits facts this old in any case
+
+    def commit_within(self, seconds: float) -> None:
+        """Group commit: buffered facts commit at most `seconds` after the first of them,
+        whether or not anyone calls `flush()` (the janitor commits them)."""
+        self._commit_after = max(0.0, seconds - JANITOR_TICK_S)
 
     def _start_janitor(self) -> None:
         self._janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
@@ -253,22 +274,32 @@ class BatchedWriter(FileAccess):
         return upd
 
     def begin_run(self, run_id: str, *, flow: str, entry: str | None, plan_hash: str | None,
-                  inputs: Any, at: datetime | None = None) -> None:
-        """A run starts (or resumes: its first start time is kept, status is running again)."""
+                  inputs: Any, fingerprint: str | None = None, at: datetime | None = None) -> None:
+        """A run starts (or resumes: its first start time is kept, status is running again).
+        `fingerprint`: what its result depends on (see `finished_run`)."""
         row = dict(flow=flow, entry=entry, plan_hash=plan_hash, inputs=to_json(inputs), pid=os.getpid(),
-                   status="running", started_at=_utc(at), finished_at=None)
+                   status="running", started_at=_utc(at), finished_at=None, fingerprint=fingerprint,
+                   value=None)
         with self._mu:
             buf = self._buffer()
             buf.runs[run_id] = {**buf.runs.get(run_id, {}), **row}
 
-    def finish_run(self, run_id: str, status: str, at: datetime | None = None) -> None:
+    def finish_run(self, run_id: str, status: str, at: datetime | None = None, *,
+                   value: Any = NO_VALUE) -> None:
         """A run ends: succeeded, failed, cancelled (interrupted; rerun resumes) or waiting
-        (for a person's answers; `--resume` continues)."""
+        (for a person's answers; `--resume` continues). A succeeded run's `value` is kept, for
+        a no-op rerun to print."""
         if status not in FINAL_RUN_STATUSES:
             raise ValueError(f"run status must be one of {FINAL_RUN_STATUSES}, not {status!r}")
+        end = {"status": status, "finished_at": _utc(at), "value": None}
+        if value is not NO_VALUE:
+            try:
+                end["value"] = ordered_json(value)
+            except ValueError:  # kept only when storable; a no-op rerun then does not apply
+                pass
         with self._mu:
             buf = self._buffer()
-            buf.runs[run_id] = {**buf.runs.get(run_id, {}), "status": status, "finished_at": _utc(at)}
+            buf.runs[run_id] = {**buf.runs.get(run_id, {}), **end}
 
     def node_pending(self, run_id: str, node_id: str, *, role: str | None = None,
                      key: str | None = None) -> None:
@@ -290,7 +321,7 @@ class BatchedWriter(FileAccess):
             if key is not None:
                 self._open_nodes[(run_id, node_id)] = key
 
-    def node_finished(self, run_id: str, node_id: str, *, status: str, value: Any = _NO_VALUE,
+    def node_finished(self, run_id: str, node_id: str, *, status: str, value: Any = NO_VALUE,
                       value_hash: str | None = None, error: str | None = None,
                       attempts: int | None = None, key: str | None = None, role: str | None = None,
                       cached: bool = False, at: datetime | None = None) -> str | None:
@@ -303,7 +334,7 @@ class BatchedWriter(FileAccess):
             raise ValueError(f"node status must be one of {FINAL_NODE_STATUSES}, not {status!r}")
         text = None
         if status == "succeeded":
-            if value is _NO_VALUE:
+            if value is NO_VALUE:
                 raise ValueError(f"node_finished({node_id!r}, status='succeeded') needs its value")
             canonical = canonical_text(value)
             text = storable(canonical, value)
@@ -390,6 +421,30 @@ class BatchedWriter(FileAccess):
         with self._mu:
             self._buffer().meta[key] = value
 
+    def copy_run(self, source: str, run_id: str, at: datetime | None = None) -> None:
+        """Record a no-op rerun at once: a new succeeded run with `source`'s plan, inputs,
+        fingerprint and value, its node rows (each reused, as a rerun would record it) and
+        its sessions. One transaction; whatever was buffered commits before it."""
+        now = _utc(at)
+        copies = (
+            ("INSERT INTO _runs (run_id, flow, entry, status, started_at, finished_at, plan_hash, inputs, "
+             "pid, fingerprint, value) SELECT $2, flow, entry, 'succeeded', make_timestamp($3), "
+             "make_timestamp($3), plan_hash, inputs, $4, fingerprint, value FROM _runs WHERE run_id = $1",
+             [source, run_id, now, os.getpid()]),
+            ("INSERT INTO _node_runs (run_id, node_id, role, status, cached, attempts, started_at, "
+             "finished_at, key, def_hash, input_hash, input_hashes, output_hash, duration_ms) "
+             "SELECT $2, node_id, role, status, status = 'succeeded', 0, make_timestamp($3), "
+             "make_timestamp($3), key, def_hash, input_hash, input_hashes, output_hash, 0 "
+             "FROM _node_runs WHERE run_id = $1", [source, run_id, now]),
+            ("INSERT INTO _sessions SELECT $2, role, seq, message, make_timestamp($3) FROM _sessions "
+             "WHERE run_id = $1", [source, run_id, now]))
+        with self._io:
+            self._flush_locked()
+            self._attach()
+            self._run(lambda con: _in_transaction(con, copies))
+            self._last_io = time.monotonic()
+        faults.after_commit()
+
     # ------------------------------------------------------------ flushing (writer)
 
     def flush(self) -> None:
@@ -402,9 +457,9 @@ class BatchedWriter(FileAccess):
         with self._mu:
             target = self._version
         with self._io:
-            if self._committed >= target:
-                return
-            self._flush_locked()
+            if self._committed < target:
+                self._flush_locked()
+        faults.after_commit()  # one commit point per call, whether or not the janitor wrote first
 
     async def flush_async(self) -> None:
         """`flush()` on a worker thread, so an event loop keeps running meanwhile; tasks
@@ -427,6 +482,9 @@ class BatchedWriter(FileAccess):
                 self._holds -= 1
 
     def _flush_locked(self) -> None:
+        """Write the buffer in one transaction. Not a commit point for `faults` (only a
+        `flush()` call is): the janitor's flushes fall where timing puts them, so counting
+        them would make the N-th commit point of a run differ from one run to the next."""
         with self._mu:
             if self._holds:
                 return
@@ -444,7 +502,6 @@ class BatchedWriter(FileAccess):
             raise
         self._committed = max(self._committed, batch.version)
         self._last_io = time.monotonic()
-        faults.after_commit()
 
     def _write(self, b: _Batch) -> None:
         """One transaction. Rows are appended with plain INSERTs where they are known to be
@@ -551,18 +608,21 @@ class BatchedWriter(FileAccess):
             fresh = set(ids) - {r[0] for r in con.execute(
                 "SELECT run_id FROM _runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))", [ids]).fetchall()}
             kinds = dict(flow="V", entry="V", status="V", started_at="T", finished_at="T", plan_hash="V",
-                         inputs="J", pid="I")
+                         inputs="J", pid="I", fingerprint="V", value="J")
             _insert(con, "INSERT INTO _runs", [("run_id", "V", [rid for rid, _ in full])] +
                     [(c, k, [r[c] for _, r in full]) for c, k in kinds.items()],
                     "ON CONFLICT (run_id) DO UPDATE SET flow = excluded.flow, entry = excluded.entry, "
                     "status = excluded.status, started_at = coalesce(_runs.started_at, excluded.started_at), "
                     "finished_at = excluded.finished_at, plan_hash = excluded.plan_hash, "
-                    "inputs = excluded.inputs, pid = excluded.pid")
+                    "inputs = excluded.inputs, pid = excluded.pid, fingerprint = excluded.fingerprint, "
+                    "value = excluded.value")
         if ends:
-            _insert(con, "INSERT INTO _runs (run_id, status, finished_at)", [
+            _insert(con, "INSERT INTO _runs (run_id, status, finished_at, value)", [
                 ("run_id", "V", [rid for rid, _ in ends]), ("status", "V", [r["status"] for _, r in ends]),
-                ("finished_at", "T", [r["finished_at"] for _, r in ends])],
-                "ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at")
+                ("finished_at", "T", [r["finished_at"] for _, r in ends]),
+                ("value", "J", [r["value"] for _, r in ends])],
+                "ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at, "
+                "value = excluded.value")
         return fresh
 
     _NODE_UPSERT = (
@@ -627,7 +687,7 @@ class BatchedWriter(FileAccess):
                 with self._mu:
                     since, last = self._buf.since, self._buf.last
                 now = time.monotonic()
-                if since is not None and (now - since >= AUTO_FLUSH_MAX_S or
+                if since is not None and (now - since >= self._commit_after or
                                           now - since >= AUTO_FLUSH_S and now - last >= 0.05):
                     with self._io:
                         if not self._stop.is_set():

@@ -1,10 +1,13 @@
 """Whole-process run figures on generated fan-outs (issue: performance).
 
-    python tests/bench/bench_run.py [--sizes 1000,10000,100000] [--llm 20x500@10,1000x50@100]
+    python tests/bench/bench_run.py [--sizes 1000,10000,100000] [--chains 2000,10000]
+                                    [--repeats 10000] [--durabilities group,strict]
+                                    [--llm 20x500@10,1000x50@100]
 
 Cases, one line of figures each:
   cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
-  rerun   the same again, every node stored: wall time
+  no-op   the same again, nothing changed: no work to do (the finished run is copied)
+  rerun   the same with an input no node reads: every node looked up and reused
   resume  a run killed half-way (SIGKILL), then --resume: wall time of the resume
   llm     M model calls of L ms each through litellm against a local OpenAI-protocol
           server (HTTP/1.1 keep-alive, as real providers), --concurrency C and
@@ -13,6 +16,10 @@ Cases, one line of figures each:
           against the ideal, split into the time to the first request (startup, compile,
           litellm import), the call phase and the time after the last answer (exit)
   rss     peak resident memory of the cold run and of the rerun (each child's own)
+  chain   N python-tool steps `s{k} = step(k, s{k-1}.count)`, each needing the one before:
+          cold, then a rerun with an input no step reads (every step looked up and reused),
+          per durability
+  repeat  `repeat max N` whose every iteration needs the previous one: cold and rerun
 """
 from __future__ import annotations
 
@@ -30,13 +37,14 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from gen import BENCH_ENV, BENCH_TOOLS, fanout_program  # noqa: E402
+from gen import BENCH_ENV, BENCH_TOOLS, chain_program, fanout_program, repeat_program  # noqa: E402
 
 ENV = {**BENCH_ENV, "AGENTFLOW_BACKOFF_BASE": "0.05"}
 
 
-def agentflow(args: list[str], cwd: Path) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MB of this child alone, stderr tail)."""
+def agentflow(args: list[str], cwd: Path) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds (user + system)) of this child alone: on a
+    shared machine its CPU time says more than its wall time."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=ENV,
@@ -48,7 +56,7 @@ def agentflow(args: list[str], cwd: Path) -> tuple[float, int, str]:
         stderr = err.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"agentflow {' '.join(args)} exited {proc.returncode}:\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss // 1024, stderr[-200:]
+    return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
 
 
 def startup(cwd: Path) -> float:
@@ -63,12 +71,15 @@ def fanout_cases(n: int, tmp: Path) -> None:
     (work / "in.json").write_text(json.dumps({"items": list(range(n))}))
     base = startup(work)
     run = ["run", "fan.agentflow", "--inputs", "in.json", "--concurrency", "64"]
-    cold, rss, _ = agentflow(run, work)
+    cold, rss, cpu = agentflow(run, work)
     print(f"cold    N={n:>6}: {cold:6.2f} s  ({(cold - base) / n * 1e3:.3f} ms/node over a {base:.2f} s "
-          f"compile)  peak RSS {rss} MB")
-    rerun, rerun_rss, _ = agentflow(run, work)
-    print(f"rerun   N={n:>6}: {rerun:6.2f} s  (every node reused; {(rerun - base) / n * 1e3:.3f} ms/node)  "
-          f"peak RSS {rerun_rss} MB")
+          f"compile)  CPU {cpu:.2f} s  peak RSS {rss} MB", flush=True)
+    rerun, rerun_rss, cpu = agentflow(run, work)
+    print(f"no-op   N={n:>6}: {rerun:6.2f} s  (nothing changed: no work to do)  CPU {cpu:.2f} s  "
+          f"peak RSS {rerun_rss} MB", flush=True)
+    reuse, reuse_rss, cpu = agentflow(run + ["--input", "note=rerun"], work)
+    print(f"rerun   N={n:>6}: {reuse:6.2f} s  (every node reused; {(reuse - base) / n * 1e3:.3f} ms/node)  "
+          f"CPU {cpu:.2f} s  peak RSS {reuse_rss} MB", flush=True)
     # resume: fresh inputs (salt), killed when half of its nodes are stored
     resume_args = run + ["--input", f"salt={10 * n}"]  # values no earlier run stored
     proc = subprocess.Popen([sys.executable, "-m", "agentflow", *resume_args], cwd=work, env=ENV,
@@ -142,6 +153,26 @@ def llm_case(calls: int, latency_ms: int, concurrency: int, tmp: Path) -> None:
           f"run CPU {run_cpu:.2f} s, server CPU {server_cpu:.2f} s, {stats['chat_requests']} requests served")
 
 
+def sequential_cases(kind: str, n: int, program: str, tmp: Path,
+                     durabilities: list[str]) -> dict[str, tuple[float, float]]:
+    """Cold run and full-reuse rerun of a program whose every step needs the one before,
+    under each durability; returns {durability: (cold, rerun)} in seconds."""
+    figures = {}
+    for durability in durabilities:
+        work = tmp / f"{kind}{n}-{durability}"
+        work.mkdir()
+        (work / "seq.agentflow").write_text(program)
+        (work / "benchtools.py").write_text(BENCH_TOOLS)
+        run = ["run", "seq.agentflow", "--durability", durability]
+        cold, rss, cold_cpu = agentflow(run, work)
+        rerun, _, rerun_cpu = agentflow(run + ["--input", "note=rerun"], work)
+        figures[durability] = (cold, rerun)
+        print(f"{kind:<7} N={n:>6} {durability:<6}: cold {cold:6.2f} s ({cold / n * 1e3:.3f} ms/step, "
+              f"CPU {cold_cpu:.2f} s), rerun {rerun:6.2f} s ({rerun / n * 1e3:.3f} ms/step, CPU "
+              f"{rerun_cpu:.2f} s)  peak RSS {rss} MB", flush=True)
+    return figures
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -150,11 +181,22 @@ def children_cpu() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--chains", default="2000,10000")
+    parser.add_argument("--repeats", default="10000")
+    parser.add_argument("--durabilities", default="group,strict")
     parser.add_argument("--llm", default="20x500@10,1000x50@100", help="model-call cases: CALLSxMS@CONCURRENCY,...")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",") if s):
             fanout_cases(n, Path(tmp))
+        durabilities = args.durabilities.split(",")
+        chains = {n: sequential_cases("chain", n, chain_program(n), Path(tmp), durabilities)
+                  for n in (int(s) for s in args.chains.split(",") if s)}
+        for n in (int(s) for s in args.repeats.split(",") if s):
+            loop = sequential_cases("repeat", n, repeat_program(n), Path(tmp), durabilities)
+            if n in chains and "group" in durabilities:
+                print(f"repeat  N={n:>6}: cold {loop['group'][0] / chains[n]['group'][0]:.2f}x the chain's "
+                      f"(target <= 1.5x)")
         for case in (c for c in args.llm.split(",") if c):
             calls, rest = case.split("x")
             latency_ms, concurrency = rest.split("@")

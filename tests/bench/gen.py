@@ -51,9 +51,10 @@ def wide_program(bindings: int) -> str:
 
 
 def fanout_program() -> str:
-    """One `for` over N items, each a trivial python tool call."""
+    """One `for` over N items, each a trivial python tool call. `note` changes no node: a
+    rerun given another note reuses every node through the engine (not a no-op rerun)."""
     return HEADER + """
-choreography main(items: list[int], salt: int = 0) -> int {
+choreography main(items: list[int], salt: int = 0, note: str = "") -> int {
   results = for i in items {
     yield square(i + salt)
   }
@@ -62,7 +63,42 @@ choreography main(items: list[int], salt: int = 0) -> int {
 """
 
 
+STEP_HEADER = """
+type Count {
+  count: int
+}
+
+tool step(k: int, prev: int = 0) -> Count {
+  python = "benchtools:step"
+}
+"""
+
+
+def chain_program(steps: int) -> str:
+    """A chain: `s{k} = step(k, s{k-1}.count)`, each step needing the one before."""
+    lines = [STEP_HEADER, 'choreography main(note: str = "") -> int {', "  s0 = step(0, 0)"]
+    lines += [f"  s{k} = step({k}, s{k - 1}.count)" for k in range(1, steps)]
+    lines += [f"  return s{steps - 1}.count", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def repeat_program(iterations: int) -> str:
+    """An agent loop: `repeat max N` whose every iteration needs the previous one's result."""
+    return STEP_HEADER + f"""
+choreography main(note: str = "") -> int {{
+  loop = repeat max {iterations} until s.count < 0 {{
+    s = step(1, prev.s.count)
+  }}
+  return loop.s.count
+}}
+"""
+
+
 BENCH_TOOLS = '''
 def square(x: int) -> int:
     return x * x
+
+
+def step(k: int, prev: int) -> dict:
+    return {"count": prev + k}
 '''

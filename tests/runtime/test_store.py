@@ -506,3 +506,115 @@ def test_kill_9_while_flushing_leaves_a_sound_database(tmp_path: Path, db: Path,
         assert len(done) >= committed  # every reported flush survived
         assert len(s.lookup_results(states[n].key for n in done)) == len(done)
         assert len(s.load_turns("k", "n0")) == 1
+
+
+# ---------------------------------------------------------------- schema versions
+
+# What schema version 1 (the first release) created: a database of the previous version.
+SCHEMA_V1 = """
+CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE _runs (
+    run_id VARCHAR PRIMARY KEY, flow VARCHAR, entry VARCHAR, status VARCHAR NOT NULL,
+    started_at TIMESTAMP, finished_at TIMESTAMP, plan_hash VARCHAR, inputs JSON, pid INTEGER);
+CREATE TABLE _node_runs (
+    run_id VARCHAR NOT NULL, node_id VARCHAR NOT NULL, role VARCHAR, status VARCHAR NOT NULL,
+    cached BOOLEAN NOT NULL, attempts INTEGER NOT NULL, started_at TIMESTAMP,
+    finished_at TIMESTAMP, error VARCHAR, key VARCHAR, def_hash VARCHAR, input_hash VARCHAR,
+    input_hashes JSON, output_hash VARCHAR, duration_ms BIGINT,
+    prompt_tokens BIGINT NOT NULL DEFAULT 0, completion_tokens BIGINT NOT NULL DEFAULT 0,
+    cost_usd DOUBLE NOT NULL DEFAULT 0, llm_calls INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, node_id));
+CREATE TABLE _results (
+    key VARCHAR PRIMARY KEY, value JSON NOT NULL, value_hash VARCHAR NOT NULL,
+    run_id VARCHAR, node_id VARCHAR, created_at TIMESTAMP);
+CREATE TABLE _turns (
+    run_id VARCHAR NOT NULL, node_id VARCHAR NOT NULL, seq INTEGER NOT NULL, key VARCHAR,
+    kind VARCHAR, payload JSON, created_at TIMESTAMP);
+CREATE TABLE _llm_calls (
+    run_id VARCHAR NOT NULL, node_id VARCHAR, model VARCHAR, prompt_tokens BIGINT,
+    completion_tokens BIGINT, cost_usd DOUBLE, latency_ms DOUBLE, cached BOOLEAN,
+    created_at TIMESTAMP);
+CREATE TABLE _sessions (
+    run_id VARCHAR NOT NULL, role VARCHAR NOT NULL, seq INTEGER NOT NULL, message JSON,
+    created_at TIMESTAMP);
+CREATE VIEW runs AS SELECT run_id, flow, entry, status, started_at, finished_at FROM _runs;
+CREATE VIEW node_runs AS SELECT run_id, node_id, role, status, cached, attempts, started_at,
+    finished_at, error FROM _node_runs;
+CREATE VIEW llm_calls AS SELECT run_id, node_id, model, prompt_tokens, completion_tokens, cost_usd,
+    latency_ms, cached, created_at FROM _llm_calls;
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO _runs VALUES ('old', 'build', 'main', 'succeeded', TIMESTAMP '2025-03-01 12:00:00',
+    TIMESTAMP '2025-03-01 12:01:00', 'p1', '{}', 1);
+INSERT INTO _results VALUES ('k-old', '"stored"', 'h-old', 'old', 'main/a', NULL);
+INSERT INTO _node_runs (run_id, node_id, status, cached, attempts, key, output_hash)
+    VALUES ('old', 'main/a', 'succeeded', false, 1, 'k-old', 'h-old');
+"""
+
+
+def test_a_database_of_the_previous_schema_version_opens_and_works(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    con = duckdb.connect(str(db))
+    for stmt in SCHEMA_V1.split(";"):
+        if stmt.strip():
+            con.execute(stmt)
+    con.close()
+    with Store.open_reader(db) as reader:  # a reader reads it as it is
+        assert reader.get_run("old")["status"] == "succeeded"
+    with Store.open_writer(db) as s:  # a writer upgrades it, keeping what it holds
+        assert s.get_run("old")["status"] == "succeeded"
+        assert s.lookup_results(["k-old"]) == {"k-old": ("stored", "h-old")}
+        s.begin_run("new", flow="build", entry="main", plan_hash="p1", inputs={}, fingerprint="fp")
+        s.finish_run("new", "succeeded", value={"b": 1, "a": [2]})
+        assert s.finished_run("fp") == ("new", {"b": 1, "a": [2]})
+        assert list(s.finished_run("fp")[1]) == ["b", "a"]  # the value keeps its key order
+        assert s.check_consistency() == []
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    con.close()
+
+
+def test_a_database_older_than_every_migration_is_refused_with_a_clear_message(db: Path) -> None:
+    Store.open_writer(db).close()
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(StoreSchemaError, match="schema version 0, which this agentflow cannot upgrade"):
+        Store.open_writer(db)
+
+
+# ---------------------------------------------------------------- preloading and copying runs
+
+
+def _stored_run(s: Store, run_id: str, flow: str, values: dict[str, object]) -> None:
+    s.begin_run(run_id, flow=flow, entry="main", plan_hash="p", inputs={}, fingerprint=f"fp-{run_id}")
+    for node, value in values.items():
+        s.node_started(run_id, node, role=None, key=f"k-{run_id}-{node}")
+        s.node_finished(run_id, node, status="succeeded", value=value)
+    s.append_session(run_id, "w", [{"role": "user", "content": "hi"}])
+    s.finish_run(run_id, "succeeded", value=list(values.values()))
+
+
+def test_preload_gives_the_flows_results_by_key_within_its_bounds(db: Path) -> None:
+    with Store.open_writer(db) as s:
+        _stored_run(s, "r1", "f", {"main/a": 1, "main/b": {"x": 2}})
+        _stored_run(s, "r2", "other", {"main/a": 3})
+        found = s.preload_results("f", 100, 1 << 20, 100)
+        assert set(found.values) == {"k-r1-main/a", "k-r1-main/b"}
+        assert found.result("k-r1-main/b") == ({"x": 2}, value_hash({"x": 2}))
+        assert found.answers("k-unknown") and found.result("k-unknown") is None  # known missing
+        assert not found.answers("k-r2-main/a")  # stored by another flow: the store answers
+        bounded = s.preload_results("f", 1, 1 << 20, 2)
+        assert len(bounded.values) == 1 and bounded.keys is None
+        assert not bounded.answers("k-unknown")  # too many keys to know: the store answers
+
+
+def test_copy_run_records_a_finished_run_again_in_one_go(db: Path) -> None:
+    with Store.open_writer(db) as s:
+        _stored_run(s, "r1", "f", {"main/a": 1, "main/b": 2})
+        s.copy_run("r1", "r2")
+        run = s.get_run("r2")
+        assert (run["status"], run["nodes"], run["succeeded"], run["cached"]) == ("succeeded", 2, 2, 2)
+        assert s.finished_run("fp-r1") == ("r2", [1, 2])  # the newest run with the fingerprint
+        assert s.load_session("r2", "w") == s.load_session("r1", "w") == [{"role": "user", "content": "hi"}]
+        assert s.run_node_states("r2")["main/a"].key == "k-r1-main/a"
+        assert s.check_consistency() == []
