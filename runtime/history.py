@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agentflow.compiler.errors import UsageError
+
 from .store import Store, StoreError
 
 
@@ -33,9 +35,14 @@ def run_nodes(db: str, run_id: str) -> list[dict]:
     return run_detail(db, run_id)[1]
 
 
-def run_statuses(db: str, run_id: str) -> dict[str, str]:
-    """Instance node id -> status (`cached` for reused nodes), for `graph --run`."""
-    return {n["node"]: ("cached" if n["cached"] else n["status"]) for n in run_nodes(db, run_id)}
+def run_statuses(db: str, run_id: str, flow: str, entry: str) -> dict[str, str]:
+    """Instance node id -> status (`cached` for reused nodes), for `graph --run` of a run of
+    this flow and entry: another flow's node ids would not match the plan's."""
+    run, nodes = run_detail(db, run_id)
+    if (run["flow"], run["entry"]) != (flow, entry):
+        raise UsageError(f"run {run_id} ran {run['flow']}:{run['entry']}, not {flow}:{entry}; "
+                         f"draw it with its own file (and --entry), or pick a run of this flow from `agentflow runs`")
+    return {n["node"]: ("cached" if n["cached"] else n["status"]) for n in nodes}
 
 
 def rows_json(rows: list[dict]) -> str:
