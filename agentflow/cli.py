@@ -182,7 +182,7 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
                          dry_run=dry_run)
     request = RunRequest(plan=plan.data, plan_hash=plan.plan_hash, inputs=inputs, db_path=Path(db),
                          options=options, resume=resume is not None, resume_run_id=resume or None)
-    reporter = SilentReporter() if dry_run else reporter_for(sys.stderr)
+    reporter = SilentReporter() if dry_run else reporter_for(sys.stderr, plan.data)
     # Modules, the program and its plan outlive the run: the collector's full passes while
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
     gc.freeze()
