@@ -275,11 +275,16 @@ def runs_cmd(db: str, as_json: bool) -> None:
 
 @main.command("show")
 @click.argument("run_id")
+@click.argument("node_id", required=False)
 @click.option("--db", default=DEFAULT_DB, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node instances.")
-def show_cmd(run_id: str, db: str, as_json: bool) -> None:
-    """One run: every node instance with status, reuse, attempts, duration, tokens, cost and error."""
-    from agentflow.runtime.history import print_nodes, run_detail
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of node instances, or the one node.")
+def show_cmd(run_id: str, node_id: str | None, db: str, as_json: bool) -> None:
+    """One run: every node instance with status, reuse, attempts, duration, tokens, cost and error.
+    With NODE_ID, that node: its messages (prompt, model answers, tool calls and results) and result."""
+    from agentflow.runtime.history import node_detail, print_node, print_nodes, run_detail
+    if node_id is not None:
+        print_node(_history_call(node_detail, db, run_id, node_id), as_json)
+        return
     run, nodes = _history_call(run_detail, db, run_id)
     print_nodes(run, nodes, as_json)
 

@@ -19,6 +19,15 @@ from .store import NodeState, Store
 
 # The journal step in which a session call records what it adds to its role's session.
 SESSION_STEP = "session"
+# The journal's first step: the messages a call started from (system, session, prompt), for
+# `show RUN NODE`; a resumed call renders them afresh, it does not replay this step.
+PROMPT_STEP = "prompt"
+
+
+def structure_key(run_id: str, node_id: str) -> str:
+    """The key a finished structure instance is stored under (with a null value: a
+    structure's value is its calls' values, stored with them)."""
+    return f"structure:{run_id}:{node_id}"
 
 
 class Ledger:
@@ -167,7 +176,7 @@ class Ledger:
     def structure_done(self, node_id: str, status: str, cached: bool = False) -> None:
         """A structure instance ended; `cached` when every call inside it was reused."""
         if not self.dry_run:
-            self.store.node_finished(self.run_id, node_id, status=status, value=None, key=f"structure:{self.run_id}:{node_id}"
+            self.store.node_finished(self.run_id, node_id, status=status, value=None, key=structure_key(self.run_id, node_id)
                                      if status == "succeeded" else None, cached=cached)
 
     def record_llm_call(self, node_id: str, response) -> None:
