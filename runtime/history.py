@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from agentflow.compiler.errors import UsageError
+from agentflow.compiler.hashing import escape_surrogates
 
 from .store import Store, StoreError
 
@@ -27,8 +28,12 @@ def run_detail(db: str, run_id: str) -> tuple[dict, list[dict]]:
     with _reader(db) as store:
         run = store.get_run(run_id)
         if run is None:
-            raise StoreError(f"there is no run {run_id} in {db}; `agentflow runs` lists them")
+            raise _no_run(db, run_id)
         return run, store.run_nodes(run_id)
+
+
+def _no_run(db: str, run_id: str) -> StoreError:
+    return StoreError(f"there is no run {run_id} in {db}; `agentflow runs` lists them")
 
 
 def node_detail(db: str, run_id: str, node_id: str) -> dict:
@@ -36,7 +41,7 @@ def node_detail(db: str, run_id: str, node_id: str) -> dict:
     (prompt, model answers, tool calls and results) and its result, if stored."""
     with _reader(db) as store:
         if store.get_run(run_id) is None:
-            raise StoreError(f"there is no run {run_id} in {db}; `agentflow runs` lists them")
+            raise _no_run(db, run_id)
         rows = {n["node"]: n for n in store.run_nodes(run_id)}
         journal = store.node_journal(run_id, node_id) if node_id in rows else None
     if journal is None:
@@ -111,10 +116,8 @@ def print_nodes(run: dict, nodes: list[dict], as_json: bool) -> None:
 
 def print_node(node: dict, as_json: bool) -> None:
     """A node's row, then its conversation message by message, then its result."""
-    if as_json:
-        print(rows_json(node))
-        return
-    print(node_text(node), end="")
+    # escaped: a tool may have answered with undecodable file names
+    print(escape_surrogates(rows_json(node) + "\n" if as_json else node_text(node)), end="")
 
 
 def node_text(node: dict) -> str:
