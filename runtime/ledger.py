@@ -194,9 +194,12 @@ class Ledger:
         turns = await self._io(self.store.load_turns, self.run_id, node_id, key)
         return [t.payload for t in turns]
 
-    async def append_turn(self, node_id: str, key: str, message: dict) -> None:
+    async def append_turn(self, node_id: str, key: str, message: dict, *, durable: bool = True) -> None:
+        """Journals a step; one that is not `durable` is committed with the next one (a step
+        that can be made again, e.g. the prompt, costs no commit of its own)."""
         self.store.append_turn(self.run_id, node_id, key=key, kind=message["role"], payload=message)
-        await self.flush()
+        if durable:
+            await self.flush()
 
     async def load_session(self, role: str) -> list[list[dict]]:
         """The role's session as it stands now, one list of messages per call. It starts empty
