@@ -6,7 +6,6 @@ included, a `for` body not) and grows as fan-outs expand and `repeat` iterations
 Failures are printed as they happen, one line each, with the node id and the error."""
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
@@ -133,8 +132,9 @@ def failure_line(node_id: str, detail: str) -> str:
 
 
 class PlainReporter:
-    """Without a terminal: each failure as it happens, a summary line at most every
-    `interval` seconds while nodes progress, and a final summary; not one line per node."""
+    """Without a terminal: each failure as it happens, a summary line when a node event
+    comes `interval` seconds or more after the last line, and a final summary; not one line
+    per node. Lines follow events (no timer): a run that waits on a slow call stays quiet."""
 
     def __init__(self, stream: TextIO = sys.stderr, plan: dict | None = None,
                  interval: float | None = None) -> None:
@@ -142,32 +142,21 @@ class PlainReporter:
         self.tally = Tally(plan)
         self.interval = summary_interval() if interval is None else interval
         self._last = time.monotonic()
-        self._timer: asyncio.TimerHandle | None = None
 
     def node(self, node_id: str, status: str, *, cached: bool = False, detail: str = "") -> None:
         self.tally.record(node_id, status, cached, detail)
         if status == "failed":
             self._write(failure_line(node_id, detail))
-        if self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop: the final summary says it all
-                return
-            self._timer = loop.call_later(max(0.0, self._last + self.interval - time.monotonic()), self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        self._last = time.monotonic()
-        self._write(f" progress  {self.tally.status_text()}")
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._write(f" progress  {self.tally.status_text()}")
 
     def _write(self, line: str) -> None:
         self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if summary := self.tally.summary():
             self._write(summary)
 
