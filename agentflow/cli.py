@@ -90,28 +90,42 @@ def compile_cmd(file: str, fmt: str, emit: str | None, entry: str | None) -> Non
 
 @main.command("graph")
 @click.argument("file", type=click.Path(dir_okay=True))
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "json"]), default="mermaid")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None)
-@click.option("--run", "run_id", default=None, help="Colour the expanded instances of this run by status.")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "json"]), default=None,
+              help="Text format [default: mermaid; dot for -o FILE.svg or FILE.png].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write here; FILE.svg or FILE.png is rendered by Graphviz (`dot`).")
+@click.option("--run", "run_id", default=None,
+              help="Colour the expanded instances of this run by status (big fan-outs drawn as one box).")
 @click.option("--db", default=DEFAULT_DB, show_default=True)
 @click.option("--entry", default=None)
-def graph_cmd(file: str, fmt: str, output: str | None, run_id: str | None, db: str, entry: str | None) -> None:
-    """Export the plan as a diagram (Mermaid, Graphviz DOT or JSON)."""
-    from agentflow.compiler.graph import render_graph
+def graph_cmd(file: str, fmt: str | None, output: str | None, run_id: str | None, db: str, entry: str | None) -> None:
+    """Export the plan as a diagram (Mermaid, Graphviz DOT or JSON; SVG or PNG through Graphviz)."""
+    from agentflow.compiler.graph import IMAGE_FORMATS, render_graph, render_image
 
+    image = Path(output).suffix.lower().lstrip(".") if output else ""
+    if image in IMAGE_FORMATS and fmt not in (None, "dot"):
+        raise UsageError(f"-o {output} is drawn from the dot format, not --format {fmt}; "
+                         f"drop --format or write to a .{'json' if fmt == 'json' else 'mmd'} file")
     plan = _compile(file, "text", entry)
     statuses = None
     if run_id is not None:
         from agentflow.runtime.history import run_statuses
-        statuses = _history_call(run_statuses, db, run_id)
-    text = render_graph(plan, fmt, statuses)
+        statuses = _history_call(run_statuses, db, run_id, plan.data["flow"], plan.data["entry"])
+    if output and image in IMAGE_FORMATS:
+        _write_output(output, render_image(render_graph(plan, "dot", statuses), image))
+        return
+    text = render_graph(plan, fmt or "mermaid", statuses)
     if output:
-        try:
-            Path(output).write_text(text)
-        except OSError as err:
-            raise UsageError(f"cannot write -o {output}: {err.strerror}") from None
+        _write_output(output, text.encode("utf-8"))
     else:
         click.echo(text, nl=False)
+
+
+def _write_output(output: str, data: bytes) -> None:
+    try:
+        Path(output).write_bytes(data)
+    except OSError as err:
+        raise UsageError(f"cannot write -o {output}: {err.strerror}") from None
 
 
 def _history_call(fn, db: str, *args):
@@ -180,7 +194,8 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
                           dry_run=dry_run, durability=durability, interactive=interactive,
                           labels=("--db", "--workspace"))
     # questions on the terminal need plain lines, not a live display redrawn over them
-    reporter = SilentReporter() if dry_run else PlainReporter(sys.stderr) if interactive else reporter_for(sys.stderr)
+    reporter = (SilentReporter() if dry_run else PlainReporter(sys.stderr, plan.data) if interactive
+                else reporter_for(sys.stderr, plan.data))
     # Modules, the program and its plan outlive the run: the collector's full passes while
     # nodes run need not walk them again and again (~0.1 s of a 10k-node rerun).
     gc.freeze()
@@ -342,11 +357,16 @@ def runs_cmd(db: str, as_json: bool) -> None:
 
 @main.command("show")
 @click.argument("run_id")
+@click.argument("node_id", required=False)
 @click.option("--db", default=DEFAULT_DB, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node instances.")
-def show_cmd(run_id: str, db: str, as_json: bool) -> None:
-    """One run: every node instance with status, reuse, attempts, duration, tokens, cost and error."""
-    from agentflow.runtime.history import print_nodes, run_detail
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of node instances, or the one node.")
+def show_cmd(run_id: str, node_id: str | None, db: str, as_json: bool) -> None:
+    """One run: every node instance with status, reuse, attempts, duration, tokens, cost and error.
+    With NODE_ID, that node: its messages (prompt, model answers, tool calls and results) and result."""
+    from agentflow.runtime.history import node_detail, print_node, print_nodes, run_detail
+    if node_id is not None:
+        print_node(_history_call(node_detail, db, run_id, node_id), as_json)
+        return
     run, nodes = _history_call(run_detail, db, run_id)
     print_nodes(run, nodes, as_json)
 

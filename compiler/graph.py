@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+from collections import Counter
 from typing import Any, Iterator
 
 from . import ir, schema
+from .errors import UsageError
 from .names import template_id
 from .plan import Plan
 from .scopes import BINDING, PARAM, PREV, VAR, Scope
 
 FORMATS = ("mermaid", "dot", "json")
+IMAGE_FORMATS = ("svg", "png")  # rendered from the DOT text by Graphviz's `dot`
 
 STATUS_COLORS = {
     "succeeded": "#b7e4c7",
@@ -54,13 +59,27 @@ def render_graph(plan: Plan, fmt: str, statuses: dict[str, str] | None = None) -
     return {"mermaid": to_mermaid, "dot": to_dot, "json": to_json}[fmt](model)
 
 
+def render_image(dot_text: str, image_format: str) -> bytes:
+    """DOT text drawn as SVG or PNG by Graphviz's `dot` (an external program, on PATH)."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise UsageError(f"drawing .{image_format} needs Graphviz's `dot` on PATH: install graphviz "
+                         f"(apt-get install graphviz, brew install graphviz), or write .mmd or .dot instead")
+    proc = subprocess.run([dot, f"-T{image_format}"], input=dot_text.encode("utf-8"), capture_output=True)
+    if proc.returncode != 0:
+        problem = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise UsageError(f"Graphviz `dot -T{image_format}` failed: {problem[0] if problem else f'exit {proc.returncode}'}")
+    return proc.stdout
+
+
 # ---------------------------------------------------------------- the model
 
 def graph_model(plan: Plan, statuses: dict[str, str] | None = None) -> dict:
     """{"nodes", "edges", "clusters"}, each a sorted list of plain dicts."""
     nodes, edges, clusters = _template(plan)
     if statuses is not None:
-        nodes, edges, clusters = _expand(plan, nodes, edges, clusters, statuses)
+        statuses, counts = collapse_fan_outs(statuses)
+        nodes, edges, clusters = _expand(plan, nodes, edges, clusters, statuses, counts)
     _add_roles_legend(plan, nodes, edges, clusters)
     if statuses is not None:
         _add_status_legend(nodes, clusters, statuses)
@@ -102,7 +121,8 @@ def _template(plan: Plan) -> tuple[dict, dict, dict]:
     edges: dict[tuple, dict] = {}
     for src, dst, a in g.edges(data=True):
         for label in a.get("labels", []):
-            _edge(edges, src, dst, label, "order" if label == "after" else "data")
+            if not (label == NESTED_VALUE and _is_nested(src)):  # drawn by `_nested_edges`
+                _edge(edges, src, dst, label, "order" if label == "after" else "data")
     _scope_edges(plan, nodes, edges)
     return nodes, edges, clusters
 
@@ -187,6 +207,95 @@ def _child_node_ids(expr: Any, _context: None) -> Iterator[str]:
 _walk_node_ids = ir.walker({"node": lambda node_id, _context: iter((node_id,))}, _child_node_ids)
 
 
+NESTED_VALUE = "value"  # the label of the edge from a nested call to what reads its value
+
+
+def direct_inputs(expr: Any, in_condition: bool = False,
+                  bound: frozenset = frozenset()) -> Iterator[tuple[str, str, bool]]:
+    """What an expression reads, without entering the nested calls and loops it holds:
+    ("name", name, in_condition) for each free name and ("node", node_id, in_condition)
+    for each nested node, where `in_condition` says it decides an `x if c else y`."""
+    return _walk_direct(expr, (in_condition, bound))
+
+
+_Reading = tuple[bool, frozenset]  # (inside a condition, the comprehension variables bound)
+
+
+def _direct_children(expr: Any, reading: _Reading) -> Iterator[tuple[str, str, bool]]:
+    for child in ir.children(expr):
+        yield from _walk_direct(child, reading)
+
+
+def _direct_cond(cond: Any, then: Any, orelse: Any, reading: _Reading) -> Iterator[tuple[str, str, bool]]:
+    yield from _walk_direct(cond, (True, reading[1]))
+    yield from _walk_direct(then, reading)
+    yield from _walk_direct(orelse, reading)
+
+
+def _direct_comp(elem: Any, var: str, iterable: Any, cond: Any, reading: _Reading) -> Iterator[tuple[str, str, bool]]:
+    inner = (reading[0], reading[1] | {var})
+    yield from _walk_direct(elem, inner)
+    yield from _walk_direct(iterable, reading)
+    if cond is not None:
+        yield from _walk_direct(cond, inner)
+
+
+_walk_direct = ir.walker({
+    "node": lambda node_id, reading: iter((("node", node_id, reading[0]),)),
+    "name": lambda name, reading: iter(() if name in reading[1] else (("name", name, reading[0]),)),
+    "cond": _direct_cond,
+    "comp": _direct_comp,
+}, _direct_children)
+
+
+def _is_nested(node_id: str) -> bool:
+    """Whether a node is a call or loop nested in an expression (`main/a@1`), not a binding."""
+    return "@" in node_id.rsplit("/", 1)[-1]
+
+
+def _node_inputs(node: schema.Node) -> list:
+    """The expressions a nested node reads in its caller's scope (a `repeat` reads its own)."""
+    if node["kind"] == "for":
+        return [node["iter"]]
+    if node["kind"] == "repeat":
+        return []
+    return list(node["args"].values())
+
+
+def _nested_edges(data: schema.Plan, expr: Any, reader: str, siblings: dict[str, str]) -> Iterator[tuple[str, str, str]]:
+    """(source, reader, label) for what `expr` feeds to `reader`, nested calls included: each
+    nested node feeds the innermost call around it (`value`, or `if` as a condition), and
+    a sibling binding feeds the innermost call that reads it (`name`, or `if name`)."""
+    for kind, what, cond in direct_inputs(expr):
+        if kind == "node":
+            if what != reader:
+                yield what, reader, "if" if cond else NESTED_VALUE
+            for arg in _node_inputs(data["nodes"][what]):
+                yield from _nested_edges(data, arg, what, siblings)
+        elif what in siblings:
+            yield siblings[what], reader, f"if {what}" if cond else what
+
+
+def _link_nested(data: schema.Plan, expr: Any, consumer: str, scope: "_Scope", nodes: dict, edges: dict) -> None:
+    """Draws what a binding's nested calls read on those calls: the plan's DAG has the
+    binding read it, and the nested calls feed the binding."""
+    siblings = {n: f"{scope.prefix}/{n}" for n in scope.bindings if f"{scope.prefix}/{n}" in nodes}
+    found = set(_nested_edges(data, expr, consumer, siblings))
+    for src, dst, label in sorted(found):
+        _edge(edges, src, dst, label)
+    for name, src in siblings.items():
+        if (src, consumer, name) not in found and any(s == src for s, _dst, _label in found):
+            _drop_label(edges, src, consumer, name)
+
+
+def _drop_label(edges: dict, src: str, dst: str, label: str) -> None:
+    e = edges.get((src, dst, "data"))
+    if e is not None and label in e["labels"]:
+        e["labels"].remove(label)
+        if not e["labels"]:
+            del edges[(src, dst, "data")]
+
+
 def _scope_edges(plan: Plan, nodes: dict, edges: dict) -> None:
     data = plan.data
     entry = data["entry"]
@@ -204,11 +313,13 @@ def _scope_edges(plan: Plan, nodes: dict, edges: dict) -> None:
 def _walk_body(data: schema.Plan, body: schema.Body, scope: _Scope, nodes: dict, edges: dict) -> None:
     for name, b in sorted(body["bindings"].items()):
         consumer = f"{scope.prefix}/{name}"
+        _link_nested(data, b["expr"], consumer, scope, nodes, edges)
         _walk_expr(data, b["expr"], consumer, scope, nodes, edges)
     result = body["result"]
     if result is not None:
         kind = "yield" if scope.var is not None else "return"
         consumer = f"{scope.prefix}/{kind}"
+        _link_nested(data, result, consumer, scope, nodes, edges)
         _walk_expr(data, result, consumer, scope, nodes, edges)
         if scope.owner is not None and (scope.var is not None or scope.sub):
             _edge(edges, consumer, scope.owner, kind, "result")
@@ -309,6 +420,45 @@ def _add_status_legend(nodes: dict, clusters: dict, statuses: dict[str, str]) ->
 
 # ---------------------------------------------------------------- expansion
 
+COLLAPSE_ABOVE = 20  # a `for` instance with more items than this is drawn as one box per body node
+_ITEM = re.compile(r"\[(\d+)\]")
+# The status a collapsed box is coloured by: the first of these that any of its instances has.
+_COLLAPSED_STATUS = ("failed", "running", "pending", "cancelled", "succeeded", "cached", "skipped")
+
+
+def collapse_fan_outs(statuses: dict[str, str], limit: int = COLLAPSE_ABOVE) -> tuple[dict[str, str], dict[str, str]]:
+    """The instances of each `for` with more than `limit` items merged into one per body node.
+
+    Returns the statuses with `main/reviews[0]/code` ... `main/reviews[1999]/code` replaced by
+    `main/reviews[*]/code` (coloured by its most pressing status), and, per merged id, the text
+    `main/reviews[0..1999]/code: 1990 succeeded, 10 failed`."""
+    items: dict[str, set[int]] = {}  # `for` instance id -> its item indices
+    for iid in statuses:
+        for item in _ITEM.finditer(iid):
+            items.setdefault(iid[:item.start()], set()).add(int(item.group(1)))
+    big = {f: (min(idx), max(idx)) for f, idx in items.items() if len(idx) > limit}
+    if not big:
+        return statuses, {}
+    kept: dict[str, str] = {}
+    merged: dict[str, Counter[str]] = {}
+    spans: dict[str, str] = {}
+    for iid, status in statuses.items():
+        m = next((m for m in _ITEM.finditer(iid) if iid[:m.start()] in big), None)
+        if m is None:
+            kept[iid] = status
+            continue
+        fan_out, rest = iid[:m.start()], template_id(iid[m.end():])
+        merged.setdefault(fan_out + "[*]" + rest, Counter())[status] += 1
+        first, last = big[fan_out]
+        spans[fan_out + "[*]" + rest] = f"{fan_out}[{first}..{last}]{rest}"
+    texts = {}
+    for mid, tally in merged.items():
+        kept[mid] = next(s for s in (*_COLLAPSED_STATUS, *sorted(tally)) if s in tally)
+        by_count = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+        texts[mid] = f"{spans[mid]}: " + ", ".join(f"{n} {status}" for status, n in by_count)
+    return kept, texts
+
+
 def _segments(node_id: str | None) -> int:
     return 0 if node_id is None else node_id.count("/") + 1
 
@@ -327,7 +477,8 @@ def _chain(tid: str, nodes: dict, clusters: dict) -> list[str]:
     return out
 
 
-def _expand(plan: Plan, tnodes: dict, tedges: dict, tclusters: dict, statuses: dict[str, str]):
+def _expand(plan: Plan, tnodes: dict, tedges: dict, tclusters: dict, statuses: dict[str, str],
+            counts: dict[str, str]):
     nodes: dict[str, dict] = {}
     clusters: dict[str, dict] = {}
     by_template: dict[str, list[str]] = {}
@@ -338,7 +489,7 @@ def _expand(plan: Plan, tnodes: dict, tedges: dict, tclusters: dict, statuses: d
         tcluster = t["cluster"] if t else _guess_cluster(tid, tclusters)
         icluster = _prefix(iid, _segments(tcluster)) if tcluster else None
         label = t["label"] if t else iid.rsplit("/", 1)[-1]
-        nodes[iid] = {"id": iid, "kind": t["kind"] if t else "unknown", "label": f"{label}\n{iid}",
+        nodes[iid] = {"id": iid, "kind": t["kind"] if t else "unknown", "label": f"{label}\n{counts.get(iid, iid)}",
                       "cluster": icluster, "role": t["role"] if t else None, "status": statuses[iid]}
         while tcluster is not None and icluster is not None and icluster not in clusters:
             tc = tclusters[tcluster]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agentflow.compiler.errors import UsageError
+from agentflow.compiler.hashing import escape_surrogates
+
 from .store import Store, StoreError
 
 
@@ -25,21 +28,60 @@ def run_detail(db: str, run_id: str) -> tuple[dict, list[dict]]:
     with _reader(db) as store:
         run = store.get_run(run_id)
         if run is None:
-            raise StoreError(f"there is no run {run_id} in {db}; `agentflow runs` lists them")
+            raise _no_run(db, run_id)
         return run, store.run_nodes(run_id)
+
+
+def _no_run(db: str, run_id: str) -> StoreError:
+    return StoreError(f"there is no run {run_id} in {db}; `agentflow runs` lists them")
+
+
+def node_detail(db: str, run_id: str, node_id: str) -> dict:
+    """One node of a run for `show RUN NODE`: its row as `show RUN` lists it, its messages
+    (prompt, model answers, tool calls and results) and its result, if stored."""
+    with _reader(db) as store:
+        if store.get_run(run_id) is None:
+            raise _no_run(db, run_id)
+        rows = {n["node"]: n for n in store.run_nodes(run_id)}
+        journal = store.node_journal(run_id, node_id) if node_id in rows else None
+    if journal is None:
+        raise UsageError(unknown_node_message(run_id, node_id, list(rows)))
+    from .ledger import PROMPT_STEP, SESSION_STEP, structure_key
+    messages: list[dict] = []
+    for step in journal["steps"]:
+        if step.get("role") == PROMPT_STEP:
+            messages += step["messages"]
+        elif step.get("role") != SESSION_STEP:
+            messages.append(step)
+    detail = {**rows[node_id], "messages": messages}
+    if "result" in journal and journal["key"] != structure_key(run_id, node_id):
+        detail["result"] = journal["result"]
+    return detail
+
+
+def unknown_node_message(run_id: str, node_id: str, known: list[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(node_id, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"run {run_id} has no node {node_id}; {hint}`agentflow show {run_id}` lists its nodes"
 
 
 def run_nodes(db: str, run_id: str) -> list[dict]:
     return run_detail(db, run_id)[1]
 
 
-def run_statuses(db: str, run_id: str) -> dict[str, str]:
-    """Instance node id -> status (`cached` for reused nodes), for `graph --run`."""
-    return {n["node"]: ("cached" if n["cached"] else n["status"]) for n in run_nodes(db, run_id)}
+def run_statuses(db: str, run_id: str, flow: str, entry: str) -> dict[str, str]:
+    """Instance node id -> status (`cached` for reused nodes), for `graph --run` of a run of
+    this flow and entry: another flow's node ids would not match the plan's."""
+    run, nodes = run_detail(db, run_id)
+    if (run["flow"], run["entry"]) != (flow, entry):
+        raise UsageError(f"run {run_id} ran {run['flow']}:{run['entry']}, not {flow}:{entry}; "
+                         f"draw it with its own file (and --entry), or pick a run of this flow from `agentflow runs`")
+    return {n["node"]: ("cached" if n["cached"] else n["status"]) for n in nodes}
 
 
-def rows_json(rows: list[dict]) -> str:
-    """What `--json` prints: the rows as indented JSON, dates and decimals as text."""
+def rows_json(rows: list[dict] | dict) -> str:
+    """What `--json` prints: the rows (or one) as indented JSON, dates and decimals as text."""
     return json.dumps(rows, indent=2, default=str, ensure_ascii=False)
 
 
@@ -70,6 +112,43 @@ def print_nodes(run: dict, nodes: list[dict], as_json: bool) -> None:
                       str(tokens or ""), f"{n['cost_usd']:.4f}" if n.get("cost_usd") else "",
                       (n.get("error") or "")[:120])
     _console().print(table)
+
+
+def print_node(node: dict, as_json: bool) -> None:
+    """A node's row, then its conversation message by message, then its result."""
+    # escaped: a tool may have answered with undecodable file names
+    print(escape_surrogates(rows_json(node) + "\n" if as_json else node_text(node)), end="")
+
+
+def node_text(node: dict) -> str:
+    tokens = (node.get("prompt_tokens") or 0) + (node.get("completion_tokens") or 0)
+    facts = [node.get("role") and f"role {node['role']}", node["status"], node["cached"] and "reused",
+             _plural(node.get("attempts") or 0, "attempt"), tokens and _plural(tokens, "token")]
+    lines = [f"node {node['node']} ({', '.join(str(f) for f in facts if f)})"]
+    if node.get("error"):
+        lines.append(f"error: {node['error']}")
+    for m in node["messages"]:
+        lines.append(f"--- {_message_title(m)}")
+        if m.get("content"):
+            lines.append(str(m["content"]))
+        for call in m.get("tool_calls") or []:
+            lines.append(f"call {call['function']['name']}({call['function']['arguments']})  [{call['id']}]")
+    if "result" in node:
+        lines += ["--- result", json.dumps(node["result"], indent=2, ensure_ascii=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _message_title(message: dict) -> str:
+    role = message.get("role")
+    if role == "tool":
+        return f"tool result {message.get('name', '')}  [{message.get('tool_call_id', '')}]"
+    if role == "user" and message.get("repair"):
+        return "user (repair request)"
+    return str(role)
 
 
 def _console():

@@ -28,6 +28,15 @@ from .store import NO_VALUE, NodeState, Preloaded, Store
 
 # The journal step in which a session call records what it adds to its role's session.
 SESSION_STEP = "session"
+# The journal's first step: the messages a call started from (system, session, prompt), for
+# `show RUN NODE`; a resumed call renders them afresh, it does not replay this step.
+PROMPT_STEP = "prompt"
+
+
+def structure_key(run_id: str, node_id: str) -> str:
+    """The key a finished structure instance is stored under (with a null value: a
+    structure's value is its calls' values, stored with them)."""
+    return f"structure:{run_id}:{node_id}"
 
 DURABILITIES = ("group", "strict")
 GROUP_COMMIT_S = 0.1  # under group durability, buffered facts commit at most this late
@@ -214,7 +223,7 @@ class Ledger:
     def structure_done(self, node_id: str, status: str, cached: bool = False) -> None:
         """A structure instance ended; `cached` when every call inside it was reused."""
         if not self.dry_run:
-            self.store.node_finished(self.run_id, node_id, status=status, value=None, key=f"structure:{self.run_id}:{node_id}"
+            self.store.node_finished(self.run_id, node_id, status=status, value=None, key=structure_key(self.run_id, node_id)
                                      if status == "succeeded" else None, cached=cached)
 
     def record_llm_call(self, node_id: str, response) -> None:
@@ -232,9 +241,12 @@ class Ledger:
         turns = await self._io(self.store.load_turns, self.run_id, node_id, key)
         return [t.payload for t in turns]
 
-    async def append_turn(self, node_id: str, key: str, message: dict) -> None:
+    async def append_turn(self, node_id: str, key: str, message: dict, *, durable: bool = True) -> None:
+        """Journals a step; one that is not `durable` is committed with the next one (a step
+        that can be made again, e.g. the prompt, costs no commit of its own)."""
         self.store.append_turn(self.run_id, node_id, key=key, kind=message["role"], payload=message)
-        await self.flush()
+        if durable:
+            await self.flush()
 
     async def load_session(self, role: str) -> list[list[dict]]:
         """The role's session as it stands now, one list of messages per call. It starts empty

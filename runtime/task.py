@@ -15,7 +15,7 @@ from agentflow.compiler import schema
 from agentflow.compiler.types import type_from_json
 
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
-from .ledger import SESSION_STEP
+from .ledger import PROMPT_STEP, SESSION_STEP
 from .models import ModelError, ModelRequest, ModelResponse
 from .tools import TemplateError, ToolError, check_arguments, render_template
 
@@ -73,24 +73,33 @@ class TaskCall:
     def fail(self, message: str) -> NodeFailure:
         return NodeFailure(self.job.node_id, self.role, message, self.attempts)
 
-    async def initial_messages(self) -> list[dict]:
+    def own_messages(self) -> list[dict]:
+        """The call's system text (if any) and prompt, rendered from its arguments."""
         try:
             system = render_template(self.definition["system"] or "", self.job.args)
             prompt = render_template(self.definition["prompt"], self.job.args)
         except TemplateError as err:
             raise self.fail(f"prompt template: {err}") from None
-        messages = [{"role": "system", "content": system}] if system else []
-        if self.definition["memory"] == "session":
-            calls = await self.engine.ledger.load_session(self.role)
-            messages += compact(calls, self.definition["max_context_tokens"])
-        return messages + [{"role": "user", "content": prompt}]
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+    async def initial_messages(self, own: list[dict]) -> list[dict]:
+        """`own` with, for a `memory = session` role, its session between system text and prompt."""
+        if self.definition["memory"] != "session":
+            return own
+        calls = await self.engine.ledger.load_session(self.role)
+        return own[:-1] + compact(calls, self.definition["max_context_tokens"]) + own[-1:]
 
     async def run(self) -> NodeOutcome:
         ledger = self.engine.ledger
-        start = await self.initial_messages()
+        own = self.own_messages()
+        start = await self.initial_messages(own)
         steps = await ledger.load_turns(self.job.node_id, self.job.key)
-        journal = [m for m in steps if m["role"] != SESSION_STEP]
-        remembered = len(journal) < len(steps)  # killed after its session step, before its result
+        if not steps:  # without the role's session (stored once, in its sessions); committed with the next step
+            await ledger.append_turn(self.job.node_id, self.job.key, {"role": PROMPT_STEP, "messages": own},
+                                     durable=False)
+        journal = [m for m in steps if m["role"] not in (SESSION_STEP, PROMPT_STEP)]
+        # killed after its session step, before its result
+        remembered = any(m["role"] == SESSION_STEP for m in steps)
         messages = start + journal
         max_turns = self.definition["max_turns"]
         retries = self.entry["retries"]

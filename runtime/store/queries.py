@@ -151,6 +151,31 @@ class Queries(BatchedWriter):
             "WHERE r.key = $1 AND t.key = $1 AND t.kind = $2 ORDER BY t.seq", [key, kind]).fetchall())
         return [loaded(r[0]) for r in rows]
 
+    def node_journal(self, run_id: str, node_id: str) -> dict | None:
+        """What `show RUN NODE` prints beyond its row: {"key"; "result": its stored value, or
+        absent when it has none; "steps": the journal of the call that produced it (this run's, or
+        for a reused node the run that stored it), in order}; None when the run has no node."""
+        def query(con: duckdb.DuckDBPyConnection) -> tuple[tuple | None, list[tuple], tuple | None]:
+            row = con.execute("SELECT key FROM _node_runs WHERE run_id = $1 AND node_id = $2",
+                              [run_id, node_id]).fetchone()
+            if row is None or row[0] is None:
+                return row, [], None
+            steps = con.execute("SELECT payload FROM _turns WHERE run_id = $1 AND node_id = $2 AND key = $3 "
+                                "ORDER BY seq", [run_id, node_id, row[0]]).fetchall()
+            if not steps:
+                steps = con.execute(
+                    "SELECT t.payload FROM _turns t JOIN _results r ON t.run_id = r.run_id AND t.node_id = r.node_id "
+                    "WHERE r.key = $1 AND t.key = $1 ORDER BY t.seq", [row[0]]).fetchall()
+            return row, steps, con.execute("SELECT value FROM _results WHERE key = $1", [row[0]]).fetchone()
+
+        row, steps, result = self._read(query)
+        if row is None:
+            return None
+        found: dict[str, Any] = {"key": row[0], "steps": [loaded(s[0]) for s in steps]}
+        if result is not None:
+            found["result"] = loaded(result[0])
+        return found
+
     def load_session(self, run_id: str, role: str) -> list[Any]:
         """A role's session memory in this run, oldest message first."""
         rows = self._read(lambda con: con.execute(

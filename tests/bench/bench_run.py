@@ -82,12 +82,14 @@ def fanout_cases(n: int, tmp: Path) -> None:
           f"CPU {cpu:.2f} s  peak RSS {reuse_rss} MB", flush=True)
     # resume: fresh inputs (salt), killed when half of its nodes are stored
     resume_args = run + ["--input", f"salt={10 * n}"]  # values no earlier run stored
-    proc = subprocess.Popen([sys.executable, "-m", "agentflow", *resume_args], cwd=work, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "agentflow", *resume_args], cwd=work,
+                            env={**ENV, "AGENTFLOW_PROGRESS_INTERVAL": "0.1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     done, tail = 0, []
-    for line in proc.stderr:
+    for line in proc.stderr:  # ` progress  DONE/TOTAL done (...)` every 0.1 s
         tail = (tail + [line])[-5:]
-        done += line.lstrip().startswith("succeeded")
+        if line.startswith(" progress  "):
+            done = int(line.split()[1].split("/")[0])
         if done >= n // 2:
             break
     proc.send_signal(signal.SIGKILL)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from agentflow.compiler.diagnostics import DiagnosticSink
-from agentflow.compiler.graph import _dot_str, _mermaid_text, graph_model, render_graph, to_dot
+from agentflow.compiler.graph import (COLLAPSE_ABOVE, _dot_str, _mermaid_text, collapse_fan_outs, graph_model,
+                                      render_graph, to_dot)
 from agentflow.compiler.names import template_id
 from agentflow.compiler.parser import parse
 from agentflow.compiler.plan import build_plan
@@ -350,3 +351,136 @@ def test_mermaid_parses_with_mermaid(project_plan, rich_plan, tmp_path):
                           env={**os.environ, "AGENTFLOW_MERMAID_DIR": _mermaid_dir()})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("flowchart") == len(files)
+
+
+# ---------------------------------------------------------------- nested calls and conditions
+
+NESTED = '''
+type R {
+  y: str
+}
+
+role r {
+  model = "scripted"
+  task f(a: str) -> str {
+    prompt = "f {a}"
+  }
+  task g(x: str) -> R {
+    prompt = "g {x}"
+  }
+  task h(a: list[str]) -> str {
+    prompt = "h {a}"
+  }
+  task m(q: R) -> str {
+    prompt = "m {q.y}"
+  }
+  task k(c: bool) -> bool {
+    prompt = "k {c}"
+  }
+}
+
+choreography main(x: str, c: bool) -> list[str] {
+  v = r.f(x)
+  a = r.f(r.g(v).y)
+  b = r.h([r.f(v), a])
+  w = r.m({y: r.f(v)})
+  z = r.f(r.h([r.f(v)]))
+  d = r.f(a) if r.k(c) else r.f(b)
+  e = r.f(a) if v == "z" else b
+  return [d, e, w, z]
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def nested_model():
+    return graph_model(_plan("nested.agentflow", NESTED))
+
+
+def test_a_nested_call_reads_its_inputs_itself(nested_model):
+    """`f(g(v).y)`: `v` goes into `g`, not into `f`, and `g`'s value into `f`."""
+    edges = _edges(nested_model)
+    assert edges[("main/v", "main/a@1")]["labels"] == ["v"]
+    assert ("main/v", "main/a") not in edges
+    assert edges[("main/a@1", "main/a")]["labels"] == ["value"]
+
+
+def test_calls_nested_in_a_list_or_record_read_their_inputs(nested_model):
+    edges = _edges(nested_model)
+    assert edges[("main/v", "main/b@1")]["labels"] == ["v"]  # r.h([r.f(v), a])
+    assert edges[("main/a", "main/b")]["labels"] == ["a"]  # `a` is h's own argument
+    assert ("main/v", "main/b") not in edges
+    assert edges[("main/v", "main/w@1")]["labels"] == ["v"]  # r.m({y: r.f(v)})
+    assert ("main/v", "main/w") not in edges
+
+
+def test_a_call_two_levels_deep_feeds_the_call_around_it(nested_model):
+    """`f(h([f(v)]))`: the inner `f` feeds `h`, which feeds the outer `f`."""
+    edges = _edges(nested_model)
+    assert edges[("main/z@2", "main/z@1")]["labels"] == ["value"]
+    assert edges[("main/z@1", "main/z")]["labels"] == ["value"]
+    assert ("main/z@2", "main/z") not in edges
+    assert edges[("main/v", "main/z@2")]["labels"] == ["v"]
+
+
+def test_the_condition_of_a_conditional_is_an_input_edge(nested_model):
+    edges = _edges(nested_model)
+    # `f(a) if k(c) else f(b)`: k decides, each branch's call reads its own input
+    assert edges[("main/d@1", "main/d")]["labels"] == ["if"]
+    assert edges[("main/c", "main/d@1")]["labels"] == ["c"]
+    assert edges[("main/a", "main/d@2")]["labels"] == ["a"] and edges[("main/b", "main/d@3")]["labels"] == ["b"]
+    assert ("main/a", "main/d") not in edges and ("main/b", "main/d") not in edges
+    # `f(a) if v == "z" else b`: `v` decides, `b` is a branch
+    assert edges[("main/v", "main/e")]["labels"] == ["if v"]
+    assert edges[("main/b", "main/e")]["labels"] == ["b"]
+
+
+def test_a_binding_named_value_keeps_its_edge():
+    plan = _plan("value.agentflow", NESTED.replace("v = r.f(x)", "value = r.f(x)")
+                 .replace("(v)", "(value)").replace("v ==", "value =="))
+    edges = _edges(graph_model(plan))
+    assert edges[("main/value", "main/a@1")]["labels"] == ["value"]
+    assert edges[("main/value", "main/e")]["labels"] == ["if value"]
+
+
+# ---------------------------------------------------------------- big fan-outs in a run
+
+def _fan_out_statuses(items: int) -> dict[str, str]:
+    statuses = {"main/plan": "succeeded", "main/reviews": "failed"}
+    for i in range(items):
+        statuses[f"main/reviews[{i}]/attempt"] = "succeeded"
+        statuses[f"main/reviews[{i}]/attempt#1/code"] = "succeeded"
+        statuses[f"main/reviews[{i}]/attempt#1/review"] = "failed" if i in (3, 7) else "succeeded"
+    return statuses
+
+
+def test_a_fan_out_above_the_limit_is_one_box_per_body_node_with_counts(project_plan):
+    assert COLLAPSE_ABOVE == 20
+    model = graph_model(project_plan, _fan_out_statuses(COLLAPSE_ABOVE + 1))
+    nodes = {n["id"]: n for n in model["nodes"]}
+    assert not [n for n in nodes if re.search(r"\[\d+\]", n)]
+    review = nodes["main/reviews[*]/attempt#*/review"]
+    assert review["status"] == "failed"
+    assert review["label"].endswith("\nmain/reviews[0..20]/attempt#*/review: 19 succeeded, 2 failed")
+    assert nodes["main/reviews[*]/attempt#*/code"]["status"] == "succeeded"
+    assert nodes["main/reviews[*]/attempt"]["label"].endswith("main/reviews[0..20]/attempt: 21 succeeded")
+    edges = _edges(model)
+    assert ("main/reviews[*]/attempt#*/code", "main/reviews[*]/attempt#*/review") in edges
+    assert edges[("main/reviews", "main/reviews[*]/attempt#*/code")]["labels"] == ["mod"]
+
+
+def test_a_fan_out_at_the_limit_is_drawn_item_by_item(project_plan):
+    model = graph_model(project_plan, _fan_out_statuses(COLLAPSE_ABOVE))
+    ids = {n["id"] for n in model["nodes"]}
+    assert {f"main/reviews[{i}]/attempt#1/review" for i in range(COLLAPSE_ABOVE)} <= ids
+    assert "main/reviews[*]/attempt#*/review" not in ids
+
+
+def test_collapsing_keeps_small_fan_outs_inside_a_big_one():
+    statuses = {f"main/a[{i}]/b[{j}]/c": "succeeded" for i in range(2) for j in range(30)}
+    statuses.update({f"main/s[{i}]/t": "pending" for i in range(3)})
+    kept, texts = collapse_fan_outs(statuses)
+    assert kept == {"main/a[0]/b[*]/c": "succeeded", "main/a[1]/b[*]/c": "succeeded",
+                    "main/s[0]/t": "pending", "main/s[1]/t": "pending", "main/s[2]/t": "pending"}
+    assert texts == {"main/a[0]/b[*]/c": "main/a[0]/b[0..29]/c: 30 succeeded",
+                     "main/a[1]/b[*]/c": "main/a[1]/b[0..29]/c: 30 succeeded"}
