@@ -9,8 +9,9 @@ where, and what to do. The compiler and the runtime both import this module.
         InputError       runtime/inputs.py      an input missing, unreadable or mistyped
         ResumeError      runtime/runner.py      `--resume` of a run that is not there
         CredentialError  runtime/credentials.py a model of the run has no key
-        StoreError       runtime/store.py       the database (StoreLocked, StoreSchemaError,
-                                                StoreNotADatabase)
+        StoreError       runtime/store/         the database (StoreLocked, StoreSchemaError,
+                                                StoreNotADatabase; NotFound in runtime/ui/reads.py:
+                                                a run or node the page is asked for)
         TemporalError    runtime/temporal/worker.py  the server is unreachable or refused
       CompileError     exit 1: compiler/pipeline.py, raised by the Python API (agentflow.compile)
       RunFailed        exit 3: a node failed after its retries; the run's state is saved

@@ -26,22 +26,13 @@ from typing import Any, Iterator
 
 from . import ir, schema
 from .errors import UsageError
-from .names import template_id
+from .names import STATUS_COLORS, template_id
 from .plan import Plan
 from .scopes import BINDING, PARAM, PREV, VAR, Scope
 
 FORMATS = ("mermaid", "dot", "json")
 IMAGE_FORMATS = ("svg", "png")  # rendered from the DOT text by Graphviz's `dot`
 
-STATUS_COLORS = {
-    "succeeded": "#b7e4c7",
-    "cached": "#d8f3dc",
-    "running": "#ffe8a3",
-    "pending": "#e9ecef",
-    "failed": "#f4a6a6",
-    "skipped": "#dee2e6",
-    "cancelled": "#ffd6a5",
-}
 _UNKNOWN_STATUS_COLOR = "#ffffff"
 _ROLE_PALETTE = ("#cfe2ff", "#e2d9f3", "#ffe5d0", "#d1f0ee", "#fff3cd", "#f7d6e6", "#dbe7c9", "#e0e0e0")
 _KIND_COLORS = {"tool": "#fff3bf", "tool_def": "#fff3bf", "for": "#f1f3f5", "repeat": "#f1f3f5",

@@ -12,6 +12,19 @@ import re
 # its calls' cache keys: bump it when the builtin changes, so cached results are not reused.
 BUILTIN_TOOLS = {"fs.read": 1, "fs.write": 1, "fs.list": 1}
 
+# A node status (and `cached`, a reused node) -> its colour wherever a run is drawn: `graph
+# --run` and the run viewer page.
+STATUS_COLORS = {
+    "succeeded": "#b7e4c7",
+    "cached": "#d8f3dc",
+    "running": "#ffe8a3",
+    "pending": "#e9ecef",
+    "failed": "#f4a6a6",
+    "skipped": "#dee2e6",
+    "cancelled": "#ffd6a5",
+    "waiting": "#a5d8ff",
+}
+
 _INSTANCE = re.compile(r"\[\d+\]|#\d+")
 
 

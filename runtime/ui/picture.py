@@ -16,10 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from agentflow.compiler.graph import STATUS_COLORS
-from agentflow.compiler.names import template_id
+from agentflow.compiler.names import STATUS_COLORS, template_id
 
-COLORS = {**STATUS_COLORS, "waiting": "#a5d8ff", "not started": "#ffffff"}
+COLORS = {**STATUS_COLORS, "not started": "#ffffff"}
 # The status a fan-out's box takes: the first of these that any of its instances has.
 PRECEDENCE = ("failed", "waiting", "running", "pending", "cancelled", "succeeded", "cached", "skipped")
 EXPAND_LIMIT = 200  # instances drawn for one expanded fan-out; the details list them all

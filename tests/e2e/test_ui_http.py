@@ -201,7 +201,9 @@ def test_before_the_first_run_the_list_is_empty_then_shows_it(tmp_path):
     with ui_server(tmp_path) as url:
         assert get_json(url + "/api/runs") == []
         run_id = finished_run(tmp_path)
-        assert [r["run_id"] for r in get_json(url + "/api/runs")] == [run_id]
+        # the page reads each view at most once a second: the run shows at a later poll
+        wait_until(lambda: [r["run_id"] for r in get_json(url + "/api/runs")] == [run_id], timeout=10,
+                   what="the new run in the list")
 
 
 def test_a_run_that_stored_no_plan_is_drawn_from_its_nodes(tmp_path):
