@@ -431,11 +431,18 @@ class BatchedWriter(FileAccess):
              "pid, fingerprint, value) SELECT $2, flow, entry, 'succeeded', make_timestamp($3), "
              "make_timestamp($3), plan_hash, inputs, $4, fingerprint, value FROM _runs WHERE run_id = $1",
              [source, run_id, now, os.getpid()]),
+            # Reused, as a rerun records them: every succeeded call, and every succeeded
+            # structure that has a node inside (a `for` over an empty list reused nothing).
             ("INSERT INTO _node_runs (run_id, node_id, role, status, cached, attempts, started_at, "
              "finished_at, key, def_hash, input_hash, input_hashes, output_hash, duration_ms) "
-             "SELECT $2, node_id, role, status, status = 'succeeded', 0, make_timestamp($3), "
-             "make_timestamp($3), key, def_hash, input_hash, input_hashes, output_hash, 0 "
-             "FROM _node_runs WHERE run_id = $1", [source, run_id, now]),
+             "SELECT $2, n.node_id, role, status, status = 'succeeded' AND (NOT starts_with(key, 'structure:') "
+             "OR f.node_id IS NOT NULL), 0, make_timestamp($3), make_timestamp($3), key, def_hash, input_hash, "
+             "input_hashes, output_hash, 0 FROM _node_runs n LEFT JOIN ("
+             "SELECT DISTINCT s.node_id FROM _node_runs s JOIN _node_runs c ON c.run_id = $1 "
+             "AND c.node_id > s.node_id || '#' AND c.node_id < s.node_id || chr(92) "
+             "AND substr(c.node_id, length(s.node_id) + 1, 1) IN ('/', '[', '#') "
+             "WHERE s.run_id = $1 AND starts_with(s.key, 'structure:')) f ON f.node_id = n.node_id "
+             "WHERE n.run_id = $1", [source, run_id, now]),
             ("INSERT INTO _sessions SELECT $2, role, seq, message, make_timestamp($3) FROM _sessions "
              "WHERE run_id = $1", [source, run_id, now]))
         with self._io:
