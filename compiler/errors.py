@@ -10,12 +10,14 @@ where, and what to do. The compiler and the runtime both import this module.
         ResumeError      runtime/runner.py      `--resume` of a run that is not there
         CredentialError  runtime/credentials.py a model of the run has no key
         StoreError       runtime/store.py       the database (StoreLocked, StoreSchemaError,
-                                                StoreNotADatabase)
+                                                StoreNotADatabase; NotFound: a run or node
+                                                the run page asks for, runtime/ui/reads.py)
         TemporalError    runtime/temporal/worker.py  the server is unreachable or refused
       CompileError     exit 1: compiler/pipeline.py, raised by the Python API (agentflow.compile)
       RunFailed        exit 3: a node failed after its retries; the run's state is saved
         AnswerError      runtime/answers.py     `agentflow answer` of a node that is not waiting,
-                                                or a value that does not fit (exit 2)
+                                                or a value that does not fit (exit 2); its
+                                                NotAnswerable: no such run or waiting node
 
 Compile errors (exit 1) are diagnostics, which the CLI prints itself, and a stop by Ctrl-C or SIGTERM
 (130, 143) is no error. Outside the family, because they steer control inside the compiler
