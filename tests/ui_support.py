@@ -127,6 +127,24 @@ def get_json(url: str, status: int = 200):
     return json.loads(body)
 
 
+def post_answer(url: str, run_id: str, answer: dict, origin: str | None = "own",
+                host: str | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of the page's answer POST, sent as its page sends it (Origin: the
+    server's own) unless `origin` or `host` say otherwise (None: no Origin header)."""
+    headers = {"Content-Type": "application/json"}
+    if origin is not None:
+        headers["Origin"] = url if origin == "own" else origin
+    if host is not None:
+        headers["Host"] = host
+    request = urllib.request.Request(f"{url}/api/runs/{run_id}/answer", data=json.dumps(answer).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 @contextmanager
 def ui_server(cwd: Path, *args: str, env: dict | None = None) -> Iterator[str]:
     """`agentflow ui` on a free port, in `cwd`; yields its base URL and stops it after."""
