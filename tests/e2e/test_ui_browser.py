@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_support import outputs, stop
+from runtime_support import af, approval, ok, outputs, stop, wait_for_answer
 from ui_support import FAN_OUT_TEXT, finished_run, start_held_run, ui_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -124,3 +124,43 @@ def test_a_live_run_updates_on_the_page(tmp_path, browser):
             assert proc.wait(30) == 0, outputs(proc)
     finally:
         stop(proc)
+
+
+def test_a_person_answers_a_waiting_node_on_the_page_and_the_run_goes_on(tmp_path, browser):
+    from selenium.webdriver.support.ui import Select
+
+    approval(tmp_path)
+    run_id = wait_for_answer(tmp_path)
+    with ui_server(tmp_path) as url:
+        browser.get(f"{url}/runs/{run_id}")
+        wait_for(browser, lambda d: d.find_element(*css("#run-status")).text == "waiting", "the run waiting")
+        click_box(browser, "main/decision")
+        form = wait_for(browser, lambda d: d.find_elements(*css("#answer-form")), "the answer form")[0]
+        assert "Publish this announcement" in form.text and 'of type "approve" | "revise"' in form.text
+        choice = Select(browser.find_element(*css("#answer-value")))
+        assert [o.text for o in choice.options] == ["approve", "revise"]
+        screenshot(browser, "ui-answer-form")
+
+        # A value the select does not offer (as a hand-edited page could send) comes back refused.
+        browser.execute_script("arguments[0].add(new Option('maybe', 'maybe'))", choice._el)
+        choice.select_by_value("maybe")
+        browser.find_element(*css("#answer-submit")).click()
+        said = wait_for(browser, lambda d: d.find_element(*css("#answer-said.error")).text, "the reason it is refused")
+        assert said.startswith('the answer does not fit "approve" | "revise": ')
+        screenshot(browser, "ui-answer-refused")
+
+        choice.select_by_value("approve")
+        browser.find_element(*css("#answer-by")).send_keys("alice")
+        browser.find_element(*css("#answer-submit")).click()
+        notice = wait_for(browser, lambda d: d.find_element(*css("#notice")).text, "the answer taken")
+        assert notice == f"answered main/decision of run {run_id}; continue with `agentflow run FILE --resume {run_id}`"
+        wait_for(browser, lambda d: "succeeded" in d.find_element(*css("#details .facts")).text
+                 and not d.find_elements(*css("#answer-form")), "the node answered")
+        screenshot(browser, "ui-answer-given")
+
+        ok(af(tmp_path, "run", "approval.agentflow", "--resume", run_id))
+        wait_for(browser, lambda d: d.find_element(*css("#run-status")).text == "succeeded", "the run to finish")
+        click_box(browser, "main/decision")
+        given = wait_for(browser, lambda d: d.find_elements(*css("#details .message.answer")), "the answer")[0]
+        assert given.text.split("\n") == ["answer by alice", "approve"]
+        screenshot(browser, "ui-answer-resumed")
