@@ -89,9 +89,16 @@ def finished_run(cwd: Path) -> str:
 
 
 def start_held_run(cwd: Path) -> tuple[subprocess.Popen, str]:
-    """Starts the flow with its fan-out held running; (process, run id) once all three hold."""
+    """Starts the flow with its fan-out held running; (process, run id) once all three hold.
+    The database may hold earlier runs: the run is the one that begins now."""
+    before = newest_run(cwd)
     proc = af_start(flow(cwd, go=False), "run", "flow.agentflow", *TOPICS)
-    run_id = wait_until(lambda: newest_run(cwd), what="the run to begin")
+
+    def begun() -> str | None:
+        newest = newest_run(cwd)
+        return newest if newest != before else None
+
+    run_id = wait_until(begun, what="the run to begin")
     wait_until(lambda: sum(n["status"] == "running" for n in show(cwd, run_id).values()
                            if n["node"].endswith("/held")) == 3, what="three holds running")
     return proc, run_id

@@ -311,3 +311,24 @@ def test_an_answer_from_another_site_is_refused_and_nothing_stored(tmp_path):
             assert code == 403 and body["error"].startswith("refused: "), (origin, host, code, body)
         assert get_json(f"{url}/api/runs/{run_id}/node?id=main/decision")["status"] == "waiting"
     assert [kind for kind, *_ in answer_turns(tmp_path)] == ["question"]
+
+
+def test_an_answer_while_another_run_writes_is_503_saying_so_and_the_run_is_not_disturbed(tmp_path):
+    """The page holds the database only for the moment of a read, and an answer opens it for
+    writing only then: while another run writes, the answer waits its turn (503, one line,
+    nothing stored) and that run goes on undisturbed."""
+    approval(tmp_path)
+    run_id = wait_for_answer(tmp_path)
+    proc, held = start_held_run(tmp_path)  # the same database, its writer held busy
+    try:
+        with ui_server(tmp_path) as url:
+            code, body = post_answer(url, run_id, {"node": "main/decision", "value": "approve"})
+            assert code == 503 and "in use by another agentflow run" in body["error"], (code, body)
+            assert [kind for kind, *_ in answer_turns(tmp_path)] == ["question"]
+            (tmp_path / "go").touch()
+            assert proc.wait(60) == 0, outputs(proc)
+            assert post_answer(url, run_id, {"node": "main/decision", "value": "approve"})[0] == 200
+            assert get_json(f"{url}/api/runs/{held}")["run"]["status"] == "succeeded"
+    finally:
+        stop(proc)
+    assert result_json(ok(af(tmp_path, "run", "approval.agentflow", "--resume", run_id)))["decision"] == "approve"
