@@ -140,7 +140,10 @@ async function select(state, id) {
     return;
   }
   try {
-    details.replaceChildren(...nodeDetails(state, await getJSON(`${api(state.runId)}/node?id=${encodeURIComponent(id)}`)));
+    const d = await getJSON(`${api(state.runId)}/node?id=${encodeURIComponent(id)}`);
+    const form = document.getElementById("answer-form");
+    if (d.status === "waiting" && form && form.dataset.node === id) return;  // keep what the person is typing
+    details.replaceChildren(...nodeDetails(state, d));
   } catch (err) {
     details.replaceChildren(el("h2", {}, id), el("p", {class: "error"}, err.message));
   }
