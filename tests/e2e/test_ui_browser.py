@@ -4,13 +4,14 @@ tests/artifacts/ (git-ignored). They skip, saying why, only where chromium is no
 (`apt-get install chromium chromium-driver`; .ci/run installs them)."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from runtime_support import af, approval, ok, outputs, stop, wait_for_answer
+from runtime_support import af, approval, ok, outputs, stop, wait_for_answer, write
 from ui_support import FAN_OUT_TEXT, finished_run, start_held_run, ui_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -164,3 +165,46 @@ def test_a_person_answers_a_waiting_node_on_the_page_and_the_run_goes_on(tmp_pat
         given = wait_for(browser, lambda d: d.find_elements(*css("#details .message.answer")), "the answer")[0]
         assert given.text.split("\n") == ["answer by alice", "approve"]
         screenshot(browser, "ui-answer-resumed")
+
+
+RECORD_SPEC = """
+defaults {
+  model = "scripted"
+}
+
+type Verdict {
+  ok: bool
+  reasons: list[str]
+}
+
+role reviewer {
+  model = "human"
+  task judge(topic: str) -> Verdict { prompt = "Judge {topic}." }
+}
+
+choreography main(topic: str = "tea") -> Verdict {
+  return reviewer.judge(topic)
+}
+"""
+
+
+def test_a_record_answer_is_typed_as_json_from_a_skeleton_of_its_fields(tmp_path, browser):
+    write(tmp_path / "review.agentflow", RECORD_SPEC)
+    run_id = wait_for_answer(tmp_path, "review.agentflow")
+    with ui_server(tmp_path) as url:
+        browser.get(f"{url}/runs/{run_id}")
+        click_box(browser, "main/return@1")
+        area = wait_for(browser, lambda d: d.find_elements(*css("textarea#answer-value")), "the JSON field")[0]
+        skeleton = area.get_attribute("value")
+        assert json.loads(skeleton) == {"ok": True, "reasons": []}
+        area.clear()
+        area.send_keys('{"ok": true')
+        browser.find_element(*css("#answer-submit")).click()
+        said = wait_for(browser, lambda d: d.find_element(*css("#answer-said.error")).text, "the reason it is refused")
+        assert said.startswith("the answer is not JSON")
+        area.clear()
+        area.send_keys(skeleton)
+        browser.find_element(*css("#answer-submit")).click()
+        wait_for(browser, lambda d: d.find_element(*css("#notice")).text.startswith("answered main/return@1"),
+                 "the answer taken")
+        screenshot(browser, "ui-answer-record")
