@@ -286,7 +286,7 @@ def _print_decisions(outcome, plan: dict) -> None:
 def answer_cmd(run_id, node_id, value, value_file, by, db, address, namespace) -> None:
     """Answer a node that waits for a person: VALUE is JSON, or plain text for a `str` answer."""
     from agentflow.api import check_path
-    from agentflow.runtime.answers import answer
+    from agentflow.runtime.answers import answer, next_step
     from agentflow.runtime.human import current_user
 
     if (value is None) == (value_file is None):
@@ -295,12 +295,7 @@ def answer_cmd(run_id, node_id, value, value_file, by, db, address, namespace) -
     check_path("--db", db, directory=False)
     given = answer(Path(db), run_id, node_id, text, by or current_user(),
                    temporal={"address": address, "namespace": namespace})
-    resume = f"agentflow run FILE{' --engine temporal' if given.node.temporal else ''} --resume {run_id}"
-    if given.delivered:
-        click.echo(f"answered {node_id} of run {run_id}: its Temporal workflow goes on on the workers; "
-                   f"`{resume}` collects the run", err=True)
-    else:
-        click.echo(f"answered {node_id} of run {run_id}; continue with `{resume}`", err=True)
+    click.echo(next_step(given), err=True)
     if given.node.temporal:
         _exit_past_temporal_threads()
 
@@ -375,8 +370,12 @@ def show_cmd(run_id: str, node_id: str | None, db: str, as_json: bool) -> None:
 @click.option("--db", default=DEFAULT_DB, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")
 @click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
-def ui_cmd(db: str, host: str, port: int) -> None:
-    """Serve a local page of the runs: their graphs, live while they run, and each node's messages."""
+@click.option("--address", default="localhost:7233", show_default=True,
+              help="Temporal server (answers to a Temporal run's waiting nodes).")
+@click.option("--namespace", default="default", show_default=True, help="Temporal namespace (a Temporal run).")
+def ui_cmd(db: str, host: str, port: int, address: str, namespace: str) -> None:
+    """Serve a local page of the runs: their graphs, live while they run, each node's messages,
+    and a form for the nodes that wait for a person."""
     import importlib.util
     if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
         raise UsageError("the run viewer needs starlette and uvicorn, which are missing from this "
@@ -391,7 +390,7 @@ def ui_cmd(db: str, host: str, port: int) -> None:
     # uvicorn shuts down on SIGTERM, then raises it again for this handler: exit 143 like `run`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_TERMINATED))
     try:
-        serve(db, sock)
+        serve(db, sock, host, {"address": address, "namespace": namespace})
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
 

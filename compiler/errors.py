@@ -16,7 +16,8 @@ where, and what to do. The compiler and the runtime both import this module.
       CompileError     exit 1: compiler/pipeline.py, raised by the Python API (agentflow.compile)
       RunFailed        exit 3: a node failed after its retries; the run's state is saved
         AnswerError      runtime/answers.py     `agentflow answer` of a node that is not waiting,
-                                                or a value that does not fit (exit 2)
+                                                or a value that does not fit (exit 2); its
+                                                NotAnswerable: no such run or waiting node
 
 Compile errors (exit 1) are diagnostics, which the CLI prints itself, and a stop by Ctrl-C or SIGTERM
 (130, 143) is no error. Outside the family, because they steer control inside the compiler

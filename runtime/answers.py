@@ -25,6 +25,10 @@ class AnswerError(UsageError):
     """`agentflow answer` of a node that is not waiting, or a value that does not fit (exit 2)."""
 
 
+class NotAnswerable(AnswerError):
+    """The run or node to answer is missing or not waiting: no value could fit (the page says 409)."""
+
+
 @dataclass(frozen=True)
 class Waiting:
     """A node of a run that waits for a person, with what it asked."""
@@ -74,17 +78,17 @@ def waiting_node(store: Store, run_id: str, node_id: str) -> Waiting:
     """The waiting node `node_id` of `run_id`, or AnswerError saying why it cannot be answered."""
     run = store.get_run(run_id)
     if run is None:
-        raise AnswerError(f"there is no run {run_id} in the database; `agentflow runs` lists them")
+        raise NotAnswerable(f"there is no run {run_id} in the database; `agentflow runs` lists them")
     state = store.run_node_states(run_id).get(node_id)
     if state is None:
-        raise AnswerError(f"run {run_id} has no node {node_id}; `agentflow show {run_id}` lists its nodes")
+        raise NotAnswerable(f"run {run_id} has no node {node_id}; `agentflow show {run_id}` lists its nodes")
     if state.status != "waiting":
-        raise AnswerError(f"node {node_id} of run {run_id} is not waiting for an answer (it is {state.status}); "
+        raise NotAnswerable(f"node {node_id} of run {run_id} is not waiting for an answer (it is {state.status}); "
                           f"`agentflow show {run_id}` lists the waiting nodes")
     questions = [t.payload for t in store.load_turns(run_id, node_id, state.key)
                  if t.kind == QUESTION] if state.key else []
     if not questions or state.key is None:
-        raise AnswerError(f"node {node_id} of run {run_id} waits for nodes inside it that a person answers; "
+        raise NotAnswerable(f"node {node_id} of run {run_id} waits for nodes inside it that a person answers; "
                           f"answer those (`agentflow show {run_id}` lists the waiting nodes)")
     return Waiting(run_id, run["flow"], node_id, state.role, state.key, questions[-1],
                    ran_on_temporal(store, run_id))
@@ -119,7 +123,7 @@ def answer(db_path: Path, run_id: str, node_id: str, text: str, by: str,
     other run's answer is stored in the database, opened for writing only then (a Temporal
     client may hold it while it follows its workflow)."""
     if not Path(db_path).is_file():
-        raise AnswerError(f"no run database at {db_path}; pass the run's --db")
+        raise NotAnswerable(f"no run database at {db_path}; pass the run's --db")
     with Store.open_reader(db_path) as reader:
         node = waiting_node(reader, run_id, node_id)
     value = validated(node.question, parse_answer(text, node.question))
@@ -128,6 +132,16 @@ def answer(db_path: Path, run_id: str, node_id: str, text: str, by: str,
     with Store.open_writer(db_path) as store:
         store_answer(store, node, value, by)
     return Given(node, value, False)
+
+
+def next_step(given: Given) -> str:
+    """What an accepted answer did and how the run goes on: `agentflow answer` and the page say it."""
+    node = given.node
+    resume = f"agentflow run FILE{' --engine temporal' if node.temporal else ''} --resume {node.run_id}"
+    if given.delivered:
+        return (f"answered {node.node_id} of run {node.run_id}: its Temporal workflow goes on on the workers; "
+                f"`{resume}` collects the run")
+    return f"answered {node.node_id} of run {node.run_id}; continue with `{resume}`"
 
 
 def _delivered(db_path: Path, node: Waiting, value: Any, by: str, temporal: dict) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,3 +148,18 @@ def assert_no_secret(*places: Path | str) -> None:
                 assert SECRET.encode() not in f.read_bytes(), f"the API key leaked into {f}"
         else:
             assert SECRET not in place, "the API key leaked into an output"
+
+
+APPROVAL = TESTS.parent / "specs" / "approval.agentflow"  # the example with a step a person approves
+
+
+def approval(cwd: Path) -> Path:
+    """The example spec, as shipped, in the test's directory."""
+    return Path(shutil.copy(APPROVAL, cwd / "approval.agentflow"))
+
+
+def wait_for_answer(cwd: Path, spec: str = "approval.agentflow") -> str:
+    """Runs the spec until it waits for a person (exit 4); its run id."""
+    result = ok(af(cwd, "run", spec), 4)
+    assert result.stdout == ""
+    return last_run(cwd)["run_id"]

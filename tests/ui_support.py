@@ -89,9 +89,16 @@ def finished_run(cwd: Path) -> str:
 
 
 def start_held_run(cwd: Path) -> tuple[subprocess.Popen, str]:
-    """Starts the flow with its fan-out held running; (process, run id) once all three hold."""
+    """Starts the flow with its fan-out held running; (process, run id) once all three hold.
+    The database may hold earlier runs: the run is the one that begins now."""
+    before = newest_run(cwd)
     proc = af_start(flow(cwd, go=False), "run", "flow.agentflow", *TOPICS)
-    run_id = wait_until(lambda: newest_run(cwd), what="the run to begin")
+
+    def begun() -> str | None:
+        newest = newest_run(cwd)
+        return newest if newest != before else None
+
+    run_id = wait_until(begun, what="the run to begin")
     wait_until(lambda: sum(n["status"] == "running" for n in show(cwd, run_id).values()
                            if n["node"].endswith("/held")) == 3, what="three holds running")
     return proc, run_id
@@ -125,6 +132,24 @@ def get_json(url: str, status: int = 200):
     code, _, body = get(url)
     assert code == status, (code, body)
     return json.loads(body)
+
+
+def post_answer(url: str, run_id: str, answer: dict, origin: str | None = "own",
+                host: str | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of the page's answer POST, sent as its page sends it (Origin: the
+    server's own) unless `origin` or `host` say otherwise (None: no Origin header)."""
+    headers = {"Content-Type": "application/json"}
+    if origin is not None:
+        headers["Origin"] = url if origin == "own" else origin
+    if host is not None:
+        headers["Host"] = host
+    request = urllib.request.Request(f"{url}/api/runs/{run_id}/answer", data=json.dumps(answer).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from typing import Any
 from agentflow.compiler.hashing import digest, value_hash
 from agentflow.compiler.names import template_id
 
+from ..human import QUESTION, skeleton
 from ..ledger import SESSION_STEP, plan_meta_key, rerun_reason
 from ..store import Store, StoreError
 
@@ -139,8 +140,20 @@ def node_view(db: str, run_id: str, node_id: str) -> dict:
         "inputs": inputs, "prompt": prompt_texts(plan, node_id, args),
         "messages": [t for t in turns if t.get("role") != SESSION_STEP],
         "output": stored[0] if stored else None, "has_output": stored is not None,
+        "question": open_question(row, turns),
         "why": why(row, bool(key), last, state.def_hash if state else None,
                    {n: i["hash"] for n, i in inputs.items()})})
+
+
+def open_question(row: dict, turns: list[dict]) -> dict | None:
+    """What a waiting node asks a person (prompt, type) and the shape of an answer, for the
+    page's form; None for any other node, or one that waits on nodes inside it."""
+    asked = [t for t in turns if t.get("role") == QUESTION] if row["status"] == "waiting" else []
+    if not asked:
+        return None
+    question = asked[-1]
+    return {**{k: question[k] for k in ("prompt", "type", "returns")},
+            "skeleton": skeleton(question["returns"], question["types"])}
 
 
 def why(row: dict, keyed: bool, last, def_hash: str | None, inputs: dict) -> str:

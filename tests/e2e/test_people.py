@@ -8,17 +8,14 @@ import json
 import os
 import pty
 import select
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import duckdb
 
-from runtime_support import DB, af, base_env, last_run, ok, result_json, show, write
+from runtime_support import DB, af, approval, base_env, last_run, ok, result_json, show, wait_for_answer, write
 
-ROOT = Path(__file__).resolve().parents[2]
-APPROVAL = ROOT / "specs" / "approval.agentflow"
 
 RECORD_SPEC = """
 defaults {
@@ -46,18 +43,6 @@ choreography main(topic: str = "tea") -> json {
   return {text: text, verdict: verdict}
 }
 """
-
-
-def approval(tmp_path: Path) -> Path:
-    """The example spec, as shipped, in the test's directory."""
-    return Path(shutil.copy(APPROVAL, tmp_path / "approval.agentflow"))
-
-
-def wait_for_answer(tmp_path: Path, spec: str = "approval.agentflow") -> str:
-    """Runs the spec until it waits for a person; its run id."""
-    result = ok(af(tmp_path, "run", spec), 4)
-    assert result.stdout == ""
-    return last_run(tmp_path)["run_id"]
 
 
 def query(tmp_path: Path, sql: str, *params) -> list[tuple]:

@@ -4,13 +4,14 @@ tests/artifacts/ (git-ignored). They skip, saying why, only where chromium is no
 (`apt-get install chromium chromium-driver`; .ci/run installs them)."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from runtime_support import outputs, stop
+from runtime_support import af, approval, ok, outputs, stop, wait_for_answer, write
 from ui_support import FAN_OUT_TEXT, finished_run, start_held_run, ui_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -124,3 +125,86 @@ def test_a_live_run_updates_on_the_page(tmp_path, browser):
             assert proc.wait(30) == 0, outputs(proc)
     finally:
         stop(proc)
+
+
+def test_a_person_answers_a_waiting_node_on_the_page_and_the_run_goes_on(tmp_path, browser):
+    from selenium.webdriver.support.ui import Select
+
+    approval(tmp_path)
+    run_id = wait_for_answer(tmp_path)
+    with ui_server(tmp_path) as url:
+        browser.get(f"{url}/runs/{run_id}")
+        wait_for(browser, lambda d: d.find_element(*css("#run-status")).text == "waiting", "the run waiting")
+        click_box(browser, "main/decision")
+        form = wait_for(browser, lambda d: d.find_elements(*css("#answer-form")), "the answer form")[0]
+        assert "Publish this announcement" in form.text and 'of type "approve" | "revise"' in form.text
+        choice = Select(browser.find_element(*css("#answer-value")))
+        assert [o.text for o in choice.options] == ["approve", "revise"]
+        screenshot(browser, "ui-answer-form")
+
+        # A value the select does not offer (as a hand-edited page could send) comes back refused.
+        browser.execute_script("arguments[0].add(new Option('maybe', 'maybe'))", choice._el)
+        choice.select_by_value("maybe")
+        browser.find_element(*css("#answer-submit")).click()
+        said = wait_for(browser, lambda d: d.find_element(*css("#answer-said.error")).text, "the reason it is refused")
+        assert said.startswith('the answer does not fit "approve" | "revise": ')
+        screenshot(browser, "ui-answer-refused")
+
+        choice.select_by_value("approve")
+        browser.find_element(*css("#answer-by")).send_keys("alice")
+        browser.find_element(*css("#answer-submit")).click()
+        notice = wait_for(browser, lambda d: d.find_element(*css("#notice")).text, "the answer taken")
+        assert notice == f"answered main/decision of run {run_id}; continue with `agentflow run FILE --resume {run_id}`"
+        wait_for(browser, lambda d: "succeeded" in d.find_element(*css("#details .facts")).text
+                 and not d.find_elements(*css("#answer-form")), "the node answered")
+        screenshot(browser, "ui-answer-given")
+
+        ok(af(tmp_path, "run", "approval.agentflow", "--resume", run_id))
+        wait_for(browser, lambda d: d.find_element(*css("#run-status")).text == "succeeded", "the run to finish")
+        click_box(browser, "main/decision")
+        given = wait_for(browser, lambda d: d.find_elements(*css("#details .message.answer")), "the answer")[0]
+        assert given.text.split("\n") == ["answer by alice", "approve"]
+        screenshot(browser, "ui-answer-resumed")
+
+
+RECORD_SPEC = """
+defaults {
+  model = "scripted"
+}
+
+type Verdict {
+  ok: bool
+  reasons: list[str]
+}
+
+role reviewer {
+  model = "human"
+  task judge(topic: str) -> Verdict { prompt = "Judge {topic}." }
+}
+
+choreography main(topic: str = "tea") -> Verdict {
+  return reviewer.judge(topic)
+}
+"""
+
+
+def test_a_record_answer_is_typed_as_json_from_a_skeleton_of_its_fields(tmp_path, browser):
+    write(tmp_path / "review.agentflow", RECORD_SPEC)
+    run_id = wait_for_answer(tmp_path, "review.agentflow")
+    with ui_server(tmp_path) as url:
+        browser.get(f"{url}/runs/{run_id}")
+        click_box(browser, "main/return@1")
+        area = wait_for(browser, lambda d: d.find_elements(*css("textarea#answer-value")), "the JSON field")[0]
+        skeleton = area.get_attribute("value")
+        assert json.loads(skeleton) == {"ok": True, "reasons": []}
+        area.clear()
+        area.send_keys('{"ok": true')
+        browser.find_element(*css("#answer-submit")).click()
+        said = wait_for(browser, lambda d: d.find_element(*css("#answer-said.error")).text, "the reason it is refused")
+        assert said.startswith("the answer is not JSON")
+        area.clear()
+        area.send_keys(skeleton)
+        browser.find_element(*css("#answer-submit")).click()
+        wait_for(browser, lambda d: d.find_element(*css("#notice")).text.startswith("answered main/return@1"),
+                 "the answer taken")
+        screenshot(browser, "ui-answer-record")

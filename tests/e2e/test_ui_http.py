@@ -2,6 +2,7 @@
 real run database, while a run writes it, with and without Graphviz, and without its web framework."""
 from __future__ import annotations
 
+import getpass
 import re
 import shutil
 import signal
@@ -15,8 +16,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from runtime_support import DB, af, af_start, base_env, ok, outputs, stop, wait_until
-from ui_support import FAN_OUT_TEXT as FAN_OUT, TOPICS, finished_run, flow, get, get_json, start_held_run, ui_server
+from runtime_support import (DB, af, af_start, approval, base_env, ok, outputs, result_json, stop, wait_for_answer,
+                             wait_until)
+from ui_support import (FAN_OUT_TEXT as FAN_OUT, TOPICS, finished_run, flow, get, get_json, post_answer,
+                        start_held_run, ui_server)
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
@@ -243,3 +246,91 @@ def test_ctrl_c_and_sigterm_stop_it_with_their_exit_codes(tmp_path, signum, code
 def test_a_db_path_that_is_a_directory_is_exit_2(tmp_path):
     result = ok(af(tmp_path, "ui", "--db", str(tmp_path)), 2)
     assert "--db" in result.stderr and "give the path of a file" in result.stderr
+
+
+def answer_turns(cwd: Path) -> list[tuple]:
+    """The journal steps of the approval node: its question, then any answer with who gave it."""
+    with duckdb.connect(str(cwd / DB), read_only=True) as con:
+        return con.execute("SELECT kind, payload->>'by', payload->>'value' FROM _turns "
+                           "WHERE node_id = 'main/decision' ORDER BY seq").fetchall()
+
+
+def test_a_waiting_node_is_answered_from_the_page_as_agentflow_answer_checks_it(tmp_path):
+    approval(tmp_path)
+    run_id = wait_for_answer(tmp_path)
+    decision = f"/api/runs/{run_id}/node?id=main/decision"
+    with ui_server(tmp_path) as url:
+        question = get_json(url + decision)["question"]
+        assert question["type"] == '"approve" | "revise"' and question["returns"] == {"literal": ["approve", "revise"]}
+        assert "Publish this announcement" in question["prompt"] and question["skeleton"] == "approve"
+        assert get_json(f"{url}/api/runs/{run_id}/node?id=main/text")["question"] is None
+
+        code, body = post_answer(url, run_id, {"node": "main/decision", "value": "maybe", "by": "alice"})
+        assert code == 422 and body["error"].startswith('the answer does not fit "approve" | "revise": '), body
+        assert [kind for kind, *_ in answer_turns(tmp_path)] == ["question"]  # nothing stored
+
+        code, body = post_answer(url, run_id, {"node": "main/decision", "value": "approve", "by": "alice"})
+        assert code == 200, body
+        assert body == {"node": "main/decision", "value": "approve", "delivered": False,
+                        "message": f"answered main/decision of run {run_id}; "
+                                   f"continue with `agentflow run FILE --resume {run_id}`"}
+        assert answer_turns(tmp_path)[-1] == ("answer", "alice", "approve")
+        wait_until(lambda: get_json(url + decision)["status"] == "succeeded", what="the page to see the answer")
+
+        resumed = ok(af(tmp_path, "run", "approval.agentflow", "--resume", run_id))
+        assert result_json(resumed)["decision"] == "approve"
+        wait_until(lambda: get_json(f"{url}/api/runs/{run_id}")["run"]["status"] == "succeeded",
+                   what="the page to see the run finish")
+
+
+def test_an_unknown_or_answered_node_is_409_and_a_malformed_post_400(tmp_path):
+    approval(tmp_path)
+    run_id = wait_for_answer(tmp_path)
+    with ui_server(tmp_path) as url:
+        assert post_answer(url, run_id, {"node": "main/decision", "value": "revise"})[0] == 200
+        for run, node, said in [(run_id, "main/decision", "is not waiting for an answer (it is succeeded)"),
+                                (run_id, "main/zz", f"run {run_id} has no node main/zz"),
+                                ("nope", "main/decision", "there is no run nope")]:
+            code, body = post_answer(url, run, {"node": node, "value": "approve"})
+            assert code == 409 and said in body["error"], (code, body)
+        code, body = post_answer(url, run_id, {"node": "main/decision", "value": ["approve"]})
+        assert code == 400 and '"value": TEXT' in body["error"]
+    assert answer_turns(tmp_path)[-1][:2] == ("answer", getpass.getuser())  # who, when the page does not say
+
+
+def test_an_answer_from_another_site_is_refused_and_nothing_stored(tmp_path):
+    """A page of another site open in the same browser must not answer for the person: a
+    cross-origin POST, one without Origin, and one through a name that resolves here (DNS
+    rebinding) are all 403."""
+    approval(tmp_path)
+    run_id = wait_for_answer(tmp_path)
+    answer = {"node": "main/decision", "value": "approve"}
+    with ui_server(tmp_path) as url:
+        port = url.rsplit(":", 1)[1]
+        for origin, host in [("http://evil.example", None), (None, None),
+                             (f"http://evil.example:{port}", f"evil.example:{port}")]:
+            code, body = post_answer(url, run_id, answer, origin=origin, host=host)
+            assert code == 403 and body["error"].startswith("refused: "), (origin, host, code, body)
+        assert get_json(f"{url}/api/runs/{run_id}/node?id=main/decision")["status"] == "waiting"
+    assert [kind for kind, *_ in answer_turns(tmp_path)] == ["question"]
+
+
+def test_an_answer_while_another_run_writes_is_503_saying_so_and_the_run_is_not_disturbed(tmp_path):
+    """The page holds the database only for the moment of a read, and an answer opens it for
+    writing only then: while another run writes, the answer waits its turn (503, one line,
+    nothing stored) and that run goes on undisturbed."""
+    approval(tmp_path)
+    run_id = wait_for_answer(tmp_path)
+    proc, held = start_held_run(tmp_path)  # the same database, its writer held busy
+    try:
+        with ui_server(tmp_path) as url:
+            code, body = post_answer(url, run_id, {"node": "main/decision", "value": "approve"})
+            assert code == 503 and "in use by another agentflow run" in body["error"], (code, body)
+            assert [kind for kind, *_ in answer_turns(tmp_path)] == ["question"]
+            (tmp_path / "go").touch()
+            assert proc.wait(60) == 0, outputs(proc)
+            assert post_answer(url, run_id, {"node": "main/decision", "value": "approve"})[0] == 200
+            assert get_json(f"{url}/api/runs/{held}")["run"]["status"] == "succeeded"
+    finally:
+        stop(proc)
+    assert result_json(ok(af(tmp_path, "run", "approval.agentflow", "--resume", run_id)))["decision"] == "approve"

@@ -535,6 +535,31 @@ def test_a_human_node_waits_in_the_workflow_and_the_answer_finishes_it_on_the_wo
     assert [t.kind for t in turns] == ["question", "answer"] and turns[1].payload["by"] == "carol"
 
 
+def test_the_run_page_answers_a_waiting_temporal_run_whose_workflow_finishes_on_the_workers(cluster, tmp_path):
+    """`agentflow ui` (given the server's --address) sends the page's answer to the workflow as
+    `agentflow answer` does: a wrong one is 422, a right one goes on on the workers."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from ui_support import post_answer, ui_server
+    gate = tmp_path / "go"
+    gate.touch()
+    args = people_args(tmp_path, cluster, gate)
+    ok(af(tmp_path, *args), 4)
+    db = tmp_path / "t.duckdb"
+    run_id, wf_id = last_run(db)["run_id"], workflow_of(db)
+    with ui_server(tmp_path, "--db", "t.duckdb", "--address", cluster.server.address, env=base_env()) as url:
+        code, body = post_answer(url, run_id, {"node": "people/decision", "value": "maybe"})
+        assert code == 422 and body["error"].startswith('the answer does not fit "approve" | "revise"'), body
+        code, body = post_answer(url, run_id, {"node": "people/decision", "value": "approve", "by": "dora"})
+        assert code == 200 and body["delivered"], body
+        assert body["message"] == (f"answered people/decision of run {run_id}: its Temporal workflow goes on on the "
+                                   f"workers; `agentflow run FILE --engine temporal --resume {run_id}` collects the run")
+        wait_until(lambda: describe(cluster.server.address, wf_id).status == WorkflowExecutionStatus.COMPLETED,
+                   what="the workflow to finish on the workers")
+    value = json.loads(ok(af(tmp_path, *args, "--resume")).stdout)
+    assert value["decision"] == "approve" and last_run(db)["status"] == "succeeded"
+
+
 def test_a_following_client_finishes_normally_when_the_answer_comes_while_it_follows(cluster, tmp_path):
     """While `wait_for` runs the client keeps following; the answer given meanwhile is used (the
     revision it asks for is looked up through the client, then runs on a worker) and the run

@@ -140,7 +140,10 @@ async function select(state, id) {
     return;
   }
   try {
-    details.replaceChildren(...nodeDetails(state, await getJSON(`${api(state.runId)}/node?id=${encodeURIComponent(id)}`)));
+    const d = await getJSON(`${api(state.runId)}/node?id=${encodeURIComponent(id)}`);
+    const form = document.getElementById("answer-form");
+    if (d.status === "waiting" && form && form.dataset.node === id) return;  // keep what the person is typing
+    details.replaceChildren(...nodeDetails(state, d));
   } catch (err) {
     details.replaceChildren(el("h2", {}, id), el("p", {class: "error"}, err.message));
   }
@@ -173,9 +176,11 @@ function json(value) {
 }
 
 function messageView(m) {
-  const who = m.role + (m.repair ? " (asked to repair its answer)" : "") + (m.name ? ` ${m.name}` : "");
+  const who = m.role + (m.repair ? " (asked to repair its answer)" : "") + (m.name ? ` ${m.name}` : "") +
+    (m.by ? ` by ${m.by}` : "");
+  const content = m.role === "question" ? m.prompt : m.role === "answer" ? m.value : m.content;
   const parts = [el("div", {class: "who"}, who)];
-  if (m.content != null && m.content !== "") parts.push(json(m.content));
+  if (content != null && content !== "") parts.push(json(content));
   for (const call of m.tool_calls || []) {
     const fn = call.function || {};
     parts.push(el("div", {class: "tool-call"}, `calls ${fn.name}`), json(fn.arguments ?? ""));
@@ -212,10 +217,58 @@ function nodeDetails(state, d) {
   return out;
 }
 
-// HUMAN ANSWER FORM: a waiting `model = "human"` node is answered here. The form that posts
-// an answer (validated against the task's output type) is wired when that feature lands.
+// HUMAN ANSWER FORM: a waiting `model = "human"` node is answered here, with an input that
+// fits its type. The server checks the answer as `agentflow answer` does: one that does not
+// fit comes back with the reason, shown under the form, and nothing is stored.
 function answerPlace(state, d) {
-  return el("section", {class: "answer-form", id: "answer-form", "data-node": d.node},
+  const q = d.question;
+  if (!q) {
+    return el("section", {class: "answer-form", id: "answer-form", "data-node": d.node},
+      el("h3", {}, "waiting"), el("p", {}, "It waits for nodes inside it that a person answers."));
+  }
+  const value = answerInput(q);
+  const by = el("input", {id: "answer-by", type: "text", placeholder: "your name (default: the server's login)"});
+  const said = el("p", {id: "answer-said", role: "status"});
+  const submit = (e) => {
+    e.preventDefault();
+    postAnswer(state, d.node, value.value, by.value, said);
+  };
+  return el("form", {class: "answer-form", id: "answer-form", "data-node": d.node, onsubmit: submit},
     el("h3", {}, "waiting for a person's answer"),
-    el("p", {}, `Answer it with: agentflow answer ${state.runId} ${d.node} VALUE`));
+    el("pre", {class: "prompt"}, q.prompt),
+    el("label", {for: "answer-value"}, `answer, of type ${q.type}`), value,
+    el("label", {for: "answer-by"}, "answered by"), by,
+    el("button", {type: "submit", id: "answer-submit"}, "answer"), said);
+}
+
+// The input for an answer: its `value` is the text sent, as `agentflow answer VALUE` takes it.
+function answerInput(q) {
+  const r = q.returns;
+  if (r.literal) {
+    return el("select", {id: "answer-value"}, ...r.literal.map((v) => el("option", {value: String(v)}, v)));
+  }
+  if (r === "bool") {
+    return el("select", {id: "answer-value"}, el("option", {value: "true"}, "yes"), el("option", {value: "false"}, "no"));
+  }
+  if (typeof r === "string") return el("input", {id: "answer-value", type: "text"});  // str, int, float
+  const area = el("textarea", {id: "answer-value", rows: 8, spellcheck: "false"});
+  area.value = JSON.stringify(q.skeleton, null, 2);
+  return area;
+}
+
+async function postAnswer(state, node, value, by, said) {
+  said.className = "";
+  said.textContent = "sending…";
+  try {
+    const response = await fetch(`${api(state.runId)}/answer`, {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({node, value, by})});
+    const body = await response.json().catch(() => ({error: response.statusText}));
+    if (!response.ok) throw new Error(body.error);
+    said.className = "answered";
+    said.textContent = body.message;
+    document.getElementById("notice").textContent = body.message;
+  } catch (err) {
+    said.className = "error";
+    said.textContent = err.message;
+  }
 }
