@@ -109,4 +109,4 @@ def run_plan(plan: Plan, tmp_path: Path, inputs: dict, **kwargs: Any) -> Run:
             return None, engine.failure or failure
 
     value, failure = asyncio.run(main())
-    return Run(value, failure, run_statuses(str(tmp_path / DB), run_id))
+    return Run(value, failure, run_statuses(str(tmp_path / DB), run_id, plan.data["flow"], plan.data["entry"]))

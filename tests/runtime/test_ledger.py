@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_a_stored_result_is_found_by_its_key_and_reused_by_another_run(tmp_path)
 
     asyncio.run(first())
     assert asyncio.run(second()) == {"answer": 42}
-    assert run_statuses(str(tmp_path / DB), "run-2") == {"main/first": "cached"}
+    assert run_statuses(str(tmp_path / DB), "run-2", PLAN.data["flow"], PLAN.data["entry"]) == {"main/first": "cached"}
 
 
 def test_on_resume_a_failed_node_starts_over_and_an_interrupted_one_keeps_its_journal(tmp_path):
@@ -135,6 +136,9 @@ def test_reusing_a_session_call_replays_what_it_added_to_its_session(tmp_path):
     assert asyncio.run(second()) == ("hello", [ASKED])
 
 
+BARE_PLAN: Any = {"flow": "f", "entry": "main", "roles": {}}  # what `Ledger.open` reads of a plan
+
+
 def test_a_rerun_answers_lookups_from_what_it_preloaded(tmp_path: Path) -> None:
     db = tmp_path / "agentflow.duckdb"
     with Store.open_writer(db) as s:
@@ -146,7 +150,7 @@ def test_a_rerun_answers_lookups_from_what_it_preloaded(tmp_path: Path) -> None:
     async def rerun() -> tuple[bool, bool]:
         store = Store.open_writer(db)
         ledger = Ledger(store, "r2")
-        await ledger.open({"flow": "f", "entry": "main", "roles": {}}  # type: ignore[arg-type], "p", {}, resuming=False)
+        await ledger.open(BARE_PLAN, "p", {}, resuming=False)
         await ledger.close("cancelled")
         store.close()  # from now on, any question to the store fails
         with pytest.raises(StoreError, match="closed"):
