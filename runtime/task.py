@@ -95,8 +95,7 @@ class TaskCall:
         start = await self.initial_messages(own)
         steps = await ledger.load_turns(self.job.node_id, self.job.key)
         if not steps:  # without the role's session (stored once, in its sessions); committed with the next step
-            await ledger.append_turn(self.job.node_id, self.job.key, {"role": PROMPT_STEP, "messages": own},
-                                     durable=False)
+            await ledger.append_turn(self.job.node_id, self.job.key, {"role": PROMPT_STEP, "messages": own})
         journal = [m for m in steps if m["role"] not in (SESSION_STEP, PROMPT_STEP)]
         # killed after its session step, before its result
         remembered = any(m["role"] == SESSION_STEP for m in steps)

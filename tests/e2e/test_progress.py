@@ -50,9 +50,28 @@ def test_without_a_terminal_a_fan_out_is_not_one_line_per_node(tmp_path):
     assert len(lines) <= 20, lines  # a line per 5 s, not one per node (302 before)
 
 
+NAPS = """
+tool nap(x: str) -> str {
+  command = ["python", "-c", "import time; time.sleep(0.05); print('{x}')"]
+}
+
+choreography main(items: list[str]) -> list[str] {
+  outs = for item in items {
+    y = nap(item)
+    yield y
+  }
+  return outs
+}
+"""
+
+
 def test_summary_lines_come_every_interval_with_counts_that_only_grow(tmp_path):
+    """Nodes that take a while (a process each, two at a time), so events span many intervals."""
     env = base_env(AGENTFLOW_PROGRESS_INTERVAL="0.1")
-    result = ok(af(tmp_path, *_flow(tmp_path, [f"i{k}" for k in range(60)]), env=env, timeout=300))
+    write(tmp_path / "flow.agentflow", NAPS)
+    items = json.dumps([f"i{k}" for k in range(60)])
+    result = ok(af(tmp_path, "run", "flow.agentflow", "--concurrency", "2", "--input", f"items={items}",
+                   env=env, timeout=300))
     found = [PROGRESS.fullmatch(line) for line in result.stderr.splitlines()[:-2]]
     assert found and all(found), result.stderr
     counts = [tuple(int(m.group(g)) for g in (1, 2, 3)) for m in found if m]
