@@ -97,20 +97,25 @@ class Ledger:
         self.session_roles = schema.session_roles(plan)
         if resuming:
             self.resumed = await self._io(self.store.run_node_states, self.run_id)
+        if self.dry_run:
+            await self._preload()
+            return
+        if self.durability == "group":
+            self.store.commit_within(GROUP_COMMIT_S)
+        self._forget_failed_journals(self.resumed)
+        self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
+                             inputs=inputs, fingerprint=fingerprint)
+        self.store.set_meta(plan_meta_key(plan_hash), canonical_json(plan))  # what `agentflow ui` draws
+        try:  # the run is recorded before it waits for anything else
+            await self.commit()
+            await self._preload()
+        except asyncio.CancelledError:  # Ctrl-C or SIGTERM as it began: it ends cancelled, not running
+            self.store.finish_run(self.run_id, "cancelled")  # the store's close writes it
+            raise
+
+    async def _preload(self) -> None:
         self.preloaded = await self._io(self.store.preload_results, self.flow, PRELOAD_MAX_ROWS,
                                         PRELOAD_MAX_BYTES, PRELOAD_MAX_KEYS)
-        if not self.dry_run:
-            if self.durability == "group":
-                self.store.commit_within(GROUP_COMMIT_S)
-            self._forget_failed_journals(self.resumed)
-            self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
-                                 inputs=inputs, fingerprint=fingerprint)
-            self.store.set_meta(plan_meta_key(plan_hash), canonical_json(plan))  # what `agentflow ui` draws
-            try:
-                await self.commit()
-            except asyncio.CancelledError:  # Ctrl-C or SIGTERM as it began: it ends cancelled, not running
-                self.store.finish_run(self.run_id, "cancelled")  # the store's close writes it
-                raise
 
     async def close(self, status: str, value: Any = NO_VALUE) -> None:
         """The run ends; a succeeded run's `value` is kept for a no-op rerun to print."""
@@ -241,12 +246,10 @@ class Ledger:
         turns = await self._io(self.store.load_turns, self.run_id, node_id, key)
         return [t.payload for t in turns]
 
-    async def append_turn(self, node_id: str, key: str, message: dict, *, durable: bool = True) -> None:
-        """Journals a step; one that is not `durable` is committed with the next one (a step
-        that can be made again, e.g. the prompt, costs no commit of its own)."""
+    async def append_turn(self, node_id: str, key: str, message: dict) -> None:
+        """Journals a step of a task call (durable at the next commit point, see `flush`)."""
         self.store.append_turn(self.run_id, node_id, key=key, kind=message["role"], payload=message)
-        if durable:
-            await self.flush()
+        await self.flush()
 
     async def load_session(self, role: str) -> list[list[dict]]:
         """The role's session as it stands now, one list of messages per call. It starts empty

@@ -70,9 +70,7 @@ class RunLedger(Protocol):
     # a task call's journal, and its role's session
     async def load_turns(self, node_id: str, key: str) -> list[dict]: ...
 
-    async def append_turn(self, node_id: str, key: str, message: dict, *, durable: bool = True) -> None:
-        """Journals a step; one that is not `durable` (the prompt, which can be made again) is
-        committed with the next step."""
+    async def append_turn(self, node_id: str, key: str, message: dict) -> None: ...
 
     async def load_session(self, role: str) -> list[list[dict]]: ...
 

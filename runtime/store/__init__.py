@@ -77,7 +77,7 @@ class Store(Queries):
                 self._stop.set()
                 if self._janitor is not None and self._janitor is not threading.current_thread():
                     self._janitor.join()
-                self.flush()
+                self.commit_buffered()
         finally:
             self._release()
 

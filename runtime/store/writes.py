@@ -461,12 +461,17 @@ class BatchedWriter(FileAccess):
         anything depending on a node starts, after each journaled turn)."""
         if not self.writer:
             return
+        self.commit_buffered()
+        faults.after_commit()  # one commit point per call, whether or not the janitor wrote first
+
+    def commit_buffered(self) -> None:
+        """`flush()` without counting a commit point: closing the store writes what is left
+        after the run's last commit, which is no point to stop a run at."""
         with self._mu:
             target = self._version
         with self._io:
             if self._committed < target:
                 self._flush_locked()
-        faults.after_commit()  # one commit point per call, whether or not the janitor wrote first
 
     async def flush_async(self) -> None:
         """`flush()` on a worker thread, so an event loop keeps running meanwhile; tasks

@@ -126,8 +126,7 @@ class WorkflowLedger:
         journal = self.journals.get(node_id)
         return list(journal["turns"]) if journal and journal.get("key") == key else []
 
-    async def append_turn(self, node_id: str, key: str, message: dict, *, durable: bool = True) -> None:
-        # `durable` is moot here: the client commits the events a page at a time
+    async def append_turn(self, node_id: str, key: str, message: dict) -> None:
         self.emit("turn", node=node_id, key=key, message=message)
 
     async def load_session(self, role: str) -> list[list[dict]]:
