@@ -59,9 +59,11 @@ def _tool_log(tmp: Path) -> list[str]:
 
 def _interrupt_at_gate(tmp: Path, gate: str, sig: int = signal.SIGKILL) -> tuple[str, int]:
     """Starts the run, waits until the tool call `gate` blocks, then sends `sig`:
-    (the run's id, the exit status). The gate is open again afterwards."""
+    (the run's id, the exit status). The gate is open again afterwards. Strict durability: what
+    these tests count is every step journaled before the gate (a group-commit run may lose the
+    last 100 ms of them, which the resume matrix covers)."""
     (tmp / f"hold-{gate}").write_text("")
-    proc = af_start(tmp, "run", "flow.agentflow")
+    proc = af_start(tmp, "run", "flow.agentflow", "--durability", "strict")
     try:
         wait_until(lambda: (tmp / f"waiting-{gate}").exists() or proc.poll() is not None, timeout=60,
                    what=f"the tool call {gate} to block")

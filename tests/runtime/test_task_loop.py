@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from agentflow.runtime.engine import NodeFailure, NodeJob, NodeOutcome
+from agentflow.runtime.ledger import PROMPT_STEP
 from agentflow.runtime.task import TaskCall
 from engine_support import compiled, engine_over
 
@@ -55,7 +56,8 @@ RULES = [
 
 
 def run_call(tmp_path, node_id: str, target: str = "a.talk") -> tuple[NodeOutcome | NodeFailure, list[dict]]:
-    """One task call, run by TaskCall itself, and the journal it left."""
+    """One task call, run by TaskCall itself, and the journal it left after its prompt step
+    (the system text and prompt the call started with, which `show` prints)."""
     (tmp_path / "script.json").write_text(json.dumps({"rules": RULES}))
     workspace = tmp_path / "workspace"
     workspace.mkdir(exist_ok=True)
@@ -70,7 +72,9 @@ def run_call(tmp_path, node_id: str, target: str = "a.talk") -> tuple[NodeOutcom
                 result: NodeOutcome | NodeFailure = await TaskCall(engine, job).run()
             except NodeFailure as failure:
                 result = failure
-            return result, [t.payload for t in engine.ledger.store.load_turns("run-1", node_id)]
+            steps = [t.payload for t in engine.ledger.store.load_turns("run-1", node_id)]
+            assert steps[0]["role"] == PROMPT_STEP and steps[0]["messages"][-1]["role"] == "user"
+            return result, steps[1:]
 
     return asyncio.run(main())
 
