@@ -15,7 +15,7 @@ from agentflow.compiler.hashing import digest, value_hash
 from agentflow.compiler.names import template_id
 
 from ..human import QUESTION, skeleton
-from ..ledger import SESSION_STEP, plan_meta_key, rerun_reason
+from ..ledger import PROMPT_STEP, SESSION_STEP, plan_meta_key, rerun_reason
 from ..store import Store, StoreError
 
 SUB_VALUES = 2000  # parts of the run's inputs hashed to find a node's inputs among them
@@ -137,12 +137,22 @@ def node_view(db: str, run_id: str, node_id: str) -> dict:
     args = {n: i["value"] for n, i in inputs.items()} if all(i["known"] for i in inputs.values()) else None
     return plain({
         **row, "status": shown_status(row), "run_id": run_id, "template": template_id(node_id), "key": key,
-        "inputs": inputs, "prompt": prompt_texts(plan, node_id, args),
-        "messages": [t for t in turns if t.get("role") != SESSION_STEP],
+        "inputs": inputs, "prompt": journaled_prompt(turns) or prompt_texts(plan, node_id, args),
+        "messages": [t for t in turns if t.get("role") not in (SESSION_STEP, PROMPT_STEP)],
         "output": stored[0] if stored else None, "has_output": stored is not None,
         "question": open_question(row, turns),
         "why": why(row, bool(key), last, state.def_hash if state else None,
                    {n: i["hash"] for n, i in inputs.items()})})
+
+
+def journaled_prompt(turns: list[dict]) -> dict | None:
+    """The system text and prompt a task call started with, as its journal's first step keeps
+    them; None for calls recorded before calls kept them."""
+    step = next((t for t in turns if t.get("role") == PROMPT_STEP), None)
+    if step is None:
+        return None
+    texts = {"system": m["content"] for m in step["messages"] if m["role"] == "system"}
+    return {"filled": True, **texts, "prompt": step["messages"][-1]["content"]}
 
 
 def open_question(row: dict, turns: list[dict]) -> dict | None:

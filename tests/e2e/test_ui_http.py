@@ -219,7 +219,7 @@ def test_a_run_that_stored_no_plan_is_drawn_from_its_nodes(tmp_path):
         node = get_json(f"{url}/api/runs/{run_id}/node?id=main/drafts[0]/text")
     assert {"main/drafts", FAN_OUT, "main/drafts[*]/held", "main/return@1"} == box_ids(svg)
     assert "[3] 3 succeeded" in svg and 'class="edge"' not in svg
-    assert node["prompt"] == {"filled": True} and node["messages"]
+    assert node["prompt"] == {"filled": True, "prompt": "Write one line about owls."} and node["messages"]  # journaled
 
 
 def test_a_port_in_use_is_exit_2_saying_so(tmp_path):
