@@ -2,6 +2,9 @@
 database before use (create it, check its version, record runs whose process died)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import duckdb
 
 from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
@@ -98,19 +101,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, where: str, writer: bool) -> N
 
 def migrate(con: duckdb.DuckDBPyConnection, version: int, where: str) -> None:
     """Upgrade a database from `version` to `SCHEMA_VERSION`, all steps in one transaction."""
-    try:
-        con.execute("BEGIN")
+    with one_transaction(con, where):
         for step in range(version, SCHEMA_VERSION):
             for stmt in MIGRATIONS[step]:
                 con.execute(stmt)
         con.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
-        con.execute("COMMIT")
-    except duckdb.Error as err:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
-        raise translate(err, where) from None
 
 
 def record_dead_runs(con: duckdb.DuckDBPyConnection, where: str) -> None:
@@ -120,10 +115,20 @@ def record_dead_runs(con: duckdb.DuckDBPyConnection, where: str) -> None:
     try:
         if not con.execute("SELECT count(*) FROM _runs WHERE status = 'running'").fetchone()[0]:  # type: ignore[index]  # duckdb: count(*) has a row
             return
-        con.execute("BEGIN")
+    except duckdb.Error as err:
+        raise translate(err, where) from None
+    with one_transaction(con, where):
         con.execute("UPDATE _node_runs SET status = 'cancelled', error = $1 WHERE status = 'running' "
                     "AND run_id IN (SELECT run_id FROM _runs WHERE status = 'running')", [DIED_ERROR])
         con.execute("UPDATE _runs SET status = 'interrupted' WHERE status = 'running'")
+
+
+@contextmanager
+def one_transaction(con: duckdb.DuckDBPyConnection, where: str) -> Iterator[None]:
+    """The statements run inside it commit together or not at all; a failure is a StoreError."""
+    try:
+        con.execute("BEGIN")
+        yield
         con.execute("COMMIT")
     except duckdb.Error as err:
         try:
