@@ -94,7 +94,7 @@ class TaskCall:
         own = self.own_messages()
         start = await self.initial_messages(own)
         steps = await ledger.load_turns(self.job.node_id, self.job.key)
-        if not steps:  # without the role's session (stored once, in its sessions); committed with the next step
+        if not steps:  # without the role's session (stored once, in its sessions)
             await ledger.append_turn(self.job.node_id, self.job.key, {"role": PROMPT_STEP, "messages": own})
         journal = [m for m in steps if m["role"] not in (SESSION_STEP, PROMPT_STEP)]
         # killed after its session step, before its result

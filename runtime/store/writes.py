@@ -462,7 +462,8 @@ class BatchedWriter(FileAccess):
         if not self.writer:
             return
         self.commit_buffered()
-        faults.after_commit()  # one commit point per call, whether or not the janitor wrote first
+        if not self._holds:  # inside `commits_held()` nothing commits: no point to stop at
+            faults.after_commit()  # one commit point per call, whether or not the janitor wrote first
 
     def commit_buffered(self) -> None:
         """`flush()` without counting a commit point: closing the store writes what is left

@@ -155,8 +155,10 @@ def test_a_live_run_is_shown_running_and_then_done(tmp_path):
 
 
 def timed_run(cwd, topics: int) -> float:
+    """Strict durability: a commit per node, the writer busiest with the file (and the run long
+    enough for a page polling once a second to see it running)."""
     started = time.monotonic()
-    ok(af(cwd, "run", "flow.agentflow", "--no-cache", "--input", f"topics={list(map(str, range(topics)))}"
+    ok(af(cwd, "run", "flow.agentflow", "--no-cache", "--durability", "strict", "--input", f"topics={list(map(str, range(topics)))}"
           .replace("'", '"')))
     return time.monotonic() - started
 
