@@ -2,12 +2,12 @@
 
 `AGENTFLOW_FAULT=SIGNAL@N` (SIGNAL one of `kill`, `int`, `term`) makes the process send
 itself SIGKILL, SIGINT or SIGTERM right after its N-th commit point. A commit point is a
-commit the run asks for (each `Store.flush()` call; not the store's timed commits nor
-those a read makes first, whose moments depend on timing, so that the N-th point is the same
-in every run) and, under group durability, each point
-where a strict run would commit (a result, a journal step) but a group run only buffers:
-stopped there, the run loses the facts not yet committed, which group durability must survive. A test
-walks N over every commit point of a run to interrupt it at each journal point, which
+commit the run asks for: each `Store.flush()` call outside `commits_held()` (not the store's
+timed commits, those a read makes first, or the one closing the store, whose moments depend on
+timing, so that the N-th point is the same in every run), and, under group durability, each
+point where a strict run would commit (a result, a journal step) but a group run only buffers:
+stopped there, the run loses the facts not yet committed, which group durability must survive.
+A test walks N over every commit point of a run to interrupt it at each journal point, which
 timing-based killing cannot reach reliably. Without the variable, both hooks do nothing.
 """
 from __future__ import annotations
