@@ -18,6 +18,7 @@ from agentflow.compiler.errors import UsageError
 from agentflow.compiler.types import Validators, type_from_json
 
 from .human import ANSWER, QUESTION, answer_step
+from .ledger import temporal_cursor_key
 from .store import Store
 
 
@@ -159,4 +160,4 @@ def _delivered(db_path: Path, node: Waiting, value: Any, by: str, temporal: dict
 def ran_on_temporal(store: Store, run_id: str) -> bool:
     """Whether `agentflow run --engine temporal` ran it: its client keeps how far it recorded the
     workflow's events in the database's meta, under this key (runtime/temporal/client.py)."""
-    return store.get_meta(f"temporal_cursor/{run_id}") is not None
+    return store.get_meta(temporal_cursor_key(run_id)) is not None

@@ -126,8 +126,7 @@ class Engine:
         self.options = options
         self.executor: NodeExecutor = executor
         self.reporter: Reporter = reporter
-        self.validators = Validators({n: tuple((f, type_from_json(t)) for f, t in fields)
-                                      for n, fields in plan["type_table"].items()})
+        self.validators = Validators.from_plan_table(plan["type_table"])
         self.global_slots = asyncio.Semaphore(max(1, options.concurrency))
         self.role_slots = {name: asyncio.Semaphore(max(1, role["replicas"])) for name, role in plan["roles"].items()}
         self.session_locks = {name: asyncio.Lock() for name in schema.session_roles(plan)}

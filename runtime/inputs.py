@@ -111,8 +111,7 @@ def validate_inputs(plan: schema.Plan, raw: dict[str, Any]) -> dict[str, Any]:
     for name in raw:
         if name not in params:
             raise InputError(_unknown(name, params))
-    validators = Validators({n: tuple((f, type_from_json(t)) for f, t in fields)
-                             for n, fields in plan["type_table"].items()})
+    validators = Validators.from_plan_table(plan["type_table"])
     out = {}
     for p in plan["params"]:
         name = p["name"]

@@ -52,6 +52,12 @@ def plan_meta_key(plan_hash: str) -> str:
     return f"plan:{plan_hash}"
 
 
+def temporal_cursor_key(run_id: str) -> str:
+    """The meta entry of a Temporal run: how far its client has recorded the workflow's events
+    (its presence says the run is a Temporal run)."""
+    return f"temporal_cursor/{run_id}"
+
+
 def rerun_reason(last: NodeState | None, def_hash: str | None, inputs: dict) -> str:
     """Why a cacheable node has no result to reuse, from the flow's last record of it."""
     if last is None:

@@ -42,7 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from agentflow.compiler import schema
 
 from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, DryRunStop
-from ..ledger import SESSION_STEP, Ledger
+from ..ledger import SESSION_STEP, Ledger, temporal_cursor_key
 from ..local import LocalExecutor
 from ..ports import Reporter
 from ..progress import SilentReporter
@@ -194,7 +194,7 @@ class _Follower:
     def __init__(self, ledger: Ledger, reporter: Reporter, run_id: str) -> None:
         self.ledger = ledger
         self.reporter = reporter
-        self.cursor_key = f"temporal_cursor/{run_id}"
+        self.cursor_key = temporal_cursor_key(run_id)
         self.execution = ""
         self.cursor = 0
         self.answered: set[str] = set()  # lookup keys this client has answered
