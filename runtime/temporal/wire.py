@@ -15,6 +15,7 @@ LOOKUP_SIGNAL = "lookups"  # the client's answer to the stored-result lookups th
 ANSWER_SIGNAL = "answer"  # a person's answer to a node that waits (`agentflow answer`)
 DEFAULT_TASK_QUEUE = "agentflow"
 PAGE = 500  # events per progress query
+LOOKUP_TIMEOUT_S = 3.0  # a lookup no client answered within this is a miss: its node runs
 
 
 def workflow_id(flow: str, run_id: str) -> str:

@@ -8,7 +8,8 @@ unchanged on Temporal's deterministic event loop. What differs from a local run:
   record it receives becomes an event the client reads back (query `progress`, and the
   workflow result) and writes to its DuckDB through the normal `Ledger`. A key it does not
   know (reached only once something ran) is a lookup: recorded in workflow state, shown by
-  `progress`, answered by the client from DuckDB with the signal `lookups` (see `Lookups`);
+  `progress`, answered by the client from DuckDB with the signal `lookups`, or a miss once
+  unanswered for a few seconds (see `Lookups`);
 - the executor is `TemporalExecutor`: the task loop (TaskCall) runs here, and each model call
   and each tool call is an activity with the spec's `retries` and `timeout`;
 - tool code versions are computed by the client (they read files) and passed in.
@@ -145,35 +146,59 @@ class WorkflowLedger:
 
 
 class Lookups:
-    """Stored-result lookups the workflow waits on, and the client's answers (signal `lookups`).
+    """Stored-result lookups the workflow asks the client, and the client's answers (signal `lookups`).
 
     A key the ledger does not know is recorded in `pending` (workflow state, which the
     `progress` query shows); the client answers every pending key it sees with one bulk read
     of its database and one signal, {"found": {key: value}, "missing": [key], "session":
     {key: steps}}. Queries are answered between workflow tasks, so every lookup made in one
-    workflow turn reaches the client in the same request. A client that re-attaches answers
-    whatever is still pending; with no client, the run waits."""
+    workflow turn reaches the client in the same request. Lookups are an optimisation, never
+    a dependency: a key still unanswered `timeout_s` after it was asked (no client follows the
+    run) is a miss, and its node runs. One workflow timer at a time serves every pending key."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = wire.LOOKUP_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
         self.pending: dict[str, bool] = {}  # key -> whether its session steps are wanted
+        self.asked: dict[str, float] = {}  # pending key -> workflow time it was asked at
         self.answers: dict[str, dict | None] = {}
+        self._expiry: asyncio.Task | None = None
 
     async def ask(self, key: str, session: bool) -> dict | None:
         if key not in self.answers:
+            self.asked.setdefault(key, workflow.time())
             self.pending[key] = self.pending.get(key, False) or session
+            if self._expiry is None or self._expiry.done():
+                self._expiry = asyncio.create_task(self._expire())
             await workflow.wait_condition(lambda: key in self.answers)
         return self.answers[key]
+
+    async def _expire(self) -> None:
+        """Until nothing is pending: sleeps until the oldest pending key is due (or everything
+        is answered), then makes every key due by then a miss."""
+        while self.pending:
+            due = min(self.asked[key] for key in self.pending) + self.timeout_s
+            wait = due - workflow.time()
+            if wait > 0:
+                try:
+                    await workflow.wait_condition(lambda: not self.pending, timeout=wait)
+                    continue
+                except asyncio.TimeoutError:
+                    pass
+            for key in [k for k in self.pending if self.asked[k] + self.timeout_s <= due]:
+                self._settle(key, None)
 
     def answer(self, answer: dict) -> None:
         steps = answer.get("session") or {}
         for key, value in (answer.get("found") or {}).items():
             if key in self.pending:
-                self.answers[key] = {"value": value, "session": steps.get(key)}
-                del self.pending[key]
+                self._settle(key, {"value": value, "session": steps.get(key)})
         for key in answer.get("missing") or []:
             if key in self.pending:
-                self.answers[key] = None
-                del self.pending[key]
+                self._settle(key, None)
+
+    def _settle(self, key: str, answer: dict | None) -> None:
+        self.answers[key] = answer
+        del self.pending[key], self.asked[key]
 
 
 class EventReporter:
@@ -316,6 +341,7 @@ class RunWorkflow:
         options = RunOptions(run_id=o["run_id"], spec_dir=Path(o["spec_dir"]), workspace=Path(o["workspace"]),
                              concurrency=o["concurrency"], model=o["model"], force=tuple(o["force"]),
                              no_cache=o["no_cache"])
+        self.lookups.timeout_s = float(o.get("lookup_timeout_s", wire.LOOKUP_TIMEOUT_S))
         ledger = WorkflowLedger(self.events, config, self.lookups)
         engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"], self.answers),
                                 EventReporter(self.events), code_versions=config["code_versions"])
