@@ -164,21 +164,26 @@ def _history_call(fn, db: str, *args):
 @click.option("--namespace", default="default", show_default=True, help="Temporal namespace.")
 @click.option("--task-queue", default="agentflow", show_default=True, help="Temporal task queue of the workers.")
 @click.option("--blob-dir", default=None, help="Large payloads, shared with the workers [default: blobs beside --db].")
+@click.option("--detach", is_flag=True, help="Submit the run to Temporal, print its id and exit: it finishes on "
+                                             "the workers; `agentflow collect RUN_ID` records it.")
+@click.option("--lookup-timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="How long the workflow waits for this client to look a stored result up before it runs "
+                   "the node [default: 3].")
 @click.option("--interactive", is_flag=True, help='Ask on this terminal for the answers of `model = "human"` '
                                                   "tasks, instead of stopping for `agentflow answer`.")
 def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurrency, resume, force,
-            no_cache, dry_run, durability, engine, address, namespace, task_queue, blob_dir, interactive) -> None:
+            no_cache, dry_run, durability, engine, address, namespace, task_queue, blob_dir, detach, lookup_timeout,
+            interactive) -> None:
     """Compile, then execute; the result is printed as JSON on stdout."""
     import gc
-    import json
 
     from agentflow.api import prepare_run
-    from agentflow.compiler.hashing import escape_surrogates
     from agentflow.runtime.inputs import parse_inputs
     from agentflow.runtime.progress import PlainReporter, SilentReporter, reporter_for
     from agentflow.runtime.runner import execute, run_stoppable
     from agentflow.runtime.tools import prints_to_stderr
 
+    _check_temporal_only(engine, dry_run, detach=detach, lookup_timeout=lookup_timeout)
     if engine == "temporal" and not dry_run:
         _require_temporal()
     if interactive and not (sys.stdin.isatty() and sys.stderr.isatty()):
@@ -204,7 +209,9 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         with prints_to_stderr():  # what tools print must not mix with the result on stdout
             if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
                 from agentflow.runtime.temporal.client import TemporalSettings, execute_temporal
-                settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None)
+                from agentflow.runtime.temporal.wire import LOOKUP_TIMEOUT_S
+                settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None,
+                                            LOOKUP_TIMEOUT_S if lookup_timeout is None else lookup_timeout, detach)
                 outcome, terminated = run_stoppable(execute_temporal(request, reporter, settings))
             else:
                 outcome, terminated = run_stoppable(execute(request, reporter))
@@ -220,6 +227,27 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
     if dry_run:
         _print_decisions(outcome, plan.data)
         return
+    if outcome.status == "detached":
+        _print_detached(outcome.run_id, plan.data["flow"], db)
+        _exit_past_temporal_threads()
+    _print_outcome(outcome, file, db, engine)
+
+
+def _check_temporal_only(engine: str, dry_run: bool, **options) -> None:
+    """Options of a run on Temporal are a usage error with another engine, or with --dry-run."""
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value not in (None, False) and engine != "temporal":
+            raise UsageError(f"{flag} applies to runs on Temporal; add --engine temporal (docs/TEMPORAL.md)")
+        if value not in (None, False) and dry_run:
+            raise UsageError(f"{flag} applies to a run, and --dry-run runs nothing; drop one of them")
+
+
+def _print_outcome(outcome, file: str, db: str, engine: str) -> None:
+    """The end of a run that finished or stopped for people: value and exit code."""
+    import json
+
+    from agentflow.compiler.hashing import escape_surrogates
     if outcome.status == "failed":
         raise _run_failed(outcome)
     if outcome.status == "waiting":
@@ -230,6 +258,15 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         click.echo(f"no work to do: plan, inputs and tool code are those of run {outcome.repeats}, "
                    f"whose result is reused (--force NODE or --no-cache runs again)", err=True)
     click.echo(f"run {outcome.run_id} succeeded", err=True)
+
+
+def _print_detached(run_id: str, flow: str, db: str) -> None:
+    """The run id on stdout (for scripts), and on stderr where it runs and how to collect it."""
+    from agentflow.runtime.temporal.wire import workflow_id
+    options = "" if db == DEFAULT_DB else f" --db {db}"
+    click.echo(run_id)
+    click.echo(f"run {run_id} goes on on the Temporal workers as workflow {workflow_id(flow, run_id)}; "
+               f"`agentflow collect {run_id}{options}` records it in the database", err=True)
 
 
 def _run_failed(outcome) -> RunFailed:
@@ -271,6 +308,46 @@ def _print_decisions(outcome, plan: dict) -> None:
     for tid, node in sorted(plan["nodes"].items()):
         if node["kind"] in ("task", "tool") and tid not in decided:
             click.echo(f"{'run':<6} {tid}  (its inputs come from nodes that will run)")
+
+
+@main.command("collect")
+@click.argument("run_id")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help="The database the run was started with.")
+@click.option("--address", default="localhost:7233", show_default=True, help="Temporal server.")
+@click.option("--namespace", default="default", show_default=True, help="Temporal namespace.")
+@click.option("--blob-dir", default=None, help="Large payloads, shared with the workers [default: blobs beside --db].")
+def collect_cmd(run_id: str, db: str, address: str, namespace: str, blob_dir: str | None) -> None:
+    """Record in the database what a run on Temporal did with no client following it (`run
+    --detach`, a client that died); one still running is followed to its end. Exit code and
+    printed result as the run's own; Ctrl-C stops collecting, not the run."""
+    _require_temporal()
+    from agentflow.api import check_path
+    from agentflow.runtime.progress import reporter_for
+    from agentflow.runtime.runner import run_stoppable
+    from agentflow.runtime.temporal.client import TemporalSettings, collect_temporal, temporal_run_plan
+
+    check_path("--db", db, directory=False)
+    plan = temporal_run_plan(Path(db), run_id)
+    reporter = reporter_for(sys.stderr, dict(plan))
+    settings = TemporalSettings(address, namespace, blob_dir=Path(blob_dir) if blob_dir else None)
+    outcome, terminated = None, False
+    try:
+        outcome, terminated = run_stoppable(collect_temporal(Path(db), run_id, plan, reporter, settings))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reporter.close()
+    if outcome is None or outcome.status == "detached":
+        options = "" if db == DEFAULT_DB else f" --db {db}"
+        click.echo(f"stopped collecting; run {run_id} goes on on the Temporal workers; "
+                   f"`agentflow collect {run_id}{options}` continues", err=True)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+    if outcome.status == "cancelled":
+        click.echo(f"run {run_id} was cancelled on Temporal; `agentflow run FILE --engine temporal "
+                   f"--resume {run_id}` continues it", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    _print_outcome(outcome, "FILE", db, "temporal")
+    _exit_past_temporal_threads()
 
 
 @main.command("answer")

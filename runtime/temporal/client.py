@@ -40,9 +40,10 @@ from temporalio.exceptions import CancelledError as TemporalCancelled
 from temporalio.service import RPCError, RPCStatusCode
 
 from agentflow.compiler import schema
+from agentflow.compiler.errors import UsageError
 
 from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, DryRunStop
-from ..ledger import SESSION_STEP, Ledger, temporal_cursor_key
+from ..ledger import SESSION_STEP, Ledger, plan_meta_key, temporal_cursor_key
 from ..local import LocalExecutor
 from ..ports import Reporter
 from ..progress import SilentReporter
@@ -62,6 +63,8 @@ class TemporalSettings:
     namespace: str = "default"
     task_queue: str = wire.DEFAULT_TASK_QUEUE
     blob_dir: Path | None = None  # default: `blobs` beside the database
+    lookup_timeout_s: float = wire.LOOKUP_TIMEOUT_S  # a lookup unanswered this long is a miss
+    detach: bool = False  # submit the run and return: it finishes on the workers, `collect` records it
 
 
 def default_blob_dir(db_path: Path) -> Path:
@@ -78,6 +81,8 @@ def activity_settings(task_queue: str) -> dict:
 
 
 async def execute_temporal(req: RunRequest, reporter: Reporter, settings: TemporalSettings) -> RunOutcome:
+    """A run on Temporal, followed to its end, or with `settings.detach` submitted and left to
+    the workers (outcome `detached`; the run is recorded as waiting until collected)."""
     store = Store.open_writer(req.db_path)
     try:
         run_id, resuming = pick_run(store, req)
@@ -95,20 +100,78 @@ async def execute_temporal(req: RunRequest, reporter: Reporter, settings: Tempor
                     await ledger.restart_failed()
                     await ledger.restart_sessions()  # the new execution rebuilds them, as locally
                 config = await _workflow_input(req, store, run_id, resuming, settings)
+                follower.begin("", 0)  # durable before the workflow exists: `collect` knows a Temporal run by it
+                await ledger.commit()
                 try:
                     handle = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
                                                          task_queue=settings.task_queue)
                 except RPCError as err:
                     raise TemporalError(f"Temporal refused to start workflow {wf_id}: {err}") from None
                 follower.begin(handle.result_run_id or "", 0)
-            status, value, failure = await follower.follow(handle)
+            if settings.detach and not follower.finished:
+                status, value, failure = DETACHED, None, None
+            else:
+                status, value, failure = await follower.follow(handle)
         except asyncio.CancelledError:  # Ctrl-C or SIGTERM before following began
             status = "cancelled"
             raise
         except BlobMissing as err:
             raise TemporalError(f"{err}; once it is there, `--resume` collects the run") from None
         finally:
-            await ledger.close(status)
+            await ledger.close(recorded_status(status))
+        return RunOutcome(run_id, status, value, failure, questions=list(follower.waiting.values()))
+    finally:
+        store.close()
+
+
+DETACHED = "detached"  # the outcome of a run no client follows (any more): it goes on on the workers
+
+
+def recorded_status(status: str) -> str:
+    """A run no client follows is recorded as waiting (for `collect`, or `--resume`)."""
+    return "waiting" if status == DETACHED else status
+
+
+def temporal_run_plan(db_path: Path, run_id: str) -> schema.Plan:
+    """The plan of a run that ran on Temporal, from its database (what `collect` needs)."""
+    if not db_path.exists():
+        raise UsageError(f"there is no database {db_path}; give the one the run was started with (--db)")
+    with Store.open_reader(db_path) as store:
+        run = store.get_run(run_id)
+        if run is None:
+            raise UsageError(f"there is no run {run_id} in {db_path}; `agentflow runs` lists them")
+        if store.get_meta(temporal_cursor_key(run_id)) is None:
+            raise UsageError(f"run {run_id} did not run on Temporal: there is nothing to collect "
+                             f"(`agentflow show {run_id}` shows it)")
+        return json.loads(store.get_meta(plan_meta_key(run["plan_hash"])) or "null")
+
+
+async def collect_temporal(db_path: Path, run_id: str, plan: schema.Plan, reporter: Reporter,
+                           settings: TemporalSettings) -> RunOutcome:
+    """`agentflow collect`: records everything the run's workflow did since this database last
+    heard of it, following it to its end if it still runs (Ctrl-C stops following, never the
+    run: outcome `detached`). Starts nothing: a failed run stays failed until `--resume`."""
+    store = Store.open_writer(db_path)
+    try:
+        run = store.get_run(run_id)
+        assert run is not None, "temporal_run_plan checked it"
+        client = await connect(settings.address, settings.namespace, settings.blob_dir or default_blob_dir(db_path))
+        ledger = Ledger(store, run_id)
+        follower = _Follower(ledger, reporter, run_id)
+        wf_id = wire.workflow_id(plan["flow"], run_id)
+        handle = await follower.attach(client, wf_id)
+        if handle is None:
+            raise TemporalError(f"Temporal (namespace {settings.namespace}) has no workflow {wf_id}: its history "
+                                f"is gone, or this is another server (--address); `run --resume {run_id}` "
+                                f"runs what the database lacks")
+        await ledger.open(plan, run["plan_hash"], run["inputs"], resuming=False)
+        status = DETACHED
+        try:
+            status, value, failure = await follower.follow(handle, stop_cancels=False)
+        except BlobMissing as err:
+            raise TemporalError(f"{err}; once it is there, `agentflow collect {run_id}` collects the run") from None
+        finally:
+            await ledger.close(recorded_status(status))
         return RunOutcome(run_id, status, value, failure, questions=list(follower.waiting.values()))
     finally:
         store.close()
@@ -183,7 +246,8 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
         "session_steps": pre.session_steps,
         "options": {"run_id": run_id, "spec_dir": str(req.options.spec_dir),
                     "workspace": str(req.options.workspace), "concurrency": req.options.concurrency,
-                    "model": req.options.model, "force": list(req.options.force), "no_cache": req.options.no_cache},
+                    "model": req.options.model, "force": list(req.options.force), "no_cache": req.options.no_cache,
+                    "lookup_timeout_s": settings.lookup_timeout_s},
         "activity": activity_settings(settings.task_queue),
     }
 
@@ -203,6 +267,8 @@ class _Follower:
         self.running: set[str] = set()
         self.waiting: dict[str, dict] = {}
         self.settled = False  # the last poll applied every event and left no lookup pending
+        self.status: WorkflowExecutionStatus | None = None  # of the execution `attach` found
+        self.finished = False  # the workflow found by `reattach` had completed: only its records are left
 
     def begin(self, execution: str, cursor: int) -> None:
         self.execution, self.cursor = execution, cursor
@@ -219,24 +285,34 @@ class _Follower:
         saved = json.loads(self.ledger.store.get_meta(self.cursor_key) or "{}")
         return int(saved.get("cursor", 0)) if saved.get("execution") == execution else 0
 
-    async def reattach(self, client: Client, wf_id: str) -> WorkflowHandle | None:
-        """The workflow to follow on `--resume`, or None when a new execution must start."""
+    async def attach(self, client: Client, wf_id: str) -> WorkflowHandle | None:
+        """The workflow's latest execution, to be followed from where this database's records
+        of it stop; None if Temporal has none."""
         try:
             desc = await client.get_workflow_handle(wf_id).describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise TemporalError(f"cannot describe workflow {wf_id}: {err}") from None
-        handle = client.get_workflow_handle(wf_id, run_id=desc.run_id)
         self.execution, self.cursor = desc.run_id, self._saved_cursor(desc.run_id)
+        self.status = desc.status
         await self._recorded_state()
-        if desc.status == WorkflowExecutionStatus.RUNNING:
+        return client.get_workflow_handle(wf_id, run_id=desc.run_id)
+
+    async def reattach(self, client: Client, wf_id: str) -> WorkflowHandle | None:
+        """The workflow to follow on `--resume`, or None when a new execution must start, once
+        what the ended one did is recorded: a failed run that no client followed is recorded
+        as failed, and its failed nodes start over in the new execution."""
+        handle = await self.attach(client, wf_id)
+        if handle is None or self.status == WorkflowExecutionStatus.RUNNING:
             return handle
-        if desc.status == WorkflowExecutionStatus.COMPLETED:
+        if self.status == WorkflowExecutionStatus.COMPLETED:
             result = await handle.result()
-            if self.cursor < len(result["events"]):
+            if self.cursor < len(result["events"]) and result["status"] != "failed":
+                self.finished = True
                 return handle  # finished while no client followed it: collect, and done
-            return None  # collected already: a new execution continues the run
+            await self.apply(result["events"][self.cursor:])
+            return None  # a new execution continues the run
         await self.drain(handle)  # cancelled, terminated...: keep what it did, then start anew
         return None
 
@@ -257,7 +333,9 @@ class _Follower:
         return self.settled and bool(self.waiting) and all(
             any(w.startswith(r + "/") for w in self.waiting) for r in self.running)
 
-    async def follow(self, handle: WorkflowHandle) -> tuple[str, object, NodeFailure | None]:
+    async def follow(self, handle: WorkflowHandle, stop_cancels: bool = True) -> tuple[str, object, NodeFailure | None]:
+        """Records the workflow's events until it ends: (status, value, failure). Ctrl-C or
+        SIGTERM cancels the workflow, or with `stop_cancels` false leaves it running (`detached`)."""
         result_task = asyncio.ensure_future(handle.result())
         try:
             while not result_task.done():
@@ -278,6 +356,8 @@ class _Follower:
             if task is not None and hasattr(task, "uncancel"):
                 task.uncancel()
             result_task.cancel()
+            if not stop_cancels:
+                return DETACHED, None, None
             await self.cancel(handle)
             return "cancelled", None, None
         await self.apply(result["events"][self.cursor:])

@@ -65,6 +65,10 @@ def test_compile_error_exits_1(tmp_path):
     (["--input", "topic=x", "--inputs", "missing.json"], "missing.json"),
     (["--input", "topic=@nowhere.txt"], "nowhere.txt"),
     (["--input", "topic=x", "--frobnicate"], "--frobnicate"),
+    (["--input", "topic=x", "--detach"], "--detach applies to runs on Temporal; add --engine temporal"),
+    (["--input", "topic=x", "--lookup-timeout", "5"], "--lookup-timeout applies to runs on Temporal"),
+    (["--input", "topic=x", "--engine", "temporal", "--detach", "--dry-run"], "--detach applies to a run, and --dry-run"),
+    (["--input", "topic=x", "--engine", "temporal", "--lookup-timeout", "-1"], "--lookup-timeout"),
 ])
 def test_bad_inputs_exit_2_with_a_clear_message(flow, args, message):
     result = ok(af(flow, "run", "flow.agentflow", *args), 2)

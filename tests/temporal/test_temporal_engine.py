@@ -462,12 +462,14 @@ def test_resume_rebuilds_a_session_in_program_order_and_reuses_its_finished_call
 
 def test_lookups_wait_for_a_client_and_a_resumed_client_answers_them(cluster, tmp_path):
     """The client dies while `same` runs: the workflow then asks for `first`'s stored result
-    and waits; `--resume` re-attaches and answers, and both `chat` calls are reused."""
+    and waits (for up to --lookup-timeout); `--resume` re-attaches and answers, and both `chat`
+    calls are reused."""
     db = tmp_path / "t.duckdb"
     args = ["run", str(WORK), "--entry", "relay", "--input", "text=hey", "--db", str(db)]
     ok(af(tmp_path, *args, "--input", "seconds=0", *cluster.run_args()))
     seen = frozenset(recorded_runs(db))
-    args += ["--input", "seconds=1.5"]  # the tool's arguments are not part of `chat`'s keys
+    # the tool's arguments are not part of `chat`'s keys
+    args += ["--input", "seconds=1.5", "--lookup-timeout", "120"]
     client = af_start(tmp_path, *args, *cluster.run_args())
     try:
         wf_id = wait_until(lambda: started_workflow(db, seen), what="the workflow to start")
@@ -487,6 +489,149 @@ def test_lookups_wait_for_a_client_and_a_resumed_client_answers_them(cluster, tm
     statuses = {n: (r["status"], r["cached"]) for n, r in nodes(db, last_run(db)["run_id"]).items()}
     assert statuses == {"relay/v": ("succeeded", False), "relay/first": ("succeeded", True),
                         "relay/second": ("succeeded", True)}, resumed.stderr
+
+
+# ---------------------------------------------------------------- runs no client follows
+
+def collect(tmp_path: Path, cluster, run_id: str, code: int = 0) -> subprocess.CompletedProcess:
+    return ok(af(tmp_path, "collect", run_id, "--db", "t.duckdb", "--address", cluster.server.address,
+                 "--blob-dir", str(cluster.blob_dir)), code)
+
+
+def wait_closed(address: str, wf_id: str) -> None:
+    from temporalio.client import WorkflowExecutionStatus
+    wait_until(lambda: describe(address, wf_id).status == WorkflowExecutionStatus.COMPLETED, timeout=60,
+               what=f"workflow {wf_id} to finish on the workers")
+
+
+def view(db: Path, run_id: str) -> dict:
+    return {n: (r["status"], r["cached"], r["attempts"]) for n, r in nodes(db, run_id).items()}
+
+
+def test_a_detached_run_finishes_with_no_client_and_collect_records_it_as_a_client_would(cluster, tmp_path):
+    """`--detach` prints the run id and exits 0; the workflow finishes on the workers; `collect`
+    writes what it did (values, statuses, model calls) so that `runs`, `show` and reuse see it
+    as a followed run's; a second `collect` writes nothing twice."""
+    from agentflow.runtime.store import Store
+    args = ["run", str(WORK), "--input", "items=[1, 2, 3]", "--input", "seconds=0.1"]
+    local = ok(af(tmp_path, *args, "--db", "local.duckdb"))
+    detached = ok(af(tmp_path, *args, "--db", "t.duckdb", "--detach", *cluster.run_args()))
+    db = tmp_path / "t.duckdb"
+    run_id = detached.stdout.strip()
+    assert run_id == last_run(db)["run_id"] and last_run(db)["status"] == "waiting"
+    wf_id = workflow_of(db)
+    assert f"workflow {wf_id}" in detached.stderr and f"agentflow collect {run_id}" in detached.stderr
+    wait_closed(cluster.server.address, wf_id)
+    assert "succeeded" not in {r["status"] for r in nodes(db, run_id).values()}  # nothing recorded yet
+
+    collected = collect(tmp_path, cluster, run_id)
+    assert collected.stdout == local.stdout and f"run {run_id} succeeded" in collected.stderr
+    assert last_run(db)["status"] == "succeeded"
+    assert view(db, run_id) == view(tmp_path / "local.duckdb", last_run(tmp_path / "local.duckdb")["run_id"])
+    shown = json.loads(ok(af(tmp_path, "show", run_id, "--db", "t.duckdb", "--json")).stdout)
+    assert {n["node"]: n["status"] for n in shown}["main/return@1"] == "succeeded"
+    summary = json.loads(ok(af(tmp_path, "show", run_id, "main/return@1", "--db", "t.duckdb", "--json")).stdout)
+    assert summary["status"] == "succeeded" and summary["messages"], summary
+    with Store.open_reader(db) as store:
+        turns = store.load_turns(run_id, "main/return@1")
+    again = collect(tmp_path, cluster, run_id)
+    assert again.stdout == local.stdout
+    with Store.open_reader(db) as store:
+        assert store.load_turns(run_id, "main/return@1") == turns, "the second collect wrote a journal step again"
+    import duckdb
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM llm_calls WHERE run_id = ?", [run_id]).fetchone() == (1,)
+
+    rerun = ok(af(tmp_path, *args, "--db", "t.duckdb", *cluster.run_args()))
+    assert json.loads(rerun.stdout) == json.loads(local.stdout)
+    assert activity_history(cluster.server.address, workflow_of(db))["scheduled"] == 0, "the rerun ran activities"
+
+
+def test_a_client_killed_before_a_lookup_the_run_still_finishes_and_collect_records_it(cluster, tmp_path):
+    """The client dies while `same` runs; nobody answers the lookup of `first`'s stored result,
+    so after the lookup timeout (3 s by default) both `chat` calls run on the workers and the
+    workflow completes with no client; `collect` records the run."""
+    db = tmp_path / "t.duckdb"
+    args = ["run", str(WORK), "--entry", "relay", "--input", "text=hello", "--db", str(db)]
+    first = ok(af(tmp_path, *args, "--input", "seconds=0", *cluster.run_args()))
+    seen = frozenset(recorded_runs(db))
+    client = af_start(tmp_path, *args, "--input", "seconds=1.5", *cluster.run_args())
+    try:
+        wf_id = wait_until(lambda: started_workflow(db, seen), what="the workflow to start")
+        wait_until(lambda: running_on(cluster.server.address, wf_id), what="`same` to start")
+    finally:
+        client.kill()
+        client.wait(10)
+    run_id = (recorded_runs(db) - seen).pop()
+    wait_closed(cluster.server.address, wf_id)
+    assert activity_history(cluster.server.address, wf_id)["scheduled"] == 3, "the lookup was not a miss"
+    collected = collect(tmp_path, cluster, run_id)
+    assert json.loads(collected.stdout) == json.loads(first.stdout)
+    assert last_run(db)["status"] == "succeeded"
+    assert {n: (s, c) for n, (s, c, _) in view(db, run_id).items()} == {
+        "relay/v": ("succeeded", False), "relay/first": ("succeeded", False), "relay/second": ("succeeded", False)}
+
+
+@pytest.mark.parametrize("collect_first", [True, False], ids=["collected", "not-collected"])
+def test_a_detached_run_that_fails_is_collected_as_failed_and_one_resume_reruns_only_its_failed_node(
+        cluster, tmp_path, collect_first):
+    """With no client watching, `judge.rate` fails and `writer.echo` succeeds: `collect` records
+    the run as failed (exit 3); one `--resume` (after `collect` or instead of it) records the
+    failure, then runs the failed node alone on a new execution."""
+    spec = tmp_path / "judge.agentflow"
+    spec.write_text("""
+defaults {
+  model = "scripted:script.json"
+  retries = 0
+}
+
+type Verdict {
+  ok: bool
+}
+
+role writer {
+  task echo(text: str) -> str { prompt = "Repeat: {text}" }
+}
+
+role judge {
+  task rate(text: str) -> Verdict { prompt = "Rate {text}" }
+}
+
+choreography main(text: str) -> json {
+  e = writer.echo(text)
+  return {echo: e, verdict: judge.rate(e)}
+}
+""")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"rules": [{"task": "judge.rate", "error": "fatal"}]}))
+    db = tmp_path / "t.duckdb"
+    args = ["run", str(spec), "--input", "text=x", "--db", str(db)]
+    run_id = ok(af(tmp_path, *args, "--detach", *cluster.run_args())).stdout.strip()
+    wf_id = workflow_of(db)
+    wait_closed(cluster.server.address, wf_id)
+    if collect_first:
+        failed = collect(tmp_path, cluster, run_id, 3)
+        assert f"error: run {run_id} failed at main/return@1 (role judge)" in failed.stderr, failed.stderr
+        assert last_run(db)["status"] == "failed"
+        assert {n: s for n, (s, _, _) in view(db, run_id).items()} == {"main/e": "succeeded", "main/return@1": "failed"}
+    script.write_text(json.dumps({"rules": [{"task": "judge.rate", "content": {"ok": True}}]}))
+    resumed = ok(af(tmp_path, *args, "--resume", run_id, *cluster.run_args()))
+    assert json.loads(resumed.stdout)["verdict"] == {"ok": True}
+    assert last_run(db)["run_id"] == run_id and last_run(db)["status"] == "succeeded"
+    assert activity_history(cluster.server.address, wf_id)["scheduled"] == 1, "more than the failed node ran again"
+
+
+def test_collect_of_a_run_it_cannot_collect_is_a_usage_error(tmp_path):
+    missing = ok(af(tmp_path, "collect", "20260101-000000-abcdef", "--db", "none.duckdb"), 2)
+    assert missing.stderr.startswith("error: there is no database none.duckdb") and "Traceback" not in missing.stderr
+    (tmp_path / "flow.agentflow").write_text('choreography main() -> json {\n  return {a: 1}\n}\n')
+    local = ok(af(tmp_path, "run", "flow.agentflow", "--db", "t.duckdb"))
+    run_id = last_run(tmp_path / "t.duckdb")["run_id"]
+    assert local.stdout
+    unknown = ok(af(tmp_path, "collect", "20260101-000000-abcdef", "--db", "t.duckdb"), 2)
+    assert "there is no run 20260101-000000-abcdef" in unknown.stderr
+    not_temporal = ok(af(tmp_path, "collect", run_id, "--db", "t.duckdb"), 2)
+    assert f"run {run_id} did not run on Temporal" in not_temporal.stderr
 
 
 # ---------------------------------------------------------------- people in the loop
