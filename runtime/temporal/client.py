@@ -14,7 +14,13 @@
    (`<db>.temporal/<run id>.json`), so a client that re-attaches writes nothing twice.
    The same poll answers the stored-result lookups the workflow waits on (keys the reuse-only
    pass could not reach): one bulk read of DuckDB, one signal `lookups` with the values (and
-   what reused session calls added to their sessions).
+   what reused session calls added to their sessions). The workflow does not depend on it: a
+   lookup unanswered for `lookup_timeout_s` is a miss, and the node runs.
+
+With `detach`, the client stops after step 3: the run finishes on the workers, recorded as
+waiting, and `collect_temporal` (`agentflow collect`) or a `--resume` does step 4 later, from
+the workflow's result once it has finished. A failed run nobody followed is recorded as failed
+by either; `--resume` then starts a new execution at once, which runs the failed nodes over.
 
 On `--resume`, a node that failed starts over, as locally: its journal is reset and not passed.
 
