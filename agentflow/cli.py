@@ -263,10 +263,15 @@ def _print_outcome(outcome, file: str, db: str, engine: str) -> None:
 def _print_detached(run_id: str, flow: str, db: str) -> None:
     """The run id on stdout (for scripts), and on stderr where it runs and how to collect it."""
     from agentflow.runtime.temporal.wire import workflow_id
-    options = "" if db == DEFAULT_DB else f" --db {db}"
     click.echo(run_id)
     click.echo(f"run {run_id} goes on on the Temporal workers as workflow {workflow_id(flow, run_id)}; "
-               f"`agentflow collect {run_id}{options}` records it in the database", err=True)
+               f"`agentflow collect {run_id}{_db_option(db)}` records it in the database", err=True)
+
+
+def _db_option(db: str) -> str:
+    """` --db DB` for a command to copy, or nothing for the default database."""
+    import shlex
+    return "" if db == DEFAULT_DB else f" --db {shlex.quote(db)}"
 
 
 def _run_failed(outcome) -> RunFailed:
@@ -282,7 +287,7 @@ def _print_waiting(outcome, file: str, db: str, engine: str) -> None:
     import shlex
 
     from agentflow.runtime.human import describe
-    options = "" if db == DEFAULT_DB else f" --db {shlex.quote(db)}"
+    options = _db_option(db)
     resume = f"agentflow run {shlex.quote(file)}{' --engine temporal' if engine == 'temporal' else ''} --resume"
     for question in outcome.questions:
         click.echo(describe(outcome.run_id, question, options), err=True)
@@ -338,9 +343,8 @@ def collect_cmd(run_id: str, db: str, address: str, namespace: str, blob_dir: st
     finally:
         reporter.close()
     if outcome is None or outcome.status == "detached":
-        options = "" if db == DEFAULT_DB else f" --db {db}"
         click.echo(f"stopped collecting; run {run_id} goes on on the Temporal workers; "
-                   f"`agentflow collect {run_id}{options}` continues", err=True)
+                   f"`agentflow collect {run_id}{_db_option(db)}` continues", err=True)
         sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     if outcome.status == "cancelled":
         click.echo(f"run {run_id} was cancelled on Temporal; `agentflow run FILE --engine temporal "
