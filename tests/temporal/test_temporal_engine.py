@@ -621,6 +621,33 @@ choreography main(text: str) -> json {
     assert activity_history(cluster.server.address, wf_id)["scheduled"] == 1, "more than the failed node ran again"
 
 
+def test_collect_follows_a_running_detached_run_to_its_end_and_ctrl_c_stops_collecting_not_the_run(
+        cluster, tmp_path):
+    from temporalio.client import WorkflowExecutionStatus
+    args = ["run", str(WORK), "--input", "items=[1, 2]", "--input", "seconds=4", "--db", "t.duckdb"]
+    run_id = ok(af(tmp_path, *args, "--detach", *cluster.run_args())).stdout.strip()
+    wf_id = workflow_of(tmp_path / "t.duckdb")
+    collector = af_start(tmp_path, "collect", run_id, "--db", "t.duckdb", "--address", cluster.server.address,
+                         "--blob-dir", str(cluster.blob_dir))
+    try:
+        wait_until(lambda: nodes(tmp_path / "t.duckdb", run_id).get("main/values[0]/yield@1", {}).get("status")
+                   == "running", what="collect to record a running node")
+        collector.send_signal(signal.SIGINT)
+        collector.wait(30)
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+    err = texts(collector)[1]
+    assert collector.returncode == 130, err[-3000:]
+    assert f"stopped collecting; run {run_id} goes on on the Temporal workers" in err and "Traceback" not in err
+    assert describe(cluster.server.address, wf_id).status == WorkflowExecutionStatus.RUNNING
+    assert last_run(tmp_path / "t.duckdb")["status"] == "waiting"
+    followed = collect(tmp_path, cluster, run_id)
+    assert json.loads(followed.stdout)["values"] == [10, 20]
+    assert last_run(tmp_path / "t.duckdb")["status"] == "succeeded"
+    assert {r["status"] for r in nodes(tmp_path / "t.duckdb", run_id).values()} == {"succeeded"}
+
+
 def test_collect_of_a_run_it_cannot_collect_is_a_usage_error(tmp_path):
     missing = ok(af(tmp_path, "collect", "20260101-000000-abcdef", "--db", "none.duckdb"), 2)
     assert missing.stderr.startswith("error: there is no database none.duckdb") and "Traceback" not in missing.stderr
