@@ -8,7 +8,10 @@ workflow; Ctrl-C cancels the workflow and kills the running tool; a 3 MB tool ou
 Temporal's 2 MB payload limit) travels through the blob directory, not the history; stored
 results reached only at run time are looked up through the client and reused (session steps
 included), also by a client that re-attaches; `--resume` of a failed run starts the failed
-task over.
+task over. Runs no client follows: a lookup nobody answers times out and its node runs; a
+`--detach`ed run finishes on the workers and `collect` records it as a following client would
+(a failed one as failed, which one `--resume` restarts); Ctrl-C of `collect` leaves the run
+running.
 """
 from __future__ import annotations
 
