@@ -122,6 +122,9 @@ class WorkflowLedger:
                   completion_tokens=response.completion_tokens, cost_usd=response.cost_usd,
                   latency_ms=response.latency_ms)
 
+    def record_program(self, node_id: str, attempt: int, source: str, status: str, diagnostics: str | None) -> None:
+        self.emit("program", node=node_id, attempt=attempt, source=source, status=status, diagnostics=diagnostics)
+
     async def load_turns(self, node_id: str, key: str) -> list[dict]:
         journal = self.journals.get(node_id)
         return list(journal["turns"]) if journal and journal.get("key") == key else []

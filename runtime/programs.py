@@ -1,0 +1,53 @@
+"""Running a program a model wrote (`run_program`, a role with `programs = true`).
+
+The program is compiled where the parser may be loaded (the executor's `compile_program`: in
+this process, or an activity), then run on the run's engine as nested nodes under its task
+call, `<call>/program#<n>/...`: each journaled, reused by key and resumed like any node. Its
+result, or why it did not compile or failed, is the tool's result the model reads.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from agentflow.compiler.schema import RUN_PROGRAM
+
+from .engine import NodeFailure, RunAborted, Scope
+from .evaluate import ExpressionError
+
+if TYPE_CHECKING:
+    from .task import TaskCall
+
+REJECTED = "The program did not compile, so nothing ran. Fix these errors and call run_program again.\n\n"
+
+
+async def run_program(call: TaskCall, number: int, source: str) -> str:
+    """Program `number` of task call `call`: compiled, run, and recorded (the `programs` view)."""
+    engine, job = call.engine, call.job
+    program_id = f"{job.node_id}/program#{number}"
+    compiled = await engine.executor.compile_program(engine, source, job.target, job.node_id)
+    if isinstance(compiled, str):
+        engine.ledger.record_program(job.node_id, number, source, "rejected", compiled)
+        return REJECTED + compiled
+    engine.ledger.record_program(job.node_id, number, source, "running", None)
+    view = engine.nested(compiled["nodes"], compiled["prefix"], compiled["max_nodes"])
+    engine.ledger.structure_started(program_id)
+    try:
+        value = await view.block(compiled["body"], Scope(program_id, compiled["prefix"], dict(job.args)))
+    except (NodeFailure, RunAborted, ExpressionError) as err:
+        failure = view.failure or NodeFailure(program_id, None, str(err))
+        engine.ledger.structure_done(program_id, "failed")
+        engine.ledger.record_program(job.node_id, number, source, "failed", failure.message)
+        return f"error: the program failed at {failure.node_id}: {failure.message}"
+    except BaseException:
+        engine.ledger.structure_done(program_id, "cancelled")
+        raise
+    engine.ledger.structure_done(program_id, "succeeded", cached=program_id not in engine.ran_inside)
+    engine.ledger.record_program(job.node_id, number, source, "succeeded", None)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def programs_answered(journal: list[dict]) -> int:
+    """How many programs a task call's journal has results for: a resumed call numbers its next
+    program after them, as the uninterrupted call did."""
+    return sum(1 for m in journal if m["role"] == "tool" and m.get("name") == RUN_PROGRAM)
