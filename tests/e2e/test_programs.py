@@ -129,6 +129,12 @@ def test_a_program_fans_out_over_a_list_as_nested_nodes_and_its_value_is_the_too
     assert {program, f"{program}/rs", f"{program}/out", *(f"{program}/out[{i}]/g" for i in range(3))} <= ran(nodes)
     assert [(n, a, s, d) for n, a, s, d, _ in _programs(tmp_path, run_id)] == [
         ("main/analysis", 1, "succeeded", None)]
+    model = json.loads(ok(af(tmp_path, "graph", "flow.agentflow", "--run", run_id, "--format", "json")).stdout)
+    assert [c for c in model["clusters"] if c["kind"] == "program"] == [
+        {"id": program, "kind": "program", "label": "program#1 of main/analysis", "owner": "main/analysis",
+         "parent": None}]
+    assert {n["id"] for n in model["nodes"] if n["cluster"] == program} == {n for n in nodes if n.startswith(program)}
+    assert {"labels": ["run_program"], "source": "main/analysis", "style": "data", "target": program} in model["edges"]
     # a second run reuses the task call whole: nothing runs, no tool is called again
     calls = len(_tool_log(tmp_path))
     ok(af(tmp_path, "run", "flow.agentflow", "--input", "path=sales.csv"))
