@@ -241,3 +241,15 @@ def test_a_program_through_litellm_is_repaired_and_runs(tmp_path: Path, server) 
     assert answered["content"] == '["GATE north", "GATE south", "GATE west"]'
     run_id = last_run(tmp_path)["run_id"]
     assert [(a, s) for _, a, s, _, _ in _programs(tmp_path, run_id)] == [(1, "rejected"), (2, "succeeded")]
+
+
+def test_the_example_spec_runs_out_of_the_box(tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parents[2] / "specs" / "analyst_programs.agentflow"
+    findings = json.loads(result_json(ok(af(tmp_path, "run", str(spec))))["findings"])
+    assert findings == {"question": "Which region sold the most?", "totals": [
+        {"region": "north", "total": 3050.5, "best_month": "2026-02"},
+        {"region": "south", "total": 3200.0, "best_month": "2026-01"},
+        {"region": "west", "total": 3350.25, "best_month": "2026-02"}]}
+    run_id = last_run(tmp_path)["run_id"]
+    assert "main/findings/program#1/totals[2]/total" in ran(show(tmp_path, run_id))
+    assert [(n, a, s) for n, a, s, _, _ in _programs(tmp_path, run_id)] == [("main/findings", 1, "succeeded")]
