@@ -53,8 +53,10 @@ def compile_program(source: str, plan: schema.Plan, target: str, call_id: str) -
                         "not granted", help=f"a program may call only its role's tools: {granted}")
     if sink.has_errors:
         return _rejected(sink, file)
+    whole = file.span(0, len(file.text))  # where a message about the program as a whole points
     program = ast.Program(_declarations(plan, target, grants) + (ast.ChoreographyDecl(
-        _ENTRY, _params(plan["tasks"][target]["definition"]["params"]), ast.NamedType("json"), body),))
+        _ENTRY, _params(plan["tasks"][target]["definition"]["params"]), ast.NamedType("json"), body,
+        span=whole, name_span=whole),))
     symbols = collect(program, sink)
     if not sink.has_errors:
         check_program(program, symbols, sink, entry=_ENTRY, source=file)
