@@ -450,6 +450,9 @@ class Engine:
             self.reporter.node(iid, "succeeded", cached=True)
             return value
         if self.options.dry_run:
+            if kind == "task":  # a call that resumes decides the programs it had begun as well
+                from .programs import explain_programs
+                await explain_programs(self, NodeJob(iid, kind, target, args, key))
             raise DryRunStop(iid)
         slots = ([] if nested else [self.global_slots]) + ([self.role_slots[role]] if role else [])
         if self.is_human(kind, target):  # a person's answer takes no slot: waiting is not work

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from agentflow.compiler.schema import RUN_PROGRAM
 
-from .engine import NodeFailure, RunAborted, Scope
+from .engine import DryRunStop, Engine, NodeFailure, NodeJob, RunAborted, Scope
 from .evaluate import ExpressionError
 
 if TYPE_CHECKING:
@@ -45,6 +45,37 @@ async def run_program(call: TaskCall, number: int, source: str) -> str:
     engine.ledger.structure_done(program_id, "succeeded", cached=program_id not in engine.ran_inside)
     engine.ledger.record_program(job.node_id, number, source, "succeeded", None)
     return json.dumps(value, ensure_ascii=False)
+
+
+async def explain_programs(engine: Engine, job: NodeJob) -> None:
+    """For `--dry-run`: decides the nodes of the programs a task call that will run had begun
+    (in its journal, when it resumes), as their own nodes, reused or run and why."""
+    journal = await engine.ledger.load_turns(job.node_id, job.key)
+    for number, source in enumerate(program_sources(journal), 1):
+        compiled = None if source is None else \
+            await engine.executor.compile_program(engine, source, job.target, job.node_id)
+        if compiled is None or isinstance(compiled, str):
+            continue
+        view = engine.nested(compiled["nodes"], compiled["prefix"], compiled["max_nodes"])
+        try:
+            await view.block(compiled["body"], Scope(f"{job.node_id}/program#{number}", compiled["prefix"],
+                                                     dict(job.args)))
+        except (DryRunStop, NodeFailure, RunAborted, ExpressionError):
+            pass  # what depends on a node that would run is not known before it runs
+
+
+def program_sources(journal: list[dict]) -> list[str | None]:
+    """The source of each `run_program` call in a journal, in order (None: unreadable arguments)."""
+    sources: list[str | None] = []
+    for m in journal:
+        for call in m.get("tool_calls") or () if m["role"] == "assistant" else ():
+            if call["function"]["name"] == RUN_PROGRAM:
+                try:
+                    source = json.loads(call["function"].get("arguments") or "{}").get("source")
+                except (ValueError, AttributeError):
+                    source = None
+                sources.append(source if isinstance(source, str) else None)
+    return sources
 
 
 def programs_answered(journal: list[dict]) -> int:

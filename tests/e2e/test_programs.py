@@ -212,6 +212,15 @@ def test_a_program_killed_mid_way_resumes_paying_nothing_twice(tmp_path: Path) -
     run_id = last_run(tmp_path)["run_id"]
     before = _tool_log(tmp_path)
     assert before == ["regions p", "start north", "end north", "start south", "end south", "start west"]
+    plan = ok(af(tmp_path, "run", "flow.agentflow", "--input", "path=p", "--resume", "--dry-run")).stdout
+    program = "main/analysis/program#1"
+    assert plan.splitlines()[:5] == [
+        "run    main/analysis  (no stored result)",
+        f"reuse  {program}/rs  (finished in the resumed run)",
+        f"reuse  {program}/out[0]/g  (finished in the resumed run)",
+        f"reuse  {program}/out[1]/g  (finished in the resumed run)",
+        f"run    {program}/out[2]/g  (no stored result)"]
+    assert _tool_log(tmp_path) == before  # a dry run runs nothing
     result = ok(af(tmp_path, "run", "flow.agentflow", "--input", "path=p", "--resume"))
     assert json.loads(result_json(result)) == ["GATE north", "GATE south", "GATE west"]
     assert _tool_log(tmp_path)[len(before):] == ["start west", "end west"]  # only the call that was running
