@@ -32,17 +32,22 @@ async def run_program(call: TaskCall, number: int, source: str) -> str:
     engine.ledger.record_program(job.node_id, number, source, "running", None)
     view = engine.nested(compiled["nodes"], compiled["prefix"], compiled["max_nodes"])
     engine.ledger.structure_started(program_id)
+    engine.reporter.node(program_id, "running")
     try:
         value = await view.block(compiled["body"], Scope(program_id, compiled["prefix"], dict(job.args)))
     except (NodeFailure, RunAborted, ExpressionError) as err:
         failure = view.failure or NodeFailure(program_id, None, str(err))
         engine.ledger.structure_done(program_id, "failed")
+        engine.reporter.node(program_id, "failed", detail=failure.message)
         engine.ledger.record_program(job.node_id, number, source, "failed", failure.message)
         return f"error: the program failed at {failure.node_id}: {failure.message}"
     except BaseException:
         engine.ledger.structure_done(program_id, "cancelled")
+        engine.reporter.node(program_id, "cancelled")
         raise
-    engine.ledger.structure_done(program_id, "succeeded", cached=program_id not in engine.ran_inside)
+    cached = program_id not in engine.ran_inside
+    engine.ledger.structure_done(program_id, "succeeded", cached=cached)
+    engine.reporter.node(program_id, "succeeded", cached=cached)
     engine.ledger.record_program(job.node_id, number, source, "succeeded", None)
     return json.dumps(value, ensure_ascii=False)
 
