@@ -258,6 +258,12 @@ class TemporalExecutor(LocalExecutor):
         call.attempts += max(0, int(result["attempt"]) - 1)
         return wire.response_from_wire(result["response"])
 
+    async def compile_program(self, engine: Engine, source: str, target: str, call_id: str) -> schema.CompiledProgram | str:
+        """A model's program, compiled by an activity (the parser stays out of the workflow)."""
+        payload = {"source": source, "plan": engine.plan, "target": target, "call_id": call_id}
+        result = await workflow.execute_activity(wire.PROGRAM_ACTIVITY, payload, **self._options(0, None))
+        return result["program"]
+
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
         """One tool call, retries included; raises ToolError as a local call would."""
         entry = engine.plan["tools"][name]

@@ -21,7 +21,7 @@ LEAVES = {"errors", "names", "types", "templates", "source"}
 ALLOWED = SEAM | LEAVES
 # Where a run compiles the programs its models write (`run_program`): only inside the function
 # that compiles, so importing these modules (the workflow imports local.py) loads no compiler.
-COMPILES_PROGRAMS = {"local.py": {"programs"}}
+COMPILES_PROGRAMS = {"local.py": {"programs"}, "temporal/activities.py": {"programs"}}
 
 
 def imported_modules(path: Path, package: str, top_level: bool = False) -> set[str]:
