@@ -9,6 +9,7 @@ as nested nodes under the task call; the runtime never needs the parser to run i
 """
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
 from typing import Any, Iterator
 
 from . import ast, schema
@@ -90,8 +91,8 @@ def _calls(block: ast.Block) -> Iterator[tuple[ast.Call, str]]:
                 yield node, f"{func.value.id}.{func.attr}"
         if isinstance(node, tuple):
             stack.extend(node)
-        elif hasattr(node, "__dataclass_fields__"):
-            stack.extend(getattr(node, f) for f in node.__dataclass_fields__ if f != "span")
+        elif is_dataclass(node):
+            stack.extend(getattr(node, f.name) for f in fields(node))
 
 
 def _declarations(plan: schema.Plan, target: str, grants: list[str]) -> tuple[ast.Decl, ...]:
