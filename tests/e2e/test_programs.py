@@ -15,6 +15,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from agentflow.runtime.store import Store
+
 from runtime_support import DB, af, af_start, last_run, llm_defaults, ok, outputs, ran, result_json, reused, show, \
     stop, wait_until, write
 
@@ -43,6 +45,10 @@ async def gate(x):
     log(f"end {x}")
     return f"GATE {x}"
 
+def broken(x):
+    log(f"broken {x}")
+    raise ValueError(f"no data for {x}")
+
 def secret(x):
     log(f"secret {x}")
     return x
@@ -57,12 +63,17 @@ tool gate(x: str) -> str {
   python = "tools:gate"
 }
 
+tool broken(x: str) -> str {
+  python = "tools:broken"
+  retries = 0
+}
+
 tool secret(x: str) -> str {
   python = "tools:secret"
 }
 
 role analyst {
-  tools = [regions, gate]
+  tools = [regions, gate, broken]
   programs = true
   ATTRS
   task analyse(path: str) -> str {
@@ -192,6 +203,23 @@ def test_a_program_that_starts_more_calls_than_its_limit_fails_and_the_model_rea
     assert [(a, s) for _, a, s, _, _ in _programs(tmp_path, run_id)] == [(1, "failed")]
     assert last_run(tmp_path)["status"] == "succeeded"  # the model handled it
     assert len([line for line in _tool_log(tmp_path) if line.startswith("end")]) == 2  # regions, then two gates
+
+
+def test_a_program_whose_call_fails_returns_the_error_to_the_model_and_the_run_goes_on(tmp_path: Path) -> None:
+    _flow(tmp_path, _scripted('rs = regions(path)\nout = for r in rs {\n  b = broken(r) if r == "south" else r\n'
+                              '  yield b\n}\nreturn out'))
+    answer = json.loads(ok(af(tmp_path, "run", "flow.agentflow", "--input", "path=p")).stdout)
+    failed = "main/analysis/program#1/out[1]/b@1"
+    assert answer.startswith(f"error: the program failed at {failed}: ") and "no data for south" in answer
+    run_id = last_run(tmp_path)["run_id"]
+    assert last_run(tmp_path)["status"] == "succeeded"
+    nodes = show(tmp_path, run_id, cli=True)
+    assert nodes[failed]["status"] == "failed" and "no data for south" in nodes[failed]["error"]
+    assert nodes["main/analysis/program#1"]["status"] == "failed"
+    assert nodes["main/analysis"]["status"] == "succeeded"
+    assert [(a, s) for _, a, s, _, _ in _programs(tmp_path, run_id)] == [(1, "failed")]
+    with Store.open_reader(tmp_path / DB) as store:
+        assert store.check_consistency() == []
 
 
 def test_a_program_killed_mid_way_resumes_paying_nothing_twice(tmp_path: Path) -> None:
