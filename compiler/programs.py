@@ -40,7 +40,7 @@ def compile_program(source: str, plan: schema.Plan, target: str, call_id: str) -
     role = target.split(".")[0]
     if len(source) > limits["max_chars"]:
         return (f"error: the program is {len(source)} characters long; role `{role}` allows at most "
-                               f"{limits['max_chars']} (`program_max_chars`); write a shorter program")
+                f"{limits['max_chars']} (`program_max_chars`); write a shorter program")
     file = SourceFile(PROGRAM_FILE, source)
     sink = DiagnosticSink()
     body = parse_body(file, sink)
@@ -55,7 +55,7 @@ def compile_program(source: str, plan: schema.Plan, target: str, call_id: str) -
     if sink.has_errors:
         return _rejected(sink, file)
     whole = file.span(0, len(file.text))  # where a message about the program as a whole points
-    program = ast.Program(_declarations(plan, target, grants) + (ast.ChoreographyDecl(
+    program = ast.Program(_declarations(plan, grants) + (ast.ChoreographyDecl(
         _ENTRY, _params(plan["tasks"][target]["definition"]["params"]), ast.NamedType("json"), body,
         span=whole, name_span=whole),))
     symbols = collect(program, sink)
@@ -95,11 +95,11 @@ def _calls(block: ast.Block) -> Iterator[tuple[ast.Call, str]]:
             stack.extend(getattr(node, f.name) for f in fields(node))
 
 
-def _declarations(plan: schema.Plan, target: str, grants: list[str]) -> tuple[ast.Decl, ...]:
+def _declarations(plan: schema.Plan, grants: list[str]) -> tuple[ast.Decl, ...]:
     """The spec's declarations a program can see: its record types, and stand-ins with the
     signatures of the granted tools and tasks (their bodies are the spec's, not checked here)."""
-    types = tuple(ast.TypeDecl(name, tuple(ast.FieldDecl(f, _type(t)) for f, t in fields))
-                  for name, fields in plan["type_table"].items())
+    types = tuple(ast.TypeDecl(name, tuple(ast.FieldDecl(f, _type(t)) for f, t in record))
+                  for name, record in plan["type_table"].items())
     tools = tuple(ast.ToolDecl(name, _params(plan["tools"][name]["definition"]["params"]),
                                _type(plan["tools"][name]["definition"]["returns"]),
                                (ast.Attr("builtin", ast.Literal("fs.read")),))

@@ -8,9 +8,9 @@ result, or why it did not compile or failed, is the tool's result the model read
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from agentflow.compiler.schema import RUN_PROGRAM
+from agentflow.compiler.schema import RUN_PROGRAM, CompiledProgram
 
 from .engine import DryRunStop, Engine, NodeFailure, NodeJob, RunAborted, Scope
 from .evaluate import ExpressionError
@@ -30,11 +30,11 @@ async def run_program(call: TaskCall, number: int, source: str) -> str:
         engine.ledger.record_program(job.node_id, number, source, "rejected", compiled)
         return REJECTED + compiled
     engine.ledger.record_program(job.node_id, number, source, "running", None)
-    view = engine.nested(compiled["nodes"], compiled["prefix"], compiled["max_nodes"])
     engine.ledger.structure_started(program_id)
     engine.reporter.node(program_id, "running")
+    view = engine.nested(compiled["nodes"], compiled["prefix"], compiled["max_nodes"])
     try:
-        value = await view.block(compiled["body"], Scope(program_id, compiled["prefix"], dict(job.args)))
+        value = await _run(view, compiled, program_id, job.args)
     except (NodeFailure, RunAborted, ExpressionError) as err:
         failure = view.failure or NodeFailure(program_id, None, str(err))
         engine.ledger.structure_done(program_id, "failed")
@@ -63,10 +63,15 @@ async def explain_programs(engine: Engine, job: NodeJob) -> None:
             continue
         view = engine.nested(compiled["nodes"], compiled["prefix"], compiled["max_nodes"])
         try:
-            await view.block(compiled["body"], Scope(f"{job.node_id}/program#{number}", compiled["prefix"],
-                                                     dict(job.args)))
+            await _run(view, compiled, f"{job.node_id}/program#{number}", job.args)
         except (DryRunStop, NodeFailure, RunAborted, ExpressionError):
             pass  # what depends on a node that would run is not known before it runs
+
+
+async def _run(view: Engine, compiled: CompiledProgram, program_id: str, args: dict) -> Any:
+    """The program's value, its nodes run on `view` (its engine) under `program_id`; the task
+    call's arguments are its parameters."""
+    return await view.block(compiled["body"], Scope(program_id, compiled["prefix"], dict(args)))
 
 
 def program_sources(journal: list[dict]) -> list[str | None]:
