@@ -448,7 +448,8 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
         return
     if kind == "tool_refs" and isinstance(v, ast.ListExpr):
         _check_tool_refs(v, sink, ctx)
-    minimum = {"replicas": 1, "max_turns": 1, "max_tokens": 1, "max_context_tokens": 1, "retries": 0}.get(attr.name)
+    minimum = {"replicas": 1, "max_turns": 1, "max_tokens": 1, "max_context_tokens": 1, "retries": 0,
+               "program_max_chars": 1, "program_max_nodes": 1}.get(attr.name)
     if minimum is not None and value < minimum:
         sink.report(Code.E302, f"`{attr.name}` must be at least {minimum}, found {value}", v.span,
                     f"must be >= {minimum}", help=_example(attr.name, kind))

@@ -114,13 +114,15 @@ choreography main(topic: str) -> str {
     E104 = (ERROR, "undefined tool",
             "A call of a plain name that is no tool, choreography or builtin; a role called like a "
             "function; a `tools` entry that names no tool; a call of something that is not callable "
-            "(a binding, `x[0](...)`).",
+            "(a binding, `x[0](...)`). In a program a model wrote (`run_program`), also a call of a "
+            "tool or `role.task` that exists but is not granted to the model's role.",
             '''choreography main(text: str) -> int {
   n = count_words(text)
   return n
 }
 ''',
-            "Declare the tool (`tool count_words(text: str) -> int { ... }`), or call a task as `role.task(...)`.")
+            "Declare the tool (`tool count_words(text: str) -> int { ... }`), or call a task as `role.task(...)`; "
+            "a program calls only what its role's `tools` grant.")
 
     E105 = (ERROR, "undefined type",
             "A type name that is not a built-in or declared type, a generic other than `list[T]`, "

@@ -473,10 +473,22 @@ def _expand(plan: Plan, tnodes: dict, tedges: dict, tclusters: dict, statuses: d
     nodes: dict[str, dict] = {}
     clusters: dict[str, dict] = {}
     by_template: dict[str, list[str]] = {}
+    programs: list[tuple[str, str]] = []  # (task call, program) edges
     for iid in sorted(statuses):
         tid = template_id(iid)
         t = tnodes.get(tid)
         by_template.setdefault(tid, []).append(iid)
+        program = _PROGRAM.match(iid) if t is None else None
+        if program is not None:  # a model's program: its own box under the task call that ran it
+            caller, root = program.group(1), program.group(0)
+            if root not in clusters:
+                clusters[root] = {"id": root, "kind": "program", "label": f"{root.rsplit('/', 1)[-1]} of {caller}",
+                                  "parent": nodes[caller]["cluster"] if caller in nodes else None, "owner": caller}
+                programs.append((caller, root))
+            nodes[iid] = {"id": iid, "kind": "program" if iid == root else "unknown", "cluster": root,
+                          "label": f"{iid[len(root) + 1:] or root.rsplit('/', 1)[-1]}\n{counts.get(iid, iid)}", "role": None,
+                          "status": statuses[iid]}
+            continue
         tcluster = t["cluster"] if t else _guess_cluster(tid, tclusters)
         icluster = _prefix(iid, _segments(tcluster)) if tcluster else None
         label = t["label"] if t else iid.rsplit("/", 1)[-1]
@@ -510,7 +522,14 @@ def _expand(plan: Plan, tnodes: dict, tedges: dict, tclusters: dict, statuses: d
                 if ok:
                     for label in e["labels"]:
                         _edge(edges, a, b, label, style)
+    for caller, root in programs:
+        if caller in nodes and root in nodes:
+            _edge(edges, caller, root, "run_program")
     return nodes, edges, clusters
+
+
+# The program a node id lies in, and the task call that ran it (the last, when programs nest).
+_PROGRAM = re.compile(r"(.*)/program#\d+")
 
 
 def _iteration(instance_id: str, k: int) -> int:

@@ -47,10 +47,11 @@ class NestingTooDeep(Exception):
         self.what = what
 
 
-@lru_cache(maxsize=1)
-def _parser() -> Lark:
+@lru_cache(maxsize=2)
+def _parser(start: str = "start") -> Lark:
+    """The parser of a whole file (`start`), or of a program's choreography body (`program_body`)."""
     return Lark(GRAMMAR_PATH.read_text(), parser="lalr", lexer="basic", propagate_positions=True,
-                maybe_placeholders=True, cache=True)
+                maybe_placeholders=True, cache=True, start=start)
 
 
 def _unescape(body: str) -> str:
@@ -133,6 +134,9 @@ class _ToAst(Transformer_NonRecursive):
     # -- declarations
     def start(self, meta, items):
         return ast.Program(tuple(items), span=self._span(meta))
+
+    def program_body(self, meta, c):
+        return c[0]
 
     def defaults(self, meta, attrs):
         return ast.DefaultsDecl(tuple(attrs), span=self._span(meta))
@@ -474,11 +478,11 @@ _ALL, _PICK, _GENERAL = 0, 1, 2                     # how its children are filte
 _SHIFT, _UNIT_REDUCE, _REDUCE = 0, 1, 2             # the actions of the table
 
 
-@lru_cache(maxsize=1)
-def _fast_tables():
+@lru_cache(maxsize=2)
+def _fast_tables(start: str = "start"):
     """(states, start state, end state, lexer): Lark's LALR table, with each Reduce's rule
     replaced by a precomputed description of how Lark's tree builder treats that rule."""
-    lark = _parser()
+    lark = _parser(start)
     table = lark.parser.parser.parser.parse_table
     infos = {}
     for rule in lark.rules:
@@ -535,7 +539,7 @@ def _fast_tables():
                           for t, (action, arg) in row.items() if t.isupper()}
         gotos[state] = {t: arg for t, (action, arg) in row.items() if not t.isupper()}
         assert all(action is Shift for t, (action, arg) in row.items() if not t.isupper())
-    return actions, gotos, table.start_states["start"], table.end_states["start"], lark.parser.lexer
+    return actions, gotos, table.start_states[start], table.end_states[start], lark.parser.lexer
 
 
 @lru_cache(maxsize=1)
@@ -638,11 +642,11 @@ def _after_unit_reductions(actions, gotos, below: int, top: int, ttype: str) -> 
     return top
 
 
-def _fast_parse(text: str, builder: _ToAst):
+def _fast_parse(text: str, builder: _ToAst, start: str = "start"):
     """`builder.transform(_parser().parse(text))`, with the same result and the same
     exceptions, without building the parse tree; and NestingTooDeep when more than
     MAX_OPEN constructs are open at once, where Lark's stacks would grow without bound."""
-    actions, gotos, start_state, end_state, lexer = _fast_tables()
+    actions, gotos, start_state, end_state, lexer = _fast_tables(start)
     state = start_state
     state_stack = [state]
     value_stack: list = []
@@ -797,6 +801,19 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Program | None:
             break
         resume_at = nxt.start()
     return program
+
+
+def parse_body(source: SourceFile, sink: DiagnosticSink) -> ast.Block | None:
+    """Parses a file that is one choreography body (a program a model wrote: no resuming
+    after an error, the first one is reported)."""
+    try:
+        return _fast_parse(source.text, _ToAst(source.name), start="program_body")
+    except UnexpectedInput as err:
+        _report(err, source, source.text, sink)
+    except NestingTooDeep as err:
+        message, help_ = _NESTING_WORDS[err.what]
+        sink.report(Code.E003, message, err.span, "too deeply nested", help=help_)
+    return None
 
 
 _NESTING_WORDS = {  # what -> (message, help)

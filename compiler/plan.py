@@ -126,7 +126,7 @@ class _Lowering:
                 "returns": type_to_json(returns),
                 "output_schema": None if returns == STR else json_schema(returns, self.symbols.type_table),
                 **{k: task_attrs.get(k, role_def.get(k)) for k in _RESULT_ATTRS},
-                "tools": [self.tool_schema(ref, tools) for ref in role_def["tools"]],
+                "tools": [self.tool_schema(ref, tools) for ref in role_def["tools"]] + program_grant(role_def),
             })
             runtime = {k: task_attrs.get(k, role_def.get(k)) for k in ("retries", "timeout", "api_base", "api_key_env")}
             runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))
@@ -343,14 +343,37 @@ class _Lowering:
         raise TypeError(f"cannot lower {type(e).__name__}")
 
 
-def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: str) -> Plan:
-    """The plan of a program that passed every check."""
+def program_grant(role: schema.Role) -> list[schema.ToolGrant]:
+    """The `run_program` tool of a role with `programs = true` (none otherwise): part of its
+    tasks' definitions, so changing a limit changes their keys."""
+    if not role.get("programs"):
+        return []
+    limits: schema.ProgramLimits = {
+        "max_chars": role.get("program_max_chars", schema.PROGRAM_MAX_CHARS),
+        "max_nodes": role.get("program_max_nodes", schema.PROGRAM_MAX_NODES)}
+    return [{"name": schema.RUN_PROGRAM, "program": limits, "description": _RUN_PROGRAM_HELP.format(**limits),
+             "parameters": {"type": "object", "properties": {"source": {"type": "string"}},
+                            "required": ["source"]}}]
+
+
+_RUN_PROGRAM_HELP = (
+    "Run an agentflow program: a choreography body (bindings `name = expr`, `for x in xs {{ ... yield e }}`, "
+    "`repeat max N until cond {{ ... }}`, `a if c else b`, and one `return expr`) that calls your tools and "
+    "`role.task`s and reads this task's parameters by name. It is checked before it runs; errors come back "
+    "as the result, fix them and call again. At most {max_chars} characters and {max_nodes} calls; the "
+    "result is the returned value as JSON.")
+
+
+def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: str,
+               prefix: str | None = None) -> Plan:
+    """The plan of a program that passed every check; its node ids start with `prefix`
+    (the entry's name unless given: a model's program names them under its task call)."""
     lowering = _Lowering(symbols, source_name)
     tools = lowering.tools()
     roles = lowering.roles()
     tasks = lowering.tasks(roles, tools)
     decl = symbols.choreographies[entry]
-    body = lowering.choreography(entry, entry, None)
+    body = lowering.choreography(entry, prefix or entry, None)
     data: schema.Plan = {
         "format": schema.PLAN_FORMAT,
         "source": PurePath(source_name).name,

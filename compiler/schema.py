@@ -46,10 +46,24 @@ class Role(TypedDict):
     timeout: NotRequired[float]
     api_base: NotRequired[str]
     api_key_env: NotRequired[str]
+    programs: NotRequired[bool]
+    program_max_chars: NotRequired[int]
+    program_max_nodes: NotRequired[int]
+
+
+RUN_PROGRAM = "run_program"  # the function tool of a role with `programs = true`
+PROGRAM_MAX_CHARS = 20_000  # a program's source, unless the role says `program_max_chars`
+PROGRAM_MAX_NODES = 1_000  # calls one program may start, unless the role says `program_max_nodes`
+
+
+class ProgramLimits(TypedDict):
+    max_chars: int
+    max_nodes: int
 
 
 class ToolGrant(TypedDict):
-    """What a task's model is told about one granted tool: a `tool`, or a `delegate` task."""
+    """What a task's model is told about one granted tool: a `tool`, a `delegate` task, or
+    `run_program` (with the role's `program` limits)."""
 
     name: str
     description: str
@@ -57,6 +71,7 @@ class ToolGrant(TypedDict):
     tool: NotRequired[str]
     definition_hash: NotRequired[str]  # with `tool`
     delegate: NotRequired[str]  # "role.task"
+    program: NotRequired[ProgramLimits]
 
 
 class TaskDefinition(TypedDict):
@@ -194,6 +209,16 @@ class Plan(TypedDict):
     tools: dict[str, Tool]
     body: Body  # the entry's
     nodes: dict[str, Node]  # by template id
+
+
+class CompiledProgram(TypedDict):
+    """A program a model wrote that passed every check (compiler/programs.py): its body and
+    node templates (ids under `prefix`, `<call template>/program#*`) for the engine to run."""
+
+    prefix: str
+    body: Body
+    nodes: dict[str, Node]
+    max_nodes: int  # calls it may start
 
 
 def session_roles(plan: Plan) -> set[str]:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 ROLE_ATTRS = {"model": "str", "system": "str", "tools": "tool_refs", "replicas": "int",
               "memory": "memory", "temperature": "number", "max_tokens": "int", "max_turns": "int",
               "retries": "int", "timeout": "duration", "api_base": "str", "api_key_env": "str",
-              "max_context_tokens": "int"}
+              "max_context_tokens": "int", "programs": "bool", "program_max_chars": "int",
+              "program_max_nodes": "int"}
 TASK_ATTRS = {"prompt": "str", "retries": "int", "timeout": "duration", "temperature": "number",
               "max_tokens": "int", "max_turns": "int", "cache": "bool"}
 TOOL_ATTRS = {"python": "str", "command": "argv", "builtin": "builtin", "description": "str",

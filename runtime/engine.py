@@ -10,6 +10,7 @@ decided here, from keys: a node whose key has a stored result is reused.
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,9 +120,7 @@ class Engine:
                  reporter: Reporter) -> None:
         self.plan = plan
         self.nodes: dict[str, schema.Node] = plan["nodes"]
-        self._scope_nodes: dict[str, list[tuple[str, schema.Node]]] = {}  # scope template -> its node templates
-        for tid, node in self.nodes.items():
-            self._scope_nodes.setdefault(node.get("scope") or plan["entry"], []).append((tid, node))
+        self._scope_nodes = by_scope(self.nodes, plan["entry"])
         self.ledger: RunLedger = ledger
         self.options = options
         self.executor: NodeExecutor = executor
@@ -144,6 +143,18 @@ class Engine:
         self._param_types: dict[tuple[str, str], tuple[tuple[schema.Param, Type], ...]] = {}
         self._tool_specs: dict[str, Any] = {}
         self._tool_context: ToolContext | None = None
+        self.calls_left: int | None = None  # in a program's engine: the calls it may still start
+
+    def nested(self, nodes: dict[str, schema.Node], top: str, max_calls: int) -> "Engine":
+        """This run's engine over other node templates (a program's, its top level `top`): the
+        same ledger, executor, role slots and records, and a failure of its own, which its
+        caller handles (it does not fail the run). Its calls run within its caller's global
+        slot, at most `--concurrency` at once: taking the run's slots could starve itself."""
+        view = copy.copy(self)
+        view.nodes, view._scope_nodes = nodes, by_scope(nodes, top)
+        view.failure, view.failed_nodes, view.calls_left = None, [], max_calls
+        view.global_slots = asyncio.Semaphore(max(1, self.options.concurrency))
+        return view
 
     # ------------------------------------------------------------ definitions and keys
 
@@ -416,6 +427,11 @@ class Engine:
 
         A `nested` call (delegation) runs inside its caller's global slot, so a
         delegation chain can never starve itself of slots."""
+        if self.calls_left is not None:
+            if self.calls_left == 0:
+                raise self.fail(NodeFailure(iid, role, "the program started more calls than its role allows "
+                                                       "(`program_max_nodes`); write one that calls less"))
+            self.calls_left -= 1
         args = self.with_defaults(kind, target, args)
         session_lock = self.session_locks.get(role) if role else None
         if role and session_lock is not None:
@@ -434,6 +450,9 @@ class Engine:
             self.reporter.node(iid, "succeeded", cached=True)
             return value
         if self.options.dry_run:
+            if kind == "task":  # a call that resumes decides the programs it had begun as well
+                from .programs import explain_programs
+                await explain_programs(self, NodeJob(iid, kind, target, args, key))
             raise DryRunStop(iid)
         slots = ([] if nested else [self.global_slots]) + ([self.role_slots[role]] if role else [])
         if self.is_human(kind, target):  # a person's answer takes no slot: waiting is not work
@@ -493,6 +512,14 @@ class Engine:
             return Decision(iid, "run", "no stored result")
         return Decision(iid, "run", await self.ledger.explain(iid, def_hash, inputs,
                                                                cacheable=self.cacheable(kind, target)))
+
+
+def by_scope(nodes: dict[str, schema.Node], top: str) -> dict[str, list[tuple[str, schema.Node]]]:
+    """Scope template -> its node templates (the top level's under `top`)."""
+    scopes: dict[str, list[tuple[str, schema.Node]]] = {}
+    for tid, node in nodes.items():
+        scopes.setdefault(node.get("scope") or top, []).append((tid, node))
+    return scopes
 
 
 # Items of one `for` in flight at once. Far above any useful concurrency (calls beyond it

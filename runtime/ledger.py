@@ -244,6 +244,11 @@ class Ledger:
                                        completion_tokens=response.completion_tokens, cost_usd=response.cost_usd,
                                        latency_ms=response.latency_ms)
 
+    def record_program(self, node_id: str, attempt: int, source: str, status: str, diagnostics: str | None) -> None:
+        if not self.dry_run:
+            self.store.record_program(self.run_id, node_id, attempt, source=source, status=status,
+                                      diagnostics=diagnostics)
+
     # ------------------------------------------------------------ journal and sessions
 
     async def load_turns(self, node_id: str, key: str) -> list[dict]:

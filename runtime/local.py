@@ -10,6 +10,8 @@ from .retry import retrying
 from .tools import ToolError, TransientToolError, call_tool
 
 if TYPE_CHECKING:
+    from agentflow.compiler.schema import CompiledProgram
+
     from .task import TaskCall
 
 
@@ -40,6 +42,10 @@ class LocalExecutor:
             return await client.complete(replace(request, attempt=call.attempts))
 
         return await retrying(call.entry["retries"], TransientModelError, once)
+
+    async def compile_program(self, engine: Engine, source: str, target: str, call_id: str) -> CompiledProgram | str:
+        from agentflow.compiler.programs import compile_program
+        return compile_program(source, engine.plan, target, call_id)
 
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
         spec = engine.tool_spec(name)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from agentflow.compiler.schema import CompiledProgram
+
     from .engine import Engine, NodeJob, NodeOutcome
     from .models import ModelRequest, ModelResponse
     from .task import TaskCall
@@ -63,6 +65,9 @@ class RunLedger(Protocol):
 
     def record_llm_call(self, node_id: str, response: ModelResponse) -> None: ...
 
+    def record_program(self, node_id: str, attempt: int, source: str, status: str, diagnostics: str | None) -> None:
+        """The `attempt`-th program task call `node_id` wrote, as it stands (the `programs` view)."""
+
     async def flush(self) -> None:
         """Returns once every record buffered so far is durable."""
         ...
@@ -88,6 +93,11 @@ class NodeExecutor(Protocol):
     async def complete(self, call: TaskCall, request: ModelRequest) -> ModelResponse:
         """One model turn of `call`, its transient retries included (each adds to
         `call.attempts`); raises ModelError once they are spent."""
+        ...
+
+    async def compile_program(self, engine: Engine, source: str, target: str, call_id: str) -> CompiledProgram | str:
+        """A program task call `call_id` (of task `target`) wrote, compiled in its scope; or its
+        errors as text (compiler/programs.py). Where the parser may be loaded: not in a workflow."""
         ...
 
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:

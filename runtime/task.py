@@ -17,6 +17,7 @@ from agentflow.compiler.types import type_from_json
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
 from .ledger import PROMPT_STEP, SESSION_STEP
 from .models import ModelError, ModelRequest, ModelResponse
+from .programs import programs_answered, run_program
 from .tools import TemplateError, ToolError, check_arguments, render_template
 
 SUMMARY_CHARS = 300
@@ -69,6 +70,7 @@ class TaskCall:
         self.attempts = 1
         self.usage: tuple[int, int, float] = (0, 0, 0.0)  # prompt tokens, completion tokens, cost in USD
         self.delegations = 0
+        self.programs = 0  # programs run so far (`run_program`): the next is `<node>/program#<n+1>`
 
     def fail(self, message: str) -> NodeFailure:
         return NodeFailure(self.job.node_id, self.role, message, self.attempts)
@@ -104,6 +106,7 @@ class TaskCall:
         retries = self.entry["retries"]
         turns = sum(1 for m in journal if m["role"] == "assistant")
         self.delegations = delegations_answered(journal, self.definition["tools"])
+        self.programs = programs_answered(journal)
         repairs = sum(1 for m in journal if m.get("repair"))
         while True:  # every pass adds a message or ends; model turns are bounded: no spinning
             pending = unanswered_tool_calls(messages)
@@ -187,12 +190,19 @@ class TaskCall:
             return _tool_message(call, f"error: there is no tool named {name!r}")
         if "delegate" in grant:  # numbered whatever its arguments, as `delegations_answered` counts
             self.delegations += 1
+        if "program" in grant:  # likewise, as `programs_answered` counts
+            self.programs += 1
         try:
             args = json.loads(call["function"].get("arguments") or "{}")
             if not isinstance(args, dict):
                 raise ValueError("arguments must be a JSON object")
         except ValueError as err:
             return _tool_message(call, f"error: the arguments are not valid JSON: {err}")
+        if "program" in grant:
+            source = args.get("source")
+            if not isinstance(source, str):
+                return _tool_message(call, "error: run_program takes one argument, `source`: the program's text")
+            return _tool_message(call, await run_program(self, self.programs, source))
         if "delegate" in grant:
             target = grant["delegate"]
             sub_id = f"{self.job.node_id}/{target}#{self.delegations}"

@@ -10,7 +10,7 @@ import duckdb
 from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
 from .records import DIED_ERROR
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id", "flow", "entry", "status", "started_at", "finished_at"),
@@ -18,7 +18,16 @@ PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
                   "finished_at", "error"),
     "llm_calls": ("run_id", "node_id", "model", "prompt_tokens", "completion_tokens", "cost_usd",
                   "latency_ms", "cached", "created_at"),
+    "programs": ("run_id", "node_id", "attempt", "source", "status", "diagnostics", "created_at"),
 }
+
+# Programs models wrote (`run_program`): `node_id` is the task call, `attempt` numbers its
+# programs (`<node_id>/program#<attempt>`); status rejected | running | succeeded | failed.
+_PROGRAMS_TABLE = """CREATE TABLE _programs (
+    run_id VARCHAR NOT NULL, node_id VARCHAR NOT NULL, attempt INTEGER NOT NULL, source VARCHAR,
+    status VARCHAR NOT NULL, diagnostics VARCHAR, created_at TIMESTAMP,
+    PRIMARY KEY (run_id, node_id, attempt))"""
+_PROGRAMS_VIEW = f"CREATE VIEW programs AS SELECT {', '.join(PUBLIC_VIEWS['programs'])} FROM _programs"
 
 _SCHEMA = f"""
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -50,6 +59,8 @@ CREATE TABLE _sessions (
 CREATE VIEW runs AS SELECT {", ".join(PUBLIC_VIEWS["runs"])} FROM _runs;
 CREATE VIEW node_runs AS SELECT {", ".join(PUBLIC_VIEWS["node_runs"])} FROM _node_runs;
 CREATE VIEW llm_calls AS SELECT {", ".join(PUBLIC_VIEWS["llm_calls"])} FROM _llm_calls;
+{_PROGRAMS_TABLE};
+{_PROGRAMS_VIEW};
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -58,6 +69,8 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # a run's fingerprint and value: a no-op rerun copies a finished run (runner.py)
     1: ("ALTER TABLE _runs ADD COLUMN fingerprint VARCHAR", "ALTER TABLE _runs ADD COLUMN value JSON"),
+    # the programs models wrote (`programs = true`) and their public view
+    2: (_PROGRAMS_TABLE, _PROGRAMS_VIEW),
 }
 
 

@@ -124,6 +124,7 @@ class _Batch:
         self.turns: list[tuple] = []  # run_id, node_id, key, kind, payload, at
         self.turn_resets: set[tuple[str, str]] = set()
         self.sessions: list[tuple] = []  # run_id, role, message, at
+        self.programs: dict[tuple[str, str, int], tuple] = {}  # (run, node, attempt) -> its latest row
         self.session_resets: set[str] = set()  # run ids
         self.meta: dict[str, str] = {}
         self.version = 0
@@ -132,7 +133,7 @@ class _Batch:
 
     def empty(self) -> bool:
         return not (self.runs or self.nodes or self.results or self.llm_calls or self.turns
-                    or self.turn_resets or self.sessions or self.session_resets or self.meta)
+                    or self.turn_resets or self.sessions or self.session_resets or self.meta or self.programs)
 
     def absorb_newer(self, newer: "_Batch") -> "_Batch":
         """Put a batch whose flush failed back in front of what was buffered since."""
@@ -152,6 +153,7 @@ class _Batch:
         self.sessions += newer.sessions
         self.session_resets |= newer.session_resets
         self.meta.update(newer.meta)
+        self.programs.update(newer.programs)
         self.version = max(self.version, newer.version)
         self.since = min((s for s in (self.since, newer.since) if s is not None), default=None)
         self.last = max(self.last, newer.last)
@@ -415,6 +417,12 @@ class BatchedWriter(FileAccess):
             buf.sessions = [s for s in buf.sessions if s[0] != run_id]
             buf.session_resets.add(run_id)
 
+    def record_program(self, run_id: str, node_id: str, attempt: int, *, source: str, status: str,
+                       diagnostics: str | None = None, at: datetime | None = None) -> None:
+        """A program a model wrote in task call `node_id` (its `attempt`-th), as it stands now."""
+        with self._mu:
+            self._buffer().programs[(run_id, node_id, attempt)] = (source, status, diagnostics, _utc(at))
+
     def set_meta(self, key: str, value: str) -> None:
         """Buffers a bookkeeping entry, committed in one transaction with the facts it
         describes (e.g. how far a Temporal client has recorded a workflow's events)."""
@@ -568,6 +576,11 @@ class BatchedWriter(FileAccess):
                 _insert(con, "INSERT OR REPLACE INTO _results" if careful else "INSERT INTO _results",
                         [("key", "V", list(b.results))] + list(zip(
                     ("value", "value_hash", "run_id", "node_id", "created_at"), ("J", "V", "V", "V", "T"), cols)))
+            if b.programs:
+                (run_ids, node_ids, attempts), rows = zip(*b.programs), zip(*b.programs.values())
+                _insert(con, "INSERT OR REPLACE INTO _programs", list(zip(
+                    PUBLIC_VIEWS["programs"], ("V", "V", "I", "V", "V", "V", "T"),
+                    [list(run_ids), list(node_ids), list(attempts), *map(list, rows)])))
             if b.meta:
                 con.execute("INSERT OR REPLACE INTO meta SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[])",
                             [list(b.meta), list(b.meta.values())])

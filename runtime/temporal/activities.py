@@ -68,6 +68,14 @@ class Activities:
                 raise _error(err, "ModelError", False, retries) from None
         return {"response": wire.response_to_wire(response), "attempt": info.attempt, "worker": self.identity}
 
+    @activity.defn(name=wire.PROGRAM_ACTIVITY)
+    async def compile_program(self, payload: dict) -> dict:
+        """A program a model wrote, compiled in its task's scope: the workflow's sandbox loads
+        no parser. Its value is the compiled program, or its diagnostics as text."""
+        from agentflow.compiler.programs import compile_program
+        program = compile_program(payload["source"], payload["plan"], payload["target"], payload["call_id"])
+        return {"program": program, "worker": self.identity}
+
     @activity.defn(name=wire.TOOL_ACTIVITY)
     async def tool_call(self, payload: dict) -> dict:
         info = activity.info()

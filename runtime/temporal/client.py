@@ -468,5 +468,7 @@ class _Follower:
                 ledger.record_llm_call(e["node"], response)
             elif op == "turn":
                 await ledger.append_turn(e["node"], e["key"], e["message"])
+            elif op == "program":
+                ledger.record_program(e["node"], e["attempt"], e["source"], e["status"], e["diagnostics"])
             elif op == "session":
                 await ledger.append_session(e["role"], e["messages"])

@@ -10,6 +10,7 @@ from ..tools import ToolSpec
 WORKFLOW = "agentflow.run"
 MODEL_ACTIVITY = "agentflow.model_call"
 TOOL_ACTIVITY = "agentflow.tool_call"
+PROGRAM_ACTIVITY = "agentflow.compile_program"  # a model's program, compiled off the workflow (no parser there)
 PROGRESS_QUERY = "progress"
 LOOKUP_SIGNAL = "lookups"  # the client's answer to the stored-result lookups the workflow asked for
 ANSWER_SIGNAL = "answer"  # a person's answer to a node that waits (`agentflow answer`)

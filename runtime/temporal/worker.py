@@ -66,4 +66,4 @@ async def run_worker(address: str, namespace: str, task_queue: str, concurrency:
 
 def _activities(identity: str):
     acts = Activities(identity)
-    return acts.model_call, acts.tool_call
+    return acts.model_call, acts.tool_call, acts.compile_program

@@ -123,6 +123,9 @@ class WorkflowLedger:
                   completion_tokens=response.completion_tokens, cost_usd=response.cost_usd,
                   latency_ms=response.latency_ms)
 
+    def record_program(self, node_id: str, attempt: int, source: str, status: str, diagnostics: str | None) -> None:
+        self.emit("program", node=node_id, attempt=attempt, source=source, status=status, diagnostics=diagnostics)
+
     async def load_turns(self, node_id: str, key: str) -> list[dict]:
         journal = self.journals.get(node_id)
         return list(journal["turns"]) if journal and journal.get("key") == key else []
@@ -279,6 +282,12 @@ class TemporalExecutor(LocalExecutor):
             raise (ModelError if permanent else TransientModelError)(message) from None
         call.attempts += max(0, int(result["attempt"]) - 1)
         return wire.response_from_wire(result["response"])
+
+    async def compile_program(self, engine: Engine, source: str, target: str, call_id: str) -> schema.CompiledProgram | str:
+        """A model's program, compiled by an activity (the parser stays out of the workflow)."""
+        payload = {"source": source, "plan": engine.plan, "target": target, "call_id": call_id}
+        result = await workflow.execute_activity(wire.PROGRAM_ACTIVITY, payload, **self._options(0, None))
+        return result["program"]
 
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
         """One tool call, retries included; raises ToolError as a local call would."""

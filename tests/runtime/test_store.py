@@ -573,6 +573,25 @@ def test_a_database_of_the_previous_schema_version_opens_and_works(db: Path) -> 
     con.close()
 
 
+def test_an_older_database_gains_the_programs_table_and_view(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    with duckdb.connect(str(db)) as con:
+        for stmt in SCHEMA_V1.split(";"):
+            if stmt.strip():
+                con.execute(stmt)
+    with Store.open_writer(db) as s:
+        s.record_program("old", "main/a", 1, source="return 1", status="running")
+        s.record_program("old", "main/a", 1, source="return 1", status="succeeded")  # the latest row wins
+        s.record_program("old", "main/a", 2, source="return x", status="rejected", diagnostics="error[E101]")
+        s.flush()
+        assert s.check_consistency() == []
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT run_id, node_id, attempt, source, status, diagnostics, created_at IS NOT NULL "
+                           "FROM programs ORDER BY attempt").fetchall()
+    assert rows == [("old", "main/a", 1, "return 1", "succeeded", None, True),
+                    ("old", "main/a", 2, "return x", "rejected", "error[E101]", True)]
+
+
 def test_a_database_older_than_every_migration_is_refused_with_a_clear_message(db: Path) -> None:
     Store.open_writer(db).close()
     con = duckdb.connect(str(db))

@@ -41,6 +41,7 @@ EXAMPLES = [
     ("support_triage.agentflow", ["--inputs", str(SPECS / "tickets.json")]),
     ("build_project.agentflow", ["--input", "project_spec=A command-line todo list"]),
     ("incident_postmortem.agentflow", ["--inputs", str(SPECS / "logs.json")]),
+    ("analyst_programs.agentflow", []),
 ]
 
 
