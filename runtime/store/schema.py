@@ -10,7 +10,7 @@ import duckdb
 from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
 from .records import DIED_ERROR
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id", "flow", "entry", "status", "started_at", "finished_at"),
@@ -18,7 +18,21 @@ PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
                   "finished_at", "error"),
     "llm_calls": ("run_id", "node_id", "model", "prompt_tokens", "completion_tokens", "cost_usd",
                   "latency_ms", "cached", "created_at"),
+    "agent_turns": ("agent", "generation", "turn", "role", "content", "tokens", "run_id", "node_id",
+                    "created_at"),
 }
+
+# Persistent agents (`memory = "persistent"`): each agent's conversation across runs, one row
+# per message, numbered within its generation; `agentflow agents reset` starts a new
+# generation (a row in _agent_resets) and keeps the old one queryable.
+_AGENT_TABLES = (
+    "CREATE TABLE _agent_turns (agent VARCHAR NOT NULL, generation INTEGER NOT NULL, turn INTEGER NOT NULL, "
+    "message JSON NOT NULL, tokens INTEGER NOT NULL, run_id VARCHAR, node_id VARCHAR, created_at TIMESTAMP)",
+    "CREATE TABLE _agent_resets (agent VARCHAR NOT NULL, generation INTEGER NOT NULL, reset_at TIMESTAMP, "
+    "PRIMARY KEY (agent, generation))",
+    "CREATE VIEW agent_turns AS SELECT agent, generation, turn, message->>'role' AS role, "
+    "message->>'content' AS content, tokens, run_id, node_id, created_at FROM _agent_turns",
+)
 
 _SCHEMA = f"""
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -50,6 +64,7 @@ CREATE TABLE _sessions (
 CREATE VIEW runs AS SELECT {", ".join(PUBLIC_VIEWS["runs"])} FROM _runs;
 CREATE VIEW node_runs AS SELECT {", ".join(PUBLIC_VIEWS["node_runs"])} FROM _node_runs;
 CREATE VIEW llm_calls AS SELECT {", ".join(PUBLIC_VIEWS["llm_calls"])} FROM _llm_calls;
+{";".join(_AGENT_TABLES)};
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -58,6 +73,7 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # a run's fingerprint and value: a no-op rerun copies a finished run (runner.py)
     1: ("ALTER TABLE _runs ADD COLUMN fingerprint VARCHAR", "ALTER TABLE _runs ADD COLUMN value JSON"),
+    2: _AGENT_TABLES,  # persistent agents' conversations
 }
 
 

@@ -129,6 +129,9 @@ class WorkflowLedger:
     async def append_turn(self, node_id: str, key: str, message: dict) -> None:
         self.emit("turn", node=node_id, key=key, message=message)
 
+    async def tool_started(self, node_id: str, key: str, step: dict) -> None:
+        await self.append_turn(node_id, key, step)
+
     async def load_session(self, role: str) -> list[list[dict]]:
         return self.sessions.setdefault(role, [])
 
