@@ -255,3 +255,33 @@ def test_a_tool_killed_mid_call_is_handed_off_unless_idempotent(idempotent, tmp_
     assert result_json(resumed) == "echo: SETTLE 30"
     assert ran(show(tmp_path, runs(tmp_path)[0]["run_id"])) == {"main/s"}
     assert not reused(show(tmp_path, runs(tmp_path)[0]["run_id"]))
+
+
+def test_a_run_between_a_kill_and_its_resume_leaves_each_call_of_the_agent_once(tmp_path, server):
+    write(tmp_path / "flow.agentflow", llm_defaults(server) + BODY)
+    server.add_rule("RECALL echo: NOTE alpha", {"latency_ms": 8000}, times=1)
+    proc = af_start(tmp_path, "run", "flow.agentflow", "--input", "text=alpha")
+    try:
+        wait_until(lambda: requests_with(server, "RECALL echo: NOTE alpha"), timeout=30, what="the recall call")
+        killed = runs(tmp_path)[0]["run_id"]
+        wait_until(lambda: show(tmp_path, killed)["main/n"]["status"] == "succeeded", what="the note stored")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop(proc)
+    outputs(proc)
+    ok(af(tmp_path, "run", "flow.agentflow", "--input", "text=beta"))  # another run uses the agent meanwhile
+    ok(af(tmp_path, "run", "flow.agentflow", "--input", "text=alpha", "--resume", killed))
+
+    # the resumed run continues the conversation as it stands now: its note's key changed (the
+    # agent's state before it did), so it runs again after the other run's calls, and its new
+    # turns replace the ones the killed process stored: each call's turns are there once
+    beta = _call("NOTE beta") + _call("RECALL echo: NOTE beta")
+    notes = [r for r in server.requests if r["messages"][-1]["content"] == "NOTE alpha"]
+    assert notes[-1]["messages"] == beta + [_turn("user", "NOTE alpha")]
+    assert [(role, content, node) for _, _, _, role, content, node in agent_turns(tmp_path)] == [
+        (m["role"], m["content"], node) for m, node in zip(
+            beta + _call("NOTE alpha") + _call("RECALL echo: NOTE alpha"),
+            ["main/n"] * 2 + ["main/r"] * 2 + ["main/n"] * 2 + ["main/r"] * 2)]
+    with Store.open_reader(tmp_path / DB) as store:
+        assert store.check_consistency() == []
