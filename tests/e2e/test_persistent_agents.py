@@ -111,6 +111,22 @@ def test_reset_starts_afresh_and_keeps_the_old_history(tmp_path, server):
     assert "Traceback" not in missing.stderr
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "specs" / "study_journal.agentflow"
+
+
+def test_the_example_runs_out_of_the_box_and_its_tutor_remembers(tmp_path):
+    first = result_json(ok(af(tmp_path, "run", str(EXAMPLE))))
+    assert set(first) == {"lesson", "questions", "progress"}
+    ok(af(tmp_path, "run", str(EXAMPLE), "--input", "topic=decimals"))
+    again = runs(tmp_path)[0]["run_id"]
+    # the second run's calls all ran: each one's key includes the conversation before it
+    assert ran(show(tmp_path, again)) == {"main/lesson", "main/questions", "main/progress"}
+    [tutor] = agents(tmp_path)
+    assert (tutor["agent"], tutor["turns"], tutor["runs"]) == ("tutor", 12, 2)
+    shown = ok(af(tmp_path, "agents", "show", "tutor")).stdout
+    assert shown.index("on fractions") < shown.index("on decimals")
+
+
 # ---------------------------------------------------------------- kill -9 at every commit point
 
 AGENT_SCENARIO = Scenario("""
