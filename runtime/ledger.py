@@ -103,7 +103,7 @@ class Ledger:
         self.session_roles: set[str] = set()
         self.agents: dict[str, str] = {}  # role -> its persistent agent
         # A persistent agent's conversation: what earlier runs stored, then this run's calls.
-        self._agent_memory: dict[str, list[list[dict]]] = {}
+        self.agent_memory: dict[str, list[list[dict]]] = {}
         self._agent_stored: set[str] = set()  # the resumed run's calls whose agent turns are stored
         self._agent_unsaved: dict[str, list[dict]] = {}  # agent -> what its current call added
 
@@ -121,7 +121,7 @@ class Ledger:
         self.agents = schema.persistent_agents(plan)
         for agent in sorted(set(self.agents.values())):
             calls, stored = await self._io(self.store.agent_memory, agent, self.run_id if resuming else None)
-            self._agent_memory[agent] = calls
+            self.agent_memory[agent] = calls
             self._agent_stored |= stored
         if self.dry_run:
             await self._preload()
@@ -304,7 +304,7 @@ class Ledger:
         A persistent agent's starts with what earlier runs stored (see `open`)."""
         agent = self.agents.get(role)
         if agent is not None:
-            return self._agent_memory[agent]
+            return self.agent_memory[agent]
         return self._sessions.setdefault(role, [])
 
     async def restart_failed(self) -> None:
