@@ -762,6 +762,14 @@ def check_delegation(ctx: Context, sink: DiagnosticSink) -> None:
                     secondary=[Label(entry(a, b).span, text(a, b)) for a, b in pairs[1:]],
                     help="a role's slot is held while it waits for its delegate, so the roles can wait for each "
                          "other forever: remove one of these `role.task` tools")
+    for a in roles:  # a call holds its agent's conversation while its delegate runs
+        agent = ctx.conversation(a)
+        for d, task, item in ctx.delegations[a]:
+            if d != a and agent is not None and ctx.conversation(d) == agent:
+                sink.report(Code.E402, f"deadlock: `{a}` can call `{d}.{task}`, and both continue persistent agent "
+                                       f"`{agent.removeprefix('agent ')}`", item.span, "same agent",
+                            help="a call keeps its agent's conversation until it ends, so a delegate continuing "
+                                 "it would wait forever: give the roles different agents, or remove this tool")
 
 
 def check_unused_declarations(ctx: Context, sink: DiagnosticSink) -> None:

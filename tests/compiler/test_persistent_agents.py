@@ -125,3 +125,26 @@ def test_a_tool_may_be_declared_not_idempotent() -> None:
     plan = compiled(text).data
     assert plan["tools"]["pay"]["idempotent"] is False
     assert "idempotent" not in plan["tools"]["look"]  # the default: plans without the attribute are unchanged
+
+
+def test_e402_a_role_delegating_to_another_role_of_its_agent() -> None:
+    _, diags = compile_text("""\
+        defaults { model = "scripted" }
+        role scribe {
+          memory = "persistent"
+          agent = "journal"
+          tools = [reader.recall]
+          task note(text: str) -> str { prompt = "{text}" }
+        }
+        role reader {
+          memory = "persistent"
+          agent = "journal"
+          task recall(hint: str) -> str { prompt = "{hint}" }
+        }
+        choreography main(text: str) -> str {
+          a = scribe.note(text)
+          return a
+        }
+        """)
+    assert [(d.code, d.primary.span.line, d.message) for d in diags] == [
+        ("E402", 5, "deadlock: `scribe` can call `reader.recall`, and both continue persistent agent `journal`")]
