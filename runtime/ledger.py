@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from agentflow.compiler import schema
 from agentflow.compiler.hashing import canonical_json, digest
@@ -221,32 +222,35 @@ class Ledger:
             for step in await self._io(self.store.result_journal, key, SESSION_STEP):
                 await self.append_session(role, step["messages"])
         if not self.dry_run:
-            with self.store.commits_held():
-                self._save_agent_turns(node_id, role, again=node_id not in self._agent_stored)
+            with self._with_agent_turns(node_id, role, again=node_id not in self._agent_stored):
                 self.store.node_reused(self.run_id, node_id, role=role, key=key, value_hash=stored_hash,
                                        def_hash=def_hash, input_hashes=inputs)
         return value
 
     def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None:
         """Buffers a success; the caller awaits `flush()` before anyone may use the value."""
-        with self.store.commits_held():
-            self._save_agent_turns(node_id, role, again=True)
+        with self._with_agent_turns(node_id, role, again=True):
             self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
                                      attempts=outcome.attempts, key=key, role=role)
         self.preloaded.stored(key)
 
-    def _save_agent_turns(self, node_id: str, role: str | None, *, again: bool) -> None:
-        """Buffers what a call added to its persistent agent's conversation, inside the
-        `commits_held()` of its result: a kill keeps both or neither, so a resumed run never
-        loses or repeats a turn. Not `again` for a call of the resumed run whose turns are
-        stored already (its reuse only rebuilds the conversation in memory)."""
+    @contextmanager
+    def _with_agent_turns(self, node_id: str, role: str | None, *, again: bool) -> Iterator[None]:
+        """Buffers what a call added to its persistent agent's conversation, and the call's
+        record buffered inside the block, in one `commits_held()`: a kill keeps both or
+        neither, so a resumed run never loses or repeats a turn. Not `again` for a call of the
+        resumed run whose turns are stored already (its reuse rebuilds the conversation in
+        memory only). Other calls' records are buffered as they are."""
         agent = self.agents.get(role) if role is not None else None
         messages = self._agent_unsaved.pop(agent, None) if agent is not None else None
         if agent is None or messages is None or not again:
+            yield
             return
-        self._agent_stored.discard(node_id)
-        self.store.append_agent_turns(agent, self.run_id, node_id, messages,
-                                      [estimated_tokens([m]) for m in messages])
+        with self.store.commits_held():
+            self._agent_stored.discard(node_id)
+            self.store.append_agent_turns(agent, self.run_id, node_id, messages,
+                                          [estimated_tokens([m]) for m in messages])
+            yield
 
     async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None:
         self.store.node_finished(self.run_id, node_id, status="failed", error=error, attempts=attempts, role=role)
@@ -331,7 +335,7 @@ class Ledger:
     async def append_session(self, role: str, messages: list[dict]) -> None:
         calls = await self.load_session(role)
         calls.append(messages)
-        if role in self.agents:  # stored with the call's result (see `_save_agent_turns`)
+        if role in self.agents:  # stored with the call's result (see `_with_agent_turns`)
             self._agent_unsaved[self.agents[role]] = messages
         elif not self.dry_run:
             self.store.append_session(self.run_id, role, [messages])
