@@ -229,13 +229,12 @@ class Queries(BatchedWriter):
             return None
 
         def query(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[tuple]]:
-            known = con.execute("SELECT max(generation) FROM _agent_resets WHERE agent = $1", [agent]).fetchone()
-            current = known[0] if known and known[0] is not None else None
-            seen = con.execute("SELECT count(*) FROM _agent_turns WHERE agent = $1", [agent]).fetchone()
-            if current is None and not (seen and seen[0]):
-                return None, []
-            wanted = generation if generation is not None else (current or 0)
-            if wanted > (current or 0) or wanted < 0:
+            reset, used = con.execute(  # type: ignore[misc]  # duckdb: a SELECT without FROM has a row
+                "SELECT (SELECT max(generation) FROM _agent_resets WHERE agent = $1), "
+                "EXISTS (SELECT 1 FROM _agent_turns WHERE agent = $1)", [agent]).fetchone()
+            current = reset or 0
+            wanted = current if generation is None else generation
+            if (reset is None and not used) or not 0 <= wanted <= current:
                 return None, []
             return wanted, con.execute(
                 "SELECT turn, message, tokens, run_id, node_id, created_at FROM _agent_turns "
