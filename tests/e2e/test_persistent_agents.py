@@ -108,7 +108,10 @@ def test_reset_starts_afresh_and_keeps_the_old_history(tmp_path, server):
                                                                   (1, 0), (1, 1), (1, 2), (1, 3)]
     missing = ok(af(tmp_path, "agents", "reset", "nobody"), 2)
     assert missing.stderr.startswith("error: there is no persistent agent nobody;")
-    assert "Traceback" not in missing.stderr
+    assert ok(af(tmp_path, "agents", "show", "journal", "--generation", "2"), 2).stderr == \
+        "error: agent journal has no generation 2; `agentflow agents` shows its current one\n"
+    assert ok(af(tmp_path, "agents", "--db", "elsewhere.duckdb"), 2).stderr == \
+        "error: no run database at elsewhere.duckdb; run `agentflow run` first, or pass --db\n"
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "specs" / "study_journal.agentflow"
