@@ -235,6 +235,19 @@ def unanswered_tool_calls(messages: list[dict]) -> list[dict]:
     return []
 
 
+async def tool_node_started(engine: Engine, job: NodeJob) -> None:
+    """Before a direct call of a non-idempotent tool runs, its start is journaled (and
+    committed); one that a crash interrupted fails instead of running again: nobody knows
+    whether it acted. That failure forgets the journal, so the next `--resume` runs it."""
+    if engine.plan["tools"][job.target].get("idempotent", True):
+        return
+    if any(step["role"] == TOOL_STARTED_STEP for step in await engine.ledger.load_turns(job.node_id, job.key)):
+        raise NodeFailure(job.node_id, None, f"tool {job.target} was interrupted while it ran (the process running "
+                                             f"it stopped); its effect is unknown. Check it, then `--resume` again "
+                                             f"to run it again")
+    await engine.ledger.tool_started(job.node_id, job.key, {"role": TOOL_STARTED_STEP, "name": job.target})
+
+
 def interrupted_calls(steps: list[dict]) -> Counter:
     """Tool call ids of the journal's latest model turn whose start is journaled but not
     their result: non-idempotent calls that a crash interrupted (only the latest turn can

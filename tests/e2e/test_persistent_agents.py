@@ -304,3 +304,32 @@ def test_a_run_between_a_kill_and_its_resume_leaves_each_call_of_the_agent_once(
             ["main/n"] * 2 + ["main/r"] * 2 + ["main/n"] * 2 + ["main/r"] * 2)]
     with Store.open_reader(tmp_path / DB) as store:
         assert store.check_consistency() == []
+
+
+def test_a_direct_call_of_a_non_idempotent_tool_killed_mid_call_fails_until_resumed_again(tmp_path):
+    write(tmp_path / "tools.py", HANDOFF_TOOLS)
+    write(tmp_path / "flow.agentflow", """
+        tool pay(amount: int) -> str {
+          python = "tools:pay"
+          idempotent = false
+        }
+        choreography main() -> str {
+          p = pay(30)
+          return p
+        }
+        """)
+    proc = af_start(tmp_path, "run", "flow.agentflow")
+    try:
+        wait_until(lambda: (tmp_path / "pay.log").exists(), timeout=30, what="the tool to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop(proc)
+    outputs(proc)
+    stopped = ok(af(tmp_path, "run", "flow.agentflow", "--resume"), 3)
+    assert "tool pay was interrupted while it ran (the process running it stopped); its effect is unknown" \
+        in stopped.stderr
+    assert (tmp_path / "pay.log").read_text().splitlines() == ["pay 30"]
+    # the person checked: the next resume runs it
+    assert result_json(ok(af(tmp_path, "run", "flow.agentflow", "--resume"))) == "paid 30"
+    assert (tmp_path / "pay.log").read_text().splitlines() == ["pay 30", "pay 30"]
