@@ -442,6 +442,9 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
                         "unknown memory mode", help=did_you_mean(value, MEMORY_MODES) or
                         '`"session"` keeps one conversation per role for a run, `"persistent"` one per agent '
                         'across runs; `"none"` starts fresh on each call')
+        elif kind == "agent" and isinstance(value, str):
+            sink.report(Code.E302, f'`agent` must be a name of letters, digits, `_`, `-` and `.`, not "{value}"',
+                        v.span, "not an agent name", help='e.g. `agent = "tutor"`; `agentflow agents` lists agents by it')
         elif kind == "argv" and isinstance(v, ast.ListExpr):
             bad = next((i for i in v.items if not (isinstance(i, ast.Literal) and isinstance(i.value, str))), None)
             if bad is None:

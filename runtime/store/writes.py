@@ -231,7 +231,8 @@ def _agent_generations(con: duckdb.DuckDBPyConnection, agents: list[str]) -> dic
 
 def _write_agent_turns(con: duckdb.DuckDBPyConnection, turns: list[tuple]) -> None:
     """Agents' new turns, in their current generations, numbered on from the last turn; a
-    call's earlier turns there (a forced re-run stores them again) are replaced."""
+    call's earlier turns there are replaced (a call of a resumed run that runs again, forced
+    or because its agent's state changed, stores them anew)."""
     agents = sorted({t[0] for t in turns})
     generations = _agent_generations(con, agents)
     calls = sorted({(t[0], t[1], t[2]) for t in turns})

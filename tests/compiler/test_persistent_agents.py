@@ -86,7 +86,7 @@ def test_agent_without_persistent_memory_and_bad_names_are_e302() -> None:
         """)
     assert [(d.code, d.primary.span.line, d.message) for d in diags] == [
         ("E302", 3, "role `scribe` names an agent but its memory is not persistent"),
-        ("E302", 8, "`agent` must be an agent name (letters, digits, `_`, `-`, `.`), found a string"),
+        ("E302", 8, '`agent` must be a name of letters, digits, `_`, `-` and `.`, not "no spaces"'),
         ("E302", 12, '`memory` must be "none", "session" or "persistent", not "forever"'),
     ]
 
