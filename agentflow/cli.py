@@ -447,6 +447,44 @@ def show_cmd(run_id: str, node_id: str | None, db: str, as_json: bool) -> None:
     print_nodes(run, nodes, as_json)
 
 
+@main.group("agents", invoke_without_command=True)
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_context
+def agents_cmd(ctx: click.Context, db: str, as_json: bool) -> None:
+    """Persistent agents (`memory = "persistent"`): each with its turn count, tokens and last
+    use, most recently used first. `agents show NAME` prints one's conversation."""
+    ctx.obj = db  # the subcommands' database unless they name their own
+    if ctx.invoked_subcommand is None:
+        from agentflow.runtime.history import list_agents, print_agents
+        print_agents(_history_call(list_agents, db), as_json)
+
+
+@agents_cmd.command("show")
+@click.argument("name")
+@click.option("--generation", type=click.IntRange(min=0), default=None,
+              help="An earlier generation (before a reset) [default: the current one].")
+@click.option("--db", default=None, help=f"The run database [default: {DEFAULT_DB}].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def agents_show_cmd(group_db: str, name: str, generation: int | None, db: str | None, as_json: bool) -> None:
+    """A persistent agent's conversation, turn by turn, with the run and node of each turn."""
+    from agentflow.runtime.history import agent_detail, print_agent
+    print_agent(_history_call(agent_detail, db or group_db, name, generation), as_json)
+
+
+@agents_cmd.command("reset")
+@click.argument("name")
+@click.option("--db", default=None, help=f"The run database [default: {DEFAULT_DB}].")
+@click.pass_obj
+def agents_reset_cmd(group_db: str, name: str, db: str | None) -> None:
+    """Start a persistent agent's conversation afresh. Its history stays in the database
+    (the `agent_turns` view), under the previous generation."""
+    from agentflow.runtime.history import reset_agent
+    generation = _history_call(reset_agent, db or group_db, name)
+    click.echo(f"agent {name} starts afresh: generation {generation} (earlier generations are kept)", err=True)
+
+
 @main.command("ui")
 @click.option("--db", default=DEFAULT_DB, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")

@@ -23,11 +23,12 @@ from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .facts import BodyFacts, children, walk
 from .names import BUILTIN_TOOLS
+from .schema import conversation
 from .scopes import BINDING, PARAM, VAR, Scope
 from .nesting import check_inlining_depth, check_type_nesting
 from .source import SourceFile, Span
-from .symbols import (BUILTIN_FUNCTIONS, DEFAULTS_ATTRS, ROLE_ATTRS, TASK_ATTRS, TOOL_ATTRS, Symbols,
-                      attr_value)
+from .symbols import (BUILTIN_FUNCTIONS, DEFAULTS_ATTRS, MEMORY_MODES, ROLE_ATTRS, TASK_ATTRS, TOOL_ATTRS,
+                      Symbols, attr_value)
 from .templates import text_span
 from .typecheck import REPEAT_FIELDS, check_templates, check_types, head_span
 
@@ -90,10 +91,13 @@ class Context:
                 return a
         return self.symbols.defaults.get(name)
 
-    def is_session(self, role: str) -> bool:
+    def conversation(self, role: str) -> str | None:
+        """The conversation `role`'s calls continue (see `symbols.conversation`), if any."""
         decl = self.symbols.roles.get(role)
-        a = self.role_attr(decl, "memory") if decl is not None else None
-        return a is not None and attr_value(a.value) == "session"
+        if decl is None:
+            return None
+        values = {n: attr_value(a.value) for n in ("memory", "agent") if (a := self.role_attr(decl, n)) is not None}
+        return conversation(role, values)
 
 
 def _tool_entries(role: ast.RoleDecl) -> list[ast.Expr]:
@@ -377,7 +381,8 @@ def check_recursion(ctx: Context, sink: DiagnosticSink) -> None:
 # -- attributes
 
 _KIND_WORDS = {"str": "a string", "int": "an integer", "number": "a number", "bool": "`true` or `false`",
-               "duration": "a duration such as `30s` or `2m`", "memory": '`"none"` or `"session"`',
+               "duration": "a duration such as `30s` or `2m`", "memory": '`"none"`, `"session"` or `"persistent"`',
+               "agent": "an agent name (letters, digits, `_`, `-`, `.`)",
                "tool_refs": "a list of tools and `role.task` names", "argv": "a list of strings",
                "builtin": "one of " + ", ".join(f'`"{b}"`' for b in BUILTIN_TOOLS)}
 
@@ -421,7 +426,9 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
           and not isinstance(v, ast.Duration),
           "bool": lambda: isinstance(value, bool),
           "duration": lambda: isinstance(v, ast.Duration),
-          "memory": lambda: isinstance(v, ast.Literal) and value in ("none", "session"),
+          "memory": lambda: isinstance(v, ast.Literal) and value in MEMORY_MODES,
+          "agent": lambda: isinstance(v, ast.Literal) and isinstance(value, str)
+          and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value) is not None,
           "builtin": lambda: isinstance(v, ast.Literal) and value in BUILTIN_TOOLS,
           "argv": lambda: isinstance(v, ast.ListExpr) and bool(v.items) and all(
               isinstance(i, ast.Literal) and isinstance(i.value, str) for i in v.items),
@@ -431,9 +438,13 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
             sink.report(Code.E302, f"unknown builtin `{value}`", v.span, "no such builtin",
                         help=did_you_mean(value, BUILTIN_TOOLS) or f"the builtins are {_backticks(BUILTIN_TOOLS)}")
         elif kind == "memory" and isinstance(value, str):
-            sink.report(Code.E302, f'`memory` must be "none" or "session", not "{value}"', v.span, "unknown memory mode",
-                        help=did_you_mean(value, ("none", "session")) or
-                        '`"session"` keeps one conversation per role; `"none"` starts fresh on each call')
+            sink.report(Code.E302, f'`memory` must be "none", "session" or "persistent", not "{value}"', v.span,
+                        "unknown memory mode", help=did_you_mean(value, MEMORY_MODES) or
+                        '`"session"` keeps one conversation per role for a run, `"persistent"` one per agent '
+                        'across runs; `"none"` starts fresh on each call')
+        elif kind == "agent" and isinstance(value, str):
+            sink.report(Code.E302, f'`agent` must be a name of letters, digits, `_`, `-` and `.`, not "{value}"',
+                        v.span, "not an agent name", help='e.g. `agent = "tutor"`; `agentflow agents` lists agents by it')
         elif kind == "argv" and isinstance(v, ast.ListExpr):
             bad = next((i for i in v.items if not (isinstance(i, ast.Literal) and isinstance(i.value, str))), None)
             if bad is None:
@@ -506,16 +517,24 @@ def check_attributes(ctx: Context, sink: DiagnosticSink) -> None:
                 sink.report(Code.E302, f"task `{name}.{task.name}` has no `prompt`", task.name_span, "no `prompt`",
                             help='add `prompt = "..."`: the request sent to the model, with `{param}` placeholders')
         replicas, memory = ctx.role_attr(role, "replicas"), ctx.role_attr(role, "memory")
-        if memory is not None and attr_value(memory.value) == "session" and replicas is not None:
+        mode = attr_value(memory.value) if memory is not None else "none"
+        agent = next((a for a in role.attrs if a.name == "agent"), None)
+        if agent is not None and mode != "persistent":
+            sink.report(Code.E302, f"role `{name}` names an agent but its memory is not persistent", agent.name_span,
+                        "`agent` without persistent memory",
+                        help='add `memory = "persistent"` to keep the agent\'s conversation across runs, '
+                             "or drop `agent`")
+        if mode in ("session", "persistent") and replicas is not None:
             n = attr_value(replicas.value)
             if isinstance(n, int) and not isinstance(n, bool) and n > 1:
                 own = any(a is replicas for a in role.attrs)
-                sink.report(Code.E303, f"session role `{name}` cannot have `replicas = {n}`",
+                assert memory is not None  # mode is not "none"
+                sink.report(Code.E303, f"{mode} role `{name}` cannot have `replicas = {n}`",
                             replicas.value.span if own else memory.value.span,
-                            "more than one replica" if own else "session memory",
+                            "more than one replica" if own else f"{mode} memory",
                             secondary=[Label(memory.value.span if own else replicas.value.span,
-                                             "session memory" if own else f"`replicas = {n}` from `defaults`")],
-                            help="a session role keeps one conversation answered in program order: set "
+                                             f"{mode} memory" if own else f"`replicas = {n}` from `defaults`")],
+                            help=f"a {mode} role keeps one conversation answered in program order: set "
                                  '`replicas = 1`, or use `memory = "none"`')
     for name, tool in s.tools.items():
         for a in tool.attrs:
@@ -628,13 +647,14 @@ def _blocks(ctx: Context, decl: ast.ChoreographyDecl) -> Iterator[tuple[str, ast
 
 
 def _session_roles_of(ctx: Context) -> dict[str, set[str]]:
-    """choreography -> session roles it calls, sub-choreographies included."""
+    """choreography -> conversations (session roles, persistent agents) it continues,
+    sub-choreographies included."""
     direct: dict[str, set[str]] = {}
     callees: dict[str, set[str]] = {}
     for caller, call in ctx.calls:
         t = ctx.symbols.facts.target(call)
-        if t.kind == "task" and ctx.is_session(t.role):
-            direct.setdefault(caller, set()).add(t.role)
+        if t.kind == "task" and (conv := ctx.conversation(t.role)) is not None:
+            direct.setdefault(caller, set()).add(conv)
         elif t.kind == "choreography":
             callees.setdefault(caller, set()).add(t.name)
     out: dict[str, set[str]] = {}
@@ -660,8 +680,8 @@ def check_wait_cycles(ctx: Context, sink: DiagnosticSink) -> None:
         out: list[tuple[int, str]] = []
         for e in facts.of(stmt).calls:
             t = facts.target(e)
-            if t.kind == "task" and ctx.is_session(t.role):
-                out.append((e.span.start, t.role))
+            if t.kind == "task" and (conv := ctx.conversation(t.role)) is not None:
+                out.append((e.span.start, conv))
             elif t.kind == "choreography":
                 out += [(e.span.start, r) for r in sorted(session_of.get(t.name, ()))]
         return tuple(out)
@@ -699,16 +719,20 @@ def _report_wait_cycle(cycle: list[str], graph, spans: dict[str, Span], sink: Di
             return f"waits for `{b}` (uses its value)"
         if reason == "after":
             return f"waits for `{b}` (`after {b}`)"
-        role = reason.split(":", 1)[1]
-        return f"waits for `{b}` (its earlier call to session role `{role}`)"
+        conv = reason.split(":", 1)[1]
+        if conv.startswith("agent "):
+            return f"waits for `{b}` (its earlier call to persistent agent `{conv.removeprefix('agent ')}`)"
+        return f"waits for `{b}` (its earlier call to session role `{conv}`)"
 
-    reasons = {next(w.reason for w in graph[a] if w.target == b).split(":")[0] for a, b in zip(ring, ring[1:])}
+    on_cycle = [next(w.reason for w in graph[a] if w.target == b) for a, b in zip(ring, ring[1:])]
+    reasons = {r.split(":")[0] for r in on_cycle}
     if len(cycle) == 1:
         message = f"deadlock: `{cycle[0]}` waits for itself"
     else:
         message = "deadlock: " + f"`{ring[0]}` waits for " + ", which waits for ".join(f"`{n}`" for n in ring[1:])
     if "session" in reasons:
-        hint = ("calls to a session role run one at a time in program order (textual order): "
+        kind = "a persistent agent" if any(r.startswith("session:agent ") for r in on_cycle) else "a session role"
+        hint = (f"calls to {kind} run one at a time in program order (textual order): "
                 "move the call whose result is needed earlier in the text")
     elif "after" in reasons:
         hint = "remove the `after` that closes the cycle"
@@ -742,6 +766,14 @@ def check_delegation(ctx: Context, sink: DiagnosticSink) -> None:
                     secondary=[Label(entry(a, b).span, text(a, b)) for a, b in pairs[1:]],
                     help="a role's slot is held while it waits for its delegate, so the roles can wait for each "
                          "other forever: remove one of these `role.task` tools")
+    for a in roles:  # a call holds its agent's conversation while its delegate runs
+        agent = ctx.conversation(a)
+        for d, task, item in ctx.delegations[a]:
+            if d != a and agent is not None and ctx.conversation(d) == agent:
+                sink.report(Code.E402, f"deadlock: `{a}` can call `{d}.{task}`, and both continue persistent agent "
+                                       f"`{agent.removeprefix('agent ')}`", item.span, "same agent",
+                            help="a call keeps its agent's conversation until it ends, so a delegate continuing "
+                                 "it would wait forever: give the roles different agents, or remove this tool")
 
 
 def check_unused_declarations(ctx: Context, sink: DiagnosticSink) -> None:

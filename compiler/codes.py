@@ -312,7 +312,7 @@ choreography main(topic: str) -> str {
 
     E303 = (ERROR, "session role with replicas",
             "One conversation cannot be continued by several calls at once: `memory = \"session\"` "
-            "requires `replicas = 1`, also when either comes from `defaults`.",
+            "(and `\"persistent\"`) requires `replicas = 1`, also when either comes from `defaults`.",
             '''defaults {
   model = "scripted"
   replicas = 4
@@ -369,7 +369,8 @@ choreography main(draft: str) -> bool {
 
     E401 = (ERROR, "deadlock (cycle of waits)",
             "The bindings of a body wait on each other in a cycle. A binding waits for each name it "
-            "reads, each name in its `after`, and the previous call to the same `session` role. "
+            "reads, each name in its `after`, and the previous call to the same `session` role or "
+            "persistent agent (roles with the same `agent` share one order). "
             "The message lists every binding on the cycle, each with why it waits.",
             '''tool touch(path: str) -> str {
   builtin = "fs.write"
@@ -386,7 +387,8 @@ choreography main() -> str {
     E402 = (ERROR, "deadlock (delegation cycle)",
             "Roles that can delegate to each other in a cycle through `role.task` tools: a role's "
             "slot is held while it waits for its delegate, so the cycle could wait forever. The "
-            "message shows the cycle.",
+            "message shows the cycle. Also a role that can delegate to another role of its own "
+            "persistent agent: its call keeps the agent's conversation, which the delegate waits for.",
             '''defaults {
   model = "scripted"
 }

@@ -96,9 +96,10 @@ class _Lowering:
         self.nodes: dict[str, schema.Node] = {}
         self.graph = _GraphParts()
         self.defaults = {k: attr_value(a.value) for k, a in symbols.defaults.items()}
-        self.session_roles = {name for name, role in symbols.roles.items()
-                              if {**ATTR_DEFAULTS, **self.defaults, **_attrs(role.attrs)}.get("memory") == "session"}
-        self._session_calls: list[set[str]] = []  # the session roles each open binding calls
+        # role -> the conversation its calls continue (a session role's, a persistent agent's)
+        self.conversations = {name: conv for name, role in symbols.roles.items() if (conv := schema.conversation(
+            name, {**ATTR_DEFAULTS, **self.defaults, **_attrs(role.attrs)})) is not None}
+        self._session_calls: list[set[str]] = []  # the conversations each open binding continues
 
     # ------------------------------------------------------------ declarations
 
@@ -151,7 +152,8 @@ class _Lowering:
                 "parameters": self._params_schema(tool.params),
                 "timeout": attrs.get("timeout", self.defaults.get("timeout")),
                 "retries": attrs.get("retries", self.defaults.get("retries", ATTR_DEFAULTS["retries"])),
-                "cache": attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))})
+                "cache": attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"])),
+                **({"idempotent": False} if attrs.get("idempotent") is False else {})})
         return out
 
     def _params_schema(self, params) -> dict:
@@ -180,7 +182,7 @@ class _Lowering:
     def block(self, block: ast.Block, prefix: str, cluster: str | None) -> schema.Body:
         bindings: dict[str, schema.Binding] = {}
         local_ids = {b.name: f"{prefix}/{b.name}" for b in block.bindings}
-        last_caller: dict[str, str] = {}  # session role -> the latest binding (in text order) calling it
+        last_caller: dict[str, str] = {}  # conversation -> the latest binding (in text order) continuing it
         for b in block.bindings:
             node_id = local_ids[b.name]
             roles, expr = self.collecting_session_calls(lambda: self.binding_expr(b, node_id, cluster))
@@ -213,7 +215,7 @@ class _Lowering:
                     self.edge(local_ids[used], target, used)
 
     def collecting_session_calls(self, lower):
-        """(session roles called while `lower()` runs, nested bodies included; its result)."""
+        """(conversations continued while `lower()` runs, nested bodies included; its result)."""
         roles: set[str] = set()
         self._session_calls.append(roles)
         try:
@@ -249,9 +251,9 @@ class _Lowering:
         label = target.name
         if target.kind == "task":
             node["role"] = target.role
-            if target.role in self.session_roles:
-                for roles in self._session_calls:
-                    roles.add(target.role)
+            if target.role in self.conversations:
+                for convs in self._session_calls:
+                    convs.add(self.conversations[target.role])
         if target.kind == "choreography":
             node["body"] = self.choreography(target.name, node_id, node_id)
             self.graph.add_node(node_id, kind="choreography", label=label, cluster=cluster, subgraph=True)

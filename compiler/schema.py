@@ -34,7 +34,7 @@ class Role(TypedDict):
     """A role's attributes, program defaults applied; tasks copy what changes a result."""
 
     replicas: int
-    memory: Literal["none", "session"]
+    memory: Literal["none", "session", "persistent"]
     max_turns: int
     retries: int
     max_context_tokens: int
@@ -46,6 +46,7 @@ class Role(TypedDict):
     timeout: NotRequired[float]
     api_base: NotRequired[str]
     api_key_env: NotRequired[str]
+    agent: NotRequired[str]  # a persistent role's agent, when not the role's own name
     programs: NotRequired[bool]
     program_max_chars: NotRequired[int]
     program_max_nodes: NotRequired[int]
@@ -89,7 +90,7 @@ class TaskDefinition(TypedDict):
     temperature: float | None
     max_tokens: int | None
     max_turns: int
-    memory: Literal["none", "session"]
+    memory: Literal["none", "session", "persistent"]
     max_context_tokens: int
     tools: list[ToolGrant]
 
@@ -129,6 +130,7 @@ class Tool(TypedDict):
     timeout: float | None
     retries: int
     cache: bool
+    idempotent: NotRequired[bool]  # false: not run again after a crash during it (default true)
 
 
 # ---------------------------------------------------------------- bodies and nodes
@@ -221,7 +223,29 @@ class CompiledProgram(TypedDict):
     max_nodes: int  # calls it may start
 
 
+def conversation(role: str, attrs: Any) -> str | None:
+    """The conversation a role's calls continue, given its attribute values: its own session,
+    a persistent agent's (shared by every role naming that agent), or none. Calls continuing
+    one conversation run one at a time in program order (E401 and the engine know it)."""
+    memory = attrs.get("memory")
+    if memory == "session":
+        return role
+    if memory == "persistent":
+        return "agent " + str(attrs.get("agent") or role)  # a space: no role name clashes with it
+    return None
+
+
+def conversations(plan: Plan) -> dict[str, str]:
+    """role -> the conversation its calls continue, for the roles that have one."""
+    return {name: conv for name, role in plan["roles"].items() if (conv := conversation(name, role)) is not None}
+
+
 def session_roles(plan: Plan) -> set[str]:
-    """The roles whose calls share one conversation (`memory = "session"`): the engine
-    serialises their calls and the ledgers rebuild their sessions."""
-    return {name for name, role in plan["roles"].items() if role["memory"] == "session"}
+    """The roles whose calls continue a conversation (`memory = "session"` or `"persistent"`):
+    the engine serialises their calls and the ledgers rebuild their sessions in program order."""
+    return set(conversations(plan))
+
+
+def persistent_agents(plan: Plan) -> dict[str, str]:
+    """role -> the persistent agent (`memory = "persistent"`) whose conversation it continues."""
+    return {name: role.get("agent") or name for name, role in plan["roles"].items() if role["memory"] == "persistent"}

@@ -19,23 +19,26 @@ if TYPE_CHECKING:
     from .facts import BodyFacts
 
 # Attribute vocabulary: name -> kind of value. Kinds: str, int, number, bool, duration,
-# model (str), memory ("none"|"session"), tool_refs (list of names / role.task),
+# model (str), memory ("none"|"session"|"persistent"), agent (a persistent agent's name), tool_refs (list of names / role.task),
 # argv (list of str), builtin (one of names.BUILTIN_TOOLS).
 ROLE_ATTRS = {"model": "str", "system": "str", "tools": "tool_refs", "replicas": "int",
               "memory": "memory", "temperature": "number", "max_tokens": "int", "max_turns": "int",
               "retries": "int", "timeout": "duration", "api_base": "str", "api_key_env": "str",
               "max_context_tokens": "int", "programs": "bool", "program_max_chars": "int",
-              "program_max_nodes": "int"}
+              "program_max_nodes": "int", "agent": "agent"}
 TASK_ATTRS = {"prompt": "str", "retries": "int", "timeout": "duration", "temperature": "number",
               "max_tokens": "int", "max_turns": "int", "cache": "bool"}
 TOOL_ATTRS = {"python": "str", "command": "argv", "builtin": "builtin", "description": "str",
-              "timeout": "duration", "retries": "int", "cache": "bool", "cwd": "str"}
+              "timeout": "duration", "retries": "int", "cache": "bool", "cwd": "str",
+              "idempotent": "bool"}
 DEFAULTS_ATTRS = {**ROLE_ATTRS, **TASK_ATTRS, **{k: v for k, v in TOOL_ATTRS.items()
                                                  if k in ("timeout", "retries", "cache")}}
-del DEFAULTS_ATTRS["prompt"], DEFAULTS_ATTRS["tools"], DEFAULTS_ATTRS["system"]
+del DEFAULTS_ATTRS["prompt"], DEFAULTS_ATTRS["tools"], DEFAULTS_ATTRS["system"], DEFAULTS_ATTRS["agent"]
 BUILTIN_FUNCTIONS = ("len", "all", "any", "join", "json")
 ATTR_DEFAULTS = {"replicas": 1, "memory": "none", "max_turns": 8, "retries": 2, "cache": True,
                  "max_context_tokens": 8000}
+MEMORY_MODES = ("none", "session", "persistent")
+
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,9 @@ class Engine:
         self.validators = Validators.from_plan_table(plan["type_table"])
         self.global_slots = asyncio.Semaphore(max(1, options.concurrency))
         self.role_slots = {name: asyncio.Semaphore(max(1, role["replicas"])) for name, role in plan["roles"].items()}
-        self.session_locks = {name: asyncio.Lock() for name in schema.session_roles(plan)}
+        locks: dict[str, asyncio.Lock] = {}  # one per conversation: roles naming one agent share it
+        self.session_locks = {role: locks.setdefault(conv, asyncio.Lock())
+                              for role, conv in schema.conversations(plan).items()}
         self.failure: NodeFailure | None = None
         self.failed_nodes: list[str] = []  # every node that failed, the first one first
         self.questions: list[dict] = []  # the nodes waiting for a person, as their questions

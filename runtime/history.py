@@ -1,6 +1,7 @@
-"""The read side of the run history, for `runs`, `show` and `graph --run`.
+"""The read side of the run history, for `runs`, `show`, `graph --run` and `agents`.
 
-Readers open the database read-only and may run while a run is writing to it."""
+Readers open the database read-only and may run while a run is writing to it (`agents
+reset`, the one write here, needs the database to itself)."""
 from __future__ import annotations
 
 import json
@@ -80,6 +81,66 @@ def run_statuses(db: str, run_id: str, flow: str, entry: str) -> dict[str, str]:
     return {n["node"]: ("cached" if n["cached"] else n["status"]) for n in nodes}
 
 
+def list_agents(db: str) -> list[dict]:
+    with _reader(db) as store:
+        return store.agents()
+
+
+def agent_detail(db: str, name: str, generation: int | None = None) -> dict:
+    """A persistent agent for `agents show`: its generation (the current one unless named),
+    and that generation's turns in order."""
+    with _reader(db) as store:
+        found = store.agent_turns(name, generation)
+        known = [a["agent"] for a in store.agents()] if found is None else []
+    if found is None:
+        if generation is not None and name in known:
+            raise UsageError(f"agent {name} has no generation {generation}; `agentflow agents` shows its current one")
+        raise UsageError(unknown_agent_message(name, known))
+    return {"agent": name, "generation": found[0], "turns": found[1]}
+
+
+def reset_agent(db: str, name: str) -> int:
+    """Starts a persistent agent's conversation afresh; returns its new generation."""
+    with _reader(db) as store:
+        known = [a["agent"] for a in store.agents()]
+    if name not in known:
+        raise UsageError(unknown_agent_message(name, known))
+    with Store.open_writer(db) as store:
+        return store.reset_agent(name)
+
+
+def unknown_agent_message(name: str, known: list[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"there is no persistent agent {name}; {hint}`agentflow agents` lists them"
+
+
+def print_agents(agents: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(rows_json(agents))
+        return
+    from rich.table import Table
+    table = Table("agent", "generation", "turns", "tokens", "runs", "last used", box=None)
+    for a in agents:
+        table.add_row(a["agent"], str(a["generation"]), str(a["turns"]), str(a["tokens"]), str(a["runs"]),
+                      str(a["last_used"] or "")[:19])
+    _console().print(table if agents else "no persistent agents yet")
+
+
+def print_agent(detail: dict, as_json: bool) -> None:
+    """An agent's conversation, turn by turn, each with the run and node that said it."""
+    if as_json:
+        print(escape_surrogates(rows_json(detail)))
+        return
+    turns = detail["turns"]
+    lines = [f"agent {detail['agent']} (generation {detail['generation']}, {_plural(len(turns), 'turn')})"]
+    for t in turns:
+        lines.append(f"--- {t['turn']} {_message_title(t['message'])}  [{t['run_id']} {t['node_id']}]")
+        lines += _message_lines(t["message"])
+    print(escape_surrogates("\n".join(lines)))
+
+
 def rows_json(rows: list[dict] | dict) -> str:
     """What `--json` prints: the rows (or one) as indented JSON, dates and decimals as text."""
     return json.dumps(rows, indent=2, default=str, ensure_ascii=False)
@@ -129,13 +190,18 @@ def node_text(node: dict) -> str:
         lines.append(f"error: {node['error']}")
     for m in node["messages"]:
         lines.append(f"--- {_message_title(m)}")
-        if m.get("content"):
-            lines.append(str(m["content"]))
-        for call in m.get("tool_calls") or []:
-            lines.append(f"call {call['function']['name']}({call['function']['arguments']})  [{call['id']}]")
+        lines += _message_lines(m)
     if "result" in node:
         lines += ["--- result", json.dumps(node["result"], indent=2, ensure_ascii=False)]
     return "\n".join(lines) + "\n"
+
+
+def _message_lines(message: dict) -> list[str]:
+    """A message's text and tool calls, as `show` and `agents show` print them."""
+    lines = [str(message["content"])] if message.get("content") else []
+    for call in message.get("tool_calls") or []:
+        lines.append(f"call {call['function']['name']}({call['function']['arguments']})  [{call['id']}]")
+    return lines
 
 
 def _plural(n: int, noun: str) -> str:

@@ -15,8 +15,10 @@ out different changes its dependents' keys too).
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from agentflow.compiler import schema
 from agentflow.compiler.hashing import canonical_json, digest
@@ -28,9 +30,18 @@ from .store import NO_VALUE, NodeState, Preloaded, Store
 
 # The journal step in which a session call records what it adds to its role's session.
 SESSION_STEP = "session"
+# The journal step written (and committed) before a non-idempotent tool runs: one with no
+# result after it was interrupted, and is not run again (see task.interrupted_calls).
+TOOL_STARTED_STEP = "tool_started"
 # The journal's first step: the messages a call started from (system, session, prompt), for
 # `show RUN NODE`; a resumed call renders them afresh, it does not replay this step.
 PROMPT_STEP = "prompt"
+
+
+def estimated_tokens(messages: list[dict]) -> int:
+    """About how many tokens `messages` take (4 characters a token): what compaction budgets
+    and `agentflow agents` counts."""
+    return sum(len(json.dumps(m, ensure_ascii=False)) for m in messages) // 4
 
 
 def structure_key(run_id: str, node_id: str) -> str:
@@ -91,6 +102,11 @@ class Ledger:
         self._flushing: asyncio.Task | None = None
         self._sessions: dict[str, list[list[dict]]] = {}
         self.session_roles: set[str] = set()
+        self.agents: dict[str, str] = {}  # role -> its persistent agent
+        # A persistent agent's conversation: what earlier runs stored, then this run's calls.
+        self.agent_memory: dict[str, list[list[dict]]] = {}
+        self._agent_stored: set[str] = set()  # the resumed run's calls whose agent turns are stored
+        self._agent_unsaved: dict[str, list[dict]] = {}  # agent -> what its current call added
 
     async def _io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -103,6 +119,11 @@ class Ledger:
         self.session_roles = schema.session_roles(plan)
         if resuming:
             self.resumed = await self._io(self.store.run_node_states, self.run_id)
+        self.agents = schema.persistent_agents(plan)
+        for agent in sorted(set(self.agents.values())):
+            calls, stored = await self._io(self.store.agent_memory, agent, self.run_id if resuming else None)
+            self.agent_memory[agent] = calls
+            self._agent_stored |= stored
         if self.dry_run:
             await self._preload()
             return
@@ -201,15 +222,35 @@ class Ledger:
             for step in await self._io(self.store.result_journal, key, SESSION_STEP):
                 await self.append_session(role, step["messages"])
         if not self.dry_run:
-            self.store.node_reused(self.run_id, node_id, role=role, key=key, value_hash=stored_hash,
-                                   def_hash=def_hash, input_hashes=inputs)
+            with self._with_agent_turns(node_id, role, again=node_id not in self._agent_stored):
+                self.store.node_reused(self.run_id, node_id, role=role, key=key, value_hash=stored_hash,
+                                       def_hash=def_hash, input_hashes=inputs)
         return value
 
     def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None:
         """Buffers a success; the caller awaits `flush()` before anyone may use the value."""
-        self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
-                                 attempts=outcome.attempts, key=key, role=role)
+        with self._with_agent_turns(node_id, role, again=True):
+            self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
+                                     attempts=outcome.attempts, key=key, role=role)
         self.preloaded.stored(key)
+
+    @contextmanager
+    def _with_agent_turns(self, node_id: str, role: str | None, *, again: bool) -> Iterator[None]:
+        """Buffers what a call added to its persistent agent's conversation, and the call's
+        record buffered inside the block, in one `commits_held()`: a kill keeps both or
+        neither, so a resumed run never loses or repeats a turn. Not `again` for a call of the
+        resumed run whose turns are stored already (its reuse rebuilds the conversation in
+        memory only). Other calls' records are buffered as they are."""
+        agent = self.agents.get(role) if role is not None else None
+        messages = self._agent_unsaved.pop(agent, None) if agent is not None else None
+        if agent is None or messages is None or not again:
+            yield
+            return
+        with self.store.commits_held():
+            self._agent_stored.discard(node_id)
+            self.store.append_agent_turns(agent, self.run_id, node_id, messages,
+                                          [estimated_tokens([m]) for m in messages])
+            yield
 
     async def node_failed(self, node_id: str, role: str | None, error: str, attempts: int) -> None:
         self.store.node_finished(self.run_id, node_id, status="failed", error=error, attempts=attempts, role=role)
@@ -262,9 +303,17 @@ class Ledger:
         self.store.append_turn(self.run_id, node_id, key=key, kind=message["role"], payload=message)
         await self.flush()
 
+    async def tool_started(self, node_id: str, key: str, step: dict) -> None:
+        self.store.append_turn(self.run_id, node_id, key=key, kind=step["role"], payload=step)
+        await self.commit()  # even under group durability
+
     async def load_session(self, role: str) -> list[list[dict]]:
         """The role's session as it stands now, one list of messages per call. It starts empty
-        in every process: a resumed run rebuilds it in program order (see `restart_sessions`)."""
+        in every process: a resumed run rebuilds it in program order (see `restart_sessions`).
+        A persistent agent's starts with what earlier runs stored (see `open`)."""
+        agent = self.agents.get(role)
+        if agent is not None:
+            return self.agent_memory[agent]
         return self._sessions.setdefault(role, [])
 
     async def restart_failed(self) -> None:
@@ -291,7 +340,9 @@ class Ledger:
     async def append_session(self, role: str, messages: list[dict]) -> None:
         calls = await self.load_session(role)
         calls.append(messages)
-        if not self.dry_run:
+        if role in self.agents:  # stored with the call's result (see `_with_agent_turns`)
+            self._agent_unsaved[self.agents[role]] = messages
+        elif not self.dry_run:
             self.store.append_session(self.run_id, role, [messages])
             await self.flush()
 

@@ -20,11 +20,12 @@ class LocalExecutor:
         self.ask = ask  # `run --interactive`: asks a person on the terminal (human.TerminalAsker)
 
     async def execute(self, engine: Engine, job: NodeJob) -> NodeOutcome:
-        from .task import TaskCall, run_tool
+        from .task import TaskCall, run_tool, tool_node_started
         if job.kind == "task":
             if engine.is_human(job.kind, job.target):
                 return await self.human(engine, job)
             return await TaskCall(engine, job).run()
+        await tool_node_started(engine, job)
         try:
             return NodeOutcome(await run_tool(engine, job.target, job.args))
         except ToolError as err:

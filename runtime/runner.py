@@ -89,6 +89,9 @@ class _NoHistory:
     def run_node_states(self, run_id: str) -> dict:
         return {}
 
+    def agent_memory(self, agent: str, resumed_run: str | None = None) -> tuple[list, set]:
+        return [], set()
+
     def lookup_results(self, keys) -> dict:
         return {}
 
@@ -124,9 +127,10 @@ def run_fingerprint(req: RunRequest, engine: Engine) -> str:
 
 def may_repeat(req: RunRequest, engine: Engine) -> bool:
     """Whether a run with a finished run's fingerprint would reuse every node of it: not
-    with --force, --no-cache or --dry-run, nor when a task or tool opts out of reuse."""
+    with --force, --no-cache or --dry-run, nor when a task or tool opts out of reuse, nor
+    with a persistent agent (its conversation has grown since)."""
     plan, options = req.plan, req.options
-    return not (options.force or options.dry_run) and all(
+    return not (options.force or options.dry_run or schema.persistent_agents(plan)) and all(
         engine.cacheable(kind, name) for kind, table in (("task", plan["tasks"]), ("tool", plan["tools"]))
         for name in table)
 

@@ -15,16 +15,17 @@ from agentflow.compiler import schema
 from agentflow.compiler.types import type_from_json
 
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
-from .ledger import PROMPT_STEP, SESSION_STEP
+from .ledger import PROMPT_STEP, SESSION_STEP, TOOL_STARTED_STEP, estimated_tokens
 from .models import ModelError, ModelRequest, ModelResponse
 from .programs import programs_answered, run_program
 from .tools import TemplateError, ToolError, check_arguments, render_template
 
 SUMMARY_CHARS = 300
-
-
-def _tokens(messages: list[dict]) -> int:
-    return sum(len(json.dumps(m, ensure_ascii=False)) for m in messages) // 4
+# The result a model gets for a non-idempotent tool call that a crash interrupted (`--resume`
+# does not run it again: it may have acted).
+INTERRUPTED_NOTE = ("error: this call of {name} was interrupted (the process running it stopped) and reported "
+                    "no result. Its effect is unknown: it may or may not have happened. Check before calling "
+                    "it again.")
 
 
 def compact(calls: list[list[dict]], budget: int) -> list[dict]:
@@ -33,7 +34,7 @@ def compact(calls: list[list[dict]], budget: int) -> list[dict]:
     kept: list[list[dict]] = []
     used = 0
     for call in reversed(calls):
-        size = _tokens(call)
+        size = estimated_tokens(call)
         if kept and used + size > budget:
             break
         kept.insert(0, call)
@@ -85,8 +86,9 @@ class TaskCall:
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
     async def initial_messages(self, own: list[dict]) -> list[dict]:
-        """`own` with, for a `memory = session` role, its session between system text and prompt."""
-        if self.definition["memory"] != "session":
+        """`own` with, for a role with memory (session or persistent), its conversation so far
+        between system text and prompt."""
+        if self.definition["memory"] == "none":
             return own
         calls = await self.engine.ledger.load_session(self.role)
         return own[:-1] + compact(calls, self.definition["max_context_tokens"]) + own[-1:]
@@ -98,7 +100,8 @@ class TaskCall:
         steps = await ledger.load_turns(self.job.node_id, self.job.key)
         if not steps:  # without the role's session (stored once, in its sessions)
             await ledger.append_turn(self.job.node_id, self.job.key, {"role": PROMPT_STEP, "messages": own})
-        journal = [m for m in steps if m["role"] not in (SESSION_STEP, PROMPT_STEP)]
+        interrupted = interrupted_calls(steps)
+        journal = [m for m in steps if m["role"] not in (SESSION_STEP, PROMPT_STEP, TOOL_STARTED_STEP)]
         # killed after its session step, before its result
         remembered = any(m["role"] == SESSION_STEP for m in steps)
         messages = start + journal
@@ -112,6 +115,11 @@ class TaskCall:
             pending = unanswered_tool_calls(messages)
             if pending:
                 for call in pending:
+                    if interrupted[call["id"]]:
+                        interrupted[call["id"]] -= 1
+                        await self.persist(messages, _tool_message(call, INTERRUPTED_NOTE.format(
+                            name=call["function"]["name"])))
+                        continue
                     await self.persist(messages, await self.tool_result(call))
                 continue
             last = messages[-1]
@@ -143,7 +151,7 @@ class TaskCall:
         key as well, once (`journaled`: a call killed after that step, before its result was
         stored, resumes with it): a run that reuses this call adds the same messages to its
         own session (see Ledger.reused)."""
-        if self.definition["memory"] == "session":
+        if self.definition["memory"] != "none":
             clean = [{k: v for k, v in m.items() if k != "repair"} for m in conversation]
             if not journaled:
                 await self.engine.ledger.append_turn(self.job.node_id, self.job.key,
@@ -208,6 +216,9 @@ class TaskCall:
             sub_id = f"{self.job.node_id}/{target}#{self.delegations}"
             value = await self.engine.call(sub_id, "task", target, args, target.split(".")[0], nested=True)
             return _tool_message(call, value)
+        if not self.engine.plan["tools"][grant["tool"]].get("idempotent", True):
+            await self.engine.ledger.tool_started(self.job.node_id, self.job.key, {
+                "role": TOOL_STARTED_STEP, "tool_call_id": call["id"], "name": name})
         try:
             value = await run_tool(self.engine, grant["tool"], args)
         except ToolError as err:
@@ -232,6 +243,31 @@ def unanswered_tool_calls(messages: list[dict]) -> list[dict]:
                     pending.append(call)
             return pending
     return []
+
+
+async def tool_node_started(engine: Engine, job: NodeJob) -> None:
+    """Before a direct call of a non-idempotent tool runs, its start is journaled (and
+    committed); one that a crash interrupted fails instead of running again: nobody knows
+    whether it acted. That failure forgets the journal, so the next `--resume` runs it."""
+    if engine.plan["tools"][job.target].get("idempotent", True):
+        return
+    if any(step["role"] == TOOL_STARTED_STEP for step in await engine.ledger.load_turns(job.node_id, job.key)):
+        raise NodeFailure(job.node_id, None, f"tool {job.target} was interrupted while it ran (the process running "
+                                             f"it stopped); its effect is unknown. Check it, then `--resume` again "
+                                             f"to run it again")
+    await engine.ledger.tool_started(job.node_id, job.key, {"role": TOOL_STARTED_STEP, "name": job.target})
+
+
+def interrupted_calls(steps: list[dict]) -> Counter:
+    """Tool call ids of the journal's latest model turn whose start is journaled but not
+    their result: non-idempotent calls that a crash interrupted (only the latest turn can
+    have been running)."""
+    for at in range(len(steps) - 1, -1, -1):
+        if steps[at]["role"] == "assistant":
+            later = steps[at + 1:]
+            return (Counter(m["tool_call_id"] for m in later if m["role"] == TOOL_STARTED_STEP)
+                    - Counter(m.get("tool_call_id") for m in later if m["role"] == "tool"))
+    return Counter()
 
 
 def delegations_answered(journal: list[dict], grants: list[schema.ToolGrant]) -> int:

@@ -183,6 +183,75 @@ class Queries(BatchedWriter):
             [run_id, role]).fetchall())
         return [loaded(r[0]) for r in rows]
 
+    # ------------------------------------------------------------ persistent agents
+
+    def agent_memory(self, agent: str, resumed_run: str | None = None) -> tuple[list[list[Any]], set[str]]:
+        """A persistent agent's conversation in its current generation, one list of messages
+        per call, oldest first; without the turns `resumed_run` stored (a resumed run adds
+        them again in program order), whose calls' node ids come second."""
+        def query(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+            return con.execute(
+                "SELECT run_id, node_id, message FROM _agent_turns WHERE agent = $1 AND generation = "
+                "(SELECT coalesce(max(generation), 0) FROM _agent_resets WHERE agent = $1) ORDER BY turn",
+                [agent]).fetchall()
+        calls: list[list[Any]] = []
+        stored: set[str] = set()
+        last = None
+        for run_id, node_id, message in self._read(query) if self._has_agents() else ():
+            if run_id == resumed_run:
+                stored.add(node_id)
+                continue
+            if (run_id, node_id) != last:
+                calls.append([])
+                last = (run_id, node_id)
+            calls[-1].append(loaded(message))
+        return calls, stored
+
+    def agents(self) -> list[dict]:
+        """Every persistent agent: its current generation's turn count and tokens, and when
+        it was last used (or reset), most recently used first."""
+        if not self._has_agents():
+            return []
+        rows = self._read(lambda con: con.execute(
+            "WITH g AS (SELECT agent, max(generation) AS generation, max(reset_at) AS reset_at FROM _agent_resets "
+            "GROUP BY agent), a AS (SELECT DISTINCT agent FROM _agent_turns UNION SELECT agent FROM g) "
+            "SELECT a.agent, coalesce(g.generation, 0), count(t.turn), coalesce(sum(t.tokens), 0), "
+            "greatest(max(t.created_at), any_value(g.reset_at)), count(DISTINCT t.run_id) "
+            "FROM a LEFT JOIN g USING (agent) LEFT JOIN _agent_turns t ON t.agent = a.agent "
+            "AND t.generation = coalesce(g.generation, 0) GROUP BY ALL ORDER BY 5 DESC NULLS LAST, 1").fetchall())
+        return [{"agent": a, "generation": g, "turns": n, "tokens": tok, "last_used": _aware(at), "runs": r}
+                for a, g, n, tok, at, r in rows]
+
+    def agent_turns(self, agent: str, generation: int | None = None) -> tuple[int, list[dict]] | None:
+        """(generation, its turns in order) of a persistent agent: the current generation
+        unless one is named; None when the agent has no such generation."""
+        if not self._has_agents():
+            return None
+
+        def query(con: duckdb.DuckDBPyConnection) -> tuple[int | None, list[tuple]]:
+            reset, used = con.execute(  # type: ignore[misc]  # duckdb: a SELECT without FROM has a row
+                "SELECT (SELECT max(generation) FROM _agent_resets WHERE agent = $1), "
+                "EXISTS (SELECT 1 FROM _agent_turns WHERE agent = $1)", [agent]).fetchone()
+            current = reset or 0
+            wanted = current if generation is None else generation
+            if (reset is None and not used) or not 0 <= wanted <= current:
+                return None, []
+            return wanted, con.execute(
+                "SELECT turn, message, tokens, run_id, node_id, created_at FROM _agent_turns "
+                "WHERE agent = $1 AND generation = $2 ORDER BY turn", [agent, wanted]).fetchall()
+
+        wanted, rows = self._read(query)
+        if wanted is None:
+            return None
+        return wanted, [{"turn": t, "message": loaded(m), "tokens": n, "run_id": r, "node_id": node,
+                         "created_at": _aware(at)} for t, m, n, r, node, at in rows]
+
+    def _has_agents(self) -> bool:
+        """Whether the database has the agents' tables (a reader may open an older one)."""
+        return bool(self._read(lambda con: con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'db' "
+            "AND table_name = '_agent_turns'").fetchone()[0]))  # type: ignore[index]  # duckdb: count(*) has a row
+
     _RUN_SQL = (
         "SELECT r.run_id, r.flow, r.entry, r.status, r.started_at, r.finished_at, r.plan_hash, r.inputs, "
         "r.pid, count(n.node_id), "
@@ -279,6 +348,8 @@ class Queries(BatchedWriter):
                     "SELECT count(*) FROM (SELECT 1 FROM _turns GROUP BY run_id, node_id, seq HAVING count(*) > 1)",
                 "duplicate session messages":
                     "SELECT count(*) FROM (SELECT 1 FROM _sessions GROUP BY run_id, role, seq HAVING count(*) > 1)",
+                "duplicate agent turns": "SELECT count(*) FROM (SELECT 1 FROM _agent_turns "
+                                         "GROUP BY agent, generation, turn HAVING count(*) > 1)",
             }
             for label, sql in queries.items():
                 n = con.execute(sql).fetchone()[0]  # type: ignore[index]  # duckdb: count(*) has a row

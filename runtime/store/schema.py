@@ -10,7 +10,7 @@ import duckdb
 from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
 from .records import DIED_ERROR
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id", "flow", "entry", "status", "started_at", "finished_at"),
@@ -19,6 +19,8 @@ PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "llm_calls": ("run_id", "node_id", "model", "prompt_tokens", "completion_tokens", "cost_usd",
                   "latency_ms", "cached", "created_at"),
     "programs": ("run_id", "node_id", "attempt", "source", "status", "diagnostics", "created_at"),
+    "agent_turns": ("agent", "generation", "turn", "role", "content", "tokens", "run_id", "node_id",
+                    "created_at"),
 }
 
 # Programs models wrote (`run_program`): `node_id` is the task call, `attempt` numbers its
@@ -28,6 +30,18 @@ _PROGRAMS_TABLE = """CREATE TABLE _programs (
     status VARCHAR NOT NULL, diagnostics VARCHAR, created_at TIMESTAMP,
     PRIMARY KEY (run_id, node_id, attempt))"""
 _PROGRAMS_VIEW = f"CREATE VIEW programs AS SELECT {', '.join(PUBLIC_VIEWS['programs'])} FROM _programs"
+
+# Persistent agents (`memory = "persistent"`): each agent's conversation across runs, one row
+# per message, numbered within its generation; `agentflow agents reset` starts a new
+# generation (a row in _agent_resets) and keeps the old one queryable.
+_AGENT_TABLES = (
+    "CREATE TABLE _agent_turns (agent VARCHAR NOT NULL, generation INTEGER NOT NULL, turn INTEGER NOT NULL, "
+    "message JSON NOT NULL, tokens INTEGER NOT NULL, run_id VARCHAR, node_id VARCHAR, created_at TIMESTAMP)",
+    "CREATE TABLE _agent_resets (agent VARCHAR NOT NULL, generation INTEGER NOT NULL, reset_at TIMESTAMP, "
+    "PRIMARY KEY (agent, generation))",
+    "CREATE VIEW agent_turns AS SELECT agent, generation, turn, message->>'role' AS role, "
+    "message->>'content' AS content, tokens, run_id, node_id, created_at FROM _agent_turns",
+)
 
 _SCHEMA = f"""
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -61,6 +75,7 @@ CREATE VIEW node_runs AS SELECT {", ".join(PUBLIC_VIEWS["node_runs"])} FROM _nod
 CREATE VIEW llm_calls AS SELECT {", ".join(PUBLIC_VIEWS["llm_calls"])} FROM _llm_calls;
 {_PROGRAMS_TABLE};
 {_PROGRAMS_VIEW};
+{";".join(_AGENT_TABLES)};
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -71,6 +86,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE _runs ADD COLUMN fingerprint VARCHAR", "ALTER TABLE _runs ADD COLUMN value JSON"),
     # the programs models wrote (`programs = true`) and their public view
     2: (_PROGRAMS_TABLE, _PROGRAMS_VIEW),
+    3: _AGENT_TABLES,  # persistent agents' conversations
 }
 
 

@@ -126,6 +126,7 @@ class _Batch:
         self.sessions: list[tuple] = []  # run_id, role, message, at
         self.programs: dict[tuple[str, str, int], tuple] = {}  # (run, node, attempt) -> its latest row
         self.session_resets: set[str] = set()  # run ids
+        self.agent_turns: list[tuple] = []  # agent, run_id, node_id, message, tokens, at
         self.meta: dict[str, str] = {}
         self.version = 0
         self.since: float | None = None  # monotonic time of the first and the last fact
@@ -133,7 +134,8 @@ class _Batch:
 
     def empty(self) -> bool:
         return not (self.runs or self.nodes or self.results or self.llm_calls or self.turns
-                    or self.turn_resets or self.sessions or self.session_resets or self.meta or self.programs)
+                    or self.turn_resets or self.sessions or self.session_resets or self.agent_turns or self.meta
+                    or self.programs)
 
     def absorb_newer(self, newer: "_Batch") -> "_Batch":
         """Put a batch whose flush failed back in front of what was buffered since."""
@@ -152,6 +154,7 @@ class _Batch:
             self.sessions = [s for s in self.sessions if s[0] not in newer.session_resets]
         self.sessions += newer.sessions
         self.session_resets |= newer.session_resets
+        self.agent_turns += newer.agent_turns
         self.meta.update(newer.meta)
         self.programs.update(newer.programs)
         self.version = max(self.version, newer.version)
@@ -221,6 +224,39 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, statements: Sequence[tuple[s
         except duckdb.Error:
             pass
         raise
+
+
+def _agent_generations(con: duckdb.DuckDBPyConnection, agents: list[str]) -> dict[str, int]:
+    """The current generation of each agent that was ever reset (the others are at 0)."""
+    return dict(con.execute("SELECT agent, max(generation) FROM _agent_resets WHERE agent = ANY($1::VARCHAR[]) "
+                            "GROUP BY agent", [agents]).fetchall())
+
+
+def _write_agent_turns(con: duckdb.DuckDBPyConnection, turns: list[tuple]) -> None:
+    """Agents' new turns, in their current generations, numbered on from the last turn; a
+    call's earlier turns there are replaced (a call of a resumed run that runs again, forced
+    or because its agent's state changed, stores them anew)."""
+    agents = sorted({t[0] for t in turns})
+    generations = _agent_generations(con, agents)
+    calls = sorted({(t[0], t[1], t[2]) for t in turns})
+    con.execute("DELETE FROM _agent_turns t USING (SELECT unnest($1::VARCHAR[]) AS a, unnest($2::VARCHAR[]) AS r, "
+                "unnest($3::VARCHAR[]) AS n, unnest($4::INTEGER[]) AS g) d "
+                "WHERE t.agent = d.a AND t.run_id = d.r AND t.node_id = d.n AND t.generation = d.g",
+                [[c[0] for c in calls], [c[1] for c in calls], [c[2] for c in calls],
+                 [generations.get(c[0], 0) for c in calls]])
+    following = dict(con.execute(
+        "SELECT t.agent, max(t.turn) + 1 FROM _agent_turns t JOIN (SELECT unnest($1::VARCHAR[]) AS a, "
+        "unnest($2::INTEGER[]) AS g) d ON t.agent = d.a AND t.generation = d.g GROUP BY t.agent",
+        [agents, [generations.get(a, 0) for a in agents]]).fetchall())
+    numbers = []
+    for agent, *_ in turns:
+        numbers.append(following.get(agent, 0))
+        following[agent] = numbers[-1] + 1
+    _insert(con, "INSERT INTO _agent_turns", [
+        ("agent", "V", [t[0] for t in turns]), ("generation", "I", [generations.get(t[0], 0) for t in turns]),
+        ("turn", "I", numbers), ("message", "J", [t[3] for t in turns]), ("tokens", "I", [t[4] for t in turns]),
+        ("run_id", "V", [t[1] for t in turns]), ("node_id", "V", [t[2] for t in turns]),
+        ("created_at", "T", [t[5] for t in turns])])
 
 
 class BatchedWriter(FileAccess):
@@ -423,6 +459,28 @@ class BatchedWriter(FileAccess):
         with self._mu:
             self._buffer().programs[(run_id, node_id, attempt)] = (source, status, diagnostics, _utc(at))
 
+    def append_agent_turns(self, agent: str, run_id: str, node_id: str, messages: Sequence[Any],
+                           tokens: Sequence[int], at: datetime | None = None) -> None:
+        """Add what one call said to a persistent agent's conversation (its current
+        generation), replacing what that call stored there before (a forced re-run)."""
+        now = _utc(at)
+        with self._mu:
+            self._buffer().agent_turns.extend((agent, run_id, node_id, to_json(m), n, now)
+                                              for m, n in zip(messages, tokens))
+
+    def reset_agent(self, agent: str, at: datetime | None = None) -> int:
+        """Start a persistent agent's conversation afresh: a new generation (the old ones
+        stay queryable). Committed at once; returns the new generation."""
+        sql = ("INSERT INTO _agent_resets SELECT $1, coalesce(max(generation), 0) + 1, make_timestamp($2) "
+               "FROM _agent_resets WHERE agent = $1 RETURNING generation")
+        with self._io:
+            self._flush_locked()
+            self._attach()
+            row = self._run(lambda con: con.execute(sql, [agent, _utc(at)]).fetchone())
+            self._last_io = time.monotonic()
+        assert row is not None  # INSERT ... RETURNING returns the row it inserted
+        return row[0]
+
     def set_meta(self, key: str, value: str) -> None:
         """Buffers a bookkeeping entry, committed in one transaction with the facts it
         describes (e.g. how far a Temporal client has recorded a workflow's events)."""
@@ -567,6 +625,8 @@ class BatchedWriter(FileAccess):
                 _insert(con, "INSERT INTO _sessions", [
                     ("run_id", "V", run_ids), ("role", "V", roles), ("seq", "I", seqs),
                     ("message", "J", messages), ("created_at", "T", ats)])
+            if b.agent_turns:
+                _write_agent_turns(con, b.agent_turns)
             if b.llm_calls:
                 cols = list(map(list, zip(*b.llm_calls)))
                 _insert(con, "INSERT INTO _llm_calls", list(zip(

@@ -35,6 +35,7 @@ returns a waiting outcome (exit 4) with their questions: the workflow waits on w
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 from dataclasses import dataclass, replace
@@ -227,6 +228,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
                           settings: TemporalSettings) -> dict:
     pre = _Prefetch(store, run_id, req.plan)
     await pre.open(req.plan, req.plan_hash, req.inputs, resuming)
+    agent_memory = copy.deepcopy(pre.agent_memory)  # as the run starts: the pass below adds to it
     try:
         options = replace(req.options, run_id=run_id, dry_run=True)
         engine = Engine(req.plan, pre, options, LocalExecutor(), SilentReporter())
@@ -249,7 +251,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
     return {
         "plan": req.plan, "inputs": req.inputs, "code_versions": code_versions,
         "known": pre.found, "resumed": resumed, "journals": journals,
-        "session_steps": pre.session_steps,
+        "session_steps": pre.session_steps, "agent_memory": agent_memory,
         "options": {"run_id": run_id, "spec_dir": str(req.options.spec_dir),
                     "workspace": str(req.options.workspace), "concurrency": req.options.concurrency,
                     "model": req.options.model, "force": list(req.options.force), "no_cache": req.options.no_cache,

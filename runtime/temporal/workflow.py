@@ -58,6 +58,9 @@ class WorkflowLedger:
         # it, as the local Ledger does (later calls' keys depend on the session).
         self.session_steps: dict[str, list] = dict(config.get("session_steps") or {})
         self.session_roles = schema.session_roles(config["plan"])
+        self.agents = schema.persistent_agents(config["plan"])  # role -> its persistent agent
+        # A persistent agent's conversation as the client read it from its database, then this run's calls.
+        self.agent_memory: dict[str, list] = copy.deepcopy(config.get("agent_memory") or {})
         self._last_step: dict[str, list] = {}
         self.session_keys: set[str] = set()  # keys of session calls: their lookups want session steps too
 
@@ -91,7 +94,7 @@ class WorkflowLedger:
     async def reused(self, node_id: str, role: str | None, key: str, def_hash: str, inputs: dict) -> Any:
         if role is not None and role in self.session_roles:
             # no event: the client's Ledger.reused replays these steps into its database itself
-            self.sessions.setdefault(role, []).extend(copy.deepcopy(self.session_steps.get(key, [])))
+            self._conversation(role).extend(copy.deepcopy(self.session_steps.get(key, [])))
         self.emit("reused", node=node_id, role=role, key=key, def_hash=def_hash, inputs=inputs)
         return copy.deepcopy(self.results[key])
 
@@ -133,11 +136,19 @@ class WorkflowLedger:
     async def append_turn(self, node_id: str, key: str, message: dict) -> None:
         self.emit("turn", node=node_id, key=key, message=message)
 
+    async def tool_started(self, node_id: str, key: str, step: dict) -> None:
+        await self.append_turn(node_id, key, step)
+
+    def _conversation(self, role: str) -> list[list[dict]]:
+        """A session role's session, or a persistent role's agent's conversation."""
+        agent = self.agents.get(role)
+        return self.agent_memory.setdefault(agent, []) if agent else self.sessions.setdefault(role, [])
+
     async def load_session(self, role: str) -> list[list[dict]]:
-        return self.sessions.setdefault(role, [])
+        return self._conversation(role)
 
     async def append_session(self, role: str, messages: list[dict]) -> None:
-        self.sessions.setdefault(role, []).append(messages)
+        self._conversation(role).append(messages)
         self._last_step[role] = messages  # the call finishing now, under its role's session lock
         self.emit("session", role=role, messages=messages)
 

@@ -464,6 +464,26 @@ def test_resume_rebuilds_a_session_in_program_order_and_reuses_its_finished_call
         assert [call[0]["content"] for call in store.load_session(run_id, "scribe")] == ["NOTE a", "NOTE b", "NOTE c"]
 
 
+def test_a_persistent_agent_remembers_across_temporal_runs_as_locally(cluster, tmp_path):
+    """The example with a persistent agent, run twice on Temporal and twice locally: each run's
+    result, and the agent's conversation in the database, are the local ones (the workflow
+    starts from the conversation its client read, and the client stores what it adds)."""
+    from agentflow.runtime.store import Store
+    spec = str(SPECS / "study_journal.agentflow")
+    for topic in ("fractions", "decimals"):
+        local = ok(af(tmp_path, "run", spec, "--input", f"topic={topic}", "--db", "local.duckdb"))
+        remote = ok(af(tmp_path, "run", spec, "--input", f"topic={topic}", "--db", "t.duckdb", *cluster.run_args()))
+        assert remote.stdout == local.stdout, topic
+
+    def conversation(db: str) -> list:
+        with Store.open_reader(tmp_path / db) as store:
+            found = store.agent_turns("tutor")
+        assert found is not None
+        return [(t["turn"], t["node_id"], t["message"]) for t in found[1]]
+    assert conversation("t.duckdb") == conversation("local.duckdb")
+    assert len(conversation("t.duckdb")) == 12
+
+
 def test_lookups_wait_for_a_client_and_a_resumed_client_answers_them(cluster, tmp_path):
     """The client dies while `same` runs: the workflow then asks for `first`'s stored result
     and waits (for up to --lookup-timeout); `--resume` re-attaches and answers, and both `chat`
