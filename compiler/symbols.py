@@ -19,12 +19,13 @@ if TYPE_CHECKING:
     from .facts import BodyFacts
 
 # Attribute vocabulary: name -> kind of value. Kinds: str, int, number, bool, duration,
-# model (str), memory ("none"|"session"), tool_refs (list of names / role.task),
+# model (str), memory ("none"|"session"), delegate_failure ("fail"|"return"), tool_refs (list of names / role.task),
 # argv (list of str), builtin (one of names.BUILTIN_TOOLS).
 ROLE_ATTRS = {"model": "str", "system": "str", "tools": "tool_refs", "replicas": "int",
               "memory": "memory", "temperature": "number", "max_tokens": "int", "max_turns": "int",
               "retries": "int", "timeout": "duration", "api_base": "str", "api_key_env": "str",
-              "max_context_tokens": "int"}
+              "max_context_tokens": "int", "spawn": "bool", "max_spawn_depth": "int",
+              "on_delegate_failure": "delegate_failure"}
 TASK_ATTRS = {"prompt": "str", "retries": "int", "timeout": "duration", "temperature": "number",
               "max_tokens": "int", "max_turns": "int", "cache": "bool"}
 TOOL_ATTRS = {"python": "str", "command": "argv", "builtin": "builtin", "description": "str",

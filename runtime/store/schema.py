@@ -10,7 +10,7 @@ import duckdb
 from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
 from .records import DIED_ERROR
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id", "flow", "entry", "status", "started_at", "finished_at"),
@@ -18,7 +18,20 @@ PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
                   "finished_at", "error"),
     "llm_calls": ("run_id", "node_id", "model", "prompt_tokens", "completion_tokens", "cost_usd",
                   "latency_ms", "cached", "created_at"),
+    # the recipes of agents created at run time (`spawn = true`): `name` is namespaced by its
+    # creator (`architect/math_solver`), one row per version
+    "agents": ("name", "creator", "version", "instructions", "tools", "model", "depth", "created_run_id",
+               "created_node_id", "created_at"),
 }
+
+# Keyed by recipe, not by run: a recipe outlives the run that created it.
+_AGENT_RECIPES = """CREATE TABLE _agent_recipes (
+    creator VARCHAR NOT NULL, name VARCHAR NOT NULL, version INTEGER NOT NULL, recipe_hash VARCHAR NOT NULL,
+    instructions VARCHAR NOT NULL, tools JSON NOT NULL, model VARCHAR, depth INTEGER NOT NULL,
+    created_run_id VARCHAR, created_node_id VARCHAR, created_at TIMESTAMP,
+    PRIMARY KEY (creator, name, version))"""
+_AGENTS_VIEW = ("CREATE VIEW agents AS SELECT creator || '/' || name AS name, creator, version, instructions, "
+                "tools, model, depth, created_run_id, created_node_id, created_at FROM _agent_recipes")
 
 _SCHEMA = f"""
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -50,6 +63,8 @@ CREATE TABLE _sessions (
 CREATE VIEW runs AS SELECT {", ".join(PUBLIC_VIEWS["runs"])} FROM _runs;
 CREATE VIEW node_runs AS SELECT {", ".join(PUBLIC_VIEWS["node_runs"])} FROM _node_runs;
 CREATE VIEW llm_calls AS SELECT {", ".join(PUBLIC_VIEWS["llm_calls"])} FROM _llm_calls;
+{_AGENT_RECIPES};
+{_AGENTS_VIEW};
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -58,6 +73,8 @@ INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # a run's fingerprint and value: a no-op rerun copies a finished run (runner.py)
     1: ("ALTER TABLE _runs ADD COLUMN fingerprint VARCHAR", "ALTER TABLE _runs ADD COLUMN value JSON"),
+    # agents created at run time: their recipes, and the public view `agents`
+    2: (_AGENT_RECIPES, _AGENTS_VIEW),
 }
 
 
