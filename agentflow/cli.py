@@ -366,6 +366,20 @@ def show_cmd(run_id: str, node_id: str | None, db: str, as_json: bool) -> None:
     print_nodes(run, nodes, as_json)
 
 
+@main.group("agents", invoke_without_command=True)
+@click.option("--db", default=DEFAULT_DB, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: every version of every agent, or the tree.")
+@click.option("--tree", is_flag=True, help="Who created whom: each role, the agents it created, theirs.")
+def agents_cmd(db: str, as_json: bool, tree: bool) -> None:
+    """The agents created at run time (`spawn = true`), their recipes and versions."""
+    from agentflow.runtime.history import agent_tree, created_agents, rows_json, tree_text
+    versions = _history_call(created_agents, db)
+    if as_json:
+        click.echo(rows_json(agent_tree(versions) if tree else versions))
+    else:
+        click.echo(tree_text(agent_tree(versions)), nl=False)
+
+
 @main.command("ui")
 @click.option("--db", default=DEFAULT_DB, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")

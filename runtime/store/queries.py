@@ -300,8 +300,14 @@ class Queries(BatchedWriter):
         """Every version of every created agent, as the `agents` view has them, by name and
         version: who created whom (`agents --tree`)."""
         cols = PUBLIC_VIEWS["agents"]
-        rows = self._read(lambda con: con.execute(
-            f"SELECT {', '.join(cols)} FROM agents ORDER BY name, version").fetchall())
+
+        def query(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+            if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'db' "
+                               "AND table_name = 'agents'").fetchone()[0]:  # type: ignore[index]
+                return []  # a reader of a database older than the view: no agent was created there
+            return con.execute(f"SELECT {', '.join(cols)} FROM agents ORDER BY name, version").fetchall()
+
+        rows = self._read(query)
         return [{**dict(zip(cols, row)), "tools": loaded(row[cols.index("tools")]),
                  "created_at": _aware(row[cols.index("created_at")])} for row in rows]
 
