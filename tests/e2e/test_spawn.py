@@ -296,3 +296,19 @@ def test_static_delegation_still_fails_the_run_by_default(tmp_path):
     failed = ok(af(tmp_path, "run", "flow.agentflow"), 3)
     assert "the worker broke" in failed.stderr
     assert last_run(tmp_path)["status"] == "failed"
+
+
+# ---------------------------------------------------------------- the example
+
+def test_the_specialist_example_runs_out_of_the_box_and_a_second_run_adds_no_version(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "specs" / "specialist.agentflow"
+    first = result_json(ok(af(tmp_path, "run", str(example))))
+    assert first == {"question": "What is (2 + 3) * 4?", "answer": "20", "worked_by": "architect/math_solver"}
+    nodes = show(tmp_path, last_run(tmp_path)["run_id"])
+    assert ran(nodes) == {"main/report", "main/report/agent:math_solver#1"}
+    assert tool_results(last_run(tmp_path)["run_id"], "main/report/agent:math_solver#1", tmp_path) == ["5", "20"]
+    assert json.loads((tmp_path / ".agentflow" / "workspace" / "report.json").read_text())["answer"] == "20"
+    ok(af(tmp_path, "run", str(example), "--input", "question=And again?"))
+    assert len(runs(tmp_path)) == 2 and [(n, v) for n, _, v, *_ in agents(tmp_path)] == [("architect/math_solver", 1)]
+    assert ok(af(tmp_path, "agents", "--tree")).stdout == (
+        "architect\n└── architect/math_solver  (v1; add, multiply; its creator's model)\n")

@@ -38,6 +38,7 @@ EXAMPLES = [
     ("support_triage.agentflow", ["--inputs", str(SPECS / "tickets.json")]),
     ("build_project.agentflow", ["--input", "project_spec=A command-line todo list"]),
     ("incident_postmortem.agentflow", ["--inputs", str(SPECS / "logs.json")]),
+    ("specialist.agentflow", []),  # an agent created at run time: its calls are the workflow's activities
 ]
 
 
