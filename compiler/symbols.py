@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from .facts import BodyFacts
 
 # Attribute vocabulary: name -> kind of value. Kinds: str, int, number, bool, duration,
-# model (str), memory ("none"|"session"), delegate_failure ("fail"|"return"), tool_refs (list of names / role.task),
-# argv (list of str), builtin (one of names.BUILTIN_TOOLS).
+# model (str), memory ("none"|"session"), delegate_failure ("fail"|"return"),
+# tool_refs (list of names / role.task), argv (list of str), builtin (one of names.BUILTIN_TOOLS).
 ROLE_ATTRS = {"model": "str", "system": "str", "tools": "tool_refs", "replicas": "int",
               "memory": "memory", "temperature": "number", "max_tokens": "int", "max_turns": "int",
               "retries": "int", "timeout": "duration", "api_base": "str", "api_key_env": "str",
