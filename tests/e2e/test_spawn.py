@@ -117,7 +117,7 @@ def test_an_agent_with_a_tool_or_model_its_creator_may_not_give_is_refused_and_t
 def test_a_created_agent_runs_as_a_journaled_node_and_a_rerun_reuses_it_without_a_model_call(tmp_path):
     project(tmp_path, [
         {"node": "main/p", "turn": 1, "tool_calls": [create("math_solver", "You add {numbers}.", ["add"])]},
-        {"node": "main/p", "turn": 2, "tool_calls": [call("math_solver", "2 + 3?")]},
+        {"node": "main/p", "turn": 2, "tool_calls": [{"name": "list_agents"}, call("math_solver", "2 + 3?")]},
         {"node": "main/p", "turn": 3, "echo": "last"},
         {"node": "main/p/agent:math_solver#1", "turn": 1, "tool_calls": [
             {"name": "add", "arguments": {"a": 2, "b": 3}}]},
@@ -127,8 +127,10 @@ def test_a_created_agent_runs_as_a_journaled_node_and_a_rerun_reuses_it_without_
     nodes = show(tmp_path, run_id, cli=True)
     assert nodes["main/p/agent:math_solver#1"]["role"] == "architect/math_solver"
     assert ran(nodes) == {"main/p", "main/p/agent:math_solver#1"}
-    assert tool_results(run_id, "main/p", tmp_path) == [
-        json.dumps({"agent": "architect/math_solver", "version": 1}), "it is 5"]
+    created, listed, answer = tool_results(run_id, "main/p", tmp_path)
+    assert json.loads(created) == {"agent": "architect/math_solver", "version": 1} and answer == "it is 5"
+    assert json.loads(listed) == [{"name": "math_solver", "version": 1, "instructions": "You add {numbers}.",
+                                   "tools": ["add"], "model": None}]
     agent = node_detail(str(tmp_path / DB), run_id, "main/p/agent:math_solver#1")
     assert [m["role"] for m in agent["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
     assert agent["messages"][0]["content"] == "You add {numbers}."  # the text as written, no template
