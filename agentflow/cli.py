@@ -449,15 +449,20 @@ def show_cmd(run_id: str, node_id: str | None, db: str, as_json: bool) -> None:
 
 @main.group("agents", invoke_without_command=True)
 @click.option("--db", default=DEFAULT_DB, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--tree", is_flag=True, help="Who created whom: each role, the agents it created (`spawn = true`), theirs.")
 @click.pass_context
-def agents_cmd(ctx: click.Context, db: str, as_json: bool) -> None:
+def agents_cmd(ctx: click.Context, db: str, as_json: bool, tree: bool) -> None:
     """Persistent agents (`memory = "persistent"`): each with its turn count, tokens and last
-    use, most recently used first. `agents show NAME` prints one's conversation."""
+    use, most recently used first. `--tree`: the agents created at run time, by creator.
+    `agents show NAME` prints a persistent agent's conversation."""
     ctx.obj = db  # the subcommands' database unless they name their own
     if ctx.invoked_subcommand is None:
-        from agentflow.runtime.history import list_agents, print_agents
-        print_agents(_history_call(list_agents, db), as_json)
+        from agentflow.runtime.history import agent_tree, created_agents, list_agents, print_agents, print_tree
+        if tree:
+            print_tree(agent_tree(_history_call(created_agents, db)), as_json)
+        else:
+            print_agents(_history_call(list_agents, db), as_json)
 
 
 @agents_cmd.command("show")

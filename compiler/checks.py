@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Callable, Iterator, cast
 
 from . import ast
+from .schema import SPAWN_TOOLS
 from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph
 from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
@@ -383,6 +384,7 @@ def check_recursion(ctx: Context, sink: DiagnosticSink) -> None:
 _KIND_WORDS = {"str": "a string", "int": "an integer", "number": "a number", "bool": "`true` or `false`",
                "duration": "a duration such as `30s` or `2m`", "memory": '`"none"`, `"session"` or `"persistent"`',
                "agent": "an agent name (letters, digits, `_`, `-`, `.`)",
+               "delegate_failure": '`"fail"` or `"return"`',
                "tool_refs": "a list of tools and `role.task` names", "argv": "a list of strings",
                "builtin": "one of " + ", ".join(f'`"{b}"`' for b in BUILTIN_TOOLS)}
 
@@ -391,6 +393,9 @@ _EXAMPLES = {"replicas": "`replicas = 2` lets two calls of this role run at once
              "temperature": "e.g. `temperature = 0.2`", "max_tokens": "e.g. `max_tokens = 1024`",
              "max_turns": "e.g. `max_turns = 8` (model/tool round trips per task call)",
              "retries": "e.g. `retries = 2` (`0` for none)", "max_context_tokens": "e.g. `max_context_tokens = 8000`",
+             "max_spawn_depth": "e.g. `max_spawn_depth = 2` (how deep agents created at run time may nest)",
+             "on_delegate_failure": '`"return"` gives a failed delegation to the model as the tool\'s result; '
+                                    '`"fail"` (the default) fails the run',
              "tools": "e.g. `tools = [write_file, reviewer.review_module]`", "model": 'e.g. `model = "scripted"`'}
 
 
@@ -429,6 +434,7 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
           "memory": lambda: isinstance(v, ast.Literal) and value in MEMORY_MODES,
           "agent": lambda: isinstance(v, ast.Literal) and isinstance(value, str)
           and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value) is not None,
+          "delegate_failure": lambda: isinstance(v, ast.Literal) and value in ("fail", "return"),
           "builtin": lambda: isinstance(v, ast.Literal) and value in BUILTIN_TOOLS,
           "argv": lambda: isinstance(v, ast.ListExpr) and bool(v.items) and all(
               isinstance(i, ast.Literal) and isinstance(i.value, str) for i in v.items),
@@ -460,7 +466,7 @@ def _check_attr(attr: ast.Attr, vocab: dict[str, str], owner: str, sink: Diagnos
     if kind == "tool_refs" and isinstance(v, ast.ListExpr):
         _check_tool_refs(v, sink, ctx)
     minimum = {"replicas": 1, "max_turns": 1, "max_tokens": 1, "max_context_tokens": 1, "retries": 0,
-               "program_max_chars": 1, "program_max_nodes": 1}.get(attr.name)
+               "program_max_chars": 1, "program_max_nodes": 1, "max_spawn_depth": 1}.get(attr.name)
     if minimum is not None and value < minimum:
         sink.report(Code.E302, f"`{attr.name}` must be at least {minimum}, found {value}", v.span,
                     f"must be >= {minimum}", help=_example(attr.name, kind))
@@ -536,6 +542,7 @@ def check_attributes(ctx: Context, sink: DiagnosticSink) -> None:
                                              f"{mode} memory" if own else f"`replicas = {n}` from `defaults`")],
                             help=f"a {mode} role keeps one conversation answered in program order: set "
                                  '`replicas = 1`, or use `memory = "none"`')
+        _check_spawn_names(name, role, sink, ctx)
     for name, tool in s.tools.items():
         for a in tool.attrs:
             _check_attr(a, TOOL_ATTRS, f"tool `{name}`", sink, ctx)
@@ -547,6 +554,20 @@ def check_attributes(ctx: Context, sink: DiagnosticSink) -> None:
             sink.report(Code.E302, f"tool `{name}` has both `{impls[0].name}` and `{extra.name}`", extra.name_span,
                         "second implementation", secondary=[Label(impls[0].name_span, "first implementation")],
                         help="a tool has exactly one of `python`, `command` or `builtin`")
+
+
+def _check_spawn_names(name: str, role: ast.RoleDecl, sink: DiagnosticSink, ctx: Context) -> None:
+    """E302: a role with `spawn = true` is offered `create_agent`, `call_agent` and
+    `list_agents`; a granted tool of one of those names would be ambiguous."""
+    spawn = ctx.role_attr(role, "spawn")
+    if spawn is None or attr_value(spawn.value) is not True:
+        return
+    for item in _tool_entries(role):
+        if isinstance(item, ast.Name) and item.id in SPAWN_TOOLS:
+            sink.report(Code.E302, f"role `{name}` grants a tool named `{item.id}`, which `spawn = true` "
+                        f"already offers", item.span, "clashes with a spawn tool",
+                        secondary=[Label(spawn.value.span, "offers create_agent, call_agent, list_agents")],
+                        help=f"rename the tool `{item.id}`")
 
 
 _SECRETS = (

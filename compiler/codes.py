@@ -286,11 +286,13 @@ choreography main(topic: str) -> str {
     E302 = (ERROR, "bad attribute",
             "An attribute that its block does not take (the help line says where it belongs), a "
             "value of the wrong kind, a value below its minimum (`replicas`, `max_turns`, "
-            "`max_tokens`, `max_context_tokens` at least 1, `retries` and `temperature` at least 0, "
-            "durations above 0), a `python` target not of the form `module.path:function`, an "
-            "empty `command` or one with a non-string element, an unknown builtin or memory mode, "
-            "a `tools` entry that is neither a name nor `role.task`, a task without `prompt`, a "
-            "tool with no implementation or with more than one.",
+            "`max_tokens`, `max_context_tokens`, `max_spawn_depth` at least 1, `retries` and "
+            "`temperature` at least 0, durations above 0), a `python` target not of the form "
+            "`module.path:function`, an empty `command` or one with a non-string element, an unknown "
+            "builtin, memory mode or `on_delegate_failure` (`\"fail\"` or `\"return\"`), a `tools` "
+            "entry that is neither a name nor `role.task`, a task without `prompt`, a tool with no "
+            "implementation or with more than one, a tool named `create_agent`, `call_agent` or "
+            "`list_agents` granted to a role with `spawn = true` (which offers tools of those names).",
             '''defaults {
   model = "scripted"
 }

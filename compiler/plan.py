@@ -84,6 +84,17 @@ def _params(params: tuple[ast.Param, ...], symbols: Symbols) -> list[schema.Para
             for p in params]
 
 
+def _spawn_attrs(role: schema.Role) -> dict[str, Any]:
+    """The definition entries of `spawn` and `on_delegate_failure`, present only when set, so
+    the definitions (and keys) of roles that use neither stay as they were."""
+    out: dict[str, Any] = {}
+    if role.get("spawn"):
+        out["spawn"] = {"max_depth": role.get("max_spawn_depth", schema.DEFAULT_MAX_SPAWN_DEPTH), "depth": 0}
+    if role.get("on_delegate_failure") == "return":
+        out["on_delegate_failure"] = "return"
+    return out
+
+
 def _returns(texpr, symbols: Symbols):
     return symbols.resolve_type(texpr) if texpr is not None else STR
 
@@ -128,6 +139,7 @@ class _Lowering:
                 "output_schema": None if returns == STR else json_schema(returns, self.symbols.type_table),
                 **{k: task_attrs.get(k, role_def.get(k)) for k in _RESULT_ATTRS},
                 "tools": [self.tool_schema(ref, tools) for ref in role_def["tools"]] + program_grant(role_def),
+                **_spawn_attrs(role_def),
             })
             runtime = {k: task_attrs.get(k, role_def.get(k)) for k in ("retries", "timeout", "api_base", "api_key_env")}
             runtime["cache"] = task_attrs.get("cache", self.defaults.get("cache", ATTR_DEFAULTS["cache"]))

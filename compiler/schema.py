@@ -50,6 +50,9 @@ class Role(TypedDict):
     programs: NotRequired[bool]
     program_max_chars: NotRequired[int]
     program_max_nodes: NotRequired[int]
+    spawn: NotRequired[bool]
+    max_spawn_depth: NotRequired[int]
+    on_delegate_failure: NotRequired[Literal["fail", "return"]]
 
 
 RUN_PROGRAM = "run_program"  # the function tool of a role with `programs = true`
@@ -73,6 +76,20 @@ class ToolGrant(TypedDict):
     definition_hash: NotRequired[str]  # with `tool`
     delegate: NotRequired[str]  # "role.task"
     program: NotRequired[ProgramLimits]
+    spawn: NotRequired[str]  # one of SPAWN_TOOLS: offered to a role with `spawn = true` at run time
+
+
+# The function tools a role with `spawn = true` is offered (runtime/spawn.py answers them).
+SPAWN_TOOLS = ("create_agent", "call_agent", "list_agents")
+DEFAULT_MAX_SPAWN_DEPTH = 2
+
+
+class Spawn(TypedDict):
+    """Where a spawning role or created agent stands: created agents nest `depth` deep (0 for a
+    declared role), up to `max_depth`."""
+
+    max_depth: int
+    depth: int
 
 
 class TaskDefinition(TypedDict):
@@ -93,6 +110,8 @@ class TaskDefinition(TypedDict):
     memory: Literal["none", "session", "persistent"]
     max_context_tokens: int
     tools: list[ToolGrant]
+    spawn: NotRequired[Spawn]  # `spawn = true`: it may create agents (runtime/spawn.py)
+    on_delegate_failure: NotRequired[Literal["return"]]  # a failed delegation is the tool's result
 
 
 class Task(TypedDict):

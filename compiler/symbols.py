@@ -19,13 +19,15 @@ if TYPE_CHECKING:
     from .facts import BodyFacts
 
 # Attribute vocabulary: name -> kind of value. Kinds: str, int, number, bool, duration,
-# model (str), memory ("none"|"session"|"persistent"), agent (a persistent agent's name), tool_refs (list of names / role.task),
-# argv (list of str), builtin (one of names.BUILTIN_TOOLS).
+# model (str), memory ("none"|"session"|"persistent"), agent (a persistent agent's name),
+# delegate_failure ("fail"|"return"), tool_refs (list of names / role.task), argv (list of str),
+# builtin (one of names.BUILTIN_TOOLS).
 ROLE_ATTRS = {"model": "str", "system": "str", "tools": "tool_refs", "replicas": "int",
               "memory": "memory", "temperature": "number", "max_tokens": "int", "max_turns": "int",
               "retries": "int", "timeout": "duration", "api_base": "str", "api_key_env": "str",
               "max_context_tokens": "int", "programs": "bool", "program_max_chars": "int",
-              "program_max_nodes": "int", "agent": "agent"}
+              "program_max_nodes": "int", "agent": "agent", "spawn": "bool", "max_spawn_depth": "int",
+              "on_delegate_failure": "delegate_failure"}
 TASK_ATTRS = {"prompt": "str", "retries": "int", "timeout": "duration", "temperature": "number",
               "max_tokens": "int", "max_turns": "int", "cache": "bool"}
 TOOL_ATTRS = {"python": "str", "command": "argv", "builtin": "builtin", "description": "str",

@@ -138,6 +138,8 @@ class Engine:
         self.started: set[str] = set()
         self.decisions: list[Decision] = []
         self.tasks: set[asyncio.Task] = set()
+        # the plan's tasks, and the agents created at run time as they are called (`add_task`)
+        self.task_entries: dict[str, schema.Task] = dict(plan["tasks"])
         self._task_defs = {name: self._effective(entry) for name, entry in plan["tasks"].items()}
         self._code_versions: dict[str, str] = {}
         # Per-target parts of a key and tool objects, computed once (not once per node).
@@ -169,6 +171,12 @@ class Engine:
 
     def task_definition(self, target: str) -> schema.TaskDefinition:
         return self._task_defs[target][0]
+
+    def add_task(self, target: str, entry: schema.Task) -> None:
+        """A task the plan does not declare (an agent created at run time), called as `target`.
+        Its definition is final: `--model` was applied when its model was chosen."""
+        self.task_entries[target] = entry
+        self._task_defs[target] = (entry["definition"], entry["definition_hash"])
 
     def code_version(self, tool_name: str) -> str:
         version = self._code_versions.get(tool_name)
@@ -407,7 +415,7 @@ class Engine:
         """A call target's parameters with their parsed types, parsed once per run (not per call)."""
         params = self._param_types.get((kind, target))
         if params is None:
-            table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
+            table = self.task_entries if kind == "task" else self.plan["tools"]
             params = self._param_types[(kind, target)] = tuple(
                 (p, type_from_json(p["type"])) for p in table[target]["definition"]["params"])
         return params
@@ -421,14 +429,16 @@ class Engine:
         return bool(patterns) and force_matcher(patterns)(node_id)
 
     def cacheable(self, kind: str, target: str) -> bool:
-        table = self.plan["tasks"] if kind == "task" else self.plan["tools"]
+        table = self.task_entries if kind == "task" else self.plan["tools"]
         return table[target]["cache"] and not self.options.no_cache
 
-    async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False) -> Any:
+    async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False,
+                   contained: bool = False) -> Any:
         """Runs or reuses one task or tool call, and stores its result before returning it.
 
         A `nested` call (delegation) runs inside its caller's global slot, so a
-        delegation chain can never starve itself of slots."""
+        delegation chain can never starve itself of slots. A `contained` call's failure is
+        its caller's to handle (it goes back to the caller's model): it fails no run."""
         if self.calls_left is not None:
             if self.calls_left == 0:
                 raise self.fail(NodeFailure(iid, role, "the program started more calls than its role allows "
@@ -439,10 +449,10 @@ class Engine:
         if role and session_lock is not None:
             async with session_lock:
                 transcript = await self.ledger.session_hash(role)
-                return await self._call(iid, kind, target, args, role, transcript, nested)
-        return await self._call(iid, kind, target, args, role, "", nested)
+                return await self._call(iid, kind, target, args, role, transcript, nested, contained)
+        return await self._call(iid, kind, target, args, role, "", nested, contained)
 
-    async def _call(self, iid, kind, target, args, role, extra, nested) -> Any:
+    async def _call(self, iid, kind, target, args, role, extra, nested, contained) -> Any:
         key, def_hash, inputs = self.node_key(kind, target, args, extra)
         decision = await self.decide(iid, kind, target, key, def_hash, inputs)
         if self.options.dry_run:  # what --dry-run prints; a real run keeps no list of them
@@ -456,7 +466,8 @@ class Engine:
                 from .programs import explain_programs
                 await explain_programs(self, NodeJob(iid, kind, target, args, key))
             raise DryRunStop(iid)
-        slots = ([] if nested else [self.global_slots]) + ([self.role_slots[role]] if role else [])
+        role_slot = self.role_slots.get(role) if role else None  # a created agent has none
+        slots = ([] if nested else [self.global_slots]) + ([role_slot] if role_slot is not None else [])
         if self.is_human(kind, target):  # a person's answer takes no slot: waiting is not work
             slots = []
         for slot in slots:
@@ -472,7 +483,7 @@ class Engine:
             except NodeFailure as failure:
                 await self.ledger.node_failed(iid, role, failure.message, failure.attempts)
                 self.reporter.node(iid, "failed", detail=failure.message)
-                raise self.fail(failure)
+                raise failure if contained else self.fail(failure)
             except NodeWaiting as waiting:
                 await self.note_waiting(iid, role, key, waiting.question)
                 raise

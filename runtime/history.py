@@ -223,3 +223,55 @@ def _console():
 
     from rich.console import Console
     return Console() if sys.stdout.isatty() else Console(width=240)
+
+
+# ---------------------------------------------------------------- agents created at run time
+
+def created_agents(db: str) -> list[dict]:
+    """Every version of every agent created at run time, as the `agents` view has them."""
+    with _reader(db) as store:
+        return store.agent_versions()
+
+
+def agent_tree(versions: list[dict]) -> list[dict]:
+    """Who created whom: one entry per creator that is no created agent (a declared role), each
+    with `created`: its agents (latest recipe, every version number), each with theirs."""
+    agents: dict[str, dict] = {}
+    for v in versions:  # by name and version: the last one is the latest
+        entry = agents.setdefault(v["name"], {"name": v["name"], "creator": v["creator"], "versions": [],
+                                              "created": []})
+        entry["versions"].append(v["version"])
+        entry.update({k: v[k] for k in ("instructions", "tools", "model", "depth")})
+    roots: dict[str, dict] = {}
+    for entry in agents.values():
+        parent = agents.get(entry["creator"])
+        if parent is None:
+            parent = roots.setdefault(entry["creator"], {"name": entry["creator"], "created": []})
+        parent["created"].append(entry)
+    return list(roots.values())
+
+
+def tree_text(tree: list[dict]) -> str:
+    """`agents --tree`: each declared role, then the agents it created, indented under their creator."""
+    if not tree:
+        return "no agents created yet (a role with `spawn = true` creates them)\n"
+    lines: list[str] = []
+
+    def agent(entry: dict, indent: str, last: bool) -> None:
+        versions = ", ".join(f"v{n}" for n in entry["versions"])
+        tools = ", ".join(entry["tools"]) or "no tools"
+        model = entry["model"] or "its creator's model"
+        lines.append(f"{indent}{'└── ' if last else '├── '}{entry['name']}  ({versions}; {tools}; {model})")
+        for i, child in enumerate(entry["created"]):
+            agent(child, indent + ("    " if last else "│   "), i == len(entry["created"]) - 1)
+
+    for root in tree:
+        lines.append(root["name"])
+        for i, entry in enumerate(root["created"]):
+            agent(entry, "", i == len(root["created"]) - 1)
+    return "\n".join(lines) + "\n"
+
+
+def print_tree(tree: list[dict], as_json: bool) -> None:
+    """`agents --tree [--json]`."""
+    print(rows_json(tree) if as_json else tree_text(tree), end="\n" if as_json else "")

@@ -25,7 +25,7 @@ from agentflow.compiler.hashing import canonical_json, digest
 
 from . import faults
 from .engine import NodeOutcome
-from .store import NO_VALUE, NodeState, Preloaded, Store
+from .store import NO_VALUE, AgentRecipe, NodeState, Preloaded, Store
 
 
 # The journal step in which a session call records what it adds to its role's session.
@@ -348,6 +348,14 @@ class Ledger:
 
     async def session_hash(self, role: str) -> str:
         return digest("session", canonical_json(await self.load_session(role)))
+
+    # ------------------------------------------------------------ agents created at run time
+
+    async def save_recipe(self, recipe: AgentRecipe, node_id: str) -> int:
+        return await self._io(self.store.save_recipe, recipe, self.run_id, node_id)
+
+    async def latest_recipes(self, creator: str) -> list[AgentRecipe]:
+        return await self._io(self.store.latest_recipes, creator)
 
     # ------------------------------------------------------------ group commit
 

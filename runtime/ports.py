@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from .engine import Engine, NodeJob, NodeOutcome
     from .models import ModelRequest, ModelResponse
+    from .store import AgentRecipe
     from .task import TaskCall
 
 
@@ -21,7 +22,7 @@ class RunLedger(Protocol):
 
     One calling convention per method, by one rule: a method is async when its caller must
     wait, for an answer from the store (`has_result`, `reused`, `explain`, `load_turns`,
-    `load_session`, `session_hash`) or for durability (`flush`, and the records that commit
+    `load_session`, `session_hash`, `latest_recipes`, `save_recipe`) or for durability (`flush`, and the records that commit
     before the run may go on: `node_failed`, `node_waiting`, `append_turn`, `append_session`). Every other
     record is sync and only buffers: it never waits, so the engine records a node's status
     without yielding to the event loop (and without a coroutine per node in a fan-out of
@@ -87,6 +88,16 @@ class RunLedger(Protocol):
     async def append_session(self, role: str, messages: list[dict]) -> None: ...
 
     async def session_hash(self, role: str) -> str: ...
+
+    # agents created at run time (`spawn = true`): their recipes outlive the run
+    async def save_recipe(self, recipe: AgentRecipe, node_id: str) -> int:
+        """Stores a recipe created by the call `node_id`, unless it equals its agent's latest
+        version; the version it is. Durable on return."""
+        ...
+
+    async def latest_recipes(self, creator: str) -> list[AgentRecipe]:
+        """The latest version of each agent `creator` created, in this run or any before."""
+        ...
 
 
 class NodeExecutor(Protocol):

@@ -14,6 +14,7 @@ from typing import Any
 from agentflow.compiler import schema
 from agentflow.compiler.types import type_from_json
 
+from . import spawn
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
 from .ledger import PROMPT_STEP, SESSION_STEP, TOOL_STARTED_STEP, estimated_tokens
 from .models import ModelError, ModelRequest, ModelResponse
@@ -65,13 +66,15 @@ class TaskCall:
         self.engine = engine
         self.job = job
         self.definition = engine.task_definition(job.target)
-        self.entry = engine.plan["tasks"][job.target]
+        self.entry = engine.task_entries[job.target]
         self.role = self.definition["role"]
         self.returns = type_from_json(self.definition["returns"])
         self.attempts = 1
         self.usage: tuple[int, int, float] = (0, 0, 0.0)  # prompt tokens, completion tokens, cost in USD
         self.delegations = 0
         self.programs = 0  # programs run so far (`run_program`): the next is `<node>/program#<n+1>`
+        self.agent_calls = 0  # `call_agent` calls, numbered like delegations
+        self.grants = self.definition["tools"] + spawn.spawn_grants(self.definition)
 
     def fail(self, message: str) -> NodeFailure:
         return NodeFailure(self.job.node_id, self.role, message, self.attempts)
@@ -110,6 +113,7 @@ class TaskCall:
         turns = sum(1 for m in journal if m["role"] == "assistant")
         self.delegations = delegations_answered(journal, self.definition["tools"])
         self.programs = programs_answered(journal)
+        self.agent_calls = spawn.calls_answered(journal)
         repairs = sum(1 for m in journal if m.get("repair"))
         while True:  # every pass adds a message or ends; model turns are bounded: no spinning
             pending = unanswered_tool_calls(messages)
@@ -173,7 +177,7 @@ class TaskCall:
     async def complete(self, messages: list[dict], turn: int) -> ModelResponse:
         d = self.definition
         tools = tuple({"type": "function", "function": {"name": t["name"], "description": t["description"],
-                                                        "parameters": t["parameters"]}} for t in d["tools"])
+                                                        "parameters": t["parameters"]}} for t in self.grants)
         request = ModelRequest(
             model=d["model"], messages=tuple({k: v for k, v in m.items() if k != "repair"} for m in messages),
             tools=tools, output_schema=d["output_schema"], output_name=_output_name(d["returns"]),
@@ -193,13 +197,15 @@ class TaskCall:
 
     async def tool_result(self, call: dict) -> dict:
         name = call["function"]["name"]
-        grant = next((t for t in self.definition["tools"] if t["name"] == name), None)
+        grant = next((t for t in self.grants if t["name"] == name), None)
         if grant is None:
-            return _tool_message(call, f"error: there is no tool named {name!r}")
+            return _tool_message(call, f"error: {spawn.missing_tool(self.definition, name)}")
         if "delegate" in grant:  # numbered whatever its arguments, as `delegations_answered` counts
             self.delegations += 1
         if "program" in grant:  # likewise, as `programs_answered` counts
             self.programs += 1
+        if grant.get("spawn") == "call_agent":  # likewise, as `spawn.calls_answered` counts
+            self.agent_calls += 1
         try:
             args = json.loads(call["function"].get("arguments") or "{}")
             if not isinstance(args, dict):
@@ -211,11 +217,10 @@ class TaskCall:
             if not isinstance(source, str):
                 return _tool_message(call, "error: run_program takes one argument, `source`: the program's text")
             return _tool_message(call, await run_program(self, self.programs, source))
+        if "spawn" in grant:
+            return _tool_message(call, await spawn.answer(self, grant["spawn"], args))
         if "delegate" in grant:
-            target = grant["delegate"]
-            sub_id = f"{self.job.node_id}/{target}#{self.delegations}"
-            value = await self.engine.call(sub_id, "task", target, args, target.split(".")[0], nested=True)
-            return _tool_message(call, value)
+            return _tool_message(call, await self.delegate(grant["delegate"], args))
         if not self.engine.plan["tools"][grant["tool"]].get("idempotent", True):
             await self.engine.ledger.tool_started(self.job.node_id, self.job.key, {
                 "role": TOOL_STARTED_STEP, "tool_call_id": call["id"], "name": name})
@@ -224,6 +229,19 @@ class TaskCall:
         except ToolError as err:
             return _tool_message(call, f"error: {err}")
         return _tool_message(call, value)
+
+    async def delegate(self, target: str, args: dict) -> Any:
+        """A delegated task's value; with `on_delegate_failure = "return"`, its failure too, as
+        text for the model (otherwise the failure fails this call, and the run)."""
+        contained = self.definition.get("on_delegate_failure") == "return"
+        sub_id = f"{self.job.node_id}/{target}#{self.delegations}"
+        try:
+            return await self.engine.call(sub_id, "task", target, args, target.split(".")[0], nested=True,
+                                          contained=contained)
+        except NodeFailure as failure:
+            if not contained:
+                raise
+            return f"error: the delegated task {target} failed: {failure.message}"
 
 
 def unanswered_tool_calls(messages: list[dict]) -> list[dict]:

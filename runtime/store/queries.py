@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import duckdb
 
-from .records import DIED_ERROR, RUN_STATUSES, STATUSES, NodeState, Preloaded, Turn, loaded
+from .records import DIED_ERROR, RUN_STATUSES, STATUSES, AgentRecipe, NodeState, Preloaded, Turn, loaded
 from .schema import PUBLIC_VIEWS, SCHEMA_VERSION
 from .writes import BatchedWriter
 
@@ -357,6 +357,30 @@ class Queries(BatchedWriter):
                     problems.append(f"{n} {label}")
             return problems
         return self._read(check)
+
+    def latest_recipes(self, creator: str | None = None) -> list[AgentRecipe]:
+        """The latest version of every agent `creator` (or anyone) created, by name."""
+        rows = self._read(lambda con: con.execute(
+            "SELECT creator, name, instructions, tools, model, depth, version FROM _agent_recipes "
+            "WHERE $1::VARCHAR IS NULL OR creator = $1 "
+            "QUALIFY version = max(version) OVER (PARTITION BY creator, name) ORDER BY creator, name",
+            [creator]).fetchall())
+        return [AgentRecipe(c, n, i, tuple(loaded(t)), m, d, v) for c, n, i, t, m, d, v in rows]
+
+    def agent_versions(self) -> list[dict]:
+        """Every version of every created agent, as the `agents` view has them, by name and
+        version: who created whom (`agents --tree`)."""
+        cols = PUBLIC_VIEWS["agents"]
+
+        def query(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+            if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'db' "
+                               "AND table_name = 'agents'").fetchone()[0]:  # type: ignore[index]
+                return []  # a reader of a database older than the view: no agent was created there
+            return con.execute(f"SELECT {', '.join(cols)} FROM agents ORDER BY name, version").fetchall()
+
+        rows = self._read(query)
+        return [{**dict(zip(cols, row)), "tools": loaded(row[cols.index("tools")]),
+                 "created_at": _aware(row[cols.index("created_at")])} for row in rows]
 
     def get_meta(self, key: str) -> str | None:
         row = self._read(lambda con: con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone())

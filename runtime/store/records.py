@@ -36,6 +36,29 @@ class NodeState:
 
 
 @dataclass(frozen=True)
+class AgentRecipe:
+    """An agent created at run time, as its creator described it: one version of the agent
+    `creator/name` (`version` 0 until stored). `model` None means the creator's model."""
+
+    creator: str
+    name: str
+    instructions: str
+    tools: tuple[str, ...]
+    model: str | None
+    depth: int
+    version: int = 0
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.creator}/{self.name}"
+
+    def content_hash(self) -> str:
+        """What makes two recipes of one name the same version (not its depth: that follows
+        from the creator)."""
+        return canonical_json([self.instructions, sorted(self.tools), self.model])
+
+
+@dataclass(frozen=True)
 class Turn:
     """One journaled step of a task call (a model response, a tool result...)."""
 

@@ -10,7 +10,7 @@ import duckdb
 from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
 from .records import DIED_ERROR
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id", "flow", "entry", "status", "started_at", "finished_at"),
@@ -21,6 +21,10 @@ PUBLIC_VIEWS: dict[str, tuple[str, ...]] = {
     "programs": ("run_id", "node_id", "attempt", "source", "status", "diagnostics", "created_at"),
     "agent_turns": ("agent", "generation", "turn", "role", "content", "tokens", "run_id", "node_id",
                     "created_at"),
+    # the recipes of agents created at run time (`spawn = true`): `name` is namespaced by its
+    # creator (`architect/math_solver`), one row per version
+    "agents": ("name", "creator", "version", "instructions", "tools", "model", "depth", "created_run_id",
+               "created_node_id", "created_at"),
 }
 
 # Programs models wrote (`run_program`): `node_id` is the task call, `attempt` numbers its
@@ -42,6 +46,15 @@ _AGENT_TABLES = (
     "CREATE VIEW agent_turns AS SELECT agent, generation, turn, message->>'role' AS role, "
     "message->>'content' AS content, tokens, run_id, node_id, created_at FROM _agent_turns",
 )
+
+# Keyed by recipe, not by run: a recipe outlives the run that created it.
+_AGENT_RECIPES = """CREATE TABLE _agent_recipes (
+    creator VARCHAR NOT NULL, name VARCHAR NOT NULL, version INTEGER NOT NULL, recipe_hash VARCHAR NOT NULL,
+    instructions VARCHAR NOT NULL, tools JSON NOT NULL, model VARCHAR, depth INTEGER NOT NULL,
+    created_run_id VARCHAR, created_node_id VARCHAR, created_at TIMESTAMP,
+    PRIMARY KEY (creator, name, version))"""
+_AGENTS_VIEW = ("CREATE VIEW agents AS SELECT creator || '/' || name AS name, creator, version, instructions, "
+                "tools, model, depth, created_run_id, created_node_id, created_at FROM _agent_recipes")
 
 _SCHEMA = f"""
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -76,6 +89,8 @@ CREATE VIEW llm_calls AS SELECT {", ".join(PUBLIC_VIEWS["llm_calls"])} FROM _llm
 {_PROGRAMS_TABLE};
 {_PROGRAMS_VIEW};
 {";".join(_AGENT_TABLES)};
+{_AGENT_RECIPES};
+{_AGENTS_VIEW};
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
@@ -87,6 +102,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # the programs models wrote (`programs = true`) and their public view
     2: (_PROGRAMS_TABLE, _PROGRAMS_VIEW),
     3: _AGENT_TABLES,  # persistent agents' conversations
+    # agents created at run time: their recipes, and the public view `agents`
+    4: (_AGENT_RECIPES, _AGENTS_VIEW),
 }
 
 

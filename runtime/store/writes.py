@@ -38,9 +38,9 @@ from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from .. import faults
 from .access import IDLE_DETACH_S, FileAccess
-from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, canonical_text, ordered_json,
-                      storable, to_json)
-from .schema import PUBLIC_VIEWS
+from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, AgentRecipe, canonical_text,
+                      ordered_json, storable, to_json)
+from .schema import PUBLIC_VIEWS, one_transaction
 
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
 AUTO_FLUSH_MAX_S = 0.75  # and facts this old in any case
@@ -486,6 +486,35 @@ class BatchedWriter(FileAccess):
         describes (e.g. how far a Temporal client has recorded a workflow's events)."""
         with self._mu:
             self._buffer().meta[key] = value
+
+    def save_recipe(self, recipe: AgentRecipe, run_id: str, node_id: str, at: datetime | None = None) -> int:
+        """Stores `recipe` as the next version of its agent, unless it equals the latest version
+        (creating the same agent again is a no-op); the version it is. Committed at once, in a
+        transaction of its own after whatever was buffered: the version must be known, and
+        recipes are few."""
+        recipe_hash = digest("recipe", recipe.content_hash())
+
+        def save(con: duckdb.DuckDBPyConnection) -> int:
+            with one_transaction(con, self._shown()):
+                row = con.execute("SELECT version, recipe_hash FROM _agent_recipes WHERE creator = $1 AND name = $2 "
+                                  "ORDER BY version DESC LIMIT 1", [recipe.creator, recipe.name]).fetchone()
+                if row is not None and row[1] == recipe_hash:
+                    return int(row[0])
+                version = 1 if row is None else int(row[0]) + 1
+                con.execute("INSERT INTO _agent_recipes VALUES ($1, $2, $3, $4, $5, $6::JSON, $7, $8, $9, $10, "
+                            "make_timestamp($11))",
+                            [recipe.creator, recipe.name, version, recipe_hash, recipe.instructions,
+                             canonical_json(list(recipe.tools)), recipe.model, recipe.depth, run_id, node_id,
+                             _utc(at)])
+                return version
+
+        with self._io:
+            self._flush_locked()
+            self._attach()
+            version = self._run(save)
+            self._last_io = time.monotonic()
+        faults.after_commit()
+        return version
 
     def copy_run(self, source: str, run_id: str, at: datetime | None = None) -> None:
         """Record a no-op rerun at once: a new succeeded run with `source`'s plan, inputs,

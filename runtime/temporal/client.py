@@ -252,6 +252,7 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
         "plan": req.plan, "inputs": req.inputs, "code_versions": code_versions,
         "known": pre.found, "resumed": resumed, "journals": journals,
         "session_steps": pre.session_steps, "agent_memory": agent_memory,
+        "recipes": [wire.recipe_to_wire(r) for r in store.latest_recipes()],
         "options": {"run_id": run_id, "spec_dir": str(req.options.spec_dir),
                     "workspace": str(req.options.workspace), "concurrency": req.options.concurrency,
                     "model": req.options.model, "force": list(req.options.force), "no_cache": req.options.no_cache,
@@ -474,3 +475,5 @@ class _Follower:
                 ledger.record_program(e["node"], e["attempt"], e["source"], e["status"], e["diagnostics"])
             elif op == "session":
                 await ledger.append_session(e["role"], e["messages"])
+            elif op == "recipe":
+                await ledger.save_recipe(wire.recipe_from_wire(e["recipe"]), e["node"])

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 from ..models import ModelRequest, ModelResponse, ToolCall
+from ..store import AgentRecipe
 from ..tools import ToolSpec
 
 WORKFLOW = "agentflow.run"
@@ -55,3 +56,11 @@ def spec_to_wire(spec: ToolSpec) -> dict:
 def spec_from_wire(d: dict) -> ToolSpec:
     target: Any = d["target"] if isinstance(d["target"], str) else tuple(d["target"])
     return ToolSpec(**{**d, "params": tuple(d["params"]), "target": target})
+
+
+def recipe_to_wire(recipe: AgentRecipe) -> dict:
+    return {**dataclasses.asdict(recipe), "tools": list(recipe.tools)}
+
+
+def recipe_from_wire(d: dict) -> AgentRecipe:
+    return AgentRecipe(**{**d, "tools": tuple(d["tools"])})

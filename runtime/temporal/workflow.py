@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from agentflow.runtime.human import answer_step, job_question
     from agentflow.runtime.local import LocalExecutor
     from agentflow.runtime.models import ModelError, ModelRequest, ModelResponse, TransientModelError
+    from agentflow.runtime.store import AgentRecipe
     from agentflow.runtime.task import TaskCall
     from agentflow.runtime.tools import ToolError
 
@@ -63,6 +65,8 @@ class WorkflowLedger:
         self.agent_memory: dict[str, list] = copy.deepcopy(config.get("agent_memory") or {})
         self._last_step: dict[str, list] = {}
         self.session_keys: set[str] = set()  # keys of session calls: their lookups want session steps too
+        # agents created at run time, latest version by (creator, name)
+        self.recipes = {(r.creator, r.name): r for r in map(wire.recipe_from_wire, config.get("recipes") or [])}
 
     def emit(self, op: str, **fields: Any) -> None:
         self.events.append({"op": op, **fields})
@@ -158,6 +162,20 @@ class WorkflowLedger:
     async def flush(self) -> None:
         return None
 
+    async def save_recipe(self, recipe: AgentRecipe, node_id: str) -> int:
+        """Versioned here as the store versions it (the client seeded the latest versions); the
+        client stores it from the event."""
+        latest = self.recipes.get((recipe.creator, recipe.name))
+        if latest is not None and latest.content_hash() == recipe.content_hash():
+            return latest.version
+        saved = dataclasses.replace(recipe, version=1 if latest is None else latest.version + 1)
+        self.recipes[(recipe.creator, recipe.name)] = saved
+        self.emit("recipe", node=node_id, recipe=wire.recipe_to_wire(recipe))
+        return saved.version
+
+    async def latest_recipes(self, creator: str) -> list[AgentRecipe]:
+        return sorted((r for (c, _), r in self.recipes.items() if c == creator), key=lambda r: r.name)
+
 
 class Lookups:
     """Stored-result lookups the workflow asks the client, and the client's answers (signal `lookups`).
@@ -234,7 +252,7 @@ class WorkflowEngine(Engine):
         return self._code_versions[tool_name]
 
     async def decide(self, iid, kind, target, key, def_hash, inputs):
-        if kind == "task" and self.plan["tasks"][target]["definition"]["memory"] == "session":
+        if kind == "task" and self.task_definition(target)["memory"] == "session":
             self.ledger.session_keys.add(key)  # a reuse from another run replays its session steps
         return await super().decide(iid, kind, target, key, def_hash, inputs)
 

@@ -681,3 +681,49 @@ def test_a_rich_valid_program_has_no_diagnostics() -> None:
         }
         """
     assert codes(text) == []
+
+
+def test_e302_spawn_attributes_are_checked() -> None:
+    assert codes(body("""\
+        tool create_agent(x: str) -> str { python = "t:f" }
+        role r {
+          spawn = "yes"
+          max_spawn_depth = 0
+          on_delegate_failure = "ignore"
+          task go(x: str) -> str { prompt = "{x}" }
+        }
+        role s {
+          spawn = true
+          tools = [create_agent]
+          task go(x: str) -> str { prompt = "{x}" }
+        }
+        choreography main(spec: str) -> str {
+          a = r.go(spec)
+          b = s.go(a)
+          return b
+        }
+        """)) == [("E302", 11, 11), ("E302", 12, 21), ("E302", 13, 25), ("E302", 18, 12)]
+
+
+def test_spawn_attributes_reach_the_task_definition_only_when_set() -> None:
+    from agentflow.compiler.pipeline import compile_source
+    plan = compile_source(SourceFile("t.agentflow", textwrap.dedent("""\
+        defaults { model = "scripted" }
+        role w { task do(x: str) -> str { prompt = "{x}" } }
+        role a {
+          spawn = true
+          on_delegate_failure = "return"
+          tools = [w.do]
+          task go(x: str) -> str { prompt = "{x}" }
+        }
+        role b { max_spawn_depth = 3  spawn = true  task go(x: str) -> str { prompt = "{x}" } }
+        choreography main(x: str) -> str {
+          r = a.go(x)
+          s = b.go(r)
+          return s
+        }
+        """))).plan.data["tasks"]
+    assert plan["a.go"]["definition"]["spawn"] == {"max_depth": 2, "depth": 0}
+    assert plan["a.go"]["definition"]["on_delegate_failure"] == "return"
+    assert plan["b.go"]["definition"]["spawn"] == {"max_depth": 3, "depth": 0}
+    assert "spawn" not in plan["w.do"]["definition"] and "on_delegate_failure" not in plan["w.do"]["definition"]

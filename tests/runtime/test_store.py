@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -637,3 +638,31 @@ def test_copy_run_records_a_finished_run_again_in_one_go(db: Path) -> None:
         assert s.load_session("r2", "w") == s.load_session("r1", "w") == [{"role": "user", "content": "hi"}]
         assert s.run_node_states("r2")["main/a"].key == "k-r1-main/a"
         assert s.check_consistency() == []
+
+
+def test_an_older_database_gains_the_agents_view_and_stores_recipes_by_version(db: Path) -> None:
+    from agentflow.runtime.store import AgentRecipe
+    db.parent.mkdir(parents=True)
+    con = duckdb.connect(str(db))
+    for stmt in SCHEMA_V1.split(";"):
+        if stmt.strip():
+            con.execute(stmt)
+    con.close()
+    with Store.open_reader(db) as reader:  # a reader reads it as it is: no agent was created there
+        assert reader.agent_versions() == []
+    recipe = AgentRecipe("architect", "solver", "You add.", ("add",), None, 1)
+    with Store.open_writer(db) as s:
+        assert s.save_recipe(recipe, "r1", "main/p") == 1
+        assert s.save_recipe(recipe, "r2", "main/p") == 1  # the same recipe again: no new version
+        assert s.save_recipe(replace(recipe, tools=("add", "mul")), "r2", "main/p") == 2
+        assert s.save_recipe(recipe, "r3", "main/p") == 3  # back to the first: the latest differs
+        assert s.save_recipe(replace(recipe, name="other"), "r3", "main/p") == 1
+        assert s.latest_recipes("architect") == [replace(recipe, name="other", version=1), replace(recipe, version=3)]
+        assert s.latest_recipes("nobody") == []
+        assert s.check_consistency() == []
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT name, creator, version, tools, created_run_id FROM agents ORDER BY name, version"
+                           ).fetchall() == [("architect/other", "architect", 1, '["add"]', "r3"),
+                                            ("architect/solver", "architect", 1, '["add"]', "r1"),
+                                            ("architect/solver", "architect", 2, '["add","mul"]', "r2"),
+                                            ("architect/solver", "architect", 3, '["add"]', "r3")]
