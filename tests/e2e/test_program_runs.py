@@ -231,6 +231,11 @@ def test_a_program_killed_mid_way_resumes_paying_nothing_twice(tmp_path: Path) -
         wait_until(lambda: (tmp_path / "waiting-west").exists() or proc.poll() is not None, timeout=60,
                    what="the program's third call to block")
         assert proc.poll() is None, outputs(proc)
+        done = {"main/analysis/program#1/rs", "main/analysis/program#1/out[0]/g", "main/analysis/program#1/out[1]/g"}
+        # strict commits before a dependent starts; siblings' results may still be on their way
+        wait_until(lambda: done <= {n for n, row in show(tmp_path, last_run(tmp_path)["run_id"]).items()
+                                    if row["status"] == "succeeded"},
+                   what="the first two calls' results to be committed")
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
