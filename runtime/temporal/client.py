@@ -50,6 +50,7 @@ from ..runner import RunOutcome, RunRequest, pick_run
 from ..store import Store
 from . import wire
 from .codec import BlobMissing
+from .scale import scale_settings
 from .worker import TemporalError, connect
 
 POLL_S = 0.5
@@ -85,7 +86,7 @@ async def execute_temporal(req: RunRequest, reporter: Reporter, settings: Tempor
                                settings.blob_dir or default_blob_dir(req.db_path))
         ledger = Ledger(store, run_id)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
-        follower = _Follower(ledger, reporter, run_id)
+        follower = _Follower(ledger, reporter, run_id, client)
         wf_id = wire.workflow_id(req.plan["flow"], run_id)
         status = "failed"
         try:
@@ -96,11 +97,12 @@ async def execute_temporal(req: RunRequest, reporter: Reporter, settings: Tempor
                     await ledger.restart_sessions()  # the new execution rebuilds them, as locally
                 config = await _workflow_input(req, store, run_id, resuming, settings)
                 try:
-                    handle = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
-                                                         task_queue=settings.task_queue)
+                    started = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
+                                                          task_queue=settings.task_queue)
                 except RPCError as err:
                     raise TemporalError(f"Temporal refused to start workflow {wf_id}: {err}") from None
-                follower.begin(handle.result_run_id or "", 0)
+                follower.begin(started.result_run_id or "", 0)
+                handle = _latest(client, wf_id, started.result_run_id)
             status, value, failure = await follower.follow(handle)
         except asyncio.CancelledError:  # Ctrl-C or SIGTERM before following began
             status = "cancelled"
@@ -184,20 +186,27 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
         "options": {"run_id": run_id, "spec_dir": str(req.options.spec_dir),
                     "workspace": str(req.options.workspace), "concurrency": req.options.concurrency,
                     "model": req.options.model, "force": list(req.options.force), "no_cache": req.options.no_cache},
-        "activity": activity_settings(settings.task_queue),
+        "activity": activity_settings(settings.task_queue), "scale": scale_settings(),
     }
 
 
 # ---------------------------------------------------------------- following a workflow
 
+def _latest(client: Client, wf_id: str, first_run_id: str | None) -> WorkflowHandle:
+    """The workflow of a run, whichever run of it is the latest: queries, signals and the
+    result follow it across continue-as-new."""
+    return client.get_workflow_handle(wf_id, first_execution_run_id=first_run_id)
+
+
 class _Follower:
-    def __init__(self, ledger: Ledger, reporter: Reporter, run_id: str) -> None:
+    def __init__(self, ledger: Ledger, reporter: Reporter, run_id: str, client: Client) -> None:
+        self.client = client  # chunk workflows are asked for their lookups too
         self.ledger = ledger
         self.reporter = reporter
         self.cursor_key = temporal_cursor_key(run_id)
         self.execution = ""
         self.cursor = 0
-        self.answered: set[str] = set()  # lookup keys this client has answered
+        self.answered: set[tuple[str, str]] = set()  # (workflow id, lookup key) this client has answered
         # What the run is doing, from its events: calls running, and nodes waiting for a person
         # (node -> question); with only the latter, the client need not follow any longer.
         self.running: set[str] = set()
@@ -227,14 +236,15 @@ class _Follower:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise TemporalError(f"cannot describe workflow {wf_id}: {err}") from None
-        handle = client.get_workflow_handle(wf_id, run_id=desc.run_id)
-        self.execution, self.cursor = desc.run_id, self._saved_cursor(desc.run_id)
+        first = desc.raw_description.workflow_execution_info.first_run_id or desc.run_id
+        handle = _latest(client, wf_id, first)
+        self.execution, self.cursor = first, self._saved_cursor(first)
         await self._recorded_state()
         if desc.status == WorkflowExecutionStatus.RUNNING:
             return handle
         if desc.status == WorkflowExecutionStatus.COMPLETED:
             result = await handle.result()
-            if self.cursor < len(result["events"]):
+            if self.cursor < result.get("base", 0) + len(result["events"]):
                 return handle  # finished while no client followed it: collect, and done
             return None  # collected already: a new execution continues the run
         await self.drain(handle)  # cancelled, terminated...: keep what it did, then start anew
@@ -280,7 +290,7 @@ class _Follower:
             result_task.cancel()
             await self.cancel(handle)
             return "cancelled", None, None
-        await self.apply(result["events"][self.cursor:])
+        await self.apply(result["events"][self.cursor - result.get("base", 0):])
         failure = result.get("failure")
         return result["status"], result.get("value"), None if not failure else NodeFailure(
             failure["node_id"], failure["role"], failure["message"], failure.get("attempts", 1))
@@ -308,12 +318,35 @@ class _Follower:
                 lookups = page.get("lookups") or {}
                 self.settled = not lookups
                 await self.answer(handle, lookups)
+                await self.answer_chunks(page.get("children") or [])
+                if page.get("handover") and self.cursor >= page["total"]:
+                    await self.signal(handle, wire.READ_SIGNAL, self.cursor)  # it continues as new without re-sending
                 return True
+
+    async def answer_chunks(self, children: list[str]) -> None:
+        """Answers the lookups of the chunk workflows running (a large `for`'s items), and theirs."""
+        for child_id in children:
+            child = self.client.get_workflow_handle(child_id)
+            try:
+                page = await asyncio.wait_for(child.query(wire.PROGRESS_QUERY, -1), QUERY_TIMEOUT_S)
+            except (Exception, asyncio.TimeoutError):
+                continue  # it ended meanwhile, or no worker answered now
+            self.settled = self.settled and not page["lookups"]
+            await self.answer(child, page["lookups"])
+            await self.answer_chunks(page.get("children") or [])
+
+    async def signal(self, handle: WorkflowHandle, name: str, arg: object) -> bool:
+        """False when the signal did not land (the workflow ended, the server did not answer)."""
+        try:  # large values go through the blob codec like any payload
+            await asyncio.wait_for(handle.signal(name, arg), QUERY_TIMEOUT_S)
+        except (Exception, asyncio.TimeoutError):
+            return False
+        return True
 
     async def answer(self, handle: WorkflowHandle, lookups: dict[str, bool]) -> None:
         """Answers the workflow's pending lookups from DuckDB: one bulk read, one signal. A key
         is answered once per client (the workflow may still list it until the signal lands)."""
-        keys = [k for k in lookups if k not in self.answered]
+        keys = [k for k in lookups if (handle.id, k) not in self.answered]
         if not keys:
             return
         store = self.ledger.store
@@ -326,11 +359,8 @@ class _Follower:
                 steps[key] = [step["messages"] for step in journal]
         answer = {"found": {k: found[k][0] for k in keys if k in found},
                   "missing": [k for k in keys if k not in found], "session": steps}
-        try:  # large values go through the blob codec like any payload
-            await asyncio.wait_for(handle.signal(wire.LOOKUP_SIGNAL, answer), QUERY_TIMEOUT_S)
-        except (Exception, asyncio.TimeoutError):
-            return  # it ended meanwhile, or the server did not answer: the next poll asks again
-        self.answered.update(keys)
+        if await self.signal(handle, wire.LOOKUP_SIGNAL, answer):  # else the next poll asks again
+            self.answered.update((handle.id, k) for k in keys)
 
     async def drain(self, handle: WorkflowHandle) -> None:
         await self.poll(handle)

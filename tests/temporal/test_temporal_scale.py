@@ -1,0 +1,129 @@
+"""Temporal runs of any size, against a real dev server and real workers, with small bounds set
+through the client's environment: a fan-out above the chunk size runs its items in child
+workflows and gives the local result and records; a chain that continues as new gives the
+local result, records and session; a worker killed with SIGKILL in the middle of a chunk does
+not stop the run; Ctrl-C of a followed run cancels every chunk workflow."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from temporal_support import HERE, base_env
+from test_temporal_engine import (af, af_start, describe, last_run, nodes, ok, recorded_runs, running_on, temporal,
+                                  texts, wait_until)
+
+SCALE = HERE / "specs" / "scale.agentflow"
+
+
+def scale_env(**bounds: str) -> dict[str, str]:
+    return base_env(**{f"AGENTFLOW_TEMPORAL_{name.upper()}": value for name, value in bounds.items()})
+
+
+def fan_args(n: int, seconds: float) -> list[str]:
+    return ["run", str(SCALE), "--entry", "fan", "--input", f"items={list(range(n))}", "--input",
+            f"seconds={seconds}", "--input", "offset=5"]
+
+
+def scale_workflow(db: Path) -> str | None:
+    from agentflow.runtime.temporal.wire import workflow_id
+    runs = recorded_runs(db)
+    return workflow_id("scale", runs.pop()) if runs else None
+
+
+def rows(db: Path) -> dict[str, tuple]:
+    """What `show` tells of each node of the last run, but when it happened."""
+    return {n: (r["status"], r["cached"], r["role"], r["attempts"], r["llm_calls"])
+            for n, r in nodes(db, last_run(db)["run_id"]).items()}
+
+
+def executions(address: str, wf_id: str) -> dict[str, list]:
+    """Workflow id -> statuses of its executions, for the run's workflow and its chunks."""
+    async def fetch(client):
+        found: dict[str, list] = {}
+        async for w in client.list_workflows(f"WorkflowId = '{wf_id}'"):
+            found.setdefault(w.id, []).append(w.status)
+        history = await client.get_workflow_handle(wf_id).fetch_history()
+        for event in history.events:
+            if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+                child = event.start_child_workflow_execution_initiated_event_attributes.workflow_id
+                found[child] = [(await client.get_workflow_handle(child).describe()).status]
+        return found
+    return temporal(address, fetch)
+
+
+def test_a_fan_out_above_the_chunk_size_runs_in_child_workflows_with_the_local_result(cluster, tmp_path):
+    args = fan_args(50, 0)
+    local = ok(af(tmp_path, *args, "--db", "local.duckdb"))
+    env = scale_env(chunk="20")
+    remote = ok(af(tmp_path, *args, "--db", "t.duckdb", *cluster.run_args(), env=env))
+    assert remote.stdout == local.stdout
+    assert rows(tmp_path / "t.duckdb") == rows(tmp_path / "local.duckdb")
+    wf_id = scale_workflow(tmp_path / "t.duckdb")
+    from temporalio.client import WorkflowExecutionStatus
+    runs = executions(cluster.server.address, wf_id)
+    assert sorted(runs) == [wf_id, f"{wf_id}/fan/values[0:20]", f"{wf_id}/fan/values[20:40]",
+                            f"{wf_id}/fan/values[40:50]"]
+    assert all(s == [WorkflowExecutionStatus.COMPLETED] for s in runs.values()), runs
+    rerun = ok(af(tmp_path, *args, "--db", "t.duckdb", *cluster.run_args(), env=env))
+    assert rerun.stdout == local.stdout
+    assert {cached for _, cached, *_ in rows(tmp_path / "t.duckdb").values()} == {True}
+
+
+def test_a_chain_continues_as_new_with_the_local_result_and_session(cluster, tmp_path):
+    args = ["run", str(SCALE), "--entry", "chain", "--input", "n=16"]
+    local = ok(af(tmp_path, *args, "--db", "local.duckdb"))
+    remote = ok(af(tmp_path, *args, "--db", "t.duckdb", *cluster.run_args(), env=scale_env(history="60")))
+    assert remote.stdout == local.stdout  # `said` depends on the whole session, in order
+    assert rows(tmp_path / "t.duckdb") == rows(tmp_path / "local.duckdb")
+    from temporalio.client import WorkflowExecutionStatus
+    statuses = executions(cluster.server.address, scale_workflow(tmp_path / "t.duckdb"))
+    (runs,) = statuses.values()
+    assert runs.count(WorkflowExecutionStatus.CONTINUED_AS_NEW) >= 2 and WorkflowExecutionStatus.COMPLETED in runs
+
+
+def test_a_worker_killed_in_the_middle_of_a_chunk_the_run_still_finishes(private_cluster, tmp_path):
+    k1, _ = private_cluster.workers
+    db = tmp_path / "t.duckdb"
+    client = af_start(tmp_path, *fan_args(24, 1.0), "--db", str(db), *private_cluster.run_args(),
+                      env=scale_env(chunk="8"))
+    try:
+        wf_id = wait_until(lambda: scale_workflow(db), what="the workflow to start")
+        chunk = f"{wf_id}/fan/values[8:16]"
+        wait_until(lambda: k1.identity in running_on(private_cluster.server.address, chunk), timeout=60,
+                   what=f"an activity of the second chunk running on {k1.identity}")
+        os.kill(k1.proc.pid, signal.SIGKILL)
+        client.wait(120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    out, err = texts(client)
+    assert client.returncode == 0, err[-3000:]
+    assert json.loads(out)["values"] == [x * 10 + 5 for x in range(24)]
+    assert {s for s, *_ in rows(db).values()} == {"succeeded"}
+
+
+def test_ctrl_c_of_a_followed_run_cancels_every_chunk_workflow(cluster, tmp_path):
+    db = tmp_path / "t.duckdb"
+    client = af_start(tmp_path, *fan_args(12, 3.0), "--db", str(db), *cluster.run_args(), env=scale_env(chunk="4"))
+    try:
+        wf_id = wait_until(lambda: scale_workflow(db), what="the workflow to start")
+        wait_until(lambda: running_on(cluster.server.address, f"{wf_id}/fan/values[0:4]"), timeout=60,
+                   what="an activity of the first chunk to run")
+        client.send_signal(signal.SIGINT)
+        client.wait(60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    _, err = texts(client)
+    assert client.returncode == 130, err[-3000:]
+    from temporalio.client import WorkflowExecutionStatus
+    assert describe(cluster.server.address, wf_id).status == WorkflowExecutionStatus.CANCELED
+    runs = executions(cluster.server.address, wf_id)
+    chunks = {w: s for w, s in runs.items() if w != wf_id}
+    assert chunks and all(WorkflowExecutionStatus.RUNNING not in s for s in chunks.values()), runs
+    assert not running_on(cluster.server.address, f"{wf_id}/fan/values[0:4]")
+    assert last_run(db)["status"] == "cancelled"
+    statuses = {s for s, *_ in rows(db).values()}
+    assert "running" not in statuses and "cancelled" in statuses, statuses
