@@ -83,10 +83,15 @@ def _args(node: schema.Node) -> list[Expr]:
 
 
 def chunkable(plan: schema.Plan, node: schema.ForNode) -> bool:
-    """Whether a loop's items may run in child workflows: no task its body reaches (directly
-    or by delegation) keeps a session or asks a person, as both live in the run's workflow."""
+    """Whether a loop's items may run in child workflows (not a sequential loop's)."""
     tasks = {n["target"] for n in _nodes(plan, node["body"]) if n["kind"] == "task"}  # type: ignore[typeddict-item]
-    seen: set[str] = set()
+    return not node.get("sequential") and runs_apart(plan, tasks)
+
+
+def runs_apart(plan: schema.Plan, tasks: set[str]) -> bool:
+    """Whether calls of these tasks may run in a child workflow: none of them, nor any task
+    they delegate to, keeps a session or asks a person, as both live in the run's workflow."""
+    tasks, seen = set(tasks), set()
     while tasks:
         target = tasks.pop()
         seen.add(target)
@@ -94,7 +99,7 @@ def chunkable(plan: schema.Plan, node: schema.ForNode) -> bool:
         if definition["memory"] == "session" or is_human(definition["model"]):
             return False
         tasks.update(t["delegate"] for t in definition["tools"] if "delegate" in t and t["delegate"] not in seen)
-    return not node.get("sequential")
+    return True
 
 
 def outer_names(plan: schema.Plan, body: schema.Body) -> set[str]:

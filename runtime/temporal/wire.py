@@ -9,6 +9,7 @@ from ..tools import ToolSpec
 
 WORKFLOW = "agentflow.run"
 CHUNK_WORKFLOW = "agentflow.chunk"  # a slice of a large `for`'s items, a child of the run's workflow
+DELEGATE_WORKFLOW = "agentflow.delegate"  # a delegated task call's loop, a child of its caller's workflow
 MODEL_ACTIVITY = "agentflow.model_call"
 TOOL_ACTIVITY = "agentflow.tool_call"
 PROGRESS_QUERY = "progress"

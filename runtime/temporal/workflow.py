@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from agentflow.runtime.tools import ToolError
 
     from . import wire
-    from .scale import GatedSlots, Handover, chunkable, outer_names
+    from .scale import GatedSlots, Handover, chunkable, outer_names, runs_apart
 
 # The state a record puts its node in; a new run after continue-as-new does not record again
 # what its predecessors recorded (the calls it reuses from their results, say).
@@ -255,6 +256,7 @@ class WorkflowEngine(Engine):
         self.global_slots = GatedSlots(max(1, self.options.concurrency), self.handover)
         self.chunks = chunks
         self.children: set[str] = set()
+        self.delegations: set[str] = set()  # ids of delegated calls whose loops run in child workflows
 
     def code_version(self, tool_name: str) -> str:
         return self._code_versions[tool_name]
@@ -278,33 +280,18 @@ class WorkflowEngine(Engine):
         return values
 
     async def chunk(self, iid: str, node: schema.ForNode, outer: dict, items: list, start: int) -> list:
-        """Items `start`... of a loop, run in a child workflow; its records join this run's."""
+        """Items `start`... of a loop, run in a chunk workflow."""
         child_id = f"{workflow.info().workflow_id}/{iid}[{start}:{start + len(items)}]"
         if child_id in self.chunks:  # done before this run continued as new
             return self.chunks[child_id]
-        inside = (f"{iid}[",)
-        config = {**{k: v for k, v in self.config.items() if k != "carried"},
-                  "known": self.ledger.results,
-                  "resumed": {n: k for n, k in self.ledger.resumed.items() if n.startswith(inside)},
-                  "journals": {n: j for n, j in self.ledger.journals.items() if n.startswith(inside)},
-                  "chunk": {"iid": iid, "node": template_id(iid), "start": start, "items": items, "outer": outer}}
         await self.handover.enter()
-        self.children.add(child_id)
-        try:  # cancelling this run cancels the chunk, and waits for what it recorded
-            result = await workflow.execute_child_workflow(
-                wire.CHUNK_WORKFLOW, config, id=child_id,
-                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED)
+        try:
+            result = await self.child(wire.CHUNK_WORKFLOW, child_id, f"{iid}[", {"chunk": {
+                "iid": iid, "node": template_id(iid), "start": start, "items": items, "outer": outer}})
         finally:
-            self.children.discard(child_id)
             self.handover.leave()
-        for event in result["events"]:
-            self.ledger.records.add(event)
-            if event["op"] == "node_succeeded":  # later calls with the same key reuse it, as inline
-                self.ledger.results[event["key"]] = event["value"]
         if result["ran"]:
             self.ran_inside.update(enclosing(f"{iid}[{start}]"))
-        if result["status"] == "cancelled":
-            raise asyncio.CancelledError()
         if result["status"] == "failed":
             self.failed_nodes += result["failed_nodes"][1:]
             f = result["failure"]
@@ -312,12 +299,57 @@ class WorkflowEngine(Engine):
         self.chunks[child_id] = result["value"]
         return result["value"]
 
+    async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False) -> Any:
+        if nested and runs_apart(self.plan, {target}):
+            self.delegations.add(iid)  # its task loop runs in a child workflow (`delegated`)
+        return await super().call(iid, kind, target, args, role, nested)
+
+    async def delegated(self, job: NodeJob) -> NodeOutcome:
+        """A delegated task call's loop, run in a delegate workflow. It passes no `Handover`:
+        the call that delegated is running, so this workflow cannot hand over meanwhile."""
+        child_id = f"{workflow.info().workflow_id}/{job.node_id}"
+        result = await self.child(wire.DELEGATE_WORKFLOW, child_id, job.node_id, {"job": dataclasses.asdict(job)})
+        self.failed_nodes += result["failed_nodes"]  # its own delegations'
+        if result["status"] == "failed":
+            f = result["failure"]
+            raise NodeFailure(f["node_id"], f["role"], f["message"], f["attempts"])
+        return NodeOutcome(**result["value"])
+
+    async def child(self, workflow_type: str, child_id: str, inside: str, work: dict) -> dict:
+        """Runs `work` in a child workflow, given the stored results and the resumed state of
+        nodes whose ids start with `inside`. Its records join this run's; cancelling this run
+        cancels it and waits for what it recorded."""
+        config = {**{k: v for k, v in self.config.items() if k not in ("carried", "chunk", "job")},
+                  "known": self.ledger.results,
+                  "resumed": {n: k for n, k in self.ledger.resumed.items() if n.startswith(inside)},
+                  "journals": {n: j for n, j in self.ledger.journals.items() if n.startswith(inside)}, **work}
+        self.children.add(child_id)
+        try:
+            result = await workflow.execute_child_workflow(
+                workflow_type, config, id=child_id,
+                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED)
+        finally:
+            self.children.discard(child_id)
+        for event in result["events"]:
+            self.ledger.records.add(event)
+            if event["op"] == "node_succeeded":  # later calls with the same key reuse it, as inline
+                self.ledger.results[event["key"]] = event["value"]
+        if result["status"] == "cancelled":
+            raise asyncio.CancelledError()
+        return result
+
     async def run_chunk(self, chunk: dict) -> list:
         """A chunk workflow's work: the loop body over its items."""
         iid = chunk["iid"]
         node: schema.ForNode = self.nodes[chunk["node"]]  # type: ignore[assignment]
         outer = Scope(iid, chunk["node"], dict(chunk["outer"]))
         return await self.settled(self.for_items(iid, node, outer, chunk["items"], chunk["start"]))
+
+    async def run_job(self, job: dict) -> dict:
+        """A delegate workflow's work: the delegated call's task loop (its parent recorded its
+        start and records its end)."""
+        outcome = await self.settled(self.executor.execute(self, NodeJob(**job)))
+        return dataclasses.asdict(outcome)
 
 
 def _bound(scope: Scope | None, name: str) -> bool:
@@ -343,6 +375,11 @@ class TemporalExecutor(LocalExecutor):
     def __init__(self, settings: dict, answers: dict[str, dict]) -> None:
         self.s = settings
         self.answers = answers  # node id -> a person's answer (signal `answer`), taken once
+
+    async def execute(self, engine: Engine, job: NodeJob) -> NodeOutcome:
+        if isinstance(engine, WorkflowEngine) and job.node_id in engine.delegations:
+            return await engine.delegated(job)
+        return await super().execute(engine, job)
 
     async def human(self, engine: Engine, job: NodeJob) -> NodeOutcome:
         """A person's answer: the workflow waits for it durably (no client need stay connected)
@@ -470,10 +507,14 @@ class _Workflow:
         return engine
 
     async def _outcome(self, engine: WorkflowEngine, config: dict) -> dict:
-        status, value, failure = "succeeded", None, None
+        status, value, failure = "succeeded", None, None  # type: tuple[str, Any, dict | None]
         try:
-            chunk = config.get("chunk")
-            value = await (engine.run_chunk(chunk) if chunk else engine.run(config["inputs"]))
+            if "chunk" in config:
+                value = await engine.run_chunk(config["chunk"])
+            elif "job" in config:
+                value = await engine.run_job(config["job"])
+            else:
+                value = await engine.run(config["inputs"])
         except (NodeFailure, RunAborted) as err:
             status = "failed"
             f = engine.failure or (err if isinstance(err, NodeFailure) else None)
@@ -536,8 +577,18 @@ class RunWorkflow(_Workflow):
 @workflow.defn(name=wire.CHUNK_WORKFLOW, sandboxed=True)
 class ChunkWorkflow(_Workflow):
     """Some items of a large `for`, a child of the run's workflow. Its result carries its records
-    and results to the parent, also when it was cancelled (it then ends completed, its status
-    "cancelled"), so the parent's client reads every record."""
+    to the parent, also when it was cancelled (it then ends completed, its status "cancelled"),
+    so the parent's client reads every record."""
+
+    @workflow.run
+    async def run(self, config: dict) -> dict:
+        return await self.execute(config)
+
+
+@workflow.defn(name=wire.DELEGATE_WORKFLOW, sandboxed=True)
+class DelegateWorkflow(_Workflow):
+    """The task loop of a delegated call (`role.task` called from a task), a child of the
+    workflow whose call delegated: its history is its own. Its result is as a chunk's."""
 
     @workflow.run
     async def run(self, config: dict) -> dict:

@@ -2,7 +2,8 @@
 through the client's environment: a fan-out above the chunk size runs its items in child
 workflows and gives the local result and records; a chain that continues as new gives the
 local result, records and session; a worker killed with SIGKILL in the middle of a chunk does
-not stop the run; Ctrl-C of a followed run cancels every chunk workflow."""
+not stop the run; Ctrl-C of a followed run cancels every chunk workflow; delegated task calls
+run in child workflows with histories of their own."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from test_temporal_engine import (af, af_start, describe, last_run, nodes, ok, r
                                   texts, wait_until)
 
 SCALE = HERE / "specs" / "scale.agentflow"
+DELEGATE = HERE / "specs" / "delegate.agentflow"
 
 
 def scale_env(**bounds: str) -> dict[str, str]:
@@ -39,17 +41,32 @@ def rows(db: Path) -> dict[str, tuple]:
 
 
 def executions(address: str, wf_id: str) -> dict[str, list]:
-    """Workflow id -> statuses of its executions, for the run's workflow and its chunks."""
+    """Workflow id -> statuses of its executions, for the run's workflow and its children."""
     async def fetch(client):
         found: dict[str, list] = {}
         async for w in client.list_workflows(f"WorkflowId = '{wf_id}'"):
             found.setdefault(w.id, []).append(w.status)
-        history = await client.get_workflow_handle(wf_id).fetch_history()
-        for event in history.events:
-            if event.HasField("start_child_workflow_execution_initiated_event_attributes"):
-                child = event.start_child_workflow_execution_initiated_event_attributes.workflow_id
-                found[child] = [(await client.get_workflow_handle(child).describe()).status]
+        for child in await children(client, wf_id):
+            found[child] = [(await client.get_workflow_handle(child).describe()).status]
         return found
+    return temporal(address, fetch)
+
+
+async def children(client, wf_id: str) -> list[str]:
+    """The ids of the child workflows the (latest run of the) workflow started."""
+    history = await client.get_workflow_handle(wf_id).fetch_history()
+    return [e.start_child_workflow_execution_initiated_event_attributes.workflow_id for e in history.events
+            if e.HasField("start_child_workflow_execution_initiated_event_attributes")]
+
+
+def model_calls(address: str, wf_id: str) -> dict[str, int]:
+    """Workflow id -> the model calls in its own history, for the workflow and its children."""
+    async def fetch(client):
+        async def count(w: str) -> int:
+            history = await client.get_workflow_handle(w).fetch_history()
+            return sum(1 for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+                       and e.activity_task_scheduled_event_attributes.activity_type.name == "agentflow.model_call")
+        return {w: await count(w) for w in [wf_id, *await children(client, wf_id)]}
     return temporal(address, fetch)
 
 
@@ -127,3 +144,16 @@ def test_ctrl_c_of_a_followed_run_cancels_every_chunk_workflow(cluster, tmp_path
     assert last_run(db)["status"] == "cancelled"
     statuses = {s for s, *_ in rows(db).values()}
     assert "running" not in statuses and "cancelled" in statuses, statuses
+
+
+def test_delegated_task_calls_run_in_child_workflows_with_their_own_histories(cluster, tmp_path):
+    args = ["run", str(DELEGATE), "--input", "q=team"]
+    local = ok(af(tmp_path, *args, "--db", "local.duckdb"))
+    remote = ok(af(tmp_path, *args, "--db", "t.duckdb", *cluster.run_args()))
+    assert remote.stdout == local.stdout
+    assert rows(tmp_path / "t.duckdb") == rows(tmp_path / "local.duckdb")
+    from agentflow.runtime.temporal.wire import workflow_id
+    wf_id = workflow_id("delegate", last_run(tmp_path / "t.duckdb")["run_id"])
+    # the boss's two turns in the run's history; each helper's two turns in its own
+    assert model_calls(cluster.server.address, wf_id) == {
+        wf_id: 2, f"{wf_id}/main/return@1/helper.assist#1": 2, f"{wf_id}/main/return@1/helper.assist#2": 2}
