@@ -454,8 +454,8 @@ def _failure(err: ActivityError, default_attempts: int) -> tuple[int, str, bool]
 
 
 class _Workflow:
-    """What the run's workflow and its chunk workflows share: the engine, its records, and the
-    hand-over to a new run once the history is long (see runtime/temporal/scale.py)."""
+    """What the run's workflow and its child workflows (chunks, delegations) share: the engine,
+    its records, and the hand-over to a new run once the history is long (runtime/temporal/scale.py)."""
 
     def __init__(self) -> None:
         self.records = Records({})
@@ -487,11 +487,11 @@ class _Workflow:
         work = asyncio.ensure_future(self._outcome(engine, config))
         try:
             await workflow.wait_condition(lambda: work.done() or (engine.handover.ready() and not self.lookups.pending))
+            if not work.done():
+                await self._hand_over(engine, config)
         except asyncio.CancelledError:
             work.cancel()
             return await work
-        if not work.done():
-            await self._hand_over(engine, config)
         return work.result()
 
     def _engine(self, config: dict, carried: dict) -> WorkflowEngine:

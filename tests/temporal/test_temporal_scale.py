@@ -1,7 +1,7 @@
 """Temporal runs of any size, against a real dev server and real workers, with small bounds set
 through the client's environment: a fan-out above the chunk size runs its items in child
 workflows and gives the local result and records; a chain that continues as new gives the
-local result, records and session; a worker killed with SIGKILL in the middle of a chunk does
+local result, records and session, also to a client killed and resumed meanwhile; a worker killed with SIGKILL in the middle of a chunk does
 not stop the run; Ctrl-C of a followed run cancels every chunk workflow; delegated task calls
 run in child workflows with histories of their own."""
 from __future__ import annotations
@@ -98,6 +98,25 @@ def test_a_chain_continues_as_new_with_the_local_result_and_session(cluster, tmp
     statuses = executions(cluster.server.address, scale_workflow(tmp_path / "t.duckdb"))
     (runs,) = statuses.values()
     assert runs.count(WorkflowExecutionStatus.CONTINUED_AS_NEW) >= 2 and WorkflowExecutionStatus.COMPLETED in runs
+
+
+def test_a_client_killed_after_a_continue_as_new_resumes_from_the_latest_run(cluster, tmp_path):
+    args = ["run", str(SCALE), "--entry", "chain", "--input", "n=16"]
+    local = ok(af(tmp_path, *args, "--db", "local.duckdb"))
+    db, env = tmp_path / "t.duckdb", scale_env(history="60")
+    client = af_start(tmp_path, *args, "--db", str(db), *cluster.run_args(), env=env)
+    try:
+        wf_id = wait_until(lambda: scale_workflow(db), what="the workflow to start")
+        from temporalio.client import WorkflowExecutionStatus
+        wait_until(lambda: WorkflowExecutionStatus.CONTINUED_AS_NEW in executions(cluster.server.address, wf_id).get(wf_id, []),
+                   timeout=60, what="the workflow to continue as new")
+    finally:
+        client.kill()
+        client.wait(10)
+    resumed = ok(af(tmp_path, *args, "--db", str(db), "--resume", *cluster.run_args(), env=env))
+    assert resumed.stdout == local.stdout
+    assert rows(db) == rows(tmp_path / "local.duckdb")  # no record lost or written twice
+    assert WorkflowExecutionStatus.COMPLETED in executions(cluster.server.address, wf_id)[wf_id]
 
 
 def test_a_worker_killed_in_the_middle_of_a_chunk_the_run_still_finishes(private_cluster, tmp_path):
