@@ -200,7 +200,7 @@ def _latest(client: Client, wf_id: str, first_run_id: str | None) -> WorkflowHan
 
 class _Follower:
     def __init__(self, ledger: Ledger, reporter: Reporter, run_id: str, client: Client) -> None:
-        self.client = client  # chunk workflows are asked for their lookups too
+        self.client = client  # child workflows are asked for their lookups too
         self.ledger = ledger
         self.reporter = reporter
         self.cursor_key = temporal_cursor_key(run_id)
@@ -318,13 +318,14 @@ class _Follower:
                 lookups = page.get("lookups") or {}
                 self.settled = not lookups
                 await self.answer(handle, lookups)
-                await self.answer_chunks(page.get("children") or [])
-                if page.get("handover") and self.cursor >= page["total"]:
-                    await self.signal(handle, wire.READ_SIGNAL, self.cursor)  # it continues as new without re-sending
+                await self.answer_children(page.get("children") or [])
+                if page.get("handover") and self.cursor >= page["total"]:  # its next run need not carry them
+                    await self.signal(handle, wire.READ_SIGNAL, self.cursor)
                 return True
 
-    async def answer_chunks(self, children: list[str]) -> None:
-        """Answers the lookups of the chunk workflows running (a large `for`'s items), and theirs."""
+    async def answer_children(self, children: list[str]) -> None:
+        """Answers the lookups of the child workflows running (chunks of a large `for`,
+        delegated calls), and of theirs."""
         for child_id in children:
             child = self.client.get_workflow_handle(child_id)
             try:
@@ -333,7 +334,7 @@ class _Follower:
                 continue  # it ended meanwhile, or no worker answered now
             self.settled = self.settled and not page["lookups"]
             await self.answer(child, page["lookups"])
-            await self.answer_chunks(page.get("children") or [])
+            await self.answer_children(page.get("children") or [])
 
     async def signal(self, handle: WorkflowHandle, name: str, arg: object) -> bool:
         """False when the signal did not land (the workflow ended, the server did not answer)."""
