@@ -225,10 +225,17 @@ class Engine:
     # ------------------------------------------------------------ running a plan
 
     async def run(self, inputs: dict) -> Any:
-        root = Scope(self.plan["entry"], self.plan["entry"], dict(inputs))
+        return await self.settled(self._entry(inputs))
+
+    async def _entry(self, inputs: dict) -> Any:
+        value = await self.block(self.plan["body"], Scope(self.plan["entry"], self.plan["entry"], dict(inputs)))
+        return value if self.plan["returns"] is None else self.as_type(self.plan["returns"], value)
+
+    async def settled(self, work) -> Any:
+        """`await work` (a whole plan, or part of one): once it ends, however it ends, no node
+        of it is left running, and a node aborted by a failure raises that failure."""
         try:
-            value = await self.block(self.plan["body"], root)
-            return value if self.plan["returns"] is None else self.as_type(self.plan["returns"], value)
+            return await work
         except RunAborted as aborted:  # what the result waited on never started: the first failure is why
             raise self.failure or aborted
         except asyncio.CancelledError:
@@ -362,13 +369,17 @@ class Engine:
         if not isinstance(items, list):
             raise self.fail(NodeFailure(iid, None, f"`for` needs a list, got {type(items).__name__}"))
         self.reporter.node(iid, "running", detail=f"{len(items)} items")
+        return await self.for_items(iid, node, scope, items)
+
+    async def for_items(self, iid: str, node: schema.ForNode, scope: Scope, items: list, start: int = 0) -> list:
+        """The values of a `for`'s body over `items`, the first of them item number `start`."""
         template = template_id(iid) + "[*]"
         var, body = node["var"], node["body"]
         unknown: list[DryRunStop] = []
 
         async def item(i: int) -> Any:
             try:
-                return await self.block(body, Scope(f"{iid}[{i}]", template, {var: items[i]}, scope))
+                return await self.block(body, Scope(f"{iid}[{start + i}]", template, {var: items[i]}, scope))
             except DryRunStop as stop:  # --dry-run decides every item, not only those before it
                 unknown.append(stop)
 

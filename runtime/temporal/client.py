@@ -58,6 +58,7 @@ from ..runner import RunOutcome, RunRequest, pick_run
 from ..store import Store
 from . import wire
 from .codec import BlobMissing
+from .scale import scale_settings
 from .worker import TemporalError, connect
 
 POLL_S = 0.5
@@ -97,7 +98,7 @@ async def execute_temporal(req: RunRequest, reporter: Reporter, settings: Tempor
                                settings.blob_dir or default_blob_dir(req.db_path))
         ledger = Ledger(store, run_id)
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming)
-        follower = _Follower(ledger, reporter, run_id)
+        follower = _Follower(ledger, reporter, run_id, client)
         wf_id = wire.workflow_id(req.plan["flow"], run_id)
         status = "failed"
         try:
@@ -110,11 +111,12 @@ async def execute_temporal(req: RunRequest, reporter: Reporter, settings: Tempor
                 follower.begin("", 0)  # durable before the workflow exists: `collect` knows a Temporal run by it
                 await ledger.commit()
                 try:
-                    handle = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
-                                                         task_queue=settings.task_queue)
+                    started = await client.start_workflow(wire.WORKFLOW, config, id=wf_id,
+                                                          task_queue=settings.task_queue)
                 except RPCError as err:
                     raise TemporalError(f"Temporal refused to start workflow {wf_id}: {err}") from None
-                follower.begin(handle.result_run_id or "", 0)
+                follower.begin(started.result_run_id or "", 0)
+                handle = _latest(client, wf_id, started.result_run_id)
             if settings.detach and not follower.finished:
                 status, value, failure = DETACHED, None, None
             else:
@@ -164,7 +166,7 @@ async def collect_temporal(db_path: Path, run_id: str, plan: schema.Plan, report
         assert run is not None, "temporal_run_plan checked it"
         client = await connect(settings.address, settings.namespace, settings.blob_dir or default_blob_dir(db_path))
         ledger = Ledger(store, run_id)
-        follower = _Follower(ledger, reporter, run_id)
+        follower = _Follower(ledger, reporter, run_id, client)
         wf_id = wire.workflow_id(plan["flow"], run_id)
         handle = await follower.attach(client, wf_id)
         if handle is None:
@@ -257,20 +259,27 @@ async def _workflow_input(req: RunRequest, store: Store, run_id: str, resuming: 
                     "workspace": str(req.options.workspace), "concurrency": req.options.concurrency,
                     "model": req.options.model, "force": list(req.options.force), "no_cache": req.options.no_cache,
                     "lookup_timeout_s": settings.lookup_timeout_s},
-        "activity": activity_settings(settings.task_queue),
+        "activity": activity_settings(settings.task_queue), "scale": scale_settings(),
     }
 
 
 # ---------------------------------------------------------------- following a workflow
 
+def _latest(client: Client, wf_id: str, first_run_id: str | None) -> WorkflowHandle:
+    """The workflow of a run, whichever run of it is the latest: queries, signals and the
+    result follow it across continue-as-new."""
+    return client.get_workflow_handle(wf_id, first_execution_run_id=first_run_id)
+
+
 class _Follower:
-    def __init__(self, ledger: Ledger, reporter: Reporter, run_id: str) -> None:
+    def __init__(self, ledger: Ledger, reporter: Reporter, run_id: str, client: Client) -> None:
+        self.client = client  # child workflows are asked for their lookups too
         self.ledger = ledger
         self.reporter = reporter
         self.cursor_key = temporal_cursor_key(run_id)
         self.execution = ""
         self.cursor = 0
-        self.answered: set[str] = set()  # lookup keys this client has answered
+        self.answered: set[tuple[str, str]] = set()  # (workflow id, lookup key) this client has answered
         # What the run is doing, from its events: calls running, and nodes waiting for a person
         # (node -> question); with only the latter, the client need not follow any longer.
         self.running: set[str] = set()
@@ -303,10 +312,13 @@ class _Follower:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise TemporalError(f"cannot describe workflow {wf_id}: {err}") from None
-        self.execution, self.cursor = desc.run_id, self._saved_cursor(desc.run_id)
+        # Records are numbered across continue-as-new, and the saved cursor is keyed on the
+        # first run of the chain; the handle follows whichever run is the latest.
+        first = desc.raw_description.workflow_execution_info.first_run_id or desc.run_id
+        self.execution, self.cursor = first, self._saved_cursor(first)
         self.status = desc.status
         await self._recorded_state()
-        return client.get_workflow_handle(wf_id, run_id=desc.run_id)
+        return _latest(client, wf_id, first)
 
     async def reattach(self, client: Client, wf_id: str) -> WorkflowHandle | None:
         """The workflow to follow on `--resume`, or None when a new execution must start, once
@@ -317,10 +329,10 @@ class _Follower:
             return handle
         if self.status == WorkflowExecutionStatus.COMPLETED:
             result = await handle.result()
-            if self.cursor < len(result["events"]) and result["status"] != "failed":
+            if self.cursor < result.get("base", 0) + len(result["events"]) and result["status"] != "failed":
                 self.finished = True
                 return handle  # finished while no client followed it: collect, and done
-            await self.apply(result["events"][self.cursor:])
+            await self.apply(self.unread(result))
             return None  # a new execution continues the run
         await self.drain(handle)  # cancelled, terminated...: keep what it did, then start anew
         return None
@@ -369,10 +381,15 @@ class _Follower:
                 return DETACHED, None, None
             await self.cancel(handle)
             return "cancelled", None, None
-        await self.apply(result["events"][self.cursor:])
+        await self.apply(self.unread(result))
         failure = result.get("failure")
         return result["status"], result.get("value"), None if not failure else NodeFailure(
             failure["node_id"], failure["role"], failure["message"], failure.get("attempts", 1))
+
+    def unread(self, result: dict) -> list[dict]:
+        """The records of a workflow result this database lacks: the result holds the records
+        from number `base` on (its run's, and what its predecessors' left unread)."""
+        return result["events"][max(0, self.cursor - result.get("base", 0)):]
 
     async def cancel(self, handle: WorkflowHandle) -> None:
         try:
@@ -397,12 +414,36 @@ class _Follower:
                 lookups = page.get("lookups") or {}
                 self.settled = not lookups
                 await self.answer(handle, lookups)
+                await self.answer_children(page.get("children") or [])
+                if page.get("handover") and self.cursor >= page["total"]:  # its next run need not carry them
+                    await self.signal(handle, wire.READ_SIGNAL, self.cursor)
                 return True
+
+    async def answer_children(self, children: list[str]) -> None:
+        """Answers the lookups of the child workflows running (chunks of a large `for`,
+        delegated calls), and of theirs."""
+        for child_id in children:
+            child = self.client.get_workflow_handle(child_id)
+            try:
+                page = await asyncio.wait_for(child.query(wire.PROGRESS_QUERY, -1), QUERY_TIMEOUT_S)
+            except (Exception, asyncio.TimeoutError):
+                continue  # it ended meanwhile, or no worker answered now
+            self.settled = self.settled and not page["lookups"]
+            await self.answer(child, page["lookups"])
+            await self.answer_children(page.get("children") or [])
+
+    async def signal(self, handle: WorkflowHandle, name: str, arg: object) -> bool:
+        """False when the signal did not land (the workflow ended, the server did not answer)."""
+        try:  # large values go through the blob codec like any payload
+            await asyncio.wait_for(handle.signal(name, arg), QUERY_TIMEOUT_S)
+        except (Exception, asyncio.TimeoutError):
+            return False
+        return True
 
     async def answer(self, handle: WorkflowHandle, lookups: dict[str, bool]) -> None:
         """Answers the workflow's pending lookups from DuckDB: one bulk read, one signal. A key
         is answered once per client (the workflow may still list it until the signal lands)."""
-        keys = [k for k in lookups if k not in self.answered]
+        keys = [k for k in lookups if (handle.id, k) not in self.answered]
         if not keys:
             return
         store = self.ledger.store
@@ -415,11 +456,8 @@ class _Follower:
                 steps[key] = [step["messages"] for step in journal]
         answer = {"found": {k: found[k][0] for k in keys if k in found},
                   "missing": [k for k in keys if k not in found], "session": steps}
-        try:  # large values go through the blob codec like any payload
-            await asyncio.wait_for(handle.signal(wire.LOOKUP_SIGNAL, answer), QUERY_TIMEOUT_S)
-        except (Exception, asyncio.TimeoutError):
-            return  # it ended meanwhile, or the server did not answer: the next poll asks again
-        self.answered.update(keys)
+        if await self.signal(handle, wire.LOOKUP_SIGNAL, answer):  # else the next poll asks again
+            self.answered.update((handle.id, k) for k in keys)
 
     async def drain(self, handle: WorkflowHandle) -> None:
         await self.poll(handle)

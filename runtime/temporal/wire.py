@@ -9,12 +9,15 @@ from ..store import AgentRecipe
 from ..tools import ToolSpec
 
 WORKFLOW = "agentflow.run"
+CHUNK_WORKFLOW = "agentflow.chunk"  # a slice of a large `for`'s items, a child of the run's workflow
+DELEGATE_WORKFLOW = "agentflow.delegate"  # a delegated task call's loop, a child of its caller's workflow
 MODEL_ACTIVITY = "agentflow.model_call"
 TOOL_ACTIVITY = "agentflow.tool_call"
 PROGRAM_ACTIVITY = "agentflow.compile_program"  # a model's program, compiled off the workflow (no parser there)
 PROGRESS_QUERY = "progress"
 LOOKUP_SIGNAL = "lookups"  # the client's answer to the stored-result lookups the workflow asked for
 ANSWER_SIGNAL = "answer"  # a person's answer to a node that waits (`agentflow answer`)
+READ_SIGNAL = "read"  # how far the client has recorded the run's records (before a continue-as-new)
 DEFAULT_TASK_QUEUE = "agentflow"
 PAGE = 500  # events per progress query
 LOOKUP_TIMEOUT_S = 3.0  # a lookup no client answered within this is a miss: its node runs

@@ -22,7 +22,7 @@ from agentflow.compiler.errors import UsageError
 
 from .activities import Activities
 from .codec import data_converter
-from .workflow import RunWorkflow
+from .workflow import ChunkWorkflow, DelegateWorkflow, RunWorkflow
 
 
 class TemporalError(UsageError):
@@ -47,7 +47,7 @@ async def run_worker(address: str, namespace: str, task_queue: str, concurrency:
     client = await connect(address, namespace, blob_dir)
     worker = Worker(
         client, task_queue=task_queue, identity=identity,
-        workflows=[RunWorkflow], activities=[*_activities(identity)],
+        workflows=[RunWorkflow, ChunkWorkflow, DelegateWorkflow], activities=[*_activities(identity)],
         max_concurrent_activities=concurrency,
         workflow_runner=SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default),
         graceful_shutdown_timeout=timedelta(seconds=5),

@@ -15,16 +15,19 @@ unchanged on Temporal's deterministic event loop. What differs from a local run:
 - tool code versions are computed by the client (they read files) and passed in.
 
 `for`/`repeat` expansion, conditionals, delegation and sub-choreographies stay inline in this
-workflow: they share the run's concurrency limits, session locks and keys.
+workflow: they share the run's concurrency limits, session locks and keys. Two exceptions keep
+any run's history small (runtime/temporal/scale.py): a large `for` runs its items in chunk
+workflows (`ChunkWorkflow`), and a long history continues as new.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -35,7 +38,9 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from agentflow.compiler import schema
     from agentflow.compiler.hashing import canonical_json, digest
-    from agentflow.runtime.engine import Engine, NodeFailure, NodeJob, NodeOutcome, RunAborted, RunOptions
+    from agentflow.compiler.names import template_id
+    from agentflow.runtime.engine import (Engine, NodeFailure, NodeJob, NodeOutcome, RunAborted, RunOptions, Scope,
+                                          enclosing)
     from agentflow.runtime.human import answer_step, job_question
     from agentflow.runtime.local import LocalExecutor
     from agentflow.runtime.models import ModelError, ModelRequest, ModelResponse, TransientModelError
@@ -44,13 +49,61 @@ with workflow.unsafe.imports_passed_through():
     from agentflow.runtime.tools import ToolError
 
     from . import wire
+    from .scale import GatedSlots, Handover, chunkable, outer_names, runs_apart
+
+# The state a record puts its node in; a new run after continue-as-new does not record again
+# what its predecessors recorded (the calls it reuses from their results, say).
+_STATES = {"node_started": "running", "structure_started": "running", "reused": "succeeded",
+           "node_succeeded": "succeeded", "node_failed": "failed", "node_cancelled": "cancelled",
+           "node_waiting": "waiting", "node_skipped": "skipped"}
+
+
+def _state(event: dict) -> str | None:
+    return event["status"] if event["op"] in ("structure_done", "report") else _STATES.get(event["op"])
+
+
+class Records:
+    """A run's records for the client, numbered across continue-as-new: this run's `events`
+    are numbers `base`, `base + 1`...; those before `base` the client has read already."""
+
+    def __init__(self, carried: dict) -> None:
+        self.base: int = carried.get("base", 0)
+        self.events: list[dict] = list(carried.get("events", []))
+        self.earlier: dict[str, str] = dict(carried.get("states", {}))  # node -> state a predecessor recorded
+        self.states = dict(self.earlier)
+
+    @property
+    def total(self) -> int:
+        return self.base + len(self.events)
+
+    def add(self, event: dict) -> None:
+        state = _state(event)
+        if state is not None:
+            earlier = self.earlier.get(event["node"])
+            if earlier == state or earlier == "waiting" and state == "running":
+                return  # recorded by a predecessor (a call it reused, a person it asked): a replay
+            if event["op"] != "report":
+                self.states[event["node"]] = state
+        self.events.append(event)
+
+    def page(self, since: int) -> list[dict]:
+        """Records from number `since` on (none for a negative `since`: lookups only)."""
+        if since < 0:
+            return []
+        start = max(0, since - self.base)
+        return self.events[start:start + wire.PAGE]
+
+    def unread(self, read: int) -> dict:
+        """What a successor carries: the records from `read` on, and every node's state."""
+        start = max(0, read - self.base)
+        return {"base": self.base + start, "events": self.events[start:], "states": self.states}
 
 
 class WorkflowLedger:
     """The ledger the engine sees inside the workflow: no DuckDB, events instead of writes."""
 
-    def __init__(self, events: list, config: dict, lookups: "Lookups") -> None:
-        self.events = events
+    def __init__(self, records: Records, config: dict, lookups: "Lookups") -> None:
+        self.records = records
         self.lookups = lookups
         self.results: dict[str, Any] = dict(config.get("known") or {})
         self.resumed: dict[str, str] = dict(config.get("resumed") or {})
@@ -69,7 +122,7 @@ class WorkflowLedger:
         self.recipes = {(r.creator, r.name): r for r in map(wire.recipe_from_wire, config.get("recipes") or [])}
 
     def emit(self, op: str, **fields: Any) -> None:
-        self.events.append({"op": op, **fields})
+        self.records.add({"op": op, **fields})
 
     def resumed_key(self, node_id: str) -> str | None:
         return self.resumed.get(node_id)
@@ -188,12 +241,17 @@ class Lookups:
     a dependency: a key still unanswered `timeout_s` after it was asked (no client follows the
     run) is a miss, and its node runs. One workflow timer at a time serves every pending key."""
 
-    def __init__(self, timeout_s: float = wire.LOOKUP_TIMEOUT_S) -> None:
+    def __init__(self, timeout_s: float = wire.LOOKUP_TIMEOUT_S, missing: Iterable[str] = ()) -> None:
         self.timeout_s = timeout_s
         self.pending: dict[str, bool] = {}  # key -> whether its session steps are wanted
         self.asked: dict[str, float] = {}  # pending key -> workflow time it was asked at
-        self.answers: dict[str, dict | None] = {}
+        self.answers: dict[str, dict | None] = dict.fromkeys(missing)  # a predecessor's misses
         self._expiry: asyncio.Task | None = None
+
+    def missing(self) -> list[str]:
+        """The keys known to be misses (answered so, or unanswered in time): a successor
+        after continue-as-new does not ask them again."""
+        return [key for key, answer in self.answers.items() if answer is None]
 
     async def ask(self, key: str, session: bool) -> dict | None:
         if key not in self.answers:
@@ -234,19 +292,29 @@ class Lookups:
 
 
 class EventReporter:
-    def __init__(self, events: list) -> None:
-        self.events = events
+    def __init__(self, records: Records) -> None:
+        self.records = records
 
     def node(self, node_id: str, status: str, *, cached: bool = False, detail: str = "") -> None:
-        self.events.append({"op": "report", "node": node_id, "status": status, "cached": cached, "detail": detail})
+        self.records.add({"op": "report", "node": node_id, "status": status, "cached": cached, "detail": detail})
 
 
 class WorkflowEngine(Engine):
+    """The engine in a workflow: its calls pass the `Handover`, and a large `for` runs in chunk
+    workflows (`chunks`: the values of chunks done, by workflow id, carried on continue-as-new;
+    `children`: the ids of chunk workflows running, which the client asks for lookups too)."""
+
     ledger: WorkflowLedger
 
-    def __init__(self, *args, code_versions: dict[str, str], **kwargs) -> None:
+    def __init__(self, *args, config: dict, chunks: dict[str, list], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._code_versions = dict(code_versions)  # computed by the client: they read files
+        self.config = config
+        self._code_versions = dict(config["code_versions"])  # computed by the client: they read files
+        self.handover = Handover(config["scale"]["history"], lambda: self.failure is not None)
+        self.global_slots = GatedSlots(max(1, self.options.concurrency), self.handover)
+        self.chunks = chunks
+        self.children: set[str] = set()
+        self.delegations: set[str] = set()  # ids of delegated calls whose loops run in child workflows
 
     def code_version(self, tool_name: str) -> str:
         return self._code_versions[tool_name]
@@ -255,6 +323,99 @@ class WorkflowEngine(Engine):
         if kind == "task" and self.task_definition(target)["memory"] == "session":
             self.ledger.session_keys.add(key)  # a reuse from another run replays its session steps
         return await super().decide(iid, kind, target, key, def_hash, inputs)
+
+    async def for_items(self, iid: str, node: schema.ForNode, scope: Scope, items: list, start: int = 0) -> list:
+        size = self.config["scale"]["chunk"]
+        if len(items) <= size or not chunkable(self.plan, node):
+            return await super().for_items(iid, node, scope, items, start)
+        outer = {name: await self.lookup(name, scope) for name in sorted(outer_names(self.plan, node["body"]))
+                 if _bound(scope, name)}
+        values: list = []
+        for first in range(0, len(items), size):  # one chunk at a time: the run's limits hold per chunk
+            if self.failure is not None:
+                raise RunAborted(iid)
+            values += await self.chunk(iid, node, outer, items[first:first + size], start + first)
+        return values
+
+    async def chunk(self, iid: str, node: schema.ForNode, outer: dict, items: list, start: int) -> list:
+        """Items `start`... of a loop, run in a chunk workflow."""
+        child_id = f"{workflow.info().workflow_id}/{iid}[{start}:{start + len(items)}]"
+        if child_id in self.chunks:  # done before this run continued as new
+            return self.chunks[child_id]
+        await self.handover.enter()
+        try:
+            result = await self.child(wire.CHUNK_WORKFLOW, child_id, f"{iid}[", {"chunk": {
+                "iid": iid, "node": template_id(iid), "start": start, "items": items, "outer": outer}})
+        finally:
+            self.handover.leave()
+        if result["ran"]:
+            self.ran_inside.update(enclosing(f"{iid}[{start}]"))
+        if result["status"] == "failed":
+            self.failed_nodes += result["failed_nodes"][1:]
+            f = result["failure"]
+            raise self.fail(NodeFailure(f["node_id"], f["role"], f["message"], f["attempts"]))
+        self.chunks[child_id] = result["value"]
+        return result["value"]
+
+    async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False) -> Any:
+        if nested and runs_apart(self.plan, {target}):
+            self.delegations.add(iid)  # its task loop runs in a child workflow (`delegated`)
+        return await super().call(iid, kind, target, args, role, nested)
+
+    async def delegated(self, job: NodeJob) -> NodeOutcome:
+        """A delegated task call's loop, run in a delegate workflow. It passes no `Handover`:
+        the call that delegated is running, so this workflow cannot hand over meanwhile."""
+        child_id = f"{workflow.info().workflow_id}/{job.node_id}"
+        result = await self.child(wire.DELEGATE_WORKFLOW, child_id, job.node_id, {"job": dataclasses.asdict(job)})
+        self.failed_nodes += result["failed_nodes"]  # its own delegations'
+        if result["status"] == "failed":
+            f = result["failure"]
+            raise NodeFailure(f["node_id"], f["role"], f["message"], f["attempts"])
+        return NodeOutcome(**result["value"])
+
+    async def child(self, workflow_type: str, child_id: str, inside: str, work: dict) -> dict:
+        """Runs `work` in a child workflow, given the stored results and the resumed state of
+        nodes whose ids start with `inside`. Its records join this run's; cancelling this run
+        cancels it and waits for what it recorded."""
+        config = {**{k: v for k, v in self.config.items() if k not in ("carried", "chunk", "job")},
+                  "known": self.ledger.results,
+                  "resumed": {n: k for n, k in self.ledger.resumed.items() if n.startswith(inside)},
+                  "journals": {n: j for n, j in self.ledger.journals.items() if n.startswith(inside)}, **work}
+        self.children.add(child_id)
+        try:
+            result = await workflow.execute_child_workflow(
+                workflow_type, config, id=child_id,
+                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED)
+        finally:
+            self.children.discard(child_id)
+        for event in result["events"]:
+            self.ledger.records.add(event)
+            if event["op"] == "node_succeeded":  # later calls with the same key reuse it, as inline
+                self.ledger.results[event["key"]] = event["value"]
+        if result["status"] == "cancelled":
+            raise asyncio.CancelledError()
+        return result
+
+    async def run_chunk(self, chunk: dict) -> list:
+        """A chunk workflow's work: the loop body over its items."""
+        iid = chunk["iid"]
+        node: schema.ForNode = self.nodes[chunk["node"]]  # type: ignore[assignment]
+        outer = Scope(iid, chunk["node"], dict(chunk["outer"]))
+        return await self.settled(self.for_items(iid, node, outer, chunk["items"], chunk["start"]))
+
+    async def run_job(self, job: dict) -> dict:
+        """A delegate workflow's work: the delegated call's task loop (its parent recorded its
+        start and records its end)."""
+        outcome = await self.settled(self.executor.execute(self, NodeJob(**job)))
+        return dataclasses.asdict(outcome)
+
+
+def _bound(scope: Scope | None, name: str) -> bool:
+    while scope is not None:
+        if name in scope.consts or name in scope.futures:
+            return True
+        scope = scope.parent
+    return False
 
 
 def _seconds(value: Any, default: float) -> float:
@@ -272,6 +433,11 @@ class TemporalExecutor(LocalExecutor):
     def __init__(self, settings: dict, answers: dict[str, dict]) -> None:
         self.s = settings
         self.answers = answers  # node id -> a person's answer (signal `answer`), taken once
+
+    async def execute(self, engine: Engine, job: NodeJob) -> NodeOutcome:
+        if isinstance(engine, WorkflowEngine) and job.node_id in engine.delegations:
+            return await engine.delegated(job)
+        return await super().execute(engine, job)
 
     async def human(self, engine: Engine, job: NodeJob) -> NodeOutcome:
         """A person's answer: the workflow waits for it durably (no client need stay connected)
@@ -351,21 +517,103 @@ def _failure(err: ActivityError, default_attempts: int) -> tuple[int, str, bool]
     return default_attempts, str(cause or err), False
 
 
-@workflow.defn(name=wire.WORKFLOW, sandboxed=True)
-class RunWorkflow:
+class _Workflow:
+    """What the run's workflow and its child workflows (chunks, delegations) share: the engine,
+    its records, and the hand-over to a new run once the history is long (runtime/temporal/scale.py)."""
+
     def __init__(self) -> None:
-        self.events: list[dict] = []
+        self.records = Records({})
         self.lookups = Lookups()
         self.answers: dict[str, dict] = {}
+        self.read = 0  # how far the client has recorded the records (signal `read`)
+        self.handing_over = False
+        self.engine: WorkflowEngine | None = None
 
     @workflow.query(name=wire.PROGRESS_QUERY)
     def progress(self, since: int) -> dict:
-        return {"events": self.events[since:since + wire.PAGE], "total": len(self.events),
-                "lookups": dict(self.lookups.pending)}
+        return {"events": self.records.page(since), "total": self.records.total,
+                "lookups": dict(self.lookups.pending), "handover": self.handing_over,
+                "children": sorted(self.engine.children) if self.engine else []}
 
     @workflow.signal(name=wire.LOOKUP_SIGNAL)
     def answer_lookups(self, answer: dict) -> None:
         self.lookups.answer(answer)
+
+    async def execute(self, config: dict) -> dict:
+        """The engine's outcome, or a hand-over to a new run of this workflow (continue-as-new)
+        once the history is long. Cancelling the workflow cancels the engine, which stops its
+        calls and chunks and records them cancelled: the outcome says "cancelled"."""
+        carried = config.get("carried") or {}
+        self.records = Records(carried)
+        # The lookup timeout holds in every workflow of the run (chunks, delegations, a run after
+        # continue-as-new): their config carries the run's options.
+        self.lookups = Lookups(float(config["options"].get("lookup_timeout_s", wire.LOOKUP_TIMEOUT_S)),
+                               carried.get("missing", []))
+        self.answers.update(carried.get("answers", {}))
+        engine = self.engine = self._engine(config, carried)
+        work = asyncio.ensure_future(self._outcome(engine, config))
+        try:
+            await workflow.wait_condition(lambda: work.done() or (engine.handover.ready() and not self.lookups.pending))
+            if not work.done():
+                await self._hand_over(engine, config)
+        except asyncio.CancelledError:
+            work.cancel()
+            return await work
+        return work.result()
+
+    def _engine(self, config: dict, carried: dict) -> WorkflowEngine:
+        o = config["options"]
+        options = RunOptions(run_id=o["run_id"], spec_dir=Path(o["spec_dir"]), workspace=Path(o["workspace"]),
+                             concurrency=o["concurrency"], model=o["model"], force=tuple(o["force"]),
+                             no_cache=o["no_cache"])
+        ledger = WorkflowLedger(self.records, config, self.lookups)
+        ledger.session_steps.update(carried.get("session_steps", {}))
+        engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"], self.answers),
+                                EventReporter(self.records), config=config, chunks=dict(carried.get("chunks", {})))
+        engine.ran_inside.update(carried.get("ran_inside", []))
+        return engine
+
+    async def _outcome(self, engine: WorkflowEngine, config: dict) -> dict:
+        status, value, failure = "succeeded", None, None  # type: tuple[str, Any, dict | None]
+        try:
+            if "chunk" in config:
+                value = await engine.run_chunk(config["chunk"])
+            elif "job" in config:
+                value = await engine.run_job(config["job"])
+            else:
+                value = await engine.run(config["inputs"])
+        except (NodeFailure, RunAborted) as err:
+            status = "failed"
+            f = engine.failure or (err if isinstance(err, NodeFailure) else None)
+            failure = None if f is None else {"node_id": f.node_id, "role": f.role, "message": f.message,
+                                              "attempts": f.attempts}
+        except asyncio.CancelledError:
+            status = "cancelled"  # its records stay readable by query
+        except Exception as err:  # a bug, not a node: fail the run, never loop on the workflow task
+            status = "failed"
+            failure = {"node_id": "", "role": None, "message": f"internal error: {type(err).__name__}: {err}",
+                       "attempts": 1}
+        return {"status": status, "value": value, "failure": failure, "failed_nodes": engine.failed_nodes,
+                "ran": bool(engine.ran_inside), "events": self.records.events, "base": self.records.base}
+
+    async def _wait_for_reader(self, config: dict) -> int:
+        """How far the records have been read when this run hands over (what it need not carry)."""
+        return self.records.base
+
+    async def _hand_over(self, engine: WorkflowEngine, config: dict) -> None:
+        """Continues as new, carrying what the new run needs to go on where this one stops."""
+        self.handing_over = True
+        read = await self._wait_for_reader(config)
+        ledger = engine.ledger
+        carried = {**self.records.unread(read), "session_steps": ledger.session_steps,
+                   "missing": self.lookups.missing(), "answers": self.answers,
+                   "ran_inside": sorted(engine.ran_inside), "chunks": engine.chunks}
+        workflow.continue_as_new({**config, "known": ledger.results, "carried": carried})
+
+
+@workflow.defn(name=wire.WORKFLOW, sandboxed=True)
+class RunWorkflow(_Workflow):
+    """A run: the client follows it by its workflow id, across continue-as-new."""
 
     @workflow.signal(name=wire.ANSWER_SIGNAL)
     def answer(self, given: dict) -> None:
@@ -373,28 +621,42 @@ class RunWorkflow:
         replaces one not taken yet)."""
         self.answers[given["node"]] = given
 
+    @workflow.signal(name=wire.READ_SIGNAL)
+    def records_read(self, cursor: int) -> None:
+        self.read = max(self.read, cursor)
+
+    async def _wait_for_reader(self, config: dict) -> int:
+        """A client following the run says how far it has read (signal `read`) once it has read
+        everything; without one, within `handover_wait_s`, the new run carries all unread."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await workflow.wait_condition(lambda: self.read >= self.records.total,
+                                          timeout=config["scale"]["handover_wait_s"])
+        return max(self.read, self.records.base)
+
     @workflow.run
     async def run(self, config: dict) -> dict:
-        o = config["options"]
-        options = RunOptions(run_id=o["run_id"], spec_dir=Path(o["spec_dir"]), workspace=Path(o["workspace"]),
-                             concurrency=o["concurrency"], model=o["model"], force=tuple(o["force"]),
-                             no_cache=o["no_cache"])
-        self.lookups.timeout_s = float(o.get("lookup_timeout_s", wire.LOOKUP_TIMEOUT_S))
-        ledger = WorkflowLedger(self.events, config, self.lookups)
-        engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"], self.answers),
-                                EventReporter(self.events), code_versions=config["code_versions"])
-        status, value, failure = "succeeded", None, None
-        try:
-            value = await engine.run(config["inputs"])
-        except (NodeFailure, RunAborted) as err:
-            status = "failed"
-            f = engine.failure or (err if isinstance(err, NodeFailure) else None)
-            failure = None if f is None else {"node_id": f.node_id, "role": f.role, "message": f.message,
-                                              "attempts": f.attempts}
-        except asyncio.CancelledError:
-            raise  # the workflow ends cancelled; its events stay readable by query
-        except Exception as err:  # a bug, not a node: fail the run, never loop on the workflow task
-            status = "failed"
-            failure = {"node_id": "", "role": None, "message": f"internal error: {type(err).__name__}: {err}",
-                       "attempts": 1}
-        return {"status": status, "value": value, "failure": failure, "events": self.events}
+        outcome = await self.execute(config)
+        if outcome["status"] == "cancelled":
+            raise asyncio.CancelledError()  # the workflow ends cancelled; its records stay readable by query
+        return {k: outcome[k] for k in ("status", "value", "failure", "events", "base")}
+
+
+@workflow.defn(name=wire.CHUNK_WORKFLOW, sandboxed=True)
+class ChunkWorkflow(_Workflow):
+    """Some items of a large `for`, a child of the run's workflow. Its result carries its records
+    to the parent, also when it was cancelled (it then ends completed, its status "cancelled"),
+    so the parent's client reads every record."""
+
+    @workflow.run
+    async def run(self, config: dict) -> dict:
+        return await self.execute(config)
+
+
+@workflow.defn(name=wire.DELEGATE_WORKFLOW, sandboxed=True)
+class DelegateWorkflow(_Workflow):
+    """The task loop of a delegated call (`role.task` called from a task), a child of the
+    workflow whose call delegated: its history is its own. Its result is as a chunk's."""
+
+    @workflow.run
+    async def run(self, config: dict) -> dict:
+        return await self.execute(config)

@@ -53,9 +53,9 @@ def af(cwd: Path, *args: str, timeout: float = 120, env: dict | None = None) -> 
                           capture_output=True, text=True, timeout=timeout)
 
 
-def af_start(cwd: Path, *args: str) -> subprocess.Popen:
+def af_start(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     out, err = open(cwd / f"client-{time.monotonic_ns()}.out", "w+"), open(cwd / f"client-{time.monotonic_ns()}.err", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=base_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=env or base_env(),
                             stdout=out, stderr=err, text=True)
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc

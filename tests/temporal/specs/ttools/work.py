@@ -32,3 +32,7 @@ async def wait_for(path: str) -> str:
     while not Path(path).exists():
         await asyncio.sleep(0.05)
     return path
+
+
+def inc(x: int) -> int:
+    return x + 1
