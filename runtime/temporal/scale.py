@@ -90,14 +90,15 @@ def chunkable(plan: schema.Plan, node: schema.ForNode) -> bool:
 
 def runs_apart(plan: schema.Plan, tasks: set[str]) -> bool:
     """Whether calls of these tasks may run in a child workflow: none of them, nor any task
-    they delegate to, keeps a conversation (a session, a persistent agent's memory) or asks a
-    person, as both live in the run's workflow."""
+    they delegate to, keeps a conversation (a session, a persistent agent's memory), asks a
+    person or creates agents (the run's recipes are versioned in one place), as all of these
+    live in the run's workflow."""
     tasks, seen = set(tasks), set()
     while tasks:
         target = tasks.pop()
         seen.add(target)
         definition = plan["tasks"][target]["definition"]
-        if definition["memory"] != "none" or is_human(definition["model"]):  # a session, a persistent agent
+        if definition["memory"] != "none" or is_human(definition["model"]) or "spawn" in definition:
             return False
         tasks.update(t["delegate"] for t in definition["tools"] if "delegate" in t and t["delegate"] not in seen)
     return True
