@@ -357,10 +357,11 @@ class WorkflowEngine(Engine):
         self.chunks[child_id] = result["value"]
         return result["value"]
 
-    async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False) -> Any:
-        if nested and runs_apart(self.plan, {target}):
+    async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False,
+                   contained: bool = False) -> Any:
+        if nested and target in self.plan["tasks"] and runs_apart(self.plan, {target}):
             self.delegations.add(iid)  # its task loop runs in a child workflow (`delegated`)
-        return await super().call(iid, kind, target, args, role, nested)
+        return await super().call(iid, kind, target, args, role, nested, contained)
 
     async def delegated(self, job: NodeJob) -> NodeOutcome:
         """A delegated task call's loop, run in a delegate workflow. It passes no `Handover`:
