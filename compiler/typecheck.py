@@ -163,6 +163,7 @@ class Typer:
         self.real_sink = sink
         self.sink = sink
         self.memo: dict[int, Type] = {}
+        self.param_memo: dict[int, tuple[Type, Type]] = {}
         self.quiet_memo: dict[int, Type] | None = None
         self.in_progress: set[int] = set()
         self.binding_scope: dict[int, TypedScope] = {}
@@ -741,8 +742,7 @@ class Typer:
                 self.expr(arg.value, scope)
                 continue
             given[p.name] = arg
-            want = self.symbols.resolve_type(p.type)
-            accepted = OptionalT(want) if p.default is not None and not isinstance(want, OptionalT) else want
+            want, accepted = self.param_types(p)
             t = self.misfit(arg.value, scope, accepted)  # null gives the default
             if t is not None:
                 self.sink.report(Code.E201, f"argument `{p.name}` of `{what}` expects {show(want)}, found {show(t)}",
@@ -754,6 +754,16 @@ class Typer:
             plural = "s" if len(missing) > 1 else ""
             self.sink.report(Code.E203, f"missing argument{plural} {names} for `{what}`", call.span,
                              f"missing {names}", help=f"its signature is {signature()}")
+
+    def param_types(self, p: ast.Param) -> tuple[Type, Type]:
+        """(its declared type, what an argument may be: null too when it has a default),
+        resolved once per parameter, not once per call (by identity: params outlive the check)."""
+        found = self.param_memo.get(id(p))
+        if found is None:
+            want = self.symbols.resolve_type(p.type)
+            accepted = OptionalT(want) if p.default is not None and not isinstance(want, OptionalT) else want
+            found = self.param_memo[id(p)] = (want, accepted)
+        return found
 
     def _mismatch_help(self, got: Type, want: Type) -> str | None:
         if isinstance(got, (OptionalT, NullT)) and not isinstance(want, OptionalT):
