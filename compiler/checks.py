@@ -19,7 +19,7 @@ from typing import Callable, Iterator, cast
 
 from . import ast
 from .schema import SPAWN_TOOLS
-from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph
+from .deadlock import Waiter, delegation_cycles, find_cycles, wait_graph, waits_only_back
 from .codes import Code
 from .diagnostics import DiagnosticSink, Label, did_you_mean
 from .facts import BodyFacts, children, walk
@@ -725,6 +725,8 @@ def check_wait_cycles(ctx: Context, sink: DiagnosticSink) -> None:
                 session = session_calls(s) if reaches_session_roles else ()
                 waiters.append(Waiter(name, facts.of(s).reads & names, after, session))
                 spans[name] = span
+            if waits_only_back(waiters):
+                continue
             graph = wait_graph(waiters)
             order = [w.name for w in waiters]
             for cycle in find_cycles(order, {n: [w.target for w in ws] for n, ws in graph.items()}):

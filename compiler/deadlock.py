@@ -129,6 +129,14 @@ class Wait(NamedTuple):
     reason: str  # "data" | "after" | "session:<role>"
 
 
+def waits_only_back(waiters: Sequence[Waiter]) -> bool:
+    """Whether every data and `after` edge points to a waiter earlier in `waiters` order
+    (the usual case): then the wait graph has no cycle and need not be built, because its
+    session edges point back too (a call waits for the call before it in program order)."""
+    order = {w.name: i for i, w in enumerate(waiters)}
+    return all(order.get(m, -1) < i for i, w in enumerate(waiters) for m in (*w.uses, *w.after))
+
+
 def wait_graph(waiters: Sequence[Waiter]) -> dict[str, list[Wait]]:
     """The wait graph of one scope: data, `after`, and session-order edges. For each
     session role, its calls in program order; each call waits for the previous one,

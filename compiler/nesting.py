@@ -108,12 +108,16 @@ class _Site(NamedTuple):
 
 
 def _choreography_calls(caller: str, decl: ast.ChoreographyDecl, symbols: Symbols) -> list[_Site]:
+    """The choreography calls in `decl`'s body. Only statements that hold one are walked
+    (the body facts list every call): most hold none, and a long body is most of a program."""
+    facts = symbols.facts
     calls = []
-    stack = [(stmt.value, 1) for stmt in decl.body.statements]
+    stack = [(stmt.value, 1) for stmt in decl.body.statements
+             if any(facts.target(call).kind == "choreography" for call in facts.of(stmt).calls)]
     while stack:
         node, level = stack.pop()
         if isinstance(node, ast.Call):
-            target = symbols.facts.target(node)
+            target = facts.target(node)
             if target.kind == "choreography":
                 calls.append(_Site(caller, level, target.name, node))
         stack.extend((child, level + 1) for child in children(node))

@@ -96,6 +96,10 @@ def _meta_span(file: str, meta) -> Span:
     return Span(file, meta.start_pos, meta.end_pos, meta.line, meta.column, meta.end_line, meta.end_column)
 
 
+# A Span made from its fields as one tuple: what Span(...) does, without its Python-level __new__
+_new_span = tuple.__new__
+
+
 def _present(items) -> tuple:
     return tuple(i for i in items if i is not None)
 
@@ -112,10 +116,16 @@ class _ToAst(Transformer_NonRecursive):
         self.depth: dict[int, int] = {}  # id(node) -> its nesting depth
 
     def _span(self, meta) -> Span:
+        if type(meta) is tuple:  # the fast path's (first, last) tokens: _meta_span's common case, inline
+            first, last = meta
+            return _new_span(Span, (self.file, first.start_pos, last.end_pos, first.line, first.column,
+                                    last.end_line, last.end_column))
         return _meta_span(self.file, meta)
 
     def _tok_span(self, tok: Token) -> Span:
-        return _tok_span(self.file, tok)
+        # _tok_span inline: the parser makes one per token it keeps
+        return _new_span(Span, (self.file, tok.start_pos, tok.end_pos, tok.line, tok.column, tok.end_line,
+                                tok.end_column))
 
     # -- depth guards, so later recursive passes never overflow
     def _nested(self, node, *children, what: str = "expression"):

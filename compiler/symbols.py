@@ -72,13 +72,17 @@ class Symbols:
         return {}
 
 
+_PRIMS = {name: Prim(name) for name in PRIMITIVES}  # shared: types are immutable, and looked up per use
+
+
 def resolve_type(texpr: ast.TypeExpr | None, types: Mapping[str, Any], sink: DiagnosticSink | None = None) -> Type:
     """An AST type as IR; unknown names become ANY (and E105 when a sink is given)."""
     if texpr is None:
         return ANY
     if isinstance(texpr, ast.NamedType):
-        if texpr.name in PRIMITIVES:
-            return Prim(texpr.name)
+        prim = _PRIMS.get(texpr.name)
+        if prim is not None:
+            return prim
         if texpr.name in types:
             return RecordT(texpr.name)
         if sink is not None:

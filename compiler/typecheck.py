@@ -163,6 +163,7 @@ class Typer:
         self.real_sink = sink
         self.sink = sink
         self.memo: dict[int, Type] = {}
+        self.param_memo: dict[int, tuple[Type, Type]] = {}
         self.quiet_memo: dict[int, Type] | None = None
         self.in_progress: set[int] = set()
         self.binding_scope: dict[int, TypedScope] = {}
@@ -706,7 +707,10 @@ class Typer:
         given: dict[str, ast.Arg] = {}
         seen_keyword = False
         too_many_reported = False
-        signature = param_signature(what, params, self.symbols)
+
+        def signature() -> str:  # only a message needs it: built when one is reported
+            return param_signature(what, params, self.symbols)
+
         for i, arg in enumerate(call.args):
             p: ast.Param | None = None
             if arg.name is None:
@@ -718,7 +722,7 @@ class Typer:
                     if not too_many_reported:
                         n = len(call.args)
                         self.sink.report(Code.E203, f"too many arguments: `{what}` takes {len(params)}, but {n} were given",
-                                         arg.span, "unexpected argument", help=f"its signature is {signature}")
+                                         arg.span, "unexpected argument", help=f"its signature is {signature()}")
                         too_many_reported = True
                 else:
                     p = params[i]
@@ -726,7 +730,7 @@ class Typer:
                 seen_keyword = True
                 p = by_name.get(arg.name)
                 if p is None:
-                    hint = did_you_mean(arg.name, by_name) or f"its signature is {signature}"
+                    hint = did_you_mean(arg.name, by_name) or f"its signature is {signature()}"
                     self.sink.report(Code.E203, f"`{what}` has no parameter `{arg.name}`", arg.span,
                                      "unknown keyword argument", help=hint)
             if p is not None and p.name in given:
@@ -738,19 +742,28 @@ class Typer:
                 self.expr(arg.value, scope)
                 continue
             given[p.name] = arg
-            want = self.symbols.resolve_type(p.type)
-            accepted = OptionalT(want) if p.default is not None and not isinstance(want, OptionalT) else want
+            want, accepted = self.param_types(p)
             t = self.misfit(arg.value, scope, accepted)  # null gives the default
             if t is not None:
                 self.sink.report(Code.E201, f"argument `{p.name}` of `{what}` expects {show(want)}, found {show(t)}",
                                  arg.value.span, f"this is {show(t)}",
-                                 help=self._mismatch_help(t, want) or f"its signature is {signature}")
+                                 help=self._mismatch_help(t, want) or f"its signature is {signature()}")
         missing = [p.name for p in params if p.default is None and p.name not in given]
         if missing:
             names = ", ".join(f"`{n}`" for n in missing)
             plural = "s" if len(missing) > 1 else ""
             self.sink.report(Code.E203, f"missing argument{plural} {names} for `{what}`", call.span,
-                             f"missing {names}", help=f"its signature is {signature}")
+                             f"missing {names}", help=f"its signature is {signature()}")
+
+    def param_types(self, p: ast.Param) -> tuple[Type, Type]:
+        """(its declared type, what an argument may be: null too when it has a default),
+        resolved once per parameter, not once per call (by identity: params outlive the check)."""
+        found = self.param_memo.get(id(p))
+        if found is None:
+            want = self.symbols.resolve_type(p.type)
+            accepted = OptionalT(want) if p.default is not None and not isinstance(want, OptionalT) else want
+            found = self.param_memo[id(p)] = (want, accepted)
+        return found
 
     def _mismatch_help(self, got: Type, want: Type) -> str | None:
         if isinstance(got, (OptionalT, NullT)) and not isinstance(want, OptionalT):

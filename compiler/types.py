@@ -99,6 +99,8 @@ def record_fields(t: Type, table: TypeTable) -> tuple[tuple[str, Type], ...] | N
 
 def is_assignable(src: Type, dst: Type, table: TypeTable) -> bool:
     """Whether a value of type `src` may be used where `dst` is expected."""
+    if src is dst:  # the usual case (types resolved from one declaration are shared): no __eq__ calls
+        return True
     if isinstance(src, AnyT) or isinstance(dst, AnyT) or dst == JSON or src == JSON:
         return True
     if src == dst:
