@@ -26,7 +26,8 @@ diagnostic); NodeFailure, NodeWaiting, RunAborted and DryRunStop (the engine: a 
 failed run's outcome, which the CLI reports as RunFailed); ModelError, ToolError (and
 their TransientModelError, TransientToolError), TemplateError and ExpressionError (one
 node's call: retried, or recorded as the node's failure); BlobMissing (the Temporal codec:
-the client rewords it as a TemporalError).
+the client rewords it as a TemporalError); SpawnError (runtime/spawn.py: a spawn tool call
+that cannot be done, whose message goes back to the model as the tool's result).
 """
 from __future__ import annotations
 

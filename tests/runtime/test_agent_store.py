@@ -44,9 +44,10 @@ def test_a_database_of_the_previous_version_gains_the_agent_turns_view(tmp_path:
     db = tmp_path / "old.duckdb"
     with Store.open_writer(db) as store:
         store.begin_run("old", flow="f", entry="main", plan_hash="p", inputs={})
-    con = duckdb.connect(str(db))  # what the previous version made: the same, without agents
+    con = duckdb.connect(str(db))  # what version 3 made: the same, without agents of either kind
     for stmt in ("DROP VIEW agent_turns", "DROP TABLE _agent_turns", "DROP TABLE _agent_resets",
-                 "UPDATE meta SET value = '2' WHERE key = 'schema_version'"):
+                 "DROP VIEW agents", "DROP TABLE _agent_recipes",
+                 "UPDATE meta SET value = '3' WHERE key = 'schema_version'"):
         con.execute(stmt)
     con.close()
     with Store.open_reader(db) as reader:  # a reader reads it as it is: no agents yet

@@ -23,7 +23,8 @@ from runtime_support import DB, af, last_run, ok, write
 # Control flow inside the compiler or the engine: caught and turned into a diagnostic, a
 # node's recorded failure or the run's outcome before the CLI sees anything.
 INTERNAL = {"NestingTooDeep", "NodeFailure", "NodeWaiting", "RunAborted", "DryRunStop", "ModelError", "TransientModelError",
-            "ToolError", "TransientToolError", "TemplateError", "ExpressionError", "BlobMissing"}
+            "ToolError", "TransientToolError", "TemplateError", "ExpressionError", "BlobMissing",
+            "SpawnError"}
 EXIT_CODES = {"SourceError": 2, "InputError": 2, "ResumeError": 2, "CredentialError": 2, "StoreError": 2,
               "StoreLocked": 2, "StoreSchemaError": 2, "StoreNotADatabase": 2, "TemporalError": 2,
               "UsageError": 2, "AnswerError": 2, "NotAnswerable": 2, "NotFound": 2, "RunFailed": 3,
