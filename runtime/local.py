@@ -20,7 +20,7 @@ class LocalExecutor:
         self.ask = ask  # `run --interactive`: asks a person on the terminal (human.TerminalAsker)
 
     async def execute(self, engine: Engine, job: NodeJob) -> NodeOutcome:
-        from .task import TaskCall, run_tool, tool_node_started
+        from .task import TaskCall, ToolInterrupted, interrupted_tool_node, run_tool, tool_node_started
         if job.kind == "task":
             if engine.is_human(job.kind, job.target):
                 return await self.human(engine, job)
@@ -28,6 +28,8 @@ class LocalExecutor:
         await tool_node_started(engine, job)
         try:
             return NodeOutcome(await run_tool(engine, job.target, job.args))
+        except ToolInterrupted:
+            raise interrupted_tool_node(job) from None
         except ToolError as err:
             raise NodeFailure(job.node_id, None, str(err)) from None
 

@@ -29,6 +29,15 @@ INTERRUPTED_NOTE = ("error: this call of {name} was interrupted (the process run
                     "it again.")
 
 
+class ToolInterrupted(Exception):
+    """A non-idempotent tool call whose runner was lost while it ran (a Temporal worker that
+    died): it is not run again, and is answered as one a crash interrupted locally."""
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"tool {tool} was interrupted")
+        self.tool = tool
+
+
 def compact(calls: list[list[dict]], budget: int) -> list[dict]:
     """A session transcript that fits `budget` tokens: whole older calls are folded into
     one summary message (a tool call never leaves its result), newest calls kept."""
@@ -226,6 +235,8 @@ class TaskCall:
                 "role": TOOL_STARTED_STEP, "tool_call_id": call["id"], "name": name})
         try:
             value = await run_tool(self.engine, grant["tool"], args)
+        except ToolInterrupted:
+            return _tool_message(call, INTERRUPTED_NOTE.format(name=name))
         except ToolError as err:
             return _tool_message(call, f"error: {err}")
         return _tool_message(call, value)
@@ -270,10 +281,15 @@ async def tool_node_started(engine: Engine, job: NodeJob) -> None:
     if engine.plan["tools"][job.target].get("idempotent", True):
         return
     if any(step["role"] == TOOL_STARTED_STEP for step in await engine.ledger.load_turns(job.node_id, job.key)):
-        raise NodeFailure(job.node_id, None, f"tool {job.target} was interrupted while it ran (the process running "
-                                             f"it stopped); its effect is unknown. Check it, then `--resume` again "
-                                             f"to run it again")
+        raise interrupted_tool_node(job)
     await engine.ledger.tool_started(job.node_id, job.key, {"role": TOOL_STARTED_STEP, "name": job.target})
+
+
+def interrupted_tool_node(job: NodeJob) -> NodeFailure:
+    """The failure of a direct call of a non-idempotent tool that was interrupted while it ran."""
+    return NodeFailure(job.node_id, None, f"tool {job.target} was interrupted while it ran (the process running "
+                                          f"it stopped); its effect is unknown. Check it, then `--resume` again "
+                                          f"to run it again")
 
 
 def interrupted_calls(steps: list[dict]) -> Counter:

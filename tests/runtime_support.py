@@ -122,6 +122,23 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
+# A tool for handoff tests: `pay.log` beside it counts its calls; the first one sleeps until
+# the test kills the process running it.
+HANDOFF_TOOLS = """
+import time
+from pathlib import Path
+
+def pay(amount):
+    log = Path(__file__).with_name("pay.log")
+    first = not log.exists()
+    with open(log, "a") as f:
+        f.write(f"pay {amount}\\n")
+    if first:
+        time.sleep(60)  # the test kills the run here, the first time
+    return f"paid {amount}"
+"""
+
+
 def llm_defaults(server: OpenAIServer, retries: int = 2, extra: str = "") -> str:
     """A `defaults` block that sends every role to the test server through litellm."""
     return (f'defaults {{\n  model = "openai/gpt-4o-mini"\n  api_base = "{server.base_url}"\n'

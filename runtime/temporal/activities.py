@@ -3,7 +3,8 @@
 Both heartbeat while they run, so a worker that dies is noticed within the heartbeat timeout
 and the call is retried on another worker, and so that a cancelled workflow stops them.
 Errors are classified as locally: a transient error is retryable until the spec's `retries`
-are spent, a permanent one (ModelError, ToolError) is not. Results name the worker.
+are spent, a permanent one (ModelError, ToolError) is not. A non-idempotent tool's call has
+one attempt (`once`): it retries its transient errors itself. Results name the worker.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ..models import ModelError, TransientModelError, load_litellm, client_for, is_scripted
+from ..retry import retrying
 from ..tools import ToolContext, ToolError, TransientToolError, call_tool
 from . import wire
 
@@ -84,7 +86,8 @@ class Activities:
         retries = int(payload["retries"])
         async with _heartbeating(self.identity):
             try:
-                value = await call_tool(spec, payload["args"], ctx)
+                value = await (retrying(retries, TransientToolError, lambda: call_tool(spec, payload["args"], ctx))
+                               if payload.get("once") else call_tool(spec, payload["args"], ctx))
             except TransientToolError as err:
                 raise _error(err, "TransientToolError", True, retries) from None
             except ToolError as err:

@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from agentflow.runtime.local import LocalExecutor
     from agentflow.runtime.models import ModelError, ModelRequest, ModelResponse, TransientModelError
     from agentflow.runtime.store import AgentRecipe
-    from agentflow.runtime.task import TaskCall
+    from agentflow.runtime.task import TaskCall, ToolInterrupted
     from agentflow.runtime.tools import ToolError
 
     from . import wire
@@ -450,7 +450,8 @@ class TemporalExecutor(LocalExecutor):
         await engine.ledger.append_turn(job.node_id, job.key, answer_step(given["value"], given["by"]))
         return NodeOutcome(given["value"])
 
-    def _options(self, retries: int, timeout: Any) -> dict:
+    def _options(self, retries: int, timeout: Any, *, once: bool = False) -> dict:
+        """`once`: a single attempt (a non-idempotent tool: never run again by Temporal)."""
         s = self.s
         return dict(
             task_queue=s["task_queue"],
@@ -460,7 +461,7 @@ class TemporalExecutor(LocalExecutor):
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             retry_policy=RetryPolicy(initial_interval=timedelta(seconds=s["backoff_s"]), backoff_coefficient=2.0,
                                      maximum_interval=timedelta(seconds=s["max_backoff_s"]),
-                                     maximum_attempts=retries + 1 + s["extra_attempts"],
+                                     maximum_attempts=1 if once else retries + 1 + s["extra_attempts"],
                                      non_retryable_error_types=["ModelError", "ToolError"]))
 
     async def complete(self, call: TaskCall, request: ModelRequest) -> ModelResponse:
@@ -486,16 +487,23 @@ class TemporalExecutor(LocalExecutor):
         return result["program"]
 
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
-        """One tool call, retries included; raises ToolError as a local call would."""
+        """One tool call, retries included; raises ToolError as a local call would.
+
+        A non-idempotent tool's activity has one attempt (its transient retries happen inside
+        it): one whose worker was lost is ToolInterrupted, as a call a crash interrupted locally."""
         entry = engine.plan["tools"][name]
         retries = entry["retries"]
+        once = not entry.get("idempotent", True)
         payload = {"spec": wire.spec_to_wire(engine.tool_spec(name)), "args": args, "retries": retries,
-                   "spec_dir": str(engine.options.spec_dir), "workspace": str(engine.options.workspace)}
+                   "spec_dir": str(engine.options.spec_dir), "workspace": str(engine.options.workspace),
+                   "once": once}
         try:
             result = await workflow.execute_activity(wire.TOOL_ACTIVITY, payload,
-                                                     **self._options(retries, entry["timeout"]))
+                                                     **self._options(retries, entry["timeout"], once=once))
         except ActivityError as err:
             _raise_if_cancelled(err)
+            if once and isinstance(err.cause, TemporalTimeout):
+                raise ToolInterrupted(name) from None
             raise ToolError(_failure(err, retries + 1)[1], tool=name) from None
         return result["value"]
 

@@ -14,8 +14,8 @@ import duckdb
 import pytest
 
 from resume_scenarios import EXIT_CODES, Scenario, differences, observe, project, reference, run, run_status
-from runtime_support import (DB, af, af_start, base_env, llm_defaults, ok, outputs, ran, requests_with, result_json,
-                             reused, runs, show, stop, wait_until, write)
+from runtime_support import (DB, HANDOFF_TOOLS, af, af_start, base_env, llm_defaults, ok, outputs, ran, requests_with,
+                             result_json, reused, runs, show, stop, wait_until, write)
 
 from agentflow.runtime.history import node_detail
 from agentflow.runtime.store import Store
@@ -210,21 +210,6 @@ def test_killed_at_every_commit_the_conversation_resumes_without_lost_or_repeate
 
 
 # ---------------------------------------------------------------- handoff of tools killed mid-call
-
-HANDOFF_TOOLS = """
-import time
-from pathlib import Path
-
-def pay(amount):
-    log = Path(__file__).with_name("pay.log")
-    first = not log.exists()
-    with open(log, "a") as f:
-        f.write(f"pay {amount}\\n")
-    if first:
-        time.sleep(60)  # the test kills the run here, the first time
-    return f"paid {amount}"
-"""
-
 
 @pytest.mark.parametrize("idempotent", (False, True))
 def test_a_tool_killed_mid_call_is_handed_off_unless_idempotent(idempotent, tmp_path, server):

@@ -35,6 +35,7 @@ SPECS = REPO / "specs"
 WORK = HERE / "specs" / "work.agentflow"
 from openai_server import OpenAIServer
 import polling
+from runtime_support import HANDOFF_TOOLS, llm_defaults, requests_with
 
 EXAMPLES = [
     ("research_report.agentflow", ["--input", "topic=bees"]),
@@ -301,6 +302,55 @@ def test_worker_killed_mid_activity_still_completes(private_cluster, tmp_path):
     assert max(attempt for _, attempt in history["started"]) >= 2, "no activity was retried after the kill"
     retried_on = {identity for identity, attempt in history["started"] if attempt >= 2}
     assert retried_on == {k2.identity}
+
+
+@pytest.mark.parametrize("direct", (False, True), ids=("model-call", "direct-call"))
+def test_a_non_idempotent_tool_whose_worker_is_killed_is_not_run_again(direct, private_cluster, server, tmp_path):
+    """As locally after a crash: the model is told the call's effect is unknown (a direct call
+    fails saying so) instead of Temporal running the tool again on the other worker."""
+    from agentflow.runtime.task import INTERRUPTED_NOTE
+    (tmp_path / "tools.py").write_text(HANDOFF_TOOLS)
+    spec = tmp_path / "flow.agentflow"
+    spec.write_text(llm_defaults(server) + """
+tool pay(amount: int) -> str {
+  python = "tools:pay"
+  description = "Pays an amount."
+  idempotent = false
+}
+role clerk {
+  tools = [pay]
+  task settle(amount: int) -> str { prompt = "SETTLE {amount}" }
+}
+choreography main() -> str {
+  s = %s
+  return s
+}
+""" % ("pay(30)" if direct else "clerk.settle(30)"))
+    server.add_rule("SETTLE 30", {"tool_calls": [{"id": "call_pay", "name": "pay", "arguments": {"amount": 30}}]},
+                    times=1)
+    db = tmp_path / "t.duckdb"
+    client = af_start(tmp_path, "run", str(spec), "--db", str(db), *private_cluster.run_args())
+    try:
+        wait_until(lambda: (tmp_path / "pay.log").exists(), timeout=60, what="the tool to start")
+        wait_until(lambda: recorded_runs(db), what="the run recorded")
+        wf_id = workflow_of(db)
+        running = wait_until(lambda: running_on(private_cluster.server.address, wf_id), what="the tool's worker")
+        os.kill(next(w for w in private_cluster.workers if w.identity in running).proc.pid, signal.SIGKILL)
+        client.wait(90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    out, err = texts(client)
+    assert (tmp_path / "pay.log").read_text().splitlines() == ["pay 30"], "the tool ran again"
+    if direct:
+        assert client.returncode == 3, err[-3000:]
+        assert ("tool pay was interrupted while it ran (the process running it stopped); its effect is unknown"
+                in err and "Traceback" not in err)
+    else:
+        assert client.returncode == 0, err[-3000:]
+        assert json.loads(out) == "echo: SETTLE 30"
+        final = requests_with(server, "SETTLE 30")[-1]["messages"]
+        assert final[-1] == {**final[-1], "role": "tool", "content": INTERRUPTED_NOTE.format(name="pay")}
 
 
 def test_client_killed_then_resume_reattaches_to_the_same_workflow(cluster, tmp_path):
