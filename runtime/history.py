@@ -10,6 +10,7 @@ from pathlib import Path
 from agentflow.compiler.errors import UsageError
 from agentflow.compiler.hashing import escape_surrogates
 
+from .ledger import child_workflow_key, child_workflow_of
 from .store import Store, StoreError
 
 
@@ -45,6 +46,8 @@ def node_detail(db: str, run_id: str, node_id: str) -> dict:
             raise _no_run(db, run_id)
         rows = {n["node"]: n for n in store.run_nodes(run_id)}
         journal = store.node_journal(run_id, node_id) if node_id in rows else None
+        under = child_workflow_key(run_id, "")
+        children = {key[len(under):]: json.loads(value) for key, value in store.meta_under(under).items()}
     if journal is None:
         raise UsageError(unknown_node_message(run_id, node_id, list(rows)))
     from .ledger import PROMPT_STEP, SESSION_STEP, structure_key
@@ -55,6 +58,9 @@ def node_detail(db: str, run_id: str, node_id: str) -> dict:
         elif step.get("role") != SESSION_STEP:
             messages.append(step)
     detail = {**rows[node_id], "messages": messages}
+    workflow = child_workflow_of(node_id, children)
+    if workflow is not None:  # a Temporal run's node that ran in a child workflow
+        detail["workflow"] = workflow
     if "result" in journal and journal["key"] != structure_key(run_id, node_id):
         detail["result"] = journal["result"]
     return detail
@@ -186,6 +192,8 @@ def node_text(node: dict) -> str:
     facts = [node.get("role") and f"role {node['role']}", node["status"], node["cached"] and "reused",
              _plural(node.get("attempts") or 0, "attempt"), tokens and _plural(tokens, "token")]
     lines = [f"node {node['node']} ({', '.join(str(f) for f in facts if f)})"]
+    if node.get("workflow"):
+        lines.append(f"workflow  {node['workflow']}")
     if node.get("error"):
         lines.append(f"error: {node['error']}")
     for m in node["messages"]:

@@ -63,6 +63,23 @@ def plan_meta_key(plan_hash: str) -> str:
     return f"plan:{plan_hash}"
 
 
+def child_workflow_key(run_id: str, workflow_id: str) -> str:
+    """The meta entry of a child workflow of a Temporal run: which nodes ran in it (`show`)."""
+    return f"temporal_child/{run_id}/{workflow_id}"
+
+
+def child_workflow_of(node_id: str, children: dict[str, dict]) -> str | None:
+    """The innermost child workflow (by id) whose work included `node_id`: a delegated call's
+    ({"inside": its node}) or a chunk's ({"inside": "<loop>[", "items": [start, end]})."""
+    def covers(child: dict) -> bool:
+        inside, items = child["inside"], child.get("items")
+        if items is None:
+            return node_id == inside or node_id.startswith(inside + "/")
+        index = node_id[len(inside):].split("]", 1)[0] if node_id.startswith(inside) else ""
+        return index.isdigit() and items[0] <= int(index) < items[1]
+    return max((wf for wf, child in children.items() if covers(child)), key=len, default=None)
+
+
 def temporal_cursor_key(run_id: str) -> str:
     """The meta entry of a Temporal run: how far its client has recorded the workflow's events
     (its presence says the run is a Temporal run)."""

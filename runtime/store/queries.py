@@ -382,6 +382,11 @@ class Queries(BatchedWriter):
         return [{**dict(zip(cols, row)), "tools": loaded(row[cols.index("tools")]),
                  "created_at": _aware(row[cols.index("created_at")])} for row in rows]
 
+    def meta_under(self, prefix: str) -> dict[str, str]:
+        """The meta entries whose keys start with `prefix`, by key."""
+        return dict(self._read(lambda con: con.execute("SELECT key, value FROM meta WHERE starts_with(key, ?)",
+                                                       [prefix]).fetchall()))
+
     def get_meta(self, key: str) -> str | None:
         row = self._read(lambda con: con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone())
         return row[0] if row else None

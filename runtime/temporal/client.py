@@ -50,7 +50,7 @@ from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
 
 from ..engine import Engine, NodeFailure, NodeOutcome, RunAborted, DryRunStop
-from ..ledger import SESSION_STEP, Ledger, plan_meta_key, temporal_cursor_key
+from ..ledger import SESSION_STEP, Ledger, child_workflow_key, plan_meta_key, temporal_cursor_key
 from ..local import LocalExecutor
 from ..ports import Reporter
 from ..progress import SilentReporter
@@ -276,6 +276,7 @@ class _Follower:
         self.client = client  # child workflows are asked for their lookups too
         self.ledger = ledger
         self.reporter = reporter
+        self.run_id = run_id
         self.cursor_key = temporal_cursor_key(run_id)
         self.execution = ""
         self.cursor = 0
@@ -513,5 +514,8 @@ class _Follower:
                 ledger.record_program(e["node"], e["attempt"], e["source"], e["status"], e["diagnostics"])
             elif op == "session":
                 await ledger.append_session(e["role"], e["messages"])
+            elif op == "child_workflow":
+                ledger.store.set_meta(child_workflow_key(self.run_id, e["workflow"]),
+                                      json.dumps({"inside": e["inside"], "items": e["items"]}))
             elif op == "recipe":
                 await ledger.save_recipe(wire.recipe_from_wire(e["recipe"]), e["node"])

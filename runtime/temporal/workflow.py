@@ -382,6 +382,9 @@ class WorkflowEngine(Engine):
                   "known": self.ledger.results,
                   "resumed": {n: k for n, k in self.ledger.resumed.items() if n.startswith(inside)},
                   "journals": {n: j for n, j in self.ledger.journals.items() if n.startswith(inside)}, **work}
+        chunk = work.get("chunk")
+        self.ledger.emit("child_workflow", workflow=child_id, inside=inside,  # for `show RUN NODE`
+                         items=[chunk["start"], chunk["start"] + len(chunk["items"])] if chunk else None)
         self.children.add(child_id)
         try:
             result = await workflow.execute_child_workflow(

@@ -41,6 +41,12 @@ def rows(db: Path) -> dict[str, tuple]:
             for n, r in nodes(db, last_run(db)["run_id"]).items()}
 
 
+def shown(tmp_path: Path, node: str) -> list[str]:
+    """The lines of `show RUN NODE` for a node of the last run in `t.duckdb`."""
+    db = tmp_path / "t.duckdb"
+    return ok(af(tmp_path, "show", last_run(db)["run_id"], node, "--db", str(db))).stdout.splitlines()
+
+
 def executions(address: str, wf_id: str) -> dict[str, list]:
     """Workflow id -> statuses of its executions, for the run's workflow and its children."""
     async def fetch(client):
@@ -84,6 +90,8 @@ def test_a_fan_out_above_the_chunk_size_runs_in_child_workflows_with_the_local_r
     assert sorted(runs) == [wf_id, f"{wf_id}/fan/values[0:20]", f"{wf_id}/fan/values[20:40]",
                             f"{wf_id}/fan/values[40:50]"]
     assert all(s == [WorkflowExecutionStatus.COMPLETED] for s in runs.values()), runs
+    item = next(n for n in rows(tmp_path / "t.duckdb") if n.startswith("fan/values[25]/"))
+    assert f"workflow  {wf_id}/fan/values[20:40]" in shown(tmp_path, item)
     rerun = ok(af(tmp_path, *args, "--db", "t.duckdb", *cluster.run_args(), env=env))
     assert rerun.stdout == local.stdout
     assert {cached for _, cached, *_ in rows(tmp_path / "t.duckdb").values()} == {True}
@@ -199,3 +207,5 @@ def test_delegated_task_calls_run_in_child_workflows_with_their_own_histories(cl
     # the boss's two turns in the run's history; each helper's two turns in its own
     assert model_calls(cluster.server.address, wf_id) == {
         wf_id: 2, f"{wf_id}/main/return@1/helper.assist#1": 2, f"{wf_id}/main/return@1/helper.assist#2": 2}
+    assert f"workflow  {wf_id}/main/return@1/helper.assist#2" in shown(tmp_path, "main/return@1/helper.assist#2")
+    assert "workflow  " not in shown(tmp_path, "main/return@1")  # ran in the run's own workflow
