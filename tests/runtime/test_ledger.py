@@ -11,7 +11,7 @@ import pytest
 from agentflow.compiler.hashing import canonical_json, digest
 from agentflow.runtime.engine import NodeOutcome
 from agentflow.runtime.history import list_runs, run_statuses
-from agentflow.runtime.ledger import SESSION_STEP, Ledger
+from agentflow.runtime.ledger import SESSION_STEP, Ledger, child_workflow_of
 from agentflow.runtime.store import Store, StoreError
 from engine_support import DB, compiled, ledger_over
 
@@ -158,3 +158,16 @@ def test_a_rerun_answers_lookups_from_what_it_preloaded(tmp_path: Path) -> None:
         return await ledger.has_result("k-a"), await ledger.has_result("k-never-stored")
 
     assert asyncio.run(rerun()) == (True, False)
+
+
+def test_a_node_is_shown_in_the_innermost_child_workflow_that_ran_it():
+    root = "agentflow-f-r"
+    chunk, inner = f"{root}/main/v[20:40]", f"{root}/main/v[20:40]/main/v[25]/y/a.b#1"
+    children = {chunk: {"inside": "main/v[", "items": [20, 40]},
+                inner: {"inside": "main/v[25]/y/a.b#1", "items": None}}
+    assert child_workflow_of("main/v[25]/y", children) == chunk
+    assert child_workflow_of("main/v[25]/y/a.b#1", children) == inner
+    assert child_workflow_of("main/v[25]/y/a.b#1/c.d#1", children) == inner  # inline in the delegation
+    assert child_workflow_of("main/v[40]/y", children) is None  # another chunk's item
+    assert child_workflow_of("main/v[25]/y/a.b#10", children) == chunk  # not a prefix at a boundary
+    assert child_workflow_of("main/w", children) is None
