@@ -516,7 +516,10 @@ def ui_cmd(db: str, host: str, port: int, address: str, namespace: str) -> None:
     try:
         serve(db, sock, host, {"address": address, "namespace": namespace})
     except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+        # A Ctrl-C while uvicorn sets up its event loop leaves a half-made loop and an unawaited
+        # coroutine whose teardown prints a traceback: end here, while the traceback holds them.
+        from agentflow.runtime.quick_exit import exit_without_teardown
+        exit_without_teardown(EXIT_INTERRUPTED)
 
 
 @main.command("explain")

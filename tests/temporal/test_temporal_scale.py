@@ -53,6 +53,8 @@ def executions(address: str, wf_id: str) -> dict[str, list]:
         found: dict[str, list] = {}
         async for w in client.list_workflows(f"WorkflowId = '{wf_id}'"):
             found.setdefault(w.id, []).append(w.status)
+        if not found:  # the run is recorded as a Temporal run before its workflow starts
+            return found
         for child in await children(client, wf_id):
             found[child] = [(await client.get_workflow_handle(child).describe()).status]
         return found
