@@ -509,11 +509,11 @@ def ui_cmd(db: str, host: str, port: int, address: str, namespace: str) -> None:
     check_path("--db", db, directory=False)
     sock = listen(host, port)
     where, bound = sock.getsockname()[:2]
-    click.echo(f"agentflow ui: http://{where}:{bound}/ (reading {db}; Ctrl-C stops it)", err=True)
     import signal
     # uvicorn shuts down on SIGTERM, then raises it again for this handler: exit 143 like `run`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_TERMINATED))
-    try:
+    try:  # from the moment the address is printed, Ctrl-C is a stop (130), never click's "Aborted!"
+        click.echo(f"agentflow ui: http://{where}:{bound}/ (reading {db}; Ctrl-C stops it)", err=True)
         serve(db, sock, host, {"address": address, "namespace": namespace})
     except KeyboardInterrupt:
         # A Ctrl-C while uvicorn sets up its event loop leaves a half-made loop and an unawaited
