@@ -552,13 +552,17 @@ INSERT INTO _node_runs (run_id, node_id, status, cached, attempts, key, output_h
 """
 
 
-def test_a_database_of_the_previous_schema_version_opens_and_works(db: Path) -> None:
+def make_v1_database(db: Path) -> None:
+    """A database as the first release made it (SCHEMA_V1), for the migration tests."""
     db.parent.mkdir(parents=True)
-    con = duckdb.connect(str(db))
-    for stmt in SCHEMA_V1.split(";"):
-        if stmt.strip():
-            con.execute(stmt)
-    con.close()
+    with duckdb.connect(str(db)) as con:
+        for stmt in SCHEMA_V1.split(";"):
+            if stmt.strip():
+                con.execute(stmt)
+
+
+def test_a_database_of_the_previous_schema_version_opens_and_works(db: Path) -> None:
+    make_v1_database(db)
     with Store.open_reader(db) as reader:  # a reader reads it as it is
         assert reader.get_run("old")["status"] == "succeeded"
     with Store.open_writer(db) as s:  # a writer upgrades it, keeping what it holds
@@ -575,11 +579,7 @@ def test_a_database_of_the_previous_schema_version_opens_and_works(db: Path) -> 
 
 
 def test_an_older_database_gains_the_programs_table_and_view(db: Path) -> None:
-    db.parent.mkdir(parents=True)
-    with duckdb.connect(str(db)) as con:
-        for stmt in SCHEMA_V1.split(";"):
-            if stmt.strip():
-                con.execute(stmt)
+    make_v1_database(db)
     with Store.open_writer(db) as s:
         s.record_program("old", "main/a", 1, source="return 1", status="running")
         s.record_program("old", "main/a", 1, source="return 1", status="succeeded")  # the latest row wins
@@ -642,12 +642,7 @@ def test_copy_run_records_a_finished_run_again_in_one_go(db: Path) -> None:
 
 def test_an_older_database_gains_the_agents_view_and_stores_recipes_by_version(db: Path) -> None:
     from agentflow.runtime.store import AgentRecipe
-    db.parent.mkdir(parents=True)
-    con = duckdb.connect(str(db))
-    for stmt in SCHEMA_V1.split(";"):
-        if stmt.strip():
-            con.execute(stmt)
-    con.close()
+    make_v1_database(db)
     with Store.open_reader(db) as reader:  # a reader reads it as it is: no agent was created there
         assert reader.agent_versions() == []
     recipe = AgentRecipe("architect", "solver", "You add.", ("add",), None, 1)
