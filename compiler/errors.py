@@ -27,7 +27,9 @@ failed run's outcome, which the CLI reports as RunFailed); ModelError, ToolError
 their TransientModelError, TransientToolError), TemplateError and ExpressionError (one
 node's call: retried, or recorded as the node's failure); BlobMissing (the Temporal codec:
 the client rewords it as a TemporalError); SpawnError (runtime/spawn.py: a spawn tool call
-that cannot be done, whose message goes back to the model as the tool's result).
+that cannot be done, whose message goes back to the model as the tool's result); ToolInterrupted
+(runtime/task.py: a non-idempotent tool call whose Temporal worker was lost, answered with the
+handoff note as a crash-interrupted call is locally).
 """
 from __future__ import annotations
 
