@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` loads the
     from agentflow.api import RunResult, compile, run, run_async
     from agentflow.compiler.errors import AgentflowError, UsageError
     from agentflow.compiler.pipeline import CompileError
-    from agentflow.compiler.plan import Plan
+    from agentflow.compiler.compiled import Plan
 
 __all__ = ["AgentflowError", "CompileError", "Plan", "RunResult", "UsageError", "compile", "run", "run_async"]
 
@@ -25,7 +25,7 @@ _HOMES = {
     "AgentflowError": "agentflow.compiler.errors",
     "UsageError": "agentflow.compiler.errors",
     "CompileError": "agentflow.compiler.pipeline",
-    "Plan": "agentflow.compiler.plan",
+    "Plan": "agentflow.compiler.compiled",
     "RunResult": "agentflow.api",
     "compile": "agentflow.api",
     "run": "agentflow.api",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, TextIO
 from agentflow.compiler.errors import UsageError
 
 if TYPE_CHECKING:
-    from agentflow.compiler.plan import Plan
+    from agentflow.compiler.compiled import Plan
     from agentflow.runtime.runner import RunRequest
 
 DEFAULT_DB = ".agentflow/agentflow.duckdb"
@@ -57,11 +57,12 @@ def compile(source: Source, *, entry: str | None = None, name: str = "<string>")
     """Compiles a spec, given as a path or as source text (`name` is then the file name
     diagnostics show). Raises `CompileError` (its `diagnostics` are the records, warnings
     included) on compile errors and `UsageError` for a file that cannot be read."""
-    from agentflow.compiler.pipeline import CompileError, compile_source, read_source
+    from agentflow.compiler.pipeline import CompileError, read_source
+    from agentflow.compiler.plan_cache import compile_cached
     from agentflow.compiler.source import SourceFile
 
     text = read_source(os.fspath(source)) if is_path(source) else SourceFile(name, str(source))
-    compilation = compile_source(text, entry=entry)
+    compilation = compile_cached(text, entry=entry)
     if compilation.plan is None:
         raise CompileError(compilation)
     return compilation.plan
@@ -105,7 +106,7 @@ async def run_async(plan: Plan | Source, inputs: Mapping[str, Any] | None = None
     """`run` inside a running event loop; cancelling it stops the run with its state saved."""
     import asyncio
 
-    from agentflow.compiler.plan import Plan
+    from agentflow.compiler.compiled import Plan
     from agentflow.runtime.inputs import validate_inputs
     from agentflow.runtime.progress import SilentReporter, reporter_for
     from agentflow.runtime.runner import execute

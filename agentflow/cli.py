@@ -46,10 +46,11 @@ def _require_temporal() -> None:
 def _compile(path: str, fmt: str = "text", entry: str | None = None):
     """Compiles a spec and prints its diagnostics; returns the Plan, or exits 1 on errors."""
     from agentflow.compiler.diagnostics import render_json, render_text
-    from agentflow.compiler.pipeline import compile_source, read_source
+    from agentflow.compiler.pipeline import read_source
+    from agentflow.compiler.plan_cache import compile_cached
 
     source = read_source(path)
-    result = compile_source(source, entry=entry)
+    result = compile_cached(source, entry=entry)
     if fmt == "json":
         click.echo(render_json(result.diagnostics), nl=False)
     elif result.diagnostics:

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from . import ir, schema
 from .errors import UsageError
 from .names import STATUS_COLORS, template_id
-from .plan import Plan
+from .compiled import Plan
 from .scopes import BINDING, PARAM, PREV, VAR, Scope
 
 FORMATS = ("mermaid", "dot", "json")

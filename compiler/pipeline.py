@@ -13,13 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ast
+from typing import TYPE_CHECKING
+
+from .compiled import Plan
 from .diagnostics import Diagnostic, DiagnosticSink, render_text, sorted_diagnostics, to_json_obj
 from .errors import EXIT_COMPILE, AgentflowError, UsageError
-from .parser import parse
-from .plan import Plan, build_plan
 from .source import SourceFile
-from .symbols import Symbols, collect
+
+if TYPE_CHECKING:
+    from . import ast
+    from .symbols import Symbols
 
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 
@@ -139,7 +142,11 @@ def compile_source(source: SourceFile, entry: str | None = None) -> Compilation:
 
 
 def _compile(source: SourceFile, entry: str | None) -> Compilation:
+    # The phases load here: a plan from the plan cache needs none of them.
     from .checks import check_program
+    from .parser import parse
+    from .plan import build_plan
+    from .symbols import collect
 
     sink = DiagnosticSink()
 

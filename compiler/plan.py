@@ -9,65 +9,17 @@ expressions are built with `ir.make`, the one definition of the expression IR.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from . import ast, ir, schema
-from .hashing import canonical_json, definition_hash, digest
+from .compiled import GraphParts, Plan
+from .hashing import definition_hash
 from .symbols import ATTR_DEFAULTS, Symbols, attr_value
 from .types import STR, RecordT, json_schema, type_to_json
 
 # Attributes that change what a call returns; retries, timeouts, endpoints and keys do not.
 _RESULT_ATTRS = ("model", "system", "temperature", "max_tokens", "max_turns", "memory", "max_context_tokens")
-
-
-if TYPE_CHECKING:
-    import networkx as nx
-
-
-@dataclass
-class _GraphParts:
-    """Nodes and labelled edges as the lowering finds them; networkx (slow to import)
-    is loaded only when someone asks for `Plan.graph`."""
-
-    nodes: dict[str, dict] = field(default_factory=dict)
-    edges: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-
-    def add_node(self, node_id: str, **attrs) -> None:
-        self.nodes.setdefault(node_id, {}).update(attrs)
-
-    def add_edge(self, src: str, dst: str, label: str) -> None:
-        labels = self.edges.setdefault((src, dst), [])
-        if label not in labels:
-            labels.append(label)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The compiled plan: canonical JSON data plus its DAG of node templates."""
-
-    data: schema.Plan
-    parts: _GraphParts = field(repr=False, compare=False)
-
-    @cached_property
-    def graph(self) -> "nx.DiGraph":
-        import networkx as nx
-        graph: nx.DiGraph = nx.DiGraph()
-        for node_id, attrs in self.parts.nodes.items():
-            graph.add_node(node_id, **attrs)
-        for (src, dst), labels in self.parts.edges.items():
-            graph.add_edge(src, dst, labels=list(labels))
-        return graph
-
-    def to_json(self) -> str:
-        return json.dumps(self.data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-
-    @property
-    def plan_hash(self) -> str:
-        return digest("plan", canonical_json(self.data))
 
 
 def _literal_or_none(expr: ast.Expr | None) -> Any:
@@ -105,7 +57,7 @@ class _Lowering:
         self.facts = symbols.facts
         self.source_name = source_name
         self.nodes: dict[str, schema.Node] = {}
-        self.graph = _GraphParts()
+        self.graph = GraphParts()
         self.defaults = {k: attr_value(a.value) for k, a in symbols.defaults.items()}
         # role -> the conversation its calls continue (a session role's, a persistent agent's)
         self.conversations = {name: conv for name, role in symbols.roles.items() if (conv := schema.conversation(

@@ -1,7 +1,10 @@
 """Settings every test directory shares."""
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import tempfile
 
 import pytest
 
@@ -11,6 +14,17 @@ from openai_server import OpenAIServer
 # child inherits an ignored signal, but a handled one is reset to the default at exec: with a
 # handler here, the `agentflow` processes the tests start see the Ctrl-C the tests send them.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_configure(config):
+    """The plan cache of every `agentflow` the tests start lives in a directory of this test
+    process's own (XDG_CACHE_HOME), never in the user's ~/.cache."""
+    config.cache_home = tempfile.mkdtemp(prefix="agentflow-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = config.cache_home
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "cache_home", ""), ignore_errors=True)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from agentflow.compiler.pipeline import compile_source
-from agentflow.compiler.plan import Plan
+from agentflow.compiler.compiled import Plan
 from agentflow.compiler.source import SourceFile
 from agentflow.runtime.engine import Engine, NodeFailure, NodeJob, NodeOutcome, RunOptions
 from agentflow.runtime.history import run_statuses
