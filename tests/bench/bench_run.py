@@ -2,7 +2,7 @@
 
     python tests/bench/bench_run.py [--sizes 1000,10000,100000] [--chains 2000,10000]
                                     [--repeats 10000] [--durabilities group,strict]
-                                    [--llm 20x500@10,1000x50@100]
+                                    [--llm 20x500@10,1000x50@100] [--tools sync|async]
 
 Cases, one line of figures each:
   cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
@@ -20,6 +20,10 @@ Cases, one line of figures each:
           cold, then a rerun with an input no step reads (every step looked up and reused),
           per durability
   repeat  `repeat max N` whose every iteration needs the previous one: cold and rerun
+
+The python tools are sync functions (run on worker threads) unless `--tools async` makes them
+coroutines (run on the event loop). The plan cache is the benchmark's own: a cold run
+compiles, the runs after it read the plan back.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from gen import BENCH_ENV, BENCH_TOOLS, chain_program, fanout_program, repeat_program  # noqa: E402
+from gen import BENCH_ENV, BENCH_TOOLS, BENCH_TOOLS_ASYNC, chain_program, fanout_program, repeat_program  # noqa: E402
 
 ENV = {**BENCH_ENV, "AGENTFLOW_BACKOFF_BASE": "0.05"}
 
@@ -63,11 +67,11 @@ def startup(cwd: Path) -> float:
     return min(agentflow(["compile", "fan.agentflow"], cwd)[0] for _ in range(3))
 
 
-def fanout_cases(n: int, tmp: Path) -> None:
+def fanout_cases(n: int, tmp: Path, tools: str) -> None:
     work = tmp / f"fan{n}"
     work.mkdir()
     (work / "fan.agentflow").write_text(fanout_program())
-    (work / "benchtools.py").write_text(BENCH_TOOLS)
+    (work / "benchtools.py").write_text(tools)
     (work / "in.json").write_text(json.dumps({"items": list(range(n))}))
     base = startup(work)
     run = ["run", "fan.agentflow", "--inputs", "in.json", "--concurrency", "64"]
@@ -155,7 +159,7 @@ def llm_case(calls: int, latency_ms: int, concurrency: int, tmp: Path) -> None:
           f"run CPU {run_cpu:.2f} s, server CPU {server_cpu:.2f} s, {stats['chat_requests']} requests served")
 
 
-def sequential_cases(kind: str, n: int, program: str, tmp: Path,
+def sequential_cases(kind: str, n: int, program: str, tmp: Path, tools: str,
                      durabilities: list[str]) -> dict[str, tuple[float, float]]:
     """Cold run and full-reuse rerun of a program whose every step needs the one before,
     under each durability; returns {durability: (cold, rerun)} in seconds."""
@@ -164,7 +168,7 @@ def sequential_cases(kind: str, n: int, program: str, tmp: Path,
         work = tmp / f"{kind}{n}-{durability}"
         work.mkdir()
         (work / "seq.agentflow").write_text(program)
-        (work / "benchtools.py").write_text(BENCH_TOOLS)
+        (work / "benchtools.py").write_text(tools)
         run = ["run", "seq.agentflow", "--durability", durability]
         cold, rss, cold_cpu = agentflow(run, work)
         rerun, _, rerun_cpu = agentflow(run + ["--input", "note=rerun"], work)
@@ -186,16 +190,19 @@ def main() -> None:
     parser.add_argument("--chains", default="2000,10000")
     parser.add_argument("--repeats", default="10000")
     parser.add_argument("--durabilities", default="group,strict")
+    parser.add_argument("--tools", choices=("sync", "async"), default="sync")
     parser.add_argument("--llm", default="20x500@10,1000x50@100", help="model-call cases: CALLSxMS@CONCURRENCY,...")
     args = parser.parse_args()
+    tools = BENCH_TOOLS_ASYNC if args.tools == "async" else BENCH_TOOLS
     with tempfile.TemporaryDirectory() as tmp:
+        ENV["AGENTFLOW_CACHE_DIR"] = str(Path(tmp) / "cache")
         for n in (int(s) for s in args.sizes.split(",") if s):
-            fanout_cases(n, Path(tmp))
+            fanout_cases(n, Path(tmp), tools)
         durabilities = args.durabilities.split(",")
-        chains = {n: sequential_cases("chain", n, chain_program(n), Path(tmp), durabilities)
+        chains = {n: sequential_cases("chain", n, chain_program(n), Path(tmp), tools, durabilities)
                   for n in (int(s) for s in args.chains.split(",") if s)}
         for n in (int(s) for s in args.repeats.split(",") if s):
-            loop = sequential_cases("repeat", n, repeat_program(n), Path(tmp), durabilities)
+            loop = sequential_cases("repeat", n, repeat_program(n), Path(tmp), tools, durabilities)
             if n in chains and "group" in durabilities:
                 print(f"repeat  N={n:>6}: cold {loop['group'][0] / chains[n]['group'][0]:.2f}x the chain's "
                       f"(target <= 1.5x)")

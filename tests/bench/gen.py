@@ -102,3 +102,7 @@ def square(x: int) -> int:
 def step(k: int, prev: int) -> dict:
     return {"count": prev + k}
 '''
+
+# The same tools as coroutines: they run on the event loop, where sync ones run on a worker
+# thread (a thread hand-off each way per call), as a runner's trivial async steps do.
+BENCH_TOOLS_ASYNC = BENCH_TOOLS.replace("def ", "async def ")
