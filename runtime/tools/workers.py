@@ -85,12 +85,8 @@ def timed_out(spec: ToolSpec) -> TransientToolError:
 
 
 async def with_timeout(spec: ToolSpec, awaitable: Any) -> Any:
-    """Awaits in the calling task (`asyncio.timeout`, not `wait_for`, which would start a task
-    per call). `awaitable` must not raise TimeoutError itself: callers turn their functions'
-    exceptions into ToolErrors first."""
     try:
-        async with asyncio.timeout(timeout_of(spec)):
-            return await awaitable
+        return await asyncio.wait_for(awaitable, timeout_of(spec))
     except TimeoutError:
         raise timed_out(spec) from None
 
