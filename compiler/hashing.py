@@ -16,6 +16,12 @@ KEY_FORMAT_VERSION = "agentflow-key-v1"
 # One encoder for every call: `json.dumps` with options builds a new one each time, which
 # costs more than encoding the small values of most keys.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# ... and `JSONEncoder.encode` still builds its C encoder on every call: half the cost of a
+# node key's inputs. This is that C encoder, built once (the same text; no check for circular
+# references, which JSON values cannot have), or None where the C accelerator is missing.
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_CANONICAL_C = _C_MAKE_ENCODER and _C_MAKE_ENCODER(
+    None, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
 _VERSION = KEY_FORMAT_VERSION.encode()
 
 
@@ -30,7 +36,8 @@ def canonical_json(value: Any) -> str:
     every other value is spelled as it always was, so existing keys stay valid."""
     if type(value) is int:  # most loop items and counters: the encoder would say the same
         return repr(value)
-    return escape_surrogates(_CANONICAL.encode(value))
+    text = "".join(_CANONICAL_C(value, 0)) if _CANONICAL_C else _CANONICAL.encode(value)
+    return escape_surrogates(text)
 
 
 def escape_surrogates(text: str) -> str:
