@@ -22,7 +22,7 @@ from agentflow.compiler.names import template_id
 from agentflow.compiler.ir import Expr
 from agentflow.compiler.types import Type, Validators, type_from_json, with_omitted_fields
 
-from .evaluate import ExpressionError, evaluate
+from .evaluate import ExpressionError, evaluate, field_of
 from .human import is_human
 from .inputs import force_matcher
 from .ports import NodeExecutor, Reporter, RunLedger
@@ -317,6 +317,10 @@ class Engine:
             return await self.node(expr[1], scope)
         if op == "name":
             return await self.lookup(expr[1], scope)
+        if op == "attr":  # `s.count`: how a step reads the one before it
+            return field_of(await self.eval(expr[1], scope), expr[2])
+        if op == "lit":
+            return expr[1]
         return await evaluate(expr, lambda ref: self.eval(ref, scope))  # refs are nodes and names
 
     async def node(self, tid: str, scope: Scope) -> Any:

@@ -45,7 +45,11 @@ async def _lit(value: Any, resolve: Resolver) -> Any:
 
 
 async def _attr(e: Expr, field: str, resolve: Resolver) -> Any:
-    value = await evaluate(e, resolve)
+    return field_of(await evaluate(e, resolve), field)
+
+
+def field_of(value: Any, field: str) -> Any:
+    """`value.field`: a record's field; a field of null is null."""
     if value is None:
         return None
     if isinstance(value, dict):
