@@ -106,6 +106,40 @@ def test_round_trip_of_batches(db: Path) -> None:
         assert r.check_consistency() == []
 
 
+# Text that SQL spells with care: quotes, backslashes, a NUL, line breaks, non-ASCII.
+AWKWARD = ["it's", "''", "a\\'b\\", "x\x00y", "line\nbreak\r\t", "é✓\u2028😀", "'); DROP TABLE _runs; --", ""]
+
+
+def test_one_row_commits_store_any_text_and_number_exactly(db: Path) -> None:
+    """A flush per node writes one-row batches (each commit of a strict run): every value
+    reads back exactly as it was given, as from a batch of many rows."""
+    with Store.open_writer(db) as s:
+        s.begin_run("r1", flow="f", entry="main", plan_hash="p", inputs={}, at=T0)
+        s.flush()
+        for i, text in enumerate(AWKWARD):
+            node = f"main/{text}"
+            s.node_started("r1", node, role=text, key=f"k{i}{text}", def_hash=text, input_hashes={text: text}, at=T0)
+            s.record_llm_call("r1", node, model=text, prompt_tokens=2 ** 40, cost_usd=0.1 + i, latency_ms=1e-7, at=T0)
+            s.node_finished("r1", node, status="succeeded", value={text: [text, i, -0.5, None, True]},
+                            at=T0 + timedelta(milliseconds=1500))
+            s.flush()
+        s.node_started("r1", "main/bad", role=None, key="k-bad", at=T0)
+        s.node_finished("r1", "main/bad", status="failed", error=AWKWARD[3], at=T0)
+        s.flush()
+    with Store.open_reader(db) as r:
+        nodes = {n["node"]: n for n in r.run_nodes("r1")}
+        states = r.run_node_states("r1")
+        for i, text in enumerate(AWKWARD):
+            node = nodes[f"main/{text}"]
+            assert (node["role"], node["duration_ms"], node["prompt_tokens"]) == (text, 1500, 2 ** 40)
+            assert node["cost_usd"] == pytest.approx(0.1 + i)
+            state = states[f"main/{text}"]
+            assert (state.key, state.def_hash, state.input_hashes) == (f"k{i}{text}", text, {text: text})
+            assert r.lookup_results([state.key])[state.key][0] == {text: [text, i, -0.5, None, True]}
+        assert nodes["main/bad"]["error"] == AWKWARD[3]
+        assert r.check_consistency() == []
+
+
 def test_resume_continues_rows_journals_and_totals(db: Path) -> None:
     with Store.open_writer(db) as s:
         s.begin_run("r1", flow="f", entry="main", plan_hash="p", inputs={}, at=T0)

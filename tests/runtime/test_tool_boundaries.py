@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agentflow.compiler.hashing import canonical_json, value_hash
-from agentflow.compiler.types import Validators
+from agentflow.compiler.types import Validators, type_from_json
 from agentflow.runtime import tools
 from agentflow.runtime.store import Store
 from agentflow.runtime.tools import (
@@ -123,6 +123,41 @@ def test_ordinary_values_keep_their_hashes() -> None:
     assert value_hash("héllo") == "76880373d6bd1bbb409040f54bf0dffc235b3771b7c09a2d04a8f5b23bc6309f"
     assert value_hash({"b": [1, 2.5, None, True], "a": "ü\u2028"}) == (
         "cfe13df312b78f75a822e3c472aa7a0eabfb454dc29fa3292591c13eef5faf2f")
+
+
+@pytest.mark.parametrize("value", [
+    "héllo", "", 1.5, -0.0, 1e300, 2 ** 70, True, None, [], {}, [1, "a", None, [2.5, {"z": 1, "a": 2}]],
+    {"b": [1, 2.5, None, True], "a": "ü\u2028", "": {"\n": "\"q\" \\ \x00"}},
+])
+def test_canonical_json_is_sorted_compact_json(value) -> None:
+    """The same text as `json.dumps` with sorted keys and no whitespace (keys depend on it)."""
+    assert canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_canonical_json_refuses_what_json_cannot_spell() -> None:
+    for value in (float("nan"), {"x": float("inf")}):
+        with pytest.raises(ValueError):
+            canonical_json(value)
+    with pytest.raises(TypeError):
+        canonical_json({"x": object()})
+
+
+@pytest.mark.parametrize("type_name", ["str", "int", "float", "bool"])
+@pytest.mark.parametrize("value", [0, -7, 2 ** 70, True, 1.5, -0.0, float("inf"), "3", "é\udcff", None, [1]])
+def test_validating_a_primitive_gives_what_pydantic_gives(type_name: str, value) -> None:
+    """The fast path for a value of exactly its primitive's Python type changes nothing: the
+    value validates as it does inside a list, which pydantic checks."""
+    validators = Validators({})
+    t, in_list = type_from_json(type_name), type_from_json({"list": type_name})
+    for strict in (False, True):
+        try:
+            expected = validators.validate(in_list, [value], strict=strict)[0]
+        except ValueError as err:
+            with pytest.raises(type(err)):
+                validators.validate(t, value, strict=strict)
+            continue
+        got = validators.validate(t, value, strict=strict)
+        assert type(got) is type(expected) and (got == expected or got != got and expected != expected)
 
 
 def test_fs_list_names_an_undecodable_file(ctx: ToolContext) -> None:
