@@ -149,8 +149,9 @@ class Ledger:
         self._forget_failed_journals(self.resumed)
         self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
                              inputs=inputs, fingerprint=fingerprint)
-        self.store.set_meta(plan_meta_key(plan_hash), canonical_json(plan))  # what `agentflow ui` draws
         try:  # the run is recorded before it waits for anything else
+            if not await self._io(self.store.has_meta, plan_meta_key(plan_hash)):  # the plan's runs share it
+                self.store.set_meta(plan_meta_key(plan_hash), canonical_json(plan))  # what `agentflow ui` draws
             await self.commit()
             await self._preload()
         except asyncio.CancelledError:  # Ctrl-C or SIGTERM as it began: it ends cancelled, not running

@@ -387,6 +387,12 @@ class Queries(BatchedWriter):
         return dict(self._read(lambda con: con.execute("SELECT key, value FROM meta WHERE starts_with(key, ?)",
                                                        [prefix]).fetchall()))
 
+    def has_meta(self, key: str) -> bool:
+        """Whether a committed meta entry exists (without reading its value: a plan's is
+        megabytes). Nothing buffered is committed first."""
+        return self._read(lambda con: con.execute("SELECT 1 FROM meta WHERE key = ?", [key]).fetchone(),
+                          flush=False) is not None
+
     def get_meta(self, key: str) -> str | None:
         row = self._read(lambda con: con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone())
         return row[0] if row else None
