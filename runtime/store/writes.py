@@ -275,13 +275,13 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, statements: Sequence[tuple[s
         raise
 
 
-def _agent_generations(con: duckdb.DuckDBPyConnection, agents: list[str]) -> dict[str, int]:
+def _agent_generations(con: "_Statements", agents: list[str]) -> dict[str, int]:
     """The current generation of each agent that was ever reset (the others are at 0)."""
     return dict(con.execute("SELECT agent, max(generation) FROM _agent_resets WHERE agent = ANY($1::VARCHAR[]) "
                             "GROUP BY agent", [agents]).fetchall())
 
 
-def _write_agent_turns(con: duckdb.DuckDBPyConnection, turns: list[tuple]) -> None:
+def _write_agent_turns(con: "_Statements", turns: list[tuple]) -> None:
     """Agents' new turns, in their current generations, numbered on from the last turn; a
     call's earlier turns there are replaced (a call of a resumed run that runs again, forced
     or because its agent's state changed, stores them anew)."""
