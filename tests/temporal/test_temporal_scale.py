@@ -228,17 +228,27 @@ def test_delegated_task_calls_run_in_child_workflows_with_their_own_histories(cl
 SPAWNING = """
 tool add(a: int, b: int) -> int { python = "tools:add" }
 tool slow(x: int, seconds: float) -> int { python = "tools:slow" }
+tool inc(x: int) -> int { python = "tools:inc" }
 
 role architect {
   model = "scripted:script.json"
   spawn = true
   tools = [add, slow]
   task plan(goal: str) -> str { prompt = "PLAN {goal}" }
+  task step(i: int) -> str { prompt = "STEP {i}" }
 }
 
 choreography main(goal: str = "sum") -> str {
   p = architect.plan(goal)
   return p
+}
+
+choreography steps(n: int) -> json {
+  loop = repeat max 100 until i >= n {
+    i = inc(prev.i if prev != null else 0)
+    p = architect.step(i)
+  }
+  return {i: loop.i, p: loop.p}
 }
 """
 SPAWNING_TOOLS = """
@@ -246,6 +256,9 @@ import asyncio
 
 def add(a, b):
     return a + b
+
+def inc(x):
+    return x + 1
 
 async def slow(x, seconds):
     await asyncio.sleep(seconds)
@@ -355,6 +368,27 @@ def test_agents_created_by_a_created_agent_run_in_its_child_workflow_and_are_ver
     assert children_of(address, wf_id) == [child] and children_of(address, child) == [grandchild]
     assert model_calls(address, wf_id) == {wf_id: 2, child: 3}
     assert model_calls(address, grandchild) == {grandchild: 1}
+
+
+def test_recipes_created_before_a_continue_as_new_are_versioned_on_after_it_as_locally(cluster, tmp_path):
+    """Each step of a chain creates the agent `x` again, changed: the version each step is told
+    counts on across the workflow's continues-as-new (which carry the recipes), as locally."""
+    n = 12
+    rules = [rule for k in range(1, n + 1) for rule in (
+        {"node": f"steps/loop#{k}/p", "turn": 1, "tool_calls": [create("x", "Odd." if k % 2 else "Even.", [])]},
+        {"node": f"steps/loop#{k}/p", "turn": 2, "echo": "last"})]
+    told, dbs = {}, {}
+    for name, engine, env in (("local", [], None), ("t", cluster.run_args(), scale_env(history="60"))):
+        cwd = tmp_path / name
+        spawning(cwd, *rules)
+        db = dbs[name] = cwd / "t.duckdb"
+        ok(af(cwd, "run", "flow.agentflow", "--entry", "steps", "--input", f"n={n}", "--db", str(db), *engine, env=env))
+        told[name] = [json.loads(tool_results(db, f"steps/loop#{k}/p")[0])["version"] for k in range(1, n + 1)]
+    assert told["t"] == told["local"] == list(range(1, n + 1))
+    assert agent_rows(dbs["t"]) == agent_rows(dbs["local"])
+    from temporalio.client import WorkflowExecutionStatus
+    wf_id = workflow_of(dbs["t"])
+    assert executions(cluster.server.address, wf_id)[wf_id].count(WorkflowExecutionStatus.CONTINUED_AS_NEW) >= 2
 
 
 def test_ctrl_c_of_a_followed_run_cancels_a_created_agents_child_workflow(cluster, tmp_path):
