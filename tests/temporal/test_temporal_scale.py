@@ -370,6 +370,26 @@ def test_agents_created_by_a_created_agent_run_in_its_child_workflow_and_are_ver
     assert model_calls(address, grandchild) == {grandchild: 1}
 
 
+def test_a_created_agent_that_fails_in_its_child_workflow_returns_the_error_to_its_caller_as_locally(
+        cluster, tmp_path):
+    agent = "main/p/agent:flaky#1"
+    rules = [{"node": "main/p", "turn": 1, "tool_calls": [create("flaky", "Fail.", []), call("flaky", "try")]},
+             {"node": "main/p", "turn": 2, "contains": "failed", "content": "recovered without it"},
+             {"node": agent, "error": "fatal", "message": "the agent broke"}]
+    told = {}
+    for name, engine in (("local", []), ("t", cluster.run_args())):
+        cwd = tmp_path / name
+        spawning(cwd, *rules)
+        db = cwd / "t.duckdb"
+        result = ok(af(cwd, "run", "flow.agentflow", "--db", str(db), *engine))
+        told[name] = (result.stdout, last_run(db)["status"], rows(db), tool_results(db, "main/p"))
+    assert told["t"] == told["local"]
+    assert told["t"][3][1] == ("error: call_agent: agent architect/flaky failed: model scripted:script.json: "
+                               "scripted model (main/p/agent:flaky#1): the agent broke")
+    wf_id = workflow_of(tmp_path / "t" / "t.duckdb")
+    assert model_calls(cluster.server.address, wf_id) == {wf_id: 2, f"{wf_id}/{agent}": 1}
+
+
 def test_recipes_created_before_a_continue_as_new_are_versioned_on_after_it_as_locally(cluster, tmp_path):
     """Each step of a chain creates the agent `x` again, changed: the version each step is told
     counts on across the workflow's continues-as-new (which carry the recipes), as locally."""
