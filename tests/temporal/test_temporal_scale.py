@@ -368,6 +368,10 @@ def test_agents_created_by_a_created_agent_run_in_its_child_workflow_and_are_ver
     assert children_of(address, wf_id) == [child] and children_of(address, child) == [grandchild]
     assert model_calls(address, wf_id) == {wf_id: 2, child: 3}
     assert model_calls(address, grandchild) == {grandchild: 1}
+    # `show` of a node of the second run names the innermost workflow it ran in
+    again = workflow_of(tmp_path / "t" / "t.duckdb")
+    assert f"workflow  {again}/{a}/{b}" in shown(tmp_path / "t", b)
+    assert f"workflow  {again}/{a}" in shown(tmp_path / "t", a)
 
 
 def test_a_created_agent_that_fails_in_its_child_workflow_returns_the_error_to_its_caller_as_locally(
