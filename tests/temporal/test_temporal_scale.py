@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from runtime_support import write
+from runtime_support import call_agent, create_agent, write
 from temporal_support import HERE, base_env
 from test_temporal_engine import (SPECS, activity_history, af, af_start, collect, describe, last_run, nodes, ok,
                                   recorded_runs, running_on, temporal, texts, wait_until, workflow_of)
@@ -273,14 +273,6 @@ def spawning(cwd: Path, *rules: dict) -> Path:
     return write(cwd / "flow.agentflow", SPAWNING)
 
 
-def create(name: str, instructions: str, tools: list[str]) -> dict:
-    return {"name": "create_agent", "arguments": {"name": name, "instructions": instructions, "tools": tools}}
-
-
-def call(name: str, prompt: str) -> dict:
-    return {"name": "call_agent", "arguments": {"name": name, "prompt": prompt}}
-
-
 def agent_rows(db: Path) -> list[tuple]:
     """The `agents` view: every recipe version, and the node that created it."""
     with duckdb.connect(str(db), read_only=True) as con:
@@ -334,10 +326,11 @@ def test_agents_created_by_a_created_agent_run_in_its_child_workflow_and_are_ver
 
     def rules(prompt: str, level_two: str) -> list[dict]:
         return [
-            {"node": "main/p", "turn": 1, "tool_calls": [create("a", "Level one.", ["add"]), call("a", prompt)]},
+            {"node": "main/p", "turn": 1,
+             "tool_calls": [create_agent("a", "Level one.", ["add"]), call_agent("a", prompt)]},
             {"node": "main/p", "turn": 2, "echo": "last"},
-            {"node": a, "turn": 1, "tool_calls": [create("b", level_two, [])]},
-            {"node": a, "turn": 2, "tool_calls": [call("b", "deeper")]},
+            {"node": a, "turn": 1, "tool_calls": [create_agent("b", level_two, [])]},
+            {"node": a, "turn": 2, "tool_calls": [call_agent("b", "deeper")]},
             {"node": a, "turn": 3, "echo": "last"},
             {"node": b, "turn": 1, "content": f"b was told: {level_two}"}]
 
@@ -377,7 +370,8 @@ def test_agents_created_by_a_created_agent_run_in_its_child_workflow_and_are_ver
 def test_a_created_agent_that_fails_in_its_child_workflow_returns_the_error_to_its_caller_as_locally(
         cluster, tmp_path):
     agent = "main/p/agent:flaky#1"
-    rules = [{"node": "main/p", "turn": 1, "tool_calls": [create("flaky", "Fail.", []), call("flaky", "try")]},
+    rules = [{"node": "main/p", "turn": 1,
+              "tool_calls": [create_agent("flaky", "Fail.", []), call_agent("flaky", "try")]},
              {"node": "main/p", "turn": 2, "contains": "failed", "content": "recovered without it"},
              {"node": agent, "error": "fatal", "message": "the agent broke"}]
     told = {}
@@ -399,7 +393,7 @@ def test_recipes_created_before_a_continue_as_new_are_versioned_on_after_it_as_l
     counts on across the workflow's continues-as-new (which carry the recipes), as locally."""
     n = 12
     rules = [rule for k in range(1, n + 1) for rule in (
-        {"node": f"steps/loop#{k}/p", "turn": 1, "tool_calls": [create("x", "Odd." if k % 2 else "Even.", [])]},
+        {"node": f"steps/loop#{k}/p", "turn": 1, "tool_calls": [create_agent("x", "Odd." if k % 2 else "Even.", [])]},
         {"node": f"steps/loop#{k}/p", "turn": 2, "echo": "last"})]
     told, dbs = {}, {}
     for name, engine, env in (("local", [], None), ("t", cluster.run_args(), scale_env(history="60"))):
@@ -418,7 +412,8 @@ def test_recipes_created_before_a_continue_as_new_are_versioned_on_after_it_as_l
 def test_ctrl_c_of_a_followed_run_cancels_a_created_agents_child_workflow(cluster, tmp_path):
     agent = "main/p/agent:sleeper#1"
     spawning(tmp_path,
-             {"node": "main/p", "turn": 1, "tool_calls": [create("sleeper", "Wait.", ["slow"]), call("sleeper", "wait")]},
+             {"node": "main/p", "turn": 1,
+              "tool_calls": [create_agent("sleeper", "Wait.", ["slow"]), call_agent("sleeper", "wait")]},
              {"node": "main/p", "turn": 2, "echo": "last"},
              {"node": agent, "turn": 1, "tool_calls": [{"name": "slow", "arguments": {"x": 1, "seconds": 120}}]},
              {"node": agent, "turn": 2, "echo": "last"})
