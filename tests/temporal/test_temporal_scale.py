@@ -227,13 +227,13 @@ def test_delegated_task_calls_run_in_child_workflows_with_their_own_histories(cl
 
 SPAWNING = """
 tool add(a: int, b: int) -> int { python = "tools:add" }
-tool slow(x: int, seconds: float) -> int { python = "tools:slow" }
+tool wait_for(path: str) -> str { python = "tools:wait_for" }
 tool inc(x: int) -> int { python = "tools:inc" }
 
 role architect {
   model = "scripted:script.json"
   spawn = true
-  tools = [add, slow]
+  tools = [add, wait_for]
   task plan(goal: str) -> str { prompt = "PLAN {goal}" }
   task step(i: int) -> str { prompt = "STEP {i}" }
 }
@@ -253,6 +253,7 @@ choreography steps(n: int) -> json {
 """
 SPAWNING_TOOLS = """
 import asyncio
+import os
 
 def add(a, b):
     return a + b
@@ -260,14 +261,16 @@ def add(a, b):
 def inc(x):
     return x + 1
 
-async def slow(x, seconds):
-    await asyncio.sleep(seconds)
-    return x * 10
+async def wait_for(path):
+    while not os.path.exists(path):
+        await asyncio.sleep(0.05)
+    return path
 """
 
 
 def spawning(cwd: Path, *rules: dict) -> Path:
-    """A flow (`flow`) whose architect may create agents with `add` and `slow`, scripted by `rules`."""
+    """A flow (`flow`) whose architect may create agents with `add` and `wait_for` (a call that
+    runs until a file exists), scripted by `rules`."""
     write(cwd / "tools.py", SPAWNING_TOOLS)
     write(cwd / "script.json", json.dumps({"rules": list(rules)}))
     return write(cwd / "flow.agentflow", SPAWNING)
@@ -409,13 +412,16 @@ def test_recipes_created_before_a_continue_as_new_are_versioned_on_after_it_as_l
     assert executions(cluster.server.address, wf_id)[wf_id].count(WorkflowExecutionStatus.CONTINUED_AS_NEW) >= 2
 
 
-def test_ctrl_c_of_a_followed_run_cancels_a_created_agents_child_workflow(cluster, tmp_path):
-    agent = "main/p/agent:sleeper#1"
+def test_ctrl_c_of_a_followed_run_cancels_a_created_agents_child_workflow_and_resume_finishes_it(
+        cluster, tmp_path):
+    """The agent's tool runs until a file exists; Ctrl-C stops it. `--resume` goes on from the
+    journals: the architect and its agent ask their models only the turns not answered yet."""
+    agent, go = "main/p/agent:waiter#1", str(tmp_path / "go")
     spawning(tmp_path,
              {"node": "main/p", "turn": 1,
-              "tool_calls": [create_agent("sleeper", "Wait.", ["slow"]), call_agent("sleeper", "wait")]},
+              "tool_calls": [create_agent("waiter", "Wait.", ["wait_for"]), call_agent("waiter", "wait")]},
              {"node": "main/p", "turn": 2, "echo": "last"},
-             {"node": agent, "turn": 1, "tool_calls": [{"name": "slow", "arguments": {"x": 1, "seconds": 120}}]},
+             {"node": agent, "turn": 1, "tool_calls": [{"name": "wait_for", "arguments": {"path": go}}]},
              {"node": agent, "turn": 2, "echo": "last"})
     db, address = tmp_path / "t.duckdb", cluster.server.address
     client = af_start(tmp_path, "run", "flow.agentflow", "--db", str(db), *cluster.run_args())
@@ -438,3 +444,9 @@ def test_ctrl_c_of_a_followed_run_cancels_a_created_agents_child_workflow(cluste
     assert last_run(db)["status"] == "cancelled"
     statuses = {node: status for node, (status, *_) in rows(db).items()}
     assert statuses["main/p"] == "cancelled" and statuses[agent] == "cancelled", statuses
+
+    Path(go).touch()
+    resumed = ok(af(tmp_path, "run", "flow.agentflow", "--db", str(db), "--resume", *cluster.run_args()))
+    assert json.loads(resumed.stdout) == go
+    assert {status for status, *_ in rows(db).values()} == {"succeeded"}
+    assert model_calls(address, wf_id) == {wf_id: 1, child: 1}  # the turns after the journaled ones
