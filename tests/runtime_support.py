@@ -116,6 +116,16 @@ def result_json(result: subprocess.CompletedProcess) -> Any:
     return json.loads(result.stdout)
 
 
+def create_agent(name: str, instructions: str, tools: list[str], **extra) -> dict:
+    """A scripted model's `create_agent` call (a role with `spawn = true`)."""
+    return {"name": "create_agent", "arguments": {"name": name, "instructions": instructions, "tools": tools, **extra}}
+
+
+def call_agent(name: str, prompt: str) -> dict:
+    """A scripted model's `call_agent` call."""
+    return {"name": "call_agent", "arguments": {"name": name, "prompt": prompt}}
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)

@@ -104,6 +104,15 @@ def runs_apart(plan: schema.Plan, tasks: set[str]) -> bool:
     return True
 
 
+def agent_runs_apart(plan: schema.Plan, definition: schema.TaskDefinition) -> bool:
+    """Whether a created agent's call may run in a child workflow: unlike a declared role's,
+    its recipes travel with it (the child is given the run's latest, and its parent versions
+    what it creates), so only a person answering it or a task it delegates to can keep it in
+    its caller's workflow."""
+    delegates = {t["delegate"] for t in definition["tools"] if "delegate" in t}
+    return not is_human(definition["model"]) and runs_apart(plan, delegates)
+
+
 def outer_names(plan: schema.Plan, body: schema.Body) -> set[str]:
     """The names a loop body reads from outside itself: what a chunk is given with its items."""
     read: set[str] = set()

@@ -10,7 +10,7 @@ from ..tools import ToolSpec
 
 WORKFLOW = "agentflow.run"
 CHUNK_WORKFLOW = "agentflow.chunk"  # a slice of a large `for`'s items, a child of the run's workflow
-DELEGATE_WORKFLOW = "agentflow.delegate"  # a delegated task call's loop, a child of its caller's workflow
+DELEGATE_WORKFLOW = "agentflow.delegate"  # a delegated or created agent's call's loop, a child of its caller's
 MODEL_ACTIVITY = "agentflow.model_call"
 TOOL_ACTIVITY = "agentflow.tool_call"
 PROGRAM_ACTIVITY = "agentflow.compile_program"  # a model's program, compiled off the workflow (no parser there)

@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from agentflow.runtime.tools import ToolError
 
     from . import wire
-    from .scale import GatedSlots, Handover, chunkable, outer_names, runs_apart
+    from .scale import GatedSlots, Handover, agent_runs_apart, chunkable, outer_names, runs_apart
 
 # The state a record puts its node in; a new run after continue-as-new does not record again
 # what its predecessors recorded (the calls it reuses from their results, say).
@@ -218,13 +218,24 @@ class WorkflowLedger:
     async def save_recipe(self, recipe: AgentRecipe, node_id: str) -> int:
         """Versioned here as the store versions it (the client seeded the latest versions); the
         client stores it from the event."""
+        saved, new = self.versioned(recipe)
+        if new:
+            self.emit("recipe", node=node_id, recipe=wire.recipe_to_wire(recipe))
+        return saved.version
+
+    def versioned(self, recipe: AgentRecipe) -> tuple[AgentRecipe, bool]:
+        """`recipe` as the latest version of its agent: the latest itself when equal to it
+        (False), else the next version (True). Also how a parent learns what a child created."""
         latest = self.recipes.get((recipe.creator, recipe.name))
         if latest is not None and latest.content_hash() == recipe.content_hash():
-            return latest.version
+            return latest, False
         saved = dataclasses.replace(recipe, version=1 if latest is None else latest.version + 1)
         self.recipes[(recipe.creator, recipe.name)] = saved
-        self.emit("recipe", node=node_id, recipe=wire.recipe_to_wire(recipe))
-        return saved.version
+        return saved, True
+
+    def recipes_to_wire(self) -> list[dict]:
+        """The latest recipes, as a child workflow or a successor after continue-as-new is given them."""
+        return [wire.recipe_to_wire(r) for r in self.recipes.values()]
 
     async def latest_recipes(self, creator: str) -> list[AgentRecipe]:
         return sorted((r for (c, _), r in self.recipes.items() if c == creator), key=lambda r: r.name)
@@ -359,15 +370,25 @@ class WorkflowEngine(Engine):
 
     async def call(self, iid: str, kind: str, target: str, args: dict, role: str | None, nested: bool = False,
                    contained: bool = False) -> Any:
-        if nested and target in self.plan["tasks"] and runs_apart(self.plan, {target}):
+        if nested and self.runs_apart(target):
             self.delegations.add(iid)  # its task loop runs in a child workflow (`delegated`)
         return await super().call(iid, kind, target, args, role, nested, contained)
 
+    def runs_apart(self, target: str) -> bool:
+        """Whether a delegated call of `target`, or a call of the created agent `target`, runs
+        its task loop in a child workflow."""
+        if target in self.plan["tasks"]:
+            return runs_apart(self.plan, {target})
+        return agent_runs_apart(self.plan, self.task_definition(target))
+
     async def delegated(self, job: NodeJob) -> NodeOutcome:
-        """A delegated task call's loop, run in a delegate workflow. It passes no `Handover`:
-        the call that delegated is running, so this workflow cannot hand over meanwhile."""
+        """A delegated task call's loop, or a created agent's, run in a delegate workflow (given
+        the agent's task, which the plan does not declare). It passes no `Handover`: the call
+        that delegated is running, so this workflow cannot hand over meanwhile."""
         child_id = f"{workflow.info().workflow_id}/{job.node_id}"
-        result = await self.child(wire.DELEGATE_WORKFLOW, child_id, job.node_id, {"job": dataclasses.asdict(job)})
+        agent = {} if job.target in self.plan["tasks"] else {job.target: self.task_entries[job.target]}
+        result = await self.child(wire.DELEGATE_WORKFLOW, child_id, job.node_id,
+                                  {"job": dataclasses.asdict(job), "agent_tasks": agent})
         self.failed_nodes += result["failed_nodes"]  # its own delegations'
         if result["status"] == "failed":
             f = result["failure"]
@@ -376,10 +397,11 @@ class WorkflowEngine(Engine):
 
     async def child(self, workflow_type: str, child_id: str, inside: str, work: dict) -> dict:
         """Runs `work` in a child workflow, given the stored results and the resumed state of
-        nodes whose ids start with `inside`. Its records join this run's; cancelling this run
-        cancels it and waits for what it recorded."""
-        config = {**{k: v for k, v in self.config.items() if k not in ("carried", "chunk", "job")},
-                  "known": self.ledger.results,
+        nodes whose ids start with `inside`, and the latest agent recipes. Its records join this
+        run's, and the recipes it created this run's latest (versioned here in the order the client
+        stores them); cancelling this run cancels it and waits for what it recorded."""
+        config = {**{k: v for k, v in self.config.items() if k not in ("carried", "chunk", "job", "agent_tasks")},
+                  "known": self.ledger.results, "recipes": self.ledger.recipes_to_wire(),
                   "resumed": {n: k for n, k in self.ledger.resumed.items() if n.startswith(inside)},
                   "journals": {n: j for n, j in self.ledger.journals.items() if n.startswith(inside)}, **work}
         chunk = work.get("chunk")
@@ -396,6 +418,8 @@ class WorkflowEngine(Engine):
             self.ledger.records.add(event)
             if event["op"] == "node_succeeded":  # later calls with the same key reuse it, as inline
                 self.ledger.results[event["key"]] = event["value"]
+            elif event["op"] == "recipe":
+                self.ledger.versioned(wire.recipe_from_wire(event["recipe"]))
         if result["status"] == "cancelled":
             raise asyncio.CancelledError()
         return result
@@ -583,6 +607,8 @@ class _Workflow:
         engine = WorkflowEngine(config["plan"], ledger, options, TemporalExecutor(config["activity"], self.answers),
                                 EventReporter(self.records), config=config, chunks=dict(carried.get("chunks", {})))
         engine.ran_inside.update(carried.get("ran_inside", []))
+        for target, entry in config.get("agent_tasks", {}).items():  # a created agent's call's child
+            engine.add_task(target, entry)
         return engine
 
     async def _outcome(self, engine: WorkflowEngine, config: dict) -> dict:
@@ -620,7 +646,8 @@ class _Workflow:
         carried = {**self.records.unread(read), "session_steps": ledger.session_steps,
                    "missing": self.lookups.missing(), "answers": self.answers,
                    "ran_inside": sorted(engine.ran_inside), "chunks": engine.chunks}
-        workflow.continue_as_new({**config, "known": ledger.results, "carried": carried})
+        workflow.continue_as_new({**config, "known": ledger.results, "recipes": ledger.recipes_to_wire(),
+                                  "carried": carried})
 
 
 @workflow.defn(name=wire.WORKFLOW, sandboxed=True)
@@ -666,8 +693,9 @@ class ChunkWorkflow(_Workflow):
 
 @workflow.defn(name=wire.DELEGATE_WORKFLOW, sandboxed=True)
 class DelegateWorkflow(_Workflow):
-    """The task loop of a delegated call (`role.task` called from a task), a child of the
-    workflow whose call delegated: its history is its own. Its result is as a chunk's."""
+    """The task loop of a delegated call (`role.task` called from a task) or of a created
+    agent's call (`call_agent`), a child of the workflow whose call delegated: its history is
+    its own. Its result is as a chunk's."""
 
     @workflow.run
     async def run(self, config: dict) -> dict:

@@ -11,8 +11,8 @@ import duckdb
 
 from agentflow.runtime.history import node_detail
 from agentflow.runtime.store import Store
-from runtime_support import DB, KEY_ENV, af, af_start, last_run, ok, outputs, ran, result_json, reused, runs, show, \
-    stop, wait_until, write
+from runtime_support import DB, KEY_ENV, af, af_start, call_agent, create_agent, last_run, ok, outputs, ran, \
+    result_json, reused, runs, show, stop, wait_until, write
 
 TOOLS = """
 def add(a, b):
@@ -58,14 +58,6 @@ def script(*rules: dict) -> str:
     return json.dumps({"rules": list(rules)})
 
 
-def create(name: str, instructions: str, tools: list[str], **extra) -> dict:
-    return {"name": "create_agent", "arguments": {"name": name, "instructions": instructions, "tools": tools, **extra}}
-
-
-def call(name: str, prompt: str) -> dict:
-    return {"name": "call_agent", "arguments": {"name": name, "prompt": prompt}}
-
-
 def project(tmp_path: Path, rules: list[dict], **kw) -> Path:
     write(tmp_path / "tools.py", TOOLS)
     write(tmp_path / "script.json", script(*rules))
@@ -94,10 +86,10 @@ def llm_calls(cwd: Path, run_id: str) -> list[tuple]:
 def test_an_agent_with_a_tool_or_model_its_creator_may_not_give_is_refused_and_the_model_sees_why(tmp_path):
     project(tmp_path, [
         {"node": "main/p", "turn": 1, "tool_calls": [
-            create("loud", "Shout.", ["shout"]),
-            create("pricey", "Think.", [], model="openai/gpt-5"),
-            create("bad name", "x", []),
-            call("nobody", "hi")]},
+            create_agent("loud", "Shout.", ["shout"]),
+            create_agent("pricey", "Think.", [], model="openai/gpt-5"),
+            create_agent("bad name", "x", []),
+            call_agent("nobody", "hi")]},
         {"node": "main/p", "turn": 2, "content": "gave up"}])
     assert result_json(ok(af(tmp_path, "run", "flow.agentflow"))) == "gave up"
     results = tool_results(last_run(tmp_path)["run_id"], "main/p", tmp_path)
@@ -116,8 +108,8 @@ def test_an_agent_with_a_tool_or_model_its_creator_may_not_give_is_refused_and_t
 
 def test_a_created_agent_runs_as_a_journaled_node_and_a_rerun_reuses_it_without_a_model_call(tmp_path):
     project(tmp_path, [
-        {"node": "main/p", "turn": 1, "tool_calls": [create("math_solver", "You add {numbers}.", ["add"])]},
-        {"node": "main/p", "turn": 2, "tool_calls": [{"name": "list_agents"}, call("math_solver", "2 + 3?")]},
+        {"node": "main/p", "turn": 1, "tool_calls": [create_agent("math_solver", "You add {numbers}.", ["add"])]},
+        {"node": "main/p", "turn": 2, "tool_calls": [{"name": "list_agents"}, call_agent("math_solver", "2 + 3?")]},
         {"node": "main/p", "turn": 3, "echo": "last"},
         {"node": "main/p/agent:math_solver#1", "turn": 1, "tool_calls": [
             {"name": "add", "arguments": {"a": 2, "b": 3}}]},
@@ -158,8 +150,8 @@ def test_recipes_survive_kill_9_resume_and_later_runs_and_a_changed_recipe_is_a_
     def rules(instructions: str) -> list[dict]:
         return [
             {"node": "main/p", "turn": 1, "tool_calls": [
-                create("math_solver", instructions, ["add"], model="openai/gpt-4o-mini")]},
-            {"node": "main/p", "turn": 2, "tool_calls": [call("math_solver", "SOLVE 2+3")]},
+                create_agent("math_solver", instructions, ["add"], model="openai/gpt-4o-mini")]},
+            {"node": "main/p", "turn": 2, "tool_calls": [call_agent("math_solver", "SOLVE 2+3")]},
             {"node": "main/p", "turn": 3, "echo": "last"}]
 
     project(tmp_path, rules("You add."), server_url=server.base_url)
@@ -219,11 +211,11 @@ def test_recipes_survive_kill_9_resume_and_later_runs_and_a_changed_recipe_is_a_
 def test_created_agents_create_agents_down_to_max_spawn_depth(tmp_path):
     a, b = "main/p/agent:a#1", "main/p/agent:a#1/agent:b#1"
     project(tmp_path, [
-        {"node": "main/p", "turn": 1, "tool_calls": [create("a", "Level one.", ["add"]), call("a", "go")]},
+        {"node": "main/p", "turn": 1, "tool_calls": [create_agent("a", "Level one.", ["add"]), call_agent("a", "go")]},
         {"node": "main/p", "turn": 2, "echo": "last"},
-        {"node": a, "turn": 1, "tool_calls": [create("b", "Level two.", []), call("b", "deeper")]},
+        {"node": a, "turn": 1, "tool_calls": [create_agent("b", "Level two.", []), call_agent("b", "deeper")]},
         {"node": a, "turn": 2, "echo": "last"},
-        {"node": b, "turn": 1, "tool_calls": [create("c", "Level three.", [])]},
+        {"node": b, "turn": 1, "tool_calls": [create_agent("c", "Level three.", [])]},
         {"node": b, "turn": 2, "echo": "last"}])
     refused = ok(af(tmp_path, "run", "flow.agentflow"))
     assert result_json(refused) == (
@@ -242,7 +234,7 @@ def test_created_agents_create_agents_down_to_max_spawn_depth(tmp_path):
 
 def test_a_created_agent_that_fails_returns_the_error_to_its_caller_and_the_run_succeeds(tmp_path):
     project(tmp_path, [
-        {"node": "main/p", "turn": 1, "tool_calls": [create("flaky", "Fail.", []), call("flaky", "try")]},
+        {"node": "main/p", "turn": 1, "tool_calls": [create_agent("flaky", "Fail.", []), call_agent("flaky", "try")]},
         {"node": "main/p", "turn": 2, "contains": "failed", "content": "recovered without it"},
         {"node": "main/p/agent:flaky#1", "error": "fatal", "message": "the agent broke"}])
     result = ok(af(tmp_path, "run", "flow.agentflow"))
