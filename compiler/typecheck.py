@@ -304,7 +304,8 @@ class Typer:
         """Checks `e` against `want` and reports where a literal misses it. Returns the type
         of anything else that does not fit, for the caller to report in its own words."""
         t, misfits = self.check(e, scope, want)
-        self.reported((t, misfits))
+        if misfits:
+            self.reported((t, misfits))
         return t if not misfits and not is_assignable(t, want, self.table) else None
 
     def suggested(self, e: ast.Expr, scope: TypedScope, hint: Type) -> Checked:
@@ -443,8 +444,10 @@ class Typer:
         return Misfit(Code.E201, f"field `{name}` of {show(record)} expects {show(want)}, found {found}",
                       value.span, f"this is {found}", hint)
 
-    def field_type(self, base: Type, name: str, span: Span, what: str) -> Type:
-        """The type of `base.name`; field access on an optional gives an optional."""
+    def field_type(self, base: Type, name: str, span: Span, what: str | ast.Expr) -> Type:
+        """The type of `base.name`; field access on an optional gives an optional. `what`
+        names the value in hints: a word, or the expression it is read from (described only
+        when a hint needs it: most reads need none)."""
         if is_unknown(strip_optional(base)):
             return base if base == JSON else ANY
         if isinstance(base, NullT):
@@ -454,6 +457,8 @@ class Typer:
         if fields is None:
             hint = None
             inner = strip_optional(base)
+            if not isinstance(what, str):
+                what = describe_expr(what).strip("`") if isinstance(what, (ast.Name, ast.Attribute)) else "xs"
             if isinstance(inner, ListT) and record_fields(inner.elem, self.table):
                 hint = f"it is a list: index it (`{what}[0].{name}`) or use `[x.{name} for x in {what}]`"
             elif isinstance(inner, ListT) or is_strlike(inner):
@@ -472,8 +477,7 @@ class Typer:
 
     def e_Attribute(self, e: ast.Attribute, scope: TypedScope) -> Type:
         base = self.expr(e.value, scope)
-        what = describe_expr(e.value).strip("`") if isinstance(e.value, (ast.Name, ast.Attribute)) else "xs"
-        return self.field_type(base, e.attr, e.attr_span, what)
+        return self.field_type(base, e.attr, e.attr_span, e.value)
 
     def e_Index(self, e: ast.Index, scope: TypedScope) -> Type:
         base = self.expr(e.value, scope)
