@@ -56,10 +56,12 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 
 
+_ARITY = {name: len(kind.fields) for name, kind in KINDS.items()}  # a kind -> how many fields it has
+
+
 def make(kind: str, *fields: Any) -> Expr:
     """The expression `[kind, *fields]`, checked against KINDS (what lowering builds with)."""
-    spec = KINDS.get(kind)
-    if spec is None or len(fields) != len(spec.fields):
+    if _ARITY.get(kind) != len(fields):
         raise ValueError(f"not an expression: {[kind, *fields]!r}")
     return [kind, *fields]
 

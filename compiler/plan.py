@@ -267,11 +267,11 @@ class _Lowering:
 
     def expr(self, e: ast.Expr, slot: str, cluster: str | None, counter: list) -> ir.Expr:
         """Expression IR; each nested call becomes node `<slot>@<n>`."""
-        r = lambda x: self.expr(x, slot, cluster, counter)  # noqa: E731
         if isinstance(e, ast.Literal):
             return ir.make("lit", e.value)
         if isinstance(e, ast.Name):
             return ir.make("name", e.id)
+        r = lambda x: self.expr(x, slot, cluster, counter)  # noqa: E731
         if isinstance(e, ast.BinOp):
             return ir.make("binop", e.op, r(e.left), r(e.right))
         if isinstance(e, ast.Duration):
