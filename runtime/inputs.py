@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
-from agentflow.compiler.types import Validators, type_from_json
+from agentflow.compiler.types import TypeMismatch, Validators, type_from_json
 
 
 # Lists and objects inside one input value. Real inputs stay far below it; above it the
@@ -106,7 +106,6 @@ def parse_inputs(plan: schema.Plan, pairs: Iterable[str], inputs_file: str | Non
 
 def validate_inputs(plan: schema.Plan, raw: dict[str, Any]) -> dict[str, Any]:
     """The entry's arguments, each checked against its parameter's type, defaults filled in."""
-    from pydantic import ValidationError
     params = {p["name"]: p for p in plan["params"]}
     for name in raw:
         if name not in params:
@@ -125,7 +124,7 @@ def validate_inputs(plan: schema.Plan, raw: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"input `{name}` {problem}")
         try:
             out[name] = validators.validate(type_from_json(p["type"]), raw[name], strict=True)
-        except ValidationError as err:
+        except TypeMismatch as err:
             first = err.errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ()))
             raise InputError(f"input `{name}` does not fit its type {_shown(p['type'])}: "
