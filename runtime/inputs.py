@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
@@ -75,8 +75,20 @@ def _json_problem(value: Any) -> str | None:
             if isinstance(item, dict):
                 stack.extend((key, depth) for key in item)
                 item = item.values()
-            stack.extend((child, depth + 1) for child in item)
+            if not _clean_scalars(item):
+                stack.extend((child, depth + 1) for child in item)
     return None
+
+
+def _clean_scalars(items: Collection) -> bool:
+    """Whether `items` are all scalars in which no problem hides, checked in bulk: an input is
+    often a long list of numbers or strings."""
+    kinds = set(map(type, items))
+    if not kinds <= {int, bool, type(None), float, str}:
+        return False
+    if float in kinds and not all(math.isfinite(x) for x in items if type(x) is float):
+        return False
+    return str not in kinds or not _SURROGATE.search("".join(x for x in items if type(x) is str))
 
 
 def parse_inputs(plan: schema.Plan, pairs: Iterable[str], inputs_file: str | None) -> dict[str, Any]:
