@@ -692,6 +692,21 @@ def test_copy_run_records_a_finished_run_again_in_one_go(db: Path) -> None:
         assert s.check_consistency() == []
 
 
+def test_copy_run_counts_as_reused_the_structures_with_a_node_inside(db: Path) -> None:
+    """As a rerun records them: a `for` over an empty list, or a call with no call inside, reused nothing."""
+    calls = ["main/rs[0]/x", "main/rs[1]/x", "main/sub/inner#1/y", "main/rs2b"]
+    structures = ["main/rs", "main/rs2", "main/empty", "main/sub", "main/sub/inner", "main/sub/in"]
+    with Store.open_writer(db) as s:
+        s.begin_run("r1", flow="f", entry="main", plan_hash="p", inputs={}, fingerprint="fp")
+        for node in calls + structures:
+            s.node_started("r1", node, role=None, key=f"structure:r1:{node}" if node in structures else f"k-{node}")
+            s.node_finished("r1", node, status="succeeded", value=1)
+        s.finish_run("r1", "succeeded", value=1)
+        s.copy_run("r1", "r2")
+        cached = {n["node"]: n["cached"] for n in s.run_nodes("r2")}
+    assert {node for node, reused in cached.items() if reused} == set(calls) | {"main/rs", "main/sub", "main/sub/inner"}
+
+
 def test_an_older_database_gains_the_agents_view_and_stores_recipes_by_version(db: Path) -> None:
     from agentflow.runtime.store import AgentRecipe
     make_v1_database(db)
