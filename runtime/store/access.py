@@ -53,10 +53,10 @@ IDLE_DETACH_S = 0.2  # writer lets go of the file after this long without a flus
 READER_YIELD_S = 1.0  # a writer waits at most this long for waiting readers
 READ_TIMEOUT_S = 5.0  # a reader gives up after this long
 WRITE_ATTACH_TIMEOUT_S = 10.0  # a writer waits this long for another program to let go
-# A writer that closes leaves a write-ahead log smaller than this in place, for the next open
-# to replay (~6 ms of CPU per MB), instead of checkpointing it into the file (~16 ms per MB
-# and the fsyncs): what it committed is durable in the log already. Bigger logs are
-# checkpointed, so no open replays more than this (DuckDB checkpoints by itself at 16 MiB).
+# A writer closed without a checkpoint (a no-op rerun) leaves a write-ahead log smaller than
+# this for the next open to replay (~6 ms of CPU per MB), instead of checkpointing it into the
+# file (~16 ms per MB and the fsyncs): what it committed is durable in the log already. A
+# bigger log is checkpointed all the same, so no open replays more than this.
 CLOSE_CHECKPOINT_WAL_BYTES = 8 << 20
 
 _T = TypeVar("_T")
@@ -219,13 +219,13 @@ class FileAccess:
             self._made_files.add(path)
             return fd
 
-    def _release(self, remove_made_files: bool = False) -> None:
+    def _release(self, remove_made_files: bool = False, checkpoint: bool = True) -> None:
         self._closed = True
         self._stop.set()
         with self._io:
             if self._attached:
                 try:
-                    self._detach(checkpoint=self._wal_bytes() >= CLOSE_CHECKPOINT_WAL_BYTES)
+                    self._detach(checkpoint=checkpoint or self._wal_bytes() >= CLOSE_CHECKPOINT_WAL_BYTES)
                 except StoreError:
                     pass
             if self._duck is not None:

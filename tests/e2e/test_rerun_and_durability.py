@@ -106,6 +106,23 @@ def test_a_rerun_of_an_unchanged_flow_does_no_work_and_prints_the_stored_value(t
         assert store.check_consistency() == []
 
 
+def test_a_no_op_rerun_leaves_its_copy_in_the_log_and_the_next_run_reads_it(tmp_path):
+    """A run that did work checkpoints at its end; a no-op rerun ends without one, its copy
+    durable in the database's write-ahead log, which the next open replays."""
+    project(tmp_path, steps=5)
+    wal = tmp_path / (DB + ".wal")
+    first = ok(af(tmp_path, "run", "flow.agentflow"))
+    assert not wal.exists() or wal.stat().st_size == 0
+    again = ok(af(tmp_path, "run", "flow.agentflow"))
+    assert "no work to do" in again.stderr and wal.stat().st_size > 0
+    third = ok(af(tmp_path, "run", "flow.agentflow"))
+    assert "no work to do" in third.stderr and third.stdout == first.stdout
+    assert [r["status"] for r in runs(tmp_path)] == ["succeeded"] * 3
+    assert set(show(tmp_path, last_run(tmp_path)["run_id"])) == set(show(tmp_path, runs(tmp_path)[2]["run_id"]))
+    with Store.open_reader(tmp_path / DB) as store:
+        assert store.check_consistency() == []
+
+
 def test_a_change_of_input_or_tool_code_or_force_does_work_again(tmp_path):
     project(tmp_path, steps=3)
     ok(af(tmp_path, "run", "flow.agentflow"))

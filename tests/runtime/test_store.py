@@ -361,9 +361,7 @@ def test_a_failed_open_keeps_lock_files_it_did_not_make(tmp_path: Path) -> None:
     assert lock.exists() and wait.exists()
 
 
-def test_damaged_database_is_reported_not_raised_raw(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentflow.runtime.store import access
-    monkeypatch.setattr(access, "CLOSE_CHECKPOINT_WAL_BYTES", 0)  # the data goes into the file
+def test_damaged_database_is_reported_not_raised_raw(db: Path) -> None:
     with Store.open_writer(db) as s:
         s.begin_run("r", flow="f", entry="main", plan_hash="p", inputs={})
         for i in range(3000):
@@ -512,19 +510,21 @@ def test_kill_9_while_flushing_leaves_a_sound_database(tmp_path: Path, db: Path,
 
 
 CLOSED_THEN_KILLED = """
-with Store.open_writer(sys.argv[1]) as s:
-    s.begin_run("c", flow="f", entry="main", plan_hash="p", inputs={}, fingerprint="fp-c")
-    for i in range(200):
-        s.node_started("c", f"main/n{i}", role=None, key=f"k{i}")
-        s.node_finished("c", f"main/n{i}", status="succeeded", value=i)
-    s.finish_run("c", "succeeded", value=199)
+s = Store.open_writer(sys.argv[1])
+s.begin_run("c", flow="f", entry="main", plan_hash="p", inputs={}, fingerprint="fp-c")
+for i in range(200):
+    s.node_started("c", f"main/n{i}", role=None, key=f"k{i}")
+    s.node_finished("c", f"main/n{i}", status="succeeded", value=i)
+s.finish_run("c", "succeeded", value=199)
+s.close(checkpoint=False)
 print("closed", flush=True)
 time.sleep(60)
 """
 
 
-def test_a_small_close_leaves_its_log_and_a_kill_after_it_loses_nothing(tmp_path: Path, db: Path) -> None:
-    """A writer that wrote little closes without a checkpoint: its write-ahead log stays, and
+def test_a_close_without_checkpoint_leaves_its_log_and_a_kill_after_it_loses_nothing(tmp_path: Path,
+                                                                                    db: Path) -> None:
+    """A writer closed without a checkpoint (a no-op rerun) leaves its write-ahead log, and
     readers, the next writer and other programs see every fact it committed."""
     proc = child(tmp_path, "closer", CLOSED_THEN_KILLED, str(db))
     try:
@@ -541,21 +541,25 @@ def test_a_small_close_leaves_its_log_and_a_kill_after_it_loses_nothing(tmp_path
         assert r.finished_run("fp-c") == ("c", 199) and r.check_consistency() == []
     with duckdb.connect(str(db), read_only=True) as con:  # another program replays the log too
         assert con.execute("SELECT count(*) FROM node_runs WHERE run_id = 'c'").fetchone() == (200,)
-    with Store.open_writer(db) as s:
+    with Store.open_writer(db) as s:  # an ordinary close checkpoints the log into the file
         s.copy_run("c", "c2")
+    assert not wal.exists() or wal.stat().st_size == 0
     with Store.open_reader(db) as r:
         assert r.get_run("c2")["succeeded"] == 200 and r.get_run("c")["succeeded"] == 200
 
 
-def test_a_close_checkpoints_a_log_past_the_bound(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_close_without_checkpoint_checkpoints_a_log_past_the_bound(db: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from agentflow.runtime.store import access
-    with Store.open_writer(db) as s:
-        _stored_run(s, "r1", "f", {"main/a": 1})
     wal = db.with_name(db.name + ".wal")
-    assert wal.exists()
+    s = Store.open_writer(db)
+    _stored_run(s, "r1", "f", {"main/a": 1})
+    s.close(checkpoint=False)
+    assert wal.stat().st_size > 0
     monkeypatch.setattr(access, "CLOSE_CHECKPOINT_WAL_BYTES", 1)
-    with Store.open_writer(db) as s:
-        _stored_run(s, "r2", "f", {"main/a": 2})
+    s = Store.open_writer(db)
+    _stored_run(s, "r2", "f", {"main/a": 2})
+    s.close(checkpoint=False)
     assert not wal.exists() or wal.stat().st_size == 0  # checkpointed into the file
     with Store.open_reader(db) as r:
         assert r.finished_run("fp-r1") == ("r1", [1]) and r.finished_run("fp-r2") == ("r2", [2])
