@@ -264,7 +264,7 @@ class TypeMismatch(ValueError):
         return self._errors
 
 
-class _Unsure(Exception):
+class NotPlain(Exception):
     """The plain check cannot vouch for a value: pydantic decides, and words any error."""
 
 
@@ -276,7 +276,7 @@ _FLOAT_EXACT_INT = 2 ** 53  # ints up to this size become floats without roundin
 def _exact(kind: type) -> Check:
     def check(value: Any) -> Any:
         if type(value) is not kind:
-            raise _Unsure
+            raise NotPlain
         return value
     return check
 
@@ -285,7 +285,7 @@ def _exact_items(kind: type) -> Check:
     """A list of one primitive type, checked in C: `list[int]` inputs of 100k items."""
     def check(value: Any) -> Any:
         if type(value) is not list or not set(map(type, value)) <= {kind}:
-            raise _Unsure
+            raise NotPlain
         return list(value)
     return check
 
@@ -296,7 +296,7 @@ def _float(value: Any) -> float:
         return value
     if kind is int and -_FLOAT_EXACT_INT <= value <= _FLOAT_EXACT_INT:
         return float(value)
-    raise _Unsure
+    raise NotPlain
 
 
 def _plain_json(value: Any) -> Any:
@@ -310,11 +310,11 @@ def _plain_json(value: Any) -> Any:
         return [_plain_json(item) for item in value]
     if kind is dict and all(type(key) is str for key in value):
         return {key: _plain_json(item) for key, item in value.items()}
-    raise _Unsure
+    raise NotPlain
 
 
 def _unsure(value: Any) -> Any:
-    raise _Unsure
+    raise NotPlain
 
 
 class Validators:
@@ -351,7 +351,7 @@ class Validators:
         exactly the declared types are the same either way, and skip pydantic."""
         try:
             return self._check(t)(value)
-        except (_Unsure, RecursionError):
+        except (NotPlain, RecursionError):
             return self.validate_by_pydantic(t, value, strict=strict)
 
     def validate_by_pydantic(self, t: Type, value: Any, *, strict: bool = False) -> Any:
@@ -379,7 +379,7 @@ class Validators:
         return check
 
     def _plain_check(self, t: Type) -> Check:
-        """The plain check of `t`: its value as pydantic would give it back, or _Unsure."""
+        """The plain check of `t`: its value as pydantic would give it back, or NotPlain."""
         if isinstance(t, Prim):
             return _float if t.name == "float" else _plain_json if t.name == "json" else _exact(_EXACT[t.name])
         if isinstance(t, ListT):
@@ -400,7 +400,7 @@ class Validators:
     def _list_check(self, elem: Type) -> Check:
         def check(value: Any) -> Any:
             if type(value) is not list:
-                raise _Unsure
+                raise NotPlain
             item = self._check(elem)
             return [item(v) for v in value]
         return check
@@ -414,7 +414,7 @@ class Validators:
     def _literal_check(values: frozenset[str]) -> Check:
         def check(value: Any) -> Any:
             if type(value) is not str or value not in values:
-                raise _Unsure
+                raise NotPlain
             return value
         return check
 
@@ -425,7 +425,7 @@ class Validators:
 
         def check(value: Any) -> Any:
             if type(value) is not dict or value.keys() != names:
-                raise _Unsure
+                raise NotPlain
             return {n: self._check(ft)(value[n]) for n, ft in fields}
         return check
 
