@@ -18,13 +18,15 @@ class AgentflowGroup(click.Group):
 
     def main(self, args=None, *rest, **kwargs):
         """As the process's own command line (`args` None: click reads sys.argv), a process
-        that imported litellm ends without the interpreter's teardown (runtime/quick_exit.py)."""
+        that imported litellm, or that asks to (a no-op rerun), ends without the interpreter's
+        teardown (runtime/quick_exit.py)."""
         try:
             return super().main(args, *rest, **kwargs)
         except SystemExit as stop:
-            if args is None and "litellm" in sys.modules:
-                from agentflow.runtime.quick_exit import exit_without_teardown
-                exit_without_teardown(stop.code)
+            if args is None:
+                from agentflow.runtime.quick_exit import ExitWithoutTeardown, exit_without_teardown
+                if "litellm" in sys.modules or isinstance(stop, ExitWithoutTeardown):
+                    exit_without_teardown(stop.code)
             raise
 
     def invoke(self, ctx: click.Context):
@@ -232,6 +234,9 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
         _print_detached(outcome.run_id, plan.data["flow"], db)
         _exit_past_temporal_threads()
     _print_outcome(outcome, file, db, engine)
+    if outcome.repeats:  # no work to do, no user code ran: nothing for a teardown to finish
+        from agentflow.runtime.quick_exit import ExitWithoutTeardown
+        raise ExitWithoutTeardown(0)
 
 
 def _check_temporal_only(engine: str, dry_run: bool, **options) -> None:

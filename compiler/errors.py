@@ -29,7 +29,10 @@ node's call: retried, or recorded as the node's failure); BlobMissing (the Tempo
 the client rewords it as a TemporalError); SpawnError (runtime/spawn.py: a spawn tool call
 that cannot be done, whose message goes back to the model as the tool's result); ToolInterrupted
 (runtime/task.py: a non-idempotent tool call whose Temporal worker was lost, answered with the
-handoff note as a crash-interrupted call is locally).
+handoff note as a crash-interrupted call is locally); TypeMismatch (compiler/types.py: a value
+that does not fit its type, which each caller rewords as an InputError, ToolError or AnswerError)
+and NotPlain (compiler/types.py: a value its plain check leaves to pydantic); ExitWithoutTeardown
+(runtime/quick_exit.py: the SystemExit of a no-op rerun, which ends without the teardown).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflow.compiler.errors import UsageError
-from agentflow.compiler.types import Validators, type_from_json
+from agentflow.compiler.types import TypeMismatch, Validators, type_from_json
 
 from .human import ANSWER, QUESTION, answer_step
 from .ledger import temporal_cursor_key
@@ -60,11 +60,10 @@ def parse_answer(text: str, question: dict) -> Any:
 def validated(question: dict, value: Any) -> Any:
     """`value` checked against the question's type with the schema a model's answer meets
     (strictly: "3" is no int), or AnswerError with the validation error."""
-    from pydantic import ValidationError
     validators = Validators.from_plan_table(question["types"])
     try:
         return validators.validate(type_from_json(question["returns"]), value, strict=True)
-    except ValidationError as err:
+    except TypeMismatch as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'answer'}: {e.get('msg')}"
                              for e in err.errors()[:5])
         raise AnswerError(f"the answer does not fit {question['type']}: {problems}") from None

@@ -12,11 +12,11 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
-from agentflow.compiler.types import Validators, type_from_json
+from agentflow.compiler.types import TypeMismatch, Validators, type_from_json
 
 
 # Lists and objects inside one input value. Real inputs stay far below it; above it the
@@ -75,8 +75,20 @@ def _json_problem(value: Any) -> str | None:
             if isinstance(item, dict):
                 stack.extend((key, depth) for key in item)
                 item = item.values()
-            stack.extend((child, depth + 1) for child in item)
+            if not _clean_scalars(item):
+                stack.extend((child, depth + 1) for child in item)
     return None
+
+
+def _clean_scalars(items: Collection) -> bool:
+    """Whether `items` are all scalars in which no problem hides, checked in bulk: an input is
+    often a long list of numbers or strings."""
+    kinds = set(map(type, items))
+    if not kinds <= {int, bool, type(None), float, str}:
+        return False
+    if float in kinds and not all(math.isfinite(x) for x in items if type(x) is float):
+        return False
+    return str not in kinds or not _SURROGATE.search("".join(x for x in items if type(x) is str))
 
 
 def parse_inputs(plan: schema.Plan, pairs: Iterable[str], inputs_file: str | None) -> dict[str, Any]:
@@ -106,7 +118,6 @@ def parse_inputs(plan: schema.Plan, pairs: Iterable[str], inputs_file: str | Non
 
 def validate_inputs(plan: schema.Plan, raw: dict[str, Any]) -> dict[str, Any]:
     """The entry's arguments, each checked against its parameter's type, defaults filled in."""
-    from pydantic import ValidationError
     params = {p["name"]: p for p in plan["params"]}
     for name in raw:
         if name not in params:
@@ -125,7 +136,7 @@ def validate_inputs(plan: schema.Plan, raw: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"input `{name}` {problem}")
         try:
             out[name] = validators.validate(type_from_json(p["type"]), raw[name], strict=True)
-        except ValidationError as err:
+        except TypeMismatch as err:
             first = err.errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ()))
             raise InputError(f"input `{name}` does not fit its type {_shown(p['type'])}: "

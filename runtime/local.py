@@ -5,13 +5,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome, NodeWaiting
-from .models import ModelRequest, ModelResponse, TransientModelError, client_for
-from .retry import retrying
 from .tools import ToolError, TransientToolError, call_tool
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the model clients and tenacity load once a run calls something
     from agentflow.compiler.schema import CompiledProgram
 
+    from .models import ModelRequest, ModelResponse
     from .task import TaskCall
 
 
@@ -34,6 +33,8 @@ class LocalExecutor:
             raise NodeFailure(job.node_id, None, str(err)) from None
 
     async def complete(self, call: TaskCall, request: ModelRequest) -> ModelResponse:
+        from .models import TransientModelError, client_for
+        from .retry import retrying
         client = client_for(request.model)
         tries = 0
 
@@ -51,6 +52,7 @@ class LocalExecutor:
         return compile_program(source, engine.plan, target, call_id)
 
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
+        from .retry import retrying
         spec = engine.tool_spec(name)
         return await retrying(engine.plan["tools"][name]["retries"], TransientToolError,
                               lambda: call_tool(spec, args, engine.tool_context()))

@@ -104,7 +104,7 @@ class _NoHistory:
     def result_journal(self, key: str, kind: str) -> list:
         return []
 
-    def close(self) -> None:
+    def close(self, checkpoint: bool = True) -> None:
         pass
 
 
@@ -142,6 +142,7 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
         check_credentials(req.plan, req.options.model)  # first: a run that cannot start writes nothing
         start_model_imports(req.plan, req.options.model)
         store = Store.open_writer(req.db_path)
+    repeated = False
     try:
         run_id, resuming = pick_run(store, req)
         options = replace(req.options, run_id=run_id)
@@ -152,6 +153,7 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
             finished = store.finished_run(fingerprint)
             if finished is not None:  # no work to do (like ninja): record it, give its value
                 store.copy_run(finished[0], run_id)
+                repeated = True
                 return RunOutcome(run_id, "succeeded", finished[1], repeats=finished[0])
         await ledger.open(req.plan, req.plan_hash, req.inputs, resuming, fingerprint)
         if resuming:
@@ -176,7 +178,7 @@ async def execute(req: RunRequest, reporter: Reporter, executor: NodeExecutor | 
         await ledger.close(status, value)
         return RunOutcome(run_id, status, value, failure, engine.decisions, engine.questions)
     finally:
-        store.close()
+        store.close(checkpoint=not repeated)  # a no-op rerun ends at once: its copy is in the log
 
 
 def terminal_asker(req: RunRequest):

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from agentflow.compiler import schema
-from agentflow.compiler.types import type_from_json
+from agentflow.compiler.types import TypeMismatch, type_from_json
 
 from . import spawn
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome
@@ -172,7 +172,6 @@ class TaskCall:
             await self.engine.ledger.append_session(self.role, clean)
 
     def parse_answer(self, content: str | None) -> tuple[Any, str | None]:
-        from pydantic import ValidationError
         if self.definition["output_schema"] is None:
             return content or "", None
         text = (content or "").strip()
@@ -180,7 +179,7 @@ class TaskCall:
             text = text.strip("`").removeprefix("json").strip()
         try:
             return self.engine.validators.validate_json(self.returns, text), None
-        except ValidationError as err:
+        except TypeMismatch as err:
             return None, _validation_summary(err)
 
     async def complete(self, messages: list[dict], turn: int) -> ModelResponse:
@@ -336,12 +335,11 @@ def _validation_summary(err) -> str:
 
 async def run_tool(engine: Engine, name: str, args: dict) -> Any:
     """One tool call with transient retries, its value checked against the declared type."""
-    from pydantic import ValidationError
     entry = engine.plan["tools"][name]
     args = check_arguments(name, entry["definition"]["params"], args, engine.validators)
     value = await engine.executor.call_tool(engine, name, args)
     try:
         return engine.validators.validate(type_from_json(entry["definition"]["returns"]), value)
-    except ValidationError as err:
+    except TypeMismatch as err:
         raise ToolError(f"tool {name} returned a value that is not a {entry['definition']['returns']}: "
                         f"{_validation_summary(err)}", tool=name) from None

@@ -68,8 +68,10 @@ class Store(Queries):
             raise
         return store
 
-    def close(self) -> None:
-        """Flush, checkpoint and let go of the database and the writer lock."""
+    def close(self, checkpoint: bool = True) -> None:
+        """Flush, checkpoint and let go of the database and the writer lock. Without
+        `checkpoint`, a small write-ahead log is left for the next open to replay: for a
+        writer that wrote little and should end at once (a no-op rerun)."""
         if self._closed:
             return
         try:
@@ -79,7 +81,7 @@ class Store(Queries):
                     self._janitor.join()
                 self.commit_buffered()
         finally:
-            self._release()
+            self._release(checkpoint=checkpoint)
 
     def __enter__(self) -> "Store":
         return self

@@ -578,15 +578,19 @@ class BatchedWriter(FileAccess):
              [source, run_id, now, os.getpid()]),
             # Reused, as a rerun records them: every succeeded call, and every succeeded
             # structure that has a node inside (a `for` over an empty list reused nothing).
+            # A node is inside a structure when the structure's id and a separator begin its id:
+            # a hash join on the node id's first n characters, per length n of a structure id
+            # (a handful), not a range join that sorts every node id.
             ("INSERT INTO _node_runs (run_id, node_id, role, status, cached, attempts, started_at, "
              "finished_at, key, def_hash, input_hash, input_hashes, output_hash, duration_ms) "
+             "WITH s AS (SELECT node_id, length(node_id) AS n FROM _node_runs WHERE run_id = $1 "
+             "AND starts_with(key, 'structure:')) "
              "SELECT $2, n.node_id, role, status, status = 'succeeded' AND (NOT starts_with(key, 'structure:') "
              "OR f.node_id IS NOT NULL), 0, make_timestamp($3), make_timestamp($3), key, def_hash, input_hash, "
              "input_hashes, output_hash, 0 FROM _node_runs n LEFT JOIN ("
-             "SELECT DISTINCT s.node_id FROM _node_runs s JOIN _node_runs c ON c.run_id = $1 "
-             "AND c.node_id > s.node_id || '#' AND c.node_id < s.node_id || chr(92) "
-             "AND substr(c.node_id, length(s.node_id) + 1, 1) IN ('/', '[', '#') "
-             "WHERE s.run_id = $1 AND starts_with(s.key, 'structure:')) f ON f.node_id = n.node_id "
+             "SELECT DISTINCT s.node_id FROM _node_runs c, (SELECT DISTINCT n FROM s) l, s "
+             "WHERE c.run_id = $1 AND s.n = l.n AND s.node_id = left(c.node_id, l.n) "
+             "AND substr(c.node_id, l.n + 1, 1) IN ('/', '[', '#')) f ON f.node_id = n.node_id "
              "WHERE n.run_id = $1", [source, run_id, now]),
             ("INSERT INTO _sessions SELECT $2, role, seq, message, make_timestamp($3) FROM _sessions "
              "WHERE run_id = $1", [source, run_id, now]))

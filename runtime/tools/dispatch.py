@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from agentflow.compiler.types import Validators, type_from_json
+from agentflow.compiler.types import TypeMismatch, Validators, type_from_json
 
 from .command import call_command, command_code_version
 from .fs import builtin_code_version, call_builtin
@@ -34,7 +34,6 @@ def check_arguments(name: str, params: Sequence[Mapping[str, Any]], args: dict, 
     `definition["params"]`), before anything runs: converted as for a model's answer (an
     int may come as "3"), declared defaults filled in. A ToolError names the argument and
     what was expected, so a model can repair its call."""
-    from pydantic import ValidationError
     _refuse_unknown(name, [p["name"] for p in params], args)
     checked = {}
     for param in params:
@@ -47,7 +46,7 @@ def check_arguments(name: str, params: Sequence[Mapping[str, Any]], args: dict, 
             continue
         try:
             checked[pname] = validators.validate(ptype, args[pname])
-        except ValidationError as err:
+        except TypeMismatch as err:
             raise ToolError(f"argument {pname}: expected {ptype}: {_first_problem(err)}",
                             tool=name) from None
     return checked

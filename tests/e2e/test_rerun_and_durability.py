@@ -3,6 +3,9 @@ default) lets dependents start before their inputs commit and loses at most the 
 window to a kill; a rerun whose plan, inputs and tool code equal a finished run's does no work."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import duckdb
 
 from agentflow.runtime.store import Store
@@ -104,6 +107,56 @@ def test_a_rerun_of_an_unchanged_flow_does_no_work_and_prints_the_stored_value(t
     assert all(r["status"] == "succeeded" and r["cached"] and r["attempts"] == 0 for r in nodes.values())
     with Store.open_reader(tmp_path / DB) as store:
         assert store.check_consistency() == []
+
+
+def test_a_no_op_rerun_leaves_its_copy_in_the_log_and_the_next_run_reads_it(tmp_path):
+    """A run that did work checkpoints at its end; a no-op rerun ends without one, its copy
+    durable in the database's write-ahead log, which the next open replays."""
+    project(tmp_path, steps=5)
+    wal = tmp_path / (DB + ".wal")
+    first = ok(af(tmp_path, "run", "flow.agentflow"))
+    assert not wal.exists() or wal.stat().st_size == 0
+    again = ok(af(tmp_path, "run", "flow.agentflow"))
+    assert "no work to do" in again.stderr and wal.stat().st_size > 0
+    third = ok(af(tmp_path, "run", "flow.agentflow"))
+    assert "no work to do" in third.stderr and third.stdout == first.stdout
+    assert [r["status"] for r in runs(tmp_path)] == ["succeeded"] * 3
+    assert set(show(tmp_path, last_run(tmp_path)["run_id"])) == set(show(tmp_path, runs(tmp_path)[2]["run_id"]))
+    with Store.open_reader(tmp_path / DB) as store:
+        assert store.check_consistency() == []
+
+
+# `agentflow run` as the process's command line, after a finalizer that marks whether the
+# interpreter's teardown ran and an atexit handler that must run all the same.
+MARKED_RUN = """
+import atexit, runpy, sys
+from pathlib import Path
+
+class Finalized:
+    def __del__(self, mark=Path("teardown-ran").write_text):
+        mark("yes")
+
+KEEP = Finalized()
+atexit.register(Path("atexit-ran").write_text, "yes")
+sys.argv = ["agentflow", "run", "flow.agentflow"]
+runpy.run_module("agentflow", run_name="__main__")
+"""
+
+
+def test_a_no_op_rerun_ends_without_the_interpreters_teardown(tmp_path):
+    """It runs no user code: the teardown would only free agentflow's modules (~50-80 ms)."""
+    project(tmp_path, steps=3)
+    first = subprocess.run([sys.executable, "-c", MARKED_RUN], cwd=tmp_path, env=base_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "no work to do" not in first.stderr, first.stderr
+    assert (tmp_path / "teardown-ran").exists() and (tmp_path / "atexit-ran").exists()  # a run that did work
+    (tmp_path / "teardown-ran").unlink()
+    (tmp_path / "atexit-ran").unlink()
+    again = subprocess.run([sys.executable, "-c", MARKED_RUN], cwd=tmp_path, env=base_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "no work to do" in again.stderr, again.stderr
+    assert again.stdout == first.stdout and again.stderr.rstrip().endswith("succeeded")
+    assert (tmp_path / "atexit-ran").exists() and not (tmp_path / "teardown-ran").exists()
 
 
 def test_a_change_of_input_or_tool_code_or_force_does_work_again(tmp_path):

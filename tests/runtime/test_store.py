@@ -543,6 +543,62 @@ def test_kill_9_while_flushing_leaves_a_sound_database(tmp_path: Path, db: Path,
         assert len(s.load_turns("k", "n0")) == 1
 
 
+CLOSED_THEN_KILLED = """
+s = Store.open_writer(sys.argv[1])
+s.begin_run("c", flow="f", entry="main", plan_hash="p", inputs={}, fingerprint="fp-c")
+for i in range(200):
+    s.node_started("c", f"main/n{i}", role=None, key=f"k{i}")
+    s.node_finished("c", f"main/n{i}", status="succeeded", value=i)
+s.finish_run("c", "succeeded", value=199)
+s.close(checkpoint=False)
+print("closed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_close_without_checkpoint_leaves_its_log_and_a_kill_after_it_loses_nothing(tmp_path: Path,
+                                                                                    db: Path) -> None:
+    """A writer closed without a checkpoint (a no-op rerun) leaves its write-ahead log, and
+    readers, the next writer and other programs see every fact it committed."""
+    proc = child(tmp_path, "closer", CLOSED_THEN_KILLED, str(db))
+    try:
+        wait_line(proc, "closed", timeout=30)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    wal = db.with_name(db.name + ".wal")
+    assert wal.stat().st_size > 0  # the commits are in the log, not yet in the file
+    with Store.open_reader(db) as r:
+        run = r.get_run("c")
+        assert (run["status"], run["nodes"], run["succeeded"]) == ("succeeded", 200, 200)
+        assert r.finished_run("fp-c") == ("c", 199) and r.check_consistency() == []
+    with duckdb.connect(str(db), read_only=True) as con:  # another program replays the log too
+        assert con.execute("SELECT count(*) FROM node_runs WHERE run_id = 'c'").fetchone() == (200,)
+    with Store.open_writer(db) as s:  # an ordinary close checkpoints the log into the file
+        s.copy_run("c", "c2")
+    assert not wal.exists() or wal.stat().st_size == 0
+    with Store.open_reader(db) as r:
+        assert r.get_run("c2")["succeeded"] == 200 and r.get_run("c")["succeeded"] == 200
+
+
+def test_a_close_without_checkpoint_checkpoints_a_log_past_the_bound(db: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentflow.runtime.store import access
+    wal = db.with_name(db.name + ".wal")
+    s = Store.open_writer(db)
+    _stored_run(s, "r1", "f", {"main/a": 1})
+    s.close(checkpoint=False)
+    assert wal.stat().st_size > 0
+    monkeypatch.setattr(access, "CLOSE_CHECKPOINT_WAL_BYTES", 1)
+    s = Store.open_writer(db)
+    _stored_run(s, "r2", "f", {"main/a": 2})
+    s.close(checkpoint=False)
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed into the file
+    with Store.open_reader(db) as r:
+        assert r.finished_run("fp-r1") == ("r1", [1]) and r.finished_run("fp-r2") == ("r2", [2])
+
+
 # ---------------------------------------------------------------- schema versions
 
 # What schema version 1 (the first release) created: a database of the previous version.
@@ -672,6 +728,21 @@ def test_copy_run_records_a_finished_run_again_in_one_go(db: Path) -> None:
         assert s.load_session("r2", "w") == s.load_session("r1", "w") == [{"role": "user", "content": "hi"}]
         assert s.run_node_states("r2")["main/a"].key == "k-r1-main/a"
         assert s.check_consistency() == []
+
+
+def test_copy_run_counts_as_reused_the_structures_with_a_node_inside(db: Path) -> None:
+    """As a rerun records them: a `for` over an empty list, or a call with no call inside, reused nothing."""
+    calls = ["main/rs[0]/x", "main/rs[1]/x", "main/sub/inner#1/y", "main/rs2b"]
+    structures = ["main/rs", "main/rs2", "main/empty", "main/sub", "main/sub/inner", "main/sub/in"]
+    with Store.open_writer(db) as s:
+        s.begin_run("r1", flow="f", entry="main", plan_hash="p", inputs={}, fingerprint="fp")
+        for node in calls + structures:
+            s.node_started("r1", node, role=None, key=f"structure:r1:{node}" if node in structures else f"k-{node}")
+            s.node_finished("r1", node, status="succeeded", value=1)
+        s.finish_run("r1", "succeeded", value=1)
+        s.copy_run("r1", "r2")
+        cached = {n["node"]: n["cached"] for n in s.run_nodes("r2")}
+    assert {node for node, reused in cached.items() if reused} == set(calls) | {"main/rs", "main/sub", "main/sub/inner"}
 
 
 def test_an_older_database_gains_the_agents_view_and_stores_recipes_by_version(db: Path) -> None:
