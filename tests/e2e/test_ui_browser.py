@@ -52,8 +52,12 @@ def screenshot(driver, name: str) -> Path:
 
 
 def wait_for(driver, condition, what: str, timeout: float = 20):
+    """The first truthy `condition(driver)`. The page redraws as it polls, so an element found
+    a moment ago may be gone: the condition is then tried again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout).until(condition, message=f"waiting for {what}")
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition, message=f"waiting for {what}")
 
 
 def css(selector: str):
@@ -162,8 +166,9 @@ def test_a_person_answers_a_waiting_node_on_the_page_and_the_run_goes_on(tmp_pat
         ok(af(tmp_path, "run", "approval.agentflow", "--resume", run_id))
         wait_for(browser, lambda d: d.find_element(*css("#run-status")).text == "succeeded", "the run to finish")
         click_box(browser, "main/decision")
-        given = wait_for(browser, lambda d: d.find_elements(*css("#details .message.answer")), "the answer")[0]
-        assert given.text.split("\n") == ["answer by alice", "approve"]
+        given = wait_for(browser, lambda d: [e.text for e in d.find_elements(*css("#details .message.answer"))],
+                         "the answer")[0]
+        assert given.split("\n") == ["answer by alice", "approve"]
         screenshot(browser, "ui-answer-resumed")
 
 
