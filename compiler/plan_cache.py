@@ -57,8 +57,12 @@ def cache_directory() -> Path | None:
         return None
     if base := os.environ.get("AGENTFLOW_CACHE_DIR"):
         return Path(base) / "plans"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "agentflow" / "plans"
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg) / "agentflow" / "plans"
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home):  # no home directory known: no cache, rather than one in `./~`
+        return None
+    return Path(home) / ".cache" / "agentflow" / "plans"
 
 
 def _key(source: SourceFile, entry: str | None) -> str:

@@ -143,3 +143,12 @@ def test_the_cache_keeps_the_most_recently_used_plans(tmp_path, monkeypatch):
     assert plan_cache.compile_cached(sources[2]).ok
     kept = plans(tmp_path)
     assert len(kept) == 2 and oldest[0] not in kept and oldest[1] in kept
+
+
+def test_without_a_known_home_directory_there_is_no_cache(monkeypatch):
+    """`~` that does not expand (no HOME, no password entry) turns the cache off instead of
+    making a directory named `~` in the current one."""
+    for name in ("AGENTFLOW_CACHE_DIR", "XDG_CACHE_HOME", "AGENTFLOW_PLAN_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)
+    assert plan_cache.cache_directory() is None
