@@ -138,6 +138,17 @@ def running_on(address: str, wf_id: str) -> set[str]:
             if p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED}
 
 
+def kill_a_busy_worker(cluster, wf_id: str, what: str, timeout: float = 30):
+    """SIGKILLs a worker seen running an activity of the workflow `wf_id`, and returns the
+    other one. Either may be the one: each runs 8 activities at once, so one worker can take
+    them all and the other run none."""
+    workers = {w.identity: w for w in cluster.workers}
+    busy = wait_until(lambda: running_on(cluster.server.address, wf_id) & set(workers), timeout=timeout, what=what)
+    killed = workers[sorted(busy)[0]]
+    os.kill(killed.proc.pid, signal.SIGKILL)
+    return next(w for w in cluster.workers if w is not killed)
+
+
 def recorded_runs(db: Path) -> set[str]:
     """The ids of the runs a client has recorded in the database (a reader the writer lets in)."""
     if not db.exists():
@@ -265,19 +276,13 @@ choreography main(items: list[str]) -> json {{
 
 
 def test_worker_killed_mid_activity_still_completes(private_cluster, tmp_path):
-    """Either worker may take every activity (each runs 8 at once), so the one killed is the
-    one seen running an activity, and the other must retry it."""
-    workers = {w.identity: w for w in private_cluster.workers}
+    """The worker seen running an activity is killed; the other must retry it."""
     db = tmp_path / "t.duckdb"
     client = af_start(tmp_path, "run", str(WORK), "--input", "items=[1, 2, 3, 4, 5, 6]", "--input", "seconds=1.5",
                       "--db", str(db), *private_cluster.run_args())
     try:
         wf_id = wait_until(lambda: started_workflow(db), what="the workflow to start")
-        busy = wait_until(lambda: running_on(private_cluster.server.address, wf_id) & set(workers), timeout=30,
-                          what="an activity running on a worker")
-        killed = workers[sorted(busy)[0]]
-        survivor = next(w for w in workers.values() if w is not killed)
-        os.kill(killed.proc.pid, signal.SIGKILL)
+        survivor = kill_a_busy_worker(private_cluster, wf_id, "an activity running on a worker")
         client.wait(90)
     finally:
         if client.poll() is None:
@@ -321,8 +326,7 @@ choreography main() -> str {
         wait_until(lambda: (tmp_path / "pay.log").exists(), timeout=60, what="the tool to start")
         wait_until(lambda: recorded_runs(db), what="the run recorded")
         wf_id = workflow_of(db)
-        running = wait_until(lambda: running_on(private_cluster.server.address, wf_id), what="the tool's worker")
-        os.kill(next(w for w in private_cluster.workers if w.identity in running).proc.pid, signal.SIGKILL)
+        kill_a_busy_worker(private_cluster, wf_id, "the tool's worker")
         client.wait(90)
     finally:
         if client.poll() is None:

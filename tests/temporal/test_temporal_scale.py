@@ -18,8 +18,9 @@ import duckdb
 
 from runtime_support import call_agent, create_agent, write
 from temporal_support import HERE, base_env
-from test_temporal_engine import (SPECS, activity_history, af, af_start, collect, describe, last_run, nodes, ok,
-                                  recorded_runs, running_on, temporal, texts, wait_until, workflow_of)
+from test_temporal_engine import (SPECS, activity_history, af, af_start, collect, describe, kill_a_busy_worker,
+                                  last_run, nodes, ok, recorded_runs, running_on, temporal, texts, wait_until,
+                                  workflow_of)
 
 SCALE = HERE / "specs" / "scale.agentflow"
 DELEGATE = HERE / "specs" / "delegate.agentflow"
@@ -163,16 +164,13 @@ def test_a_detached_run_that_continues_as_new_is_collected_with_the_local_result
 
 
 def test_a_worker_killed_in_the_middle_of_a_chunk_the_run_still_finishes(private_cluster, tmp_path):
-    k1, _ = private_cluster.workers
     db = tmp_path / "t.duckdb"
     client = af_start(tmp_path, *fan_args(24, 1.0), "--db", str(db), *private_cluster.run_args(),
                       env=scale_env(chunk="8"))
     try:
         wf_id = wait_until(lambda: scale_workflow(db), what="the workflow to start")
-        chunk = f"{wf_id}/fan/values[8:16]"
-        wait_until(lambda: k1.identity in running_on(private_cluster.server.address, chunk), timeout=60,
-                   what=f"an activity of the second chunk running on {k1.identity}")
-        os.kill(k1.proc.pid, signal.SIGKILL)
+        kill_a_busy_worker(private_cluster, f"{wf_id}/fan/values[8:16]", "an activity of the second chunk",
+                           timeout=60)
         client.wait(120)
     finally:
         if client.poll() is None:
