@@ -25,7 +25,8 @@ _CANONICAL_C = _C_MAKE_ENCODER and _C_MAKE_ENCODER(
 _VERSION = KEY_FORMAT_VERSION.encode()
 
 
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# A lone surrogate: what text decoded from bytes that are not UTF-8 holds, and JSON text cannot.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def canonical_json(value: Any) -> str:
@@ -44,9 +45,9 @@ def escape_surrogates(text: str) -> str:
     """`text` with each surrogate code point written as its `\\uXXXX` escape: always valid
     UTF-8. In JSON text surrogates occur only inside strings, where the escape means the same
     code point, so the JSON still reads back as the same value."""
-    if text.isascii() or _SURROGATE.search(text) is None:
+    if text.isascii() or SURROGATE.search(text) is None:
         return text
-    return _SURROGATE.sub(_escape, text)
+    return SURROGATE.sub(_escape, text)
 
 
 def _escape(match: re.Match) -> str:
@@ -57,7 +58,7 @@ def as_json_reads_back(text: str) -> str:
     """`text` as JSON reads it back: a high surrogate followed by a low one becomes the one
     character they encode (lone surrogates stay). Values made outside JSON (a python tool's
     strings) pass through this, so what is stored equals what was hashed."""
-    if text.isascii() or _SURROGATE.search(text) is None:
+    if text.isascii() or SURROGATE.search(text) is None:
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Collection, Iterable
 
 from agentflow.compiler import schema
 from agentflow.compiler.errors import UsageError
+from agentflow.compiler.hashing import SURROGATE
 from agentflow.compiler.types import TypeMismatch, Validators, type_from_json
 
 
@@ -23,7 +24,6 @@ from agentflow.compiler.types import TypeMismatch, Validators, type_from_json
 # JSON parser, type checks and hashing would recurse without bound.
 MAX_INPUT_DEPTH = 100
 _TOO_DEEP = f"nests lists and objects more than {MAX_INPUT_DEPTH} deep, the limit for an input value"
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 NAME_MAX, PATH_MAX = 255, 4095  # bytes: the longest file name and path Linux takes
 
 
@@ -63,7 +63,7 @@ def _json_problem(value: Any) -> str | None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if surrogate := _SURROGATE.search(item):
+            if surrogate := SURROGATE.search(item):
                 return (f"holds a lone surrogate, U+{ord(surrogate.group()):04X} (an unpaired `\\ud800`-style "
                         f"escape), which is not Unicode text; give valid UTF-8")
         elif isinstance(item, float) and not math.isfinite(item):
@@ -88,7 +88,7 @@ def _clean_scalars(items: Collection) -> bool:
         return False
     if float in kinds and not all(math.isfinite(x) for x in items if type(x) is float):
         return False
-    return str not in kinds or not _SURROGATE.search("".join(x for x in items if type(x) is str))
+    return str not in kinds or not SURROGATE.search("".join(x for x in items if type(x) is str))
 
 
 def parse_inputs(plan: schema.Plan, pairs: Iterable[str], inputs_file: str | None) -> dict[str, Any]:
