@@ -47,7 +47,7 @@ from typing import Callable, TypeVar
 import duckdb
 
 from . import schema
-from .errors import StoreError, StoreLocked, translate
+from .errors import StoreEmpty, StoreError, StoreLocked, StoreNotADatabase, translate
 
 IDLE_DETACH_S = 0.2  # writer lets go of the file after this long without a flush
 READER_YIELD_S = 1.0  # a writer waits at most this long for waiting readers
@@ -201,9 +201,12 @@ class FileAccess:
 
     def _open_reader(self) -> None:
         self._check_path()
-        if not self.path.exists():
-            raise StoreError(f"no database at {self._shown()} (nothing has run there yet?); "
-                             f"use --db to point at one")
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while not self.path.exists():  # a live writer makes it in a moment
+            if self._live_writer_pid() is None or time.monotonic() > deadline:
+                raise StoreError(f"no database at {self._shown()} (nothing has run there yet?); "
+                                 f"use --db to point at one")
+            time.sleep(0.01)
         try:
             self._wait_fd = self._open_lock_file(self._wait_path, os.O_RDWR)
         except OSError:
@@ -378,17 +381,35 @@ class FileAccess:
         with self._io:
             signalled = self._signal_wait()
             try:
-                self._attach()
+                self._attach_checked()
                 try:
-                    if not self._schema_checked:
-                        self._run(lambda con: schema.ensure_schema(con, self._shown(), writer=False))
-                        self._schema_checked = True
                     return self._run(query)
                 finally:
                     self._detach()
             finally:
                 if signalled and self._wait_fd is not None:
                     fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
+
+    def _attach_checked(self) -> None:
+        """Attach for a read, checking the schema version at the first one. A database that a
+        live writer is creating (DuckDB has made the file; the schema is not committed yet)
+        is waited for, not reported empty or foreign. Caller holds `_io`."""
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while True:
+            try:
+                self._attach()
+                if not self._schema_checked:
+                    try:
+                        self._run(lambda con: schema.ensure_schema(con, self._shown(), writer=False))
+                    except StoreError:
+                        self._detach()
+                        raise
+                    self._schema_checked = True
+                return
+            except (StoreEmpty, StoreNotADatabase):
+                if self._live_writer_pid() is None or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
     def _signal_wait(self) -> bool:
         """Tell the writer a reader is waiting (shared lock on `<db>.wait`)."""

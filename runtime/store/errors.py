@@ -23,6 +23,10 @@ class StoreSchemaError(StoreError):
     """The database was written with a schema this version does not understand."""
 
 
+class StoreEmpty(StoreError):
+    """The file is a DuckDB database with nothing in it: no run has stored anything there."""
+
+
 class StoreNotADatabase(StoreError):
     """The path holds a file that is no agentflow database: an open that fails on it leaves
     nothing behind."""

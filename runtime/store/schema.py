@@ -7,7 +7,7 @@ from typing import Iterator
 
 import duckdb
 
-from .errors import StoreError, StoreNotADatabase, StoreSchemaError, translate
+from .errors import StoreEmpty, StoreError, StoreNotADatabase, StoreSchemaError, translate
 from .records import DIED_ERROR
 
 SCHEMA_VERSION = 5
@@ -118,7 +118,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, where: str, writer: bool) -> N
                 raise StoreNotADatabase(f"{where} is a DuckDB database but not an agentflow "
                                         f"one (it has no meta table); use --db to pick another file")
             if not writer:
-                raise StoreError(f"{where} is an empty database; nothing has run there yet")
+                raise StoreEmpty(f"{where} is an empty database; nothing has run there yet")
             con.execute("BEGIN")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():

@@ -26,7 +26,7 @@ INTERNAL = {"NestingTooDeep", "NodeFailure", "NodeWaiting", "RunAborted", "DryRu
             "ToolError", "TransientToolError", "TemplateError", "ExpressionError", "BlobMissing",
             "SpawnError", "ToolInterrupted", "TypeMismatch", "NotPlain", "ExitWithoutTeardown"}
 EXIT_CODES = {"SourceError": 2, "InputError": 2, "ResumeError": 2, "CredentialError": 2, "StoreError": 2,
-              "StoreLocked": 2, "StoreSchemaError": 2, "StoreNotADatabase": 2, "TemporalError": 2,
+              "StoreLocked": 2, "StoreSchemaError": 2, "StoreNotADatabase": 2, "StoreEmpty": 2, "TemporalError": 2,
               "UsageError": 2, "AnswerError": 2, "NotAnswerable": 2, "NotFound": 2, "RunFailed": 3,
               "CompileError": 1}
 

@@ -464,6 +464,49 @@ def test_second_writer_fails_fast_naming_the_holder(tmp_path: Path, db: Path) ->
         proc.wait()
 
 
+CREATING = """
+import fcntl, os
+import duckdb
+from agentflow.runtime.store import schema
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(lock, fcntl.LOCK_EX)  # a writer's lock, holding its pid, as a writer takes it
+os.pwrite(lock, f"{os.getpid()}\\n{' '.join(sys.argv)}\\n".encode(), 0)
+print("locked", flush=True)
+time.sleep(0.4)  # no file yet
+duckdb.connect(path).close()  # the file as DuckDB makes it, before a schema is committed
+print("made", flush=True)
+time.sleep(0.4)
+con = duckdb.connect(path)
+schema.ensure_schema(con, path, writer=True)
+con.close()
+time.sleep(0.5)
+"""
+
+
+def test_a_reader_waits_for_a_database_a_live_writer_is_creating(tmp_path: Path, db: Path) -> None:
+    """A reader that comes while a run starts sees its database, not "no database" or "an
+    empty database" (the moments before the writer commits the schema)."""
+    proc = child(tmp_path, "creating", CREATING, str(db))
+    try:
+        wait_line(proc, "locked")
+        assert not db.exists()
+        with Store.open_reader(db) as reader:
+            assert reader.list_runs() == []
+        assert proc.stdout.readline().startswith("made")
+    finally:
+        proc.kill()
+        proc.wait()
+    # with no live writer, an empty database is reported at once
+    db.unlink()
+    duckdb.connect(str(db)).close()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="is an empty database; nothing has run there yet"):
+        Store.open_reader(db)
+    assert time.monotonic() - started < 1.0
+
+
 def test_readers_see_a_live_writer_within_a_second(tmp_path: Path, db: Path) -> None:
     proc = child(tmp_path, "writer", WRITER, str(db), "0.1")
     flushed: list[tuple[int, float]] = []
