@@ -10,7 +10,7 @@ where, and what to do. The compiler and the runtime both import this module.
         ResumeError      runtime/runner.py      `--resume` of a run that is not there
         CredentialError  runtime/credentials.py a model of the run has no key
         StoreError       runtime/store/         the database (StoreLocked, StoreSchemaError,
-                                                StoreNotADatabase; NotFound in runtime/ui/reads.py:
+                                                StoreNotADatabase, StoreEmpty; NotFound in runtime/ui/reads.py:
                                                 a run or node the page is asked for)
         TemporalError    runtime/temporal/worker.py  the server is unreachable or refused
       CompileError     exit 1: compiler/pipeline.py, raised by the Python API (agentflow.compile)
