@@ -27,7 +27,7 @@ class _HintOrBackoff:
     """tenacity's wait: the failed attempt's hint, else exponential backoff with jitter."""
 
     def __init__(self) -> None:
-        self.backoff = wait_exponential_jitter(initial=BACKOFF_BASE, max=BACKOFF_MAX, jitter=BACKOFF_BASE)
+        self.backoff = wait_exponential_jitter(multiplier=BACKOFF_BASE, max=BACKOFF_MAX, jitter=BACKOFF_BASE)
 
     def __call__(self, state: RetryCallState) -> float:
         return hinted_wait(state.outcome.exception() if state.outcome else None, self.backoff(state))
