@@ -32,7 +32,9 @@ that cannot be done, whose message goes back to the model as the tool's result);
 handoff note as a crash-interrupted call is locally); TypeMismatch (compiler/types.py: a value
 that does not fit its type, which each caller rewords as an InputError, ToolError or AnswerError)
 and NotPlain (compiler/types.py: a value its plain check leaves to pydantic); ExitWithoutTeardown
-(runtime/quick_exit.py: the SystemExit of a no-op rerun, which ends without the teardown).
+(runtime/quick_exit.py: the SystemExit of a no-op rerun, which ends without the teardown);
+ValueTooLarge (runtime/store/records.py: a value over the size a stored value may be, which
+each caller rewords as a NodeFailure, an InputError or an AnswerError).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from agentflow.compiler.types import TypeMismatch, Validators, type_from_json
 
 from .human import ANSWER, QUESTION, answer_step
 from .ledger import temporal_cursor_key
-from .store import Store
+from .store import Store, ValueTooLarge
 
 
 class AnswerError(UsageError):
@@ -97,8 +97,11 @@ def waiting_node(store: Store, run_id: str, node_id: str) -> Waiting:
 def store_answer(store: Store, node: Waiting, value: Any, by: str) -> None:
     """Stores a valid answer (`store` is a writer): the node succeeds with it in its run and
     its value is kept under the node's key, journaled after the question with who gave it."""
-    store.node_finished(node.run_id, node.node_id, status="succeeded", value=value, key=node.key, role=node.role,
-                        attempts=1)
+    try:
+        store.node_finished(node.run_id, node.node_id, status="succeeded", value=value, key=node.key,
+                            role=node.role, attempts=1)
+    except ValueTooLarge as err:
+        raise AnswerError(f"the answer is {err}; answer with a file's path instead") from None
     store.append_turn(node.run_id, node.node_id, key=node.key, kind=ANSWER, payload=answer_step(value, by))
     store.flush()
 

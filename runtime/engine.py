@@ -495,6 +495,7 @@ class Engine:
             self.reporter.node(iid, "running")
             try:
                 outcome = await self.executor.execute(self, NodeJob(iid, kind, target, args, key))
+                self.ledger.node_succeeded(iid, role, key, outcome)
             except NodeFailure as failure:
                 await self.ledger.node_failed(iid, role, failure.message, failure.attempts)
                 self.reporter.node(iid, "failed", detail=failure.message)
@@ -505,7 +506,6 @@ class Engine:
             except asyncio.CancelledError:
                 self.ledger.node_cancelled(iid, role)
                 raise
-            self.ledger.node_succeeded(iid, role, key, outcome)
         finally:
             for slot in slots:
                 slot.release()

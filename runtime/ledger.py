@@ -24,8 +24,9 @@ from agentflow.compiler import schema
 from agentflow.compiler.hashing import canonical_json, digest
 
 from . import faults
-from .engine import NodeOutcome
-from .store import NO_VALUE, AgentRecipe, NodeState, Preloaded, Store
+from .engine import NodeFailure, NodeOutcome
+from .inputs import InputError
+from .store import NO_VALUE, AgentRecipe, NodeState, Preloaded, Store, ValueTooLarge
 
 
 # The journal step in which a session call records what it adds to its role's session.
@@ -147,8 +148,11 @@ class Ledger:
         if self.durability == "group":
             self.store.commit_within(GROUP_COMMIT_S)
         self._forget_failed_journals(self.resumed)
-        self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
-                             inputs=inputs, fingerprint=fingerprint)
+        try:
+            self.store.begin_run(self.run_id, flow=plan["flow"], entry=plan["entry"], plan_hash=plan_hash,
+                                 inputs=inputs, fingerprint=fingerprint)
+        except ValueTooLarge as err:
+            raise InputError(f"the run's inputs are {err}; pass large data as a file and its path") from None
         try:  # the run is recorded before it waits for anything else
             if not await self._io(self.store.has_meta, plan_meta_key(plan_hash)):  # the plan's runs share it
                 self.store.set_meta(plan_meta_key(plan_hash), canonical_json(plan))  # what `agentflow ui` draws
@@ -246,10 +250,15 @@ class Ledger:
         return value
 
     def node_succeeded(self, node_id: str, role: str | None, key: str, outcome: NodeOutcome) -> None:
-        """Buffers a success; the caller awaits `flush()` before anyone may use the value."""
-        with self._with_agent_turns(node_id, role, again=True):
-            self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
-                                     attempts=outcome.attempts, key=key, role=role)
+        """Buffers a success; the caller awaits `flush()` before anyone may use the value. A
+        value too large to store fails the node (NodeFailure)."""
+        try:
+            with self._with_agent_turns(node_id, role, again=True):
+                self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
+                                         attempts=outcome.attempts, key=key, role=role)
+        except ValueTooLarge as err:
+            raise NodeFailure(node_id, role, f"its result is {err}; return large data as a file in the "
+                                             f"workspace and its path instead", outcome.attempts) from None
         self.preloaded.stored(key)
 
     @contextmanager

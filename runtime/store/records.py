@@ -94,9 +94,31 @@ class Preloaded:
             self.keys.add(key)
 
 
+# The most JSON text one stored value may be. The writer's DuckDB holds a value whole, and
+# several times over while writing it, within its memory bound (access.py, WRITER_CONFIG):
+# a bigger one would fail the write for want of memory, and with it the run.
+MAX_VALUE_BYTES = 32 << 20
+
+
+class ValueTooLarge(ValueError):
+    """A value over MAX_VALUE_BYTES: each caller words it as the user's error (a node's
+    failure, an input or an answer that is too large)."""
+
+
+def bounded(text: str) -> str:
+    """`text`, or ValueTooLarge when its UTF-8 is over MAX_VALUE_BYTES."""
+    if len(text) > MAX_VALUE_BYTES // 4:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_VALUE_BYTES:
+            raise ValueTooLarge(f"{size / (1 << 20):.1f} MB as JSON, over the {MAX_VALUE_BYTES >> 20} MB "
+                                f"a stored value may be")
+    return text
+
+
 def to_json(value: Any) -> str:
-    """The text a JSON column stores for a value (see `storable`)."""
-    return storable(canonical_text(value), value)
+    """The text a JSON column stores for a value (see `storable`); ValueTooLarge when it
+    is over MAX_VALUE_BYTES."""
+    return storable(bounded(canonical_text(value)), value)
 
 
 def ordered_json(value: Any) -> str:
@@ -106,7 +128,7 @@ def ordered_json(value: Any) -> str:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"not storable as JSON: {err}") from None
-    return storable(text, value)
+    return storable(bounded(text), value)
 
 
 def canonical_text(value: Any) -> str:

@@ -39,8 +39,8 @@ from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from .. import faults
 from .access import IDLE_DETACH_S, FileAccess
-from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, AgentRecipe, canonical_text,
-                      ordered_json, storable, to_json)
+from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, AgentRecipe, bounded,
+                      canonical_text, ordered_json, storable, to_json)
 from .schema import PUBLIC_VIEWS, one_transaction
 
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
@@ -425,7 +425,7 @@ class BatchedWriter(FileAccess):
             if value is NO_VALUE:
                 raise ValueError(f"node_finished({node_id!r}, status='succeeded') needs its value")
             canonical = canonical_text(value)
-            text = storable(canonical, value)
+            text = storable(bounded(canonical), value)
             value_hash = value_hash or digest("value", canonical)  # = hashing.value_hash(value)
         if error is not None:  # e.g. a tool's message naming an undecodable file name
             error = escape_surrogates(error)

@@ -493,8 +493,11 @@ class _Follower:
             elif op == "node_succeeded":
                 self.running.discard(e["node"])
                 self.waiting.pop(e["node"], None)
-                ledger.node_succeeded(e["node"], e["role"], e["key"], NodeOutcome(
-                    e["value"], e["attempts"], e["prompt_tokens"], e["completion_tokens"], e["cost_usd"]))
+                try:
+                    ledger.node_succeeded(e["node"], e["role"], e["key"], NodeOutcome(
+                        e["value"], e["attempts"], e["prompt_tokens"], e["completion_tokens"], e["cost_usd"]))
+                except NodeFailure as failure:  # a value too large to store is the node's failure here
+                    await ledger.node_failed(e["node"], e["role"], failure.message, failure.attempts)
             elif op == "node_failed":
                 self.running.discard(e["node"])
                 await ledger.node_failed(e["node"], e["role"], e["error"], e["attempts"])

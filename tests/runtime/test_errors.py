@@ -24,7 +24,7 @@ from runtime_support import DB, af, last_run, ok, write
 # node's recorded failure or the run's outcome before the CLI sees anything.
 INTERNAL = {"NestingTooDeep", "NodeFailure", "NodeWaiting", "RunAborted", "DryRunStop", "ModelError", "TransientModelError",
             "ToolError", "TransientToolError", "TemplateError", "ExpressionError", "BlobMissing",
-            "SpawnError", "ToolInterrupted", "TypeMismatch", "NotPlain", "ExitWithoutTeardown"}
+            "SpawnError", "ToolInterrupted", "TypeMismatch", "NotPlain", "ExitWithoutTeardown", "ValueTooLarge"}
 EXIT_CODES = {"SourceError": 2, "InputError": 2, "ResumeError": 2, "CredentialError": 2, "StoreError": 2,
               "StoreLocked": 2, "StoreSchemaError": 2, "StoreNotADatabase": 2, "StoreEmpty": 2, "TemporalError": 2,
               "UsageError": 2, "AnswerError": 2, "NotAnswerable": 2, "NotFound": 2, "RunFailed": 3,

@@ -16,7 +16,7 @@ import pytest
 from agentflow.compiler.hashing import canonical_json, value_hash
 from agentflow.compiler.types import Validators, type_from_json
 from agentflow.runtime import tools
-from agentflow.runtime.store import Store
+from agentflow.runtime.store import MAX_VALUE_BYTES, Store, ValueTooLarge
 from agentflow.runtime.tools import (
     ToolContext,
     ToolError,
@@ -395,3 +395,52 @@ def test_e2e_a_tool_over_its_timeout_fails_saying_so(tmp_path: Path) -> None:
     write(tmp_path / "tools.py", "import time\ndef slow():\n    time.sleep(30)\n")
     result = ok(af(tmp_path, "run", "flow.agentflow", timeout=20), 3)
     assert "tool slow timed out after 0.3s" in result.stderr
+
+
+def test_a_value_at_the_size_bound_is_stored_and_one_over_it_is_refused(tmp_path: Path) -> None:
+    """The bound is one the writer can honour: a value just within it is stored, read back
+    after the log is replayed, and a byte more is refused before anything is buffered."""
+    db = tmp_path / "agentflow.duckdb"
+    inside = "é" * ((MAX_VALUE_BYTES - 2) // 2)  # two bytes each in UTF-8, with its quotes
+    with Store.open_writer(db) as store:
+        store.begin_run("r", flow="f", entry="main", plan_hash="p", inputs={})
+        store.node_started("r", "n1", role=None, key="k1")
+        store.node_finished("r", "n1", status="succeeded", value=inside)
+        store.node_started("r", "n2", role=None, key="k2")
+        with pytest.raises(ValueTooLarge, match=r"32\.0 MB as JSON, over the 32 MB a stored value may be"):
+            store.node_finished("r", "n2", status="succeeded", value=inside + "x")
+        store.flush()
+        store.close(checkpoint=False)  # the next open replays the value from the log
+    with Store.open_reader(db) as reader:
+        assert reader.lookup_results(["k1"])["k1"][0] == inside
+        assert reader.lookup_results(["k2"]) == {}
+
+
+def test_e2e_a_result_too_large_to_store_fails_its_node_and_keeps_the_database(tmp_path: Path) -> None:
+    write(tmp_path / "flow.agentflow", """
+        tool blob(mb: int) -> str { python = "tools:blob" }
+        choreography main(mb: int = 33) -> int {
+          b = blob(mb)
+          return len(b)
+        }
+    """)
+    write(tmp_path / "tools.py", "def blob(mb):\n    return 'x' * (mb << 20)\n")
+    result = ok(af(tmp_path, "run", "flow.agentflow"), 3)
+    assert "Traceback" not in result.stderr
+    assert "main/b" in result.stderr and "its result is 33.0 MB as JSON, over the 32 MB" in result.stderr
+    failed = last_run(tmp_path)
+    assert failed["status"] == "failed" and show(tmp_path, failed["run_id"])["main/b"]["status"] == "failed"
+    assert result_json(ok(af(tmp_path, "run", "flow.agentflow", "--input", "mb=1"))) == 1 << 20
+
+
+def test_e2e_inputs_too_large_to_store_are_refused_before_the_run(tmp_path: Path) -> None:
+    write(tmp_path / "flow.agentflow", """
+        choreography main(s: str) -> int {
+          return len(s)
+        }
+    """)
+    (tmp_path / "big.json").write_text(json.dumps({"s": "y" * (33 << 20)}))
+    result = ok(af(tmp_path, "run", "flow.agentflow", "--inputs", "big.json"), 2)
+    assert result.stderr.startswith("error: the run's inputs are 33.0 MB as JSON, over the 32 MB")
+    assert "Traceback" not in result.stderr
+    assert json.loads(ok(af(tmp_path, "runs", "--json")).stdout) == []  # nothing recorded
