@@ -213,8 +213,10 @@ def run_cmd(file, input_pairs, inputs_file, entry, db, workspace, model, concurr
             if engine == "temporal" and not dry_run:  # --dry-run only reads the database: local
                 from agentflow.runtime.temporal.client import TemporalSettings, execute_temporal
                 from agentflow.runtime.temporal.wire import LOOKUP_TIMEOUT_S
+                # a detached run has no client to answer lookups: each would only wait out its timeout
+                lookups_s = 0.0 if detach else LOOKUP_TIMEOUT_S if lookup_timeout is None else lookup_timeout
                 settings = TemporalSettings(address, namespace, task_queue, Path(blob_dir) if blob_dir else None,
-                                            LOOKUP_TIMEOUT_S if lookup_timeout is None else lookup_timeout, detach)
+                                            lookups_s, detach)
                 outcome, terminated = run_stoppable(execute_temporal(request, reporter, settings))
             else:
                 outcome, terminated = run_stoppable(execute(request, reporter))
