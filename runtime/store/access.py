@@ -61,11 +61,12 @@ CLOSE_CHECKPOINT_WAL_BYTES = 8 << 20
 
 # The writer's DuckDB runs its statements on one thread: its batches are small and many (one
 # per commit under strict durability), where DuckDB's worker threads cost ~20% more CPU than
-# they save, on a machine whose other cores run the tools. Its memory is bounded: by default
-# DuckDB keeps up to 80% of the machine's memory of blocks it read or wrote, which made a
-# rerun of 100k nodes peak at ~500 MB; beyond the bound it evicts blocks, and a query that
-# needs more spills to `<database>.tmp` next to the file.
-WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {"threads": 1, "memory_limit": "192MB"}
+# they save, on a machine whose other cores run the tools. Its memory is DuckDB's default
+# bound (80% of the machine's), not a tighter one: DuckDB holds a stored value whole, so a
+# bound of 192 MB kept a rerun of 100k nodes at ~370 MB instead of ~460 MB, but a flow with
+# six results of 30 MB could then neither write them in one commit nor read them back at its
+# next run's start. Queries that need more than the bound spill to `<database>.tmp`.
+WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {"threads": 1}
 
 _T = TypeVar("_T")
 _DUCK_PID = re.compile(r"held in (.*?) \(PID (\d+)\)")

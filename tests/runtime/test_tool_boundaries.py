@@ -26,7 +26,7 @@ from agentflow.runtime.tools import (
     check_arguments,
 )
 
-from runtime_support import DB, af, last_run, ok, result_json, show, write
+from runtime_support import DB, af, last_run, ok, result_json, reused, show, write
 
 PY = sys.executable
 UNDECODABLE = b"\xff-report.txt"  # not UTF-8: Python names it "\udcff-report.txt"
@@ -444,3 +444,23 @@ def test_e2e_inputs_too_large_to_store_are_refused_before_the_run(tmp_path: Path
     assert result.stderr.startswith("error: the run's inputs are 33.0 MB as JSON, over the 32 MB")
     assert "Traceback" not in result.stderr
     assert json.loads(ok(af(tmp_path, "runs", "--json")).stdout) == []  # nothing recorded
+
+
+def test_e2e_a_flow_with_several_large_results_runs_again_and_reuses_them(tmp_path: Path) -> None:
+    """Values near the bound, several in one commit: the writer's DuckDB holds each whole, and
+    neither the commit nor the next run's preload may run out of memory (both did under a
+    192 MB bound: the flow could not run again)."""
+    write(tmp_path / "flow.agentflow", """
+        tool blob(i: int) -> str { python = "tools:blob" }
+        choreography main(items: list[int] = [0, 1, 2, 3, 4, 5, 6], note: str = "") -> int {
+          bs = for i in items {
+            yield blob(i)
+          }
+          return len(bs)
+        }
+    """)
+    write(tmp_path / "tools.py", "def blob(i):\n    return chr(97 + i) * (30 << 20)\n")
+    assert result_json(ok(af(tmp_path, "run", "flow.agentflow", timeout=120))) == 7
+    assert result_json(ok(af(tmp_path, "run", "flow.agentflow", "--input", "note=again", timeout=120))) == 7
+    nodes = show(tmp_path, last_run(tmp_path)["run_id"])
+    assert reused(nodes) >= {f"main/bs[{i}]/yield@1" for i in range(7)}
