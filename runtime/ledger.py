@@ -26,7 +26,7 @@ from agentflow.compiler.hashing import canonical_json, digest
 from . import faults
 from .engine import NodeFailure, NodeOutcome
 from .inputs import InputError
-from .store import NO_VALUE, AgentRecipe, NodeState, Preloaded, Store, ValueTooLarge
+from .store import NO_VALUE, AgentRecipe, NodeState, Preloaded, Store, ValueTooLarge, result_too_large
 
 
 # The journal step in which a session call records what it adds to its role's session.
@@ -257,8 +257,7 @@ class Ledger:
                 self.store.node_finished(self.run_id, node_id, status="succeeded", value=outcome.value,
                                          attempts=outcome.attempts, key=key, role=role)
         except ValueTooLarge as err:
-            raise NodeFailure(node_id, role, f"its result is {err}; return large data as a file in the "
-                                             f"workspace and its path instead", outcome.attempts) from None
+            raise NodeFailure(node_id, role, result_too_large(err), outcome.attempts) from None
         self.preloaded.stored(key)
 
     @contextmanager

@@ -105,6 +105,11 @@ class ValueTooLarge(ValueError):
     failure, an input or an answer that is too large)."""
 
 
+def result_too_large(err: ValueTooLarge) -> str:
+    """A node's failure for a result over the bound, on either engine."""
+    return f"its result is {err}; return large data as a file in the workspace and its path instead"
+
+
 def bounded(text: str) -> str:
     """`text`, or ValueTooLarge when its UTF-8 is over MAX_VALUE_BYTES."""
     if len(text) > MAX_VALUE_BYTES // 4:

@@ -4,7 +4,8 @@ Both heartbeat while they run, so a worker that dies is noticed within the heart
 and the call is retried on another worker, and so that a cancelled workflow stops them.
 Errors are classified as locally: a transient error is retryable until the spec's `retries`
 are spent, a permanent one (ModelError, ToolError) is not. A non-idempotent tool's call has
-one attempt (`once`): it retries its transient errors itself. Results name the worker.
+one attempt (`once`): it retries its transient errors itself. Results name the worker. A
+tool's result too large to store fails its call here, as the local ledger fails its node.
 """
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from agentflow.compiler.hashing import canonical_json
+
 from ..models import ModelError, TransientModelError, load_litellm, client_for, is_scripted
 from ..retry import retrying
+from ..store import ValueTooLarge, bounded, result_too_large
 from ..tools import ToolContext, ToolError, TransientToolError, call_tool
 from . import wire
 
@@ -92,4 +96,8 @@ class Activities:
                 raise _error(err, "TransientToolError", True, retries) from None
             except ToolError as err:
                 raise _error(err, "ToolError", False, retries) from None
+        try:
+            bounded(canonical_json(value))
+        except ValueTooLarge as err:
+            raise _error(ToolError(result_too_large(err)), "ToolError", False, retries) from None
         return {"value": value, "attempt": info.attempt, "worker": self.identity}

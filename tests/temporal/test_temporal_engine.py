@@ -440,6 +440,32 @@ def test_stored_results_reached_only_at_run_time_are_reused(cluster, tmp_path):
         "relay/v": ("succeeded", False), "relay/first": ("succeeded", True), "relay/second": ("succeeded", True)}
 
 
+def test_a_tool_result_too_large_to_store_fails_its_node_as_locally(cluster, tmp_path):
+    """The worker refuses a result over the stored-value bound (the local ledger refuses it
+    too): the run fails there, with the local message, instead of going on with a value its
+    database cannot keep."""
+    spec = tmp_path / "big.agentflow"
+    spec.write_text("""
+tool blob(mb: int) -> str {
+  python = "bigtools:blob"
+  retries = 0
+}
+
+choreography main(mb: int = 33) -> int {
+  b = blob(mb)
+  return len(b)
+}
+""")
+    (tmp_path / "bigtools.py").write_text("def blob(mb):\n    return 'x' * (mb << 20)\n")
+    local = ok(af(tmp_path, "run", str(spec), "--db", "local.duckdb"), 3)
+    remote = ok(af(tmp_path, "run", str(spec), "--db", "t.duckdb", *cluster.run_args()), 3)
+    message = "its result is 33.0 MB as JSON, over the 32 MB a stored value may be"
+    assert message in local.stderr and message in remote.stderr, remote.stderr
+    assert "Traceback" not in remote.stderr
+    run = last_run(tmp_path / "t.duckdb")
+    assert run["status"] == "failed" and run["failed"] == 1
+
+
 def test_resume_of_a_failed_run_starts_the_failed_task_over(cluster, tmp_path):
     """A task that used up its repairs fails; once its script is fixed, `--resume` runs it
     again from its first turn (its journal is reset, as locally), on a new workflow execution."""
