@@ -94,9 +94,11 @@ class Preloaded:
             self.keys.add(key)
 
 
-# The most JSON text one stored value may be. The writer's DuckDB holds a value whole, and
-# several times over while writing it, within its memory bound (access.py, WRITER_CONFIG):
-# a bigger one would fail the write for want of memory, and with it the run.
+# The most JSON text a node's result, an answer or a run's inputs may be. Each is held whole,
+# several times over, by the process (a value, its JSON, its hash input) and by the writer's
+# DuckDB, and every later run of the flow preloads it: a 120 MB result took 2 GB of memory
+# to store. Journal steps are not bounded: they carry what a tool gave a model, whose own
+# limits come first.
 MAX_VALUE_BYTES = 32 << 20
 
 
@@ -121,8 +123,12 @@ def bounded(text: str) -> str:
 
 
 def to_json(value: Any) -> str:
-    """The text a JSON column stores for a value (see `storable`); ValueTooLarge when it
-    is over MAX_VALUE_BYTES."""
+    """The text a JSON column stores for a value (see `storable`)."""
+    return storable(canonical_text(value), value)
+
+
+def bounded_json(value: Any) -> str:
+    """`to_json(value)`, or ValueTooLarge when it is over MAX_VALUE_BYTES."""
     return storable(bounded(canonical_text(value)), value)
 
 

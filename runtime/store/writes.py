@@ -40,7 +40,7 @@ from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 from .. import faults
 from .access import IDLE_DETACH_S, FileAccess
 from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, AgentRecipe, bounded,
-                      canonical_text, ordered_json, storable, to_json)
+                      bounded_json, canonical_text, ordered_json, storable, to_json)
 from .schema import PUBLIC_VIEWS, one_transaction
 
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
@@ -365,7 +365,7 @@ class BatchedWriter(FileAccess):
                   inputs: Any, fingerprint: str | None = None, at: datetime | None = None) -> None:
         """A run starts (or resumes: its first start time is kept, status is running again).
         `fingerprint`: what its result depends on (see `finished_run`)."""
-        row = dict(flow=flow, entry=entry, plan_hash=plan_hash, inputs=to_json(inputs), pid=os.getpid(),
+        row = dict(flow=flow, entry=entry, plan_hash=plan_hash, inputs=bounded_json(inputs), pid=os.getpid(),
                    status="running", started_at=_utc(at), finished_at=None, fingerprint=fingerprint,
                    value=None)
         with self._mu:
@@ -424,8 +424,8 @@ class BatchedWriter(FileAccess):
         if status == "succeeded":
             if value is NO_VALUE:
                 raise ValueError(f"node_finished({node_id!r}, status='succeeded') needs its value")
-            canonical = canonical_text(value)
-            text = storable(bounded(canonical), value)
+            canonical = bounded(canonical_text(value))
+            text = storable(canonical, value)
             value_hash = value_hash or digest("value", canonical)  # = hashing.value_hash(value)
         if error is not None:  # e.g. a tool's message naming an undecodable file name
             error = escape_surrogates(error)

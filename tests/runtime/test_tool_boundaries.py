@@ -464,3 +464,27 @@ def test_e2e_a_flow_with_several_large_results_runs_again_and_reuses_them(tmp_pa
     assert result_json(ok(af(tmp_path, "run", "flow.agentflow", "--input", "note=again", timeout=120))) == 7
     nodes = show(tmp_path, last_run(tmp_path)["run_id"])
     assert reused(nodes) >= {f"main/bs[{i}]/yield@1" for i in range(7)}
+
+
+def test_e2e_a_large_tool_result_a_model_reads_is_journaled_and_its_answer_stored(tmp_path: Path) -> None:
+    """The bound is on what a node gives: the journal of a task keeps a larger tool result
+    the model read, and the task's own small answer is its result."""
+    write(tmp_path / "flow.agentflow", """
+        defaults { model = "scripted:script.json" }
+        tool blob(mb: int) -> str { python = "tools:blob" }
+        role reader {
+          tools = [blob]
+          task go() -> str { prompt = "GO" }
+        }
+        choreography main() -> str {
+          r = reader.go()
+          return r
+        }
+    """)
+    write(tmp_path / "tools.py", "def blob(mb):\n    return 'x' * (mb << 20)\n")
+    (tmp_path / "script.json").write_text(json.dumps({"rules": [
+        {"turn": 1, "tool_calls": [{"name": "blob", "arguments": {"mb": 33}}]},
+        {"turn": 2, "content": "read it"},
+    ]}))
+    assert result_json(ok(af(tmp_path, "run", "flow.agentflow", timeout=120))) == "read it"
+    assert show(tmp_path, last_run(tmp_path)["run_id"])["main/r"]["status"] == "succeeded"
