@@ -478,9 +478,15 @@ time.sleep(0.4)  # no file yet
 duckdb.connect(path).close()  # the file as DuckDB makes it, before a schema is committed
 print("made", flush=True)
 time.sleep(0.4)
-con = duckdb.connect(path)
+while True:  # as a writer attaches: again while a reader has the file open
+    try:
+        con = duckdb.connect(path)
+        break
+    except duckdb.IOException:
+        time.sleep(0.01)
 schema.ensure_schema(con, path, writer=True)
 con.close()
+print("created", flush=True)
 time.sleep(0.5)
 """
 
