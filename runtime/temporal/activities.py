@@ -18,11 +18,9 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from agentflow.compiler.hashing import canonical_json
-
 from ..models import ModelError, TransientModelError, load_litellm, client_for, is_scripted
 from ..retry import retrying
-from ..store import ValueTooLarge, bounded, result_too_large
+from ..store import ValueTooLarge, bounded_json, result_too_large
 from ..tools import ToolContext, ToolError, TransientToolError, call_tool
 from . import wire
 
@@ -97,7 +95,7 @@ class Activities:
             except ToolError as err:
                 raise _error(err, "ToolError", False, retries) from None
         try:
-            bounded(canonical_json(value))
+            bounded_json(value)
         except ValueTooLarge as err:
             raise _error(ToolError(result_too_large(err)), "ToolError", False, retries) from None
         return {"value": value, "attempt": info.attempt, "worker": self.identity}
