@@ -202,12 +202,7 @@ class FileAccess:
 
     def _open_reader(self) -> None:
         self._check_path()
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while not self.path.exists():  # a live writer makes it in a moment
-            if self._live_writer_pid() is None or time.monotonic() > deadline:
-                raise StoreError(f"no database at {self._shown()} (nothing has run there yet?); "
-                                 f"use --db to point at one")
-            time.sleep(0.01)
+        self._while_a_writer_creates(self._check_exists)
         try:
             self._wait_fd = self._open_lock_file(self._wait_path, os.O_RDWR)
         except OSError:
@@ -391,21 +386,34 @@ class FileAccess:
                 if signalled and self._wait_fd is not None:
                     fcntl.flock(self._wait_fd, fcntl.LOCK_UN)
 
+    def _check_exists(self) -> None:
+        if not self.path.exists():
+            raise StoreEmpty(f"no database at {self._shown()} (nothing has run there yet?); "
+                             f"use --db to point at one")
+
     def _attach_checked(self) -> None:
-        """Attach for a read, checking the schema version at the first one. A database that a
-        live writer is creating (DuckDB has made the file; the schema is not committed yet)
-        is waited for, not reported empty or foreign. Caller holds `_io`."""
+        """Attach for a read, checking the schema version at the first one. Caller holds `_io`."""
+        self._while_a_writer_creates(self._attach_once_checked)
+
+    def _attach_once_checked(self) -> None:
+        self._attach()
+        if not self._schema_checked:
+            try:
+                self._run(lambda con: schema.ensure_schema(con, self._shown(), writer=False))
+            except StoreError:
+                self._detach()
+                raise
+            self._schema_checked = True
+
+    def _while_a_writer_creates(self, attempt: Callable[[], None]) -> None:
+        """`attempt()`, tried again while the database it finds is not there yet, empty or not
+        yet a DuckDB file, and a live writer holds the lock: that writer is creating it (it
+        takes the lock, then DuckDB makes the file, then the schema is committed). Up to
+        READ_TIMEOUT_S; with no live writer the error is reported at once."""
         deadline = time.monotonic() + READ_TIMEOUT_S
         while True:
             try:
-                self._attach()
-                if not self._schema_checked:
-                    try:
-                        self._run(lambda con: schema.ensure_schema(con, self._shown(), writer=False))
-                    except StoreError:
-                        self._detach()
-                        raise
-                    self._schema_checked = True
+                attempt()
                 return
             except (StoreEmpty, StoreNotADatabase):
                 if self._live_writer_pid() is None or time.monotonic() > deadline:

@@ -24,7 +24,7 @@ class StoreSchemaError(StoreError):
 
 
 class StoreEmpty(StoreError):
-    """The file is a DuckDB database with nothing in it: no run has stored anything there."""
+    """No run has stored anything there: no file, or a DuckDB database with nothing in it."""
 
 
 class StoreNotADatabase(StoreError):
