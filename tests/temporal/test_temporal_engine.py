@@ -35,7 +35,7 @@ SPECS = REPO / "specs"
 WORK = HERE / "specs" / "work.agentflow"
 from openai_server import OpenAIServer
 import polling
-from runtime_support import HANDOFF_TOOLS, llm_defaults, requests_with
+from runtime_support import HANDOFF_TOOLS, llm_defaults, requests_with, stop
 
 EXAMPLES = [
     ("research_report.agentflow", ["--input", "topic=bees"]),
@@ -285,8 +285,7 @@ def test_worker_killed_mid_activity_still_completes(private_cluster, tmp_path):
         survivor = kill_a_busy_worker(private_cluster, wf_id, "an activity running on a worker")
         client.wait(90)
     finally:
-        if client.poll() is None:
-            client.kill()
+        stop(client)
     out, err = texts(client)
     assert client.returncode == 0, err[-3000:]
     assert json.loads(out)["values"] == [10, 20, 30, 40, 50, 60]
@@ -329,8 +328,7 @@ choreography main() -> str {
         kill_a_busy_worker(private_cluster, wf_id, "the tool's worker")
         client.wait(90)
     finally:
-        if client.poll() is None:
-            client.kill()
+        stop(client)
     out, err = texts(client)
     assert (tmp_path / "pay.log").read_text().splitlines() == ["pay 30"], "the tool ran again"
     if direct:
@@ -378,8 +376,7 @@ def test_ctrl_c_or_sigterm_cancels_the_workflow_and_its_activities(cluster, tmp_
         client.send_signal(signum)
         client.wait(30)
     finally:
-        if client.poll() is None:
-            client.kill()
+        stop(client)
     out, err = texts(client)
     assert client.returncode == code, err[-3000:]
     assert "state saved" in err and "--resume" in err and "Traceback" not in err
@@ -744,8 +741,7 @@ def test_collect_follows_a_running_detached_run_to_its_end_and_ctrl_c_stops_coll
         collector.send_signal(signal.SIGINT)
         collector.wait(30)
     finally:
-        if collector.poll() is None:
-            collector.kill()
+        stop(collector)
     err = texts(collector)[1]
     assert collector.returncode == 130, err[-3000:]
     assert f"stopped collecting; run {run_id} goes on on the Temporal workers" in err and "Traceback" not in err
@@ -858,8 +854,7 @@ def test_a_following_client_finishes_normally_when_the_answer_comes_while_it_fol
         gate.touch()
         assert client.wait(60) == 0, texts(client)[1]
     finally:
-        if client.poll() is None:
-            client.kill()
+        stop(client)
     value = json.loads(texts(client)[0])
     assert value["decision"] == "revise" and value["final"] != value["draft"] and value["held"] == str(gate)
     assert last_run(db)["status"] == "succeeded"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from runtime_support import call_agent, create_agent, write
+from runtime_support import call_agent, create_agent, stop, write
 from temporal_support import HERE, base_env
 from test_temporal_engine import (SPECS, activity_history, af, af_start, collect, describe, kill_a_busy_worker,
                                   last_run, nodes, ok, recorded_runs, running_on, temporal, texts, wait_until,
@@ -173,8 +173,7 @@ def test_a_worker_killed_in_the_middle_of_a_chunk_the_run_still_finishes(private
                            timeout=60)
         client.wait(120)
     finally:
-        if client.poll() is None:
-            client.kill()
+        stop(client)
     out, err = texts(client)
     assert client.returncode == 0, err[-3000:]
     assert json.loads(out)["values"] == [x * 10 + 5 for x in range(24)]
@@ -191,8 +190,7 @@ def test_ctrl_c_of_a_followed_run_cancels_every_chunk_workflow(cluster, tmp_path
         client.send_signal(signal.SIGINT)
         client.wait(60)
     finally:
-        if client.poll() is None:
-            client.kill()
+        stop(client)
     _, err = texts(client)
     assert client.returncode == 130, err[-3000:]
     from temporalio.client import WorkflowExecutionStatus
@@ -431,8 +429,7 @@ def test_ctrl_c_of_a_followed_run_cancels_a_created_agents_child_workflow_and_re
         client.send_signal(signal.SIGINT)
         client.wait(60)
     finally:
-        if client.poll() is None:
-            client.kill()
+        stop(client)
     _, err = texts(client)
     assert client.returncode == 130, err[-3000:]
     from temporalio.client import WorkflowExecutionStatus
