@@ -56,7 +56,7 @@ WRITE_ATTACH_TIMEOUT_S = 10.0  # a writer waits this long for another program to
 # A writer closed without a checkpoint (a no-op rerun) leaves a write-ahead log smaller than
 # this for the next open to replay (~6 ms of CPU per MB), instead of checkpointing it into the
 # file (~16 ms per MB and the fsyncs): what it committed is durable in the log already. A
-# bigger log is checkpointed all the same, so no open replays more than this.
+# bigger log is checkpointed all the same.
 CLOSE_CHECKPOINT_WAL_BYTES = 8 << 20
 
 # The writer's DuckDB runs its statements on one thread: its batches are small and many (one
@@ -66,7 +66,18 @@ CLOSE_CHECKPOINT_WAL_BYTES = 8 << 20
 # bound of 192 MB kept a rerun of 100k nodes at ~370 MB instead of ~460 MB, but a flow with
 # six results of 30 MB could then neither write them in one commit nor read them back at its
 # next run's start. Queries that need more than the bound spill to `<database>.tmp`.
-WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {"threads": 1}
+#
+# It checkpoints its log into the file when the log reaches WAL_CHECKPOINT_BYTES, not
+# DuckDB's 16 MB. A checkpoint in the middle of a run cuts the tables' row groups where it
+# falls, and a later checkpoint merges ("vacuums") the pieces by rewriting them whole: in a
+# 100k-node rerun that rewrite took 1.5 s and +160 MB of memory, the run's peak (~460 MB).
+# Under the bound, a run's rows are checkpointed when the writer lets go of the file: at the
+# run's end, for a waiting reader, or when idle. The cost: a killed run leaves up to this much
+# log, which the next open replays (~6 ms of CPU per MB: about a second), and the log's rows
+# wait in memory until the checkpoint, as they would stay in DuckDB's cache after it.
+WAL_CHECKPOINT_BYTES = 128 << 20
+WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "threads": 1, "wal_autocheckpoint": f"{WAL_CHECKPOINT_BYTES >> 20}MB"}
 
 _T = TypeVar("_T")
 _DUCK_PID = re.compile(r"held in (.*?) \(PID (\d+)\)")

@@ -59,25 +59,28 @@ class Queries(BatchedWriter):
 
     def preload_results(self, flow: str, max_rows: int, max_bytes: int, max_keys: int) -> Preloaded:
         """The newest stored result of each node of the flow's earlier runs, by key, up to
-        `max_rows` results or `max_bytes` of value text, and every stored key if there are
-        at most `max_keys`: what a rerun looks up, in two queries instead of one per node."""
+        `max_rows` results or `max_bytes` of value text, and every other stored key if there
+        are at most `max_keys` keys: what a rerun looks up, in two queries instead of one per
+        node."""
         def query(con: duckdb.DuckDBPyConnection) -> Preloaded:
             cursor = con.execute(
-                "SELECT r.key, r.value, r.value_hash FROM _results r SEMI JOIN ("
+                "SELECT r.key, r.value_hash || ' ' || r.value FROM _results r SEMI JOIN ("
                 "SELECT n.key FROM _node_runs n JOIN _runs u USING (run_id) WHERE u.flow = $1 "
                 "AND n.status = 'succeeded' AND n.key IS NOT NULL QUALIFY row_number() OVER ("
                 "PARTITION BY n.node_id ORDER BY n.finished_at DESC NULLS LAST) = 1) k ON r.key = k.key "
                 "LIMIT $2", [flow, max_rows])
-            values: dict[str, tuple[str, str]] = {}
+            values: dict[str, str] = {}
             size = 0
             while size <= max_bytes and (rows := cursor.fetchmany(4096)):
-                for key, text, value_hash in rows:
-                    values[key] = (text, value_hash)
-                    size += len(text)
+                values.update(rows)
+                size += sum(len(found) for _, found in rows)
             count = con.execute("SELECT count(*) FROM _results").fetchone()[0]  # type: ignore[index]  # duckdb: count(*) has a row
-            keys = None if count > max_keys else {
-                r[0] for r in con.execute("SELECT key FROM _results").fetchall()}
-            return Preloaded(values, keys)
+            others: set[str] | None = None
+            if count <= max_keys:
+                others, cursor = set(), con.execute("SELECT key FROM _results")
+                while rows := cursor.fetchmany(8192):
+                    others.update(key for (key,) in rows if key not in values)
+            return Preloaded(values, others)
         return self._read(query)
 
     def finished_run(self, fingerprint: str) -> tuple[str, Any] | None:

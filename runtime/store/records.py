@@ -71,27 +71,31 @@ class Turn:
 @dataclass
 class Preloaded:
     """Stored results a run may reuse, loaded at its start in one bounded query, so that
-    most lookups are answered in memory. `values`: key -> (value text, value hash), for the
-    flow's newest result of each node; `keys`: every stored key, or None when there were
-    too many to load (a key not in `values` is then looked up in the store)."""
+    most lookups are answered in memory. `values`: key -> its value hash, a space, then its
+    value text (one string, not a tuple of two: ~100 bytes less per result, ~10 MB at 100k),
+    for the flow's newest result of each node; `others`: the other stored keys, or None when
+    there were too many to load (a key not in `values` is then looked up in the store)."""
 
-    values: dict[str, tuple[str, str]]
-    keys: set[str] | None
+    values: dict[str, str]
+    others: set[str] | None
 
     def answers(self, key: str) -> bool:
         """Whether memory knows the answer for `key`: its result, or that there is none."""
-        return key in self.values or (self.keys is not None and key not in self.keys)
+        return key in self.values or (self.others is not None and key not in self.others)
 
     def result(self, key: str) -> tuple[Any, str] | None:
         """(value, value hash) preloaded for `key`, or None."""
         found = self.values.get(key)
-        return None if found is None else (loaded(found[0]), found[1])
+        if found is None:
+            return None
+        value_hash, _, text = found.partition(" ")
+        return loaded(text), value_hash
 
     def stored(self, key: str) -> None:
         """A result was stored for `key` during the run: from now on the store answers it."""
         self.values.pop(key, None)
-        if self.keys is not None:
-            self.keys.add(key)
+        if self.others is not None:
+            self.others.add(key)
 
 
 # The most JSON text a node's result, an answer or a run's inputs may be. Each is held whole,

@@ -755,15 +755,15 @@ def _stored_run(s: Store, run_id: str, flow: str, values: dict[str, object]) -> 
 
 def test_preload_gives_the_flows_results_by_key_within_its_bounds(db: Path) -> None:
     with Store.open_writer(db) as s:
-        _stored_run(s, "r1", "f", {"main/a": 1, "main/b": {"x": 2}})
+        _stored_run(s, "r1", "f", {"main/a": 1, "main/b": {"x": "two words"}})
         _stored_run(s, "r2", "other", {"main/a": 3})
         found = s.preload_results("f", 100, 1 << 20, 100)
         assert set(found.values) == {"k-r1-main/a", "k-r1-main/b"}
-        assert found.result("k-r1-main/b") == ({"x": 2}, value_hash({"x": 2}))
+        assert found.result("k-r1-main/b") == ({"x": "two words"}, value_hash({"x": "two words"}))
         assert found.answers("k-unknown") and found.result("k-unknown") is None  # known missing
         assert not found.answers("k-r2-main/a")  # stored by another flow: the store answers
         bounded = s.preload_results("f", 1, 1 << 20, 2)
-        assert len(bounded.values) == 1 and bounded.keys is None
+        assert len(bounded.values) == 1 and bounded.others is None
         assert not bounded.answers("k-unknown")  # too many keys to know: the store answers
 
 
