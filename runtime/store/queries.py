@@ -75,11 +75,11 @@ class Queries(BatchedWriter):
                 values.update(rows)
                 size += sum(len(found) for _, found in rows)
             count = con.execute("SELECT count(*) FROM _results").fetchone()[0]  # type: ignore[index]  # duckdb: count(*) has a row
-            others: set[str] | None = None
+            others: set[int] | None = None
             if count <= max_keys:
                 others, cursor = set(), con.execute("SELECT key FROM _results")
                 while rows := cursor.fetchmany(8192):
-                    others.update(key for (key,) in rows if key not in values)
+                    others.update(hash(key) for (key,) in rows if key not in values)
             return Preloaded(values, others)
         return self._read(query)
 

@@ -762,6 +762,8 @@ def test_preload_gives_the_flows_results_by_key_within_its_bounds(db: Path) -> N
         assert found.result("k-r1-main/b") == ({"x": "two words"}, value_hash({"x": "two words"}))
         assert found.answers("k-unknown") and found.result("k-unknown") is None  # known missing
         assert not found.answers("k-r2-main/a")  # stored by another flow: the store answers
+        found.stored("k-unknown")  # stored during the run: from now on the store answers
+        assert not found.answers("k-unknown")
         bounded = s.preload_results("f", 1, 1 << 20, 2)
         assert len(bounded.values) == 1 and bounded.others is None
         assert not bounded.answers("k-unknown")  # too many keys to know: the store answers
