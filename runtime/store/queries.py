@@ -255,13 +255,18 @@ class Queries(BatchedWriter):
             "SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'db' "
             "AND table_name = '_agent_turns'").fetchone()[0]))  # type: ignore[index]  # duckdb: count(*) has a row
 
+    # Node figures are summed per run first, then joined: grouping the joined rows by the run's
+    # columns hashed its inputs once per node (100k nodes of a run with 600 KB of inputs: 13 s).
     _RUN_SQL = (
         "SELECT r.run_id, r.flow, r.entry, r.status, r.started_at, r.finished_at, r.plan_hash, r.inputs, "
-        "r.pid, count(n.node_id), "
-        + ", ".join(f"count(*) FILTER (WHERE n.status = '{s}')" for s in STATUSES)
-        + ", count(*) FILTER (WHERE n.cached), coalesce(sum(n.prompt_tokens), 0), "
-        "coalesce(sum(n.completion_tokens), 0), coalesce(sum(n.cost_usd), 0) "
-        "FROM _runs r LEFT JOIN _node_runs n USING (run_id) {where} GROUP BY ALL "
+        "r.pid, coalesce(n.total, 0), "
+        + ", ".join(f"coalesce(n.{s}, 0)" for s in STATUSES)
+        + ", coalesce(n.cached, 0), coalesce(n.prompt_tokens, 0), coalesce(n.completion_tokens, 0), "
+        "coalesce(n.cost_usd, 0) FROM _runs r LEFT JOIN (SELECT run_id, count(*) AS total, "
+        + ", ".join(f"count(*) FILTER (WHERE status = '{s}') AS {s}" for s in STATUSES)
+        + ", count(*) FILTER (WHERE cached) AS cached, sum(prompt_tokens) AS prompt_tokens, "
+        "sum(completion_tokens) AS completion_tokens, sum(cost_usd) AS cost_usd "
+        "FROM _node_runs GROUP BY run_id) n USING (run_id) {where} "
         "ORDER BY r.started_at DESC NULLS LAST, r.run_id DESC {limit}")
 
     def _runs(self, where: str = "", params: list | None = None, limit: int | None = None) -> list[dict]:
