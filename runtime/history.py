@@ -156,29 +156,56 @@ def print_runs(runs: list[dict], as_json: bool) -> None:
     if as_json:
         print(rows_json(runs))
         return
-    from rich.table import Table
-    table = Table("run", "flow", "entry", "status", "started", "nodes", "reused", "failed", box=None)
-    for r in runs:
-        table.add_row(r["run_id"], r["flow"], r.get("entry") or "", r["status"], str(r["started_at"])[:19],
-                      str(r.get("nodes", "")), str(r.get("cached", "")), str(r.get("failed", "")))
-    _console().print(table if runs else "no runs yet")
+    if not runs:
+        print("no runs yet")
+        return
+    print_table(("run", "flow", "entry", "status", "started", "nodes", "reused", "failed"), [
+        (r["run_id"], r["flow"], r.get("entry") or "", r["status"], str(r["started_at"])[:19],
+         str(r.get("nodes", "")), str(r.get("cached", "")), str(r.get("failed", ""))) for r in runs])
 
 
 def print_nodes(run: dict, nodes: list[dict], as_json: bool) -> None:
     if as_json:
         print(rows_json(nodes))
         return
-    from rich.table import Table
-    table = Table("node", "role", "status", "reused", "attempts", "ms", "tokens", "cost $", "error",
-                  title=f"run {run['run_id']} ({run['status']})", box=None)
+    rows = []
     for n in nodes:
         tokens = (n.get("prompt_tokens") or 0) + (n.get("completion_tokens") or 0)
         duration = n.get("duration_ms")
-        table.add_row(n["node"], n.get("role") or "", n["status"], "yes" if n["cached"] else "",
-                      str(n.get("attempts") or 0), "" if duration is None else f"{duration:.0f}",
-                      str(tokens or ""), f"{n['cost_usd']:.4f}" if n.get("cost_usd") else "",
-                      (n.get("error") or "")[:120])
-    _console().print(table)
+        rows.append((n["node"], n.get("role") or "", n["status"], "yes" if n["cached"] else "",
+                     str(n.get("attempts") or 0), "" if duration is None else f"{duration:.0f}",
+                     str(tokens or ""), f"{n['cost_usd']:.4f}" if n.get("cost_usd") else "",
+                     (n.get("error") or "")[:120]))
+    print_table(("node", "role", "status", "reused", "attempts", "ms", "tokens", "cost $", "error"), rows,
+                title=f"run {run['run_id']} ({run['status']})")
+
+
+# Beyond this many rows a table is printed as plain aligned text: rich measures every cell of
+# a table to lay it out, ~1 ms a row, so `show` of a 100k-node run took 105 s.
+RICH_TABLE_ROWS = 500
+
+
+def print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], title: str | None = None) -> None:
+    """Rows under their headers, as rich lays out a table without borders; a long table in
+    the same columns, aligned, without rich's measuring (and without its wrapping of wide
+    columns to the terminal)."""
+    if len(rows) <= RICH_TABLE_ROWS:
+        from rich.table import Table
+        table = Table(*headers, title=title, box=None)
+        for row in rows:
+            table.add_row(*row)
+        _console().print(table)
+        return
+    from rich.cells import cell_len
+
+    def width(text: str) -> int:
+        return len(text) if text.isascii() else cell_len(text)
+
+    widths = [max(width(h), *(width(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = [] if title is None else [" " * ((sum(widths) + 2 * len(widths) - width(title)) // 2) + title]
+    for row in (headers, *rows):
+        lines.append(" " + "  ".join(cell + " " * (w - width(cell)) for cell, w in zip(row, widths)).rstrip())
+    print(escape_surrogates("\n".join(lines)))
 
 
 def print_node(node: dict, as_json: bool) -> None:
