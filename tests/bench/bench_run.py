@@ -8,7 +8,8 @@ Cases, one line of figures each:
   cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
   no-op   the same again, nothing changed: no work to do (the finished run is copied)
   rerun   the same with an input no node reads: every node looked up and reused
-  resume  a run killed half-way (SIGKILL), then --resume: wall time of the resume
+  resume  a run killed half-way (SIGKILL), then --resume: wall time and peak RSS of the resume
+  history `agentflow runs`, then `agentflow show` of the resumed run (every node listed)
   llm     M model calls of L ms each through litellm against a local OpenAI-protocol
           server (HTTP/1.1 keep-alive, as real providers), --concurrency C and
           replicas = 100 (`--llm MxL@C`, comma-separated; by default 20 x 500 ms at 10, the
@@ -99,8 +100,15 @@ def fanout_cases(n: int, tmp: Path, tools: str) -> None:
     proc.send_signal(signal.SIGKILL)
     if proc.wait() != -signal.SIGKILL:
         raise SystemExit(f"the run to interrupt ended by itself ({proc.returncode}):\n{''.join(tail)}")
-    resumed, _, _ = agentflow(resume_args + ["--resume"], work)
-    print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)")
+    resumed, resumed_rss, _ = agentflow(resume_args + ["--resume"], work)
+    print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)  "
+          f"peak RSS {resumed_rss} MB", flush=True)
+    listed, _, _ = agentflow(["runs"], work)
+    runs = json.loads(subprocess.run([sys.executable, "-m", "agentflow", "runs", "--json"], cwd=work, env=ENV,
+                                     capture_output=True, text=True, check=True).stdout)
+    shown, _, _ = agentflow(["show", runs[0]["run_id"]], work)
+    print(f"history N={n:>6}: runs {listed:.2f} s ({len(runs)} runs), show of the resumed run {shown:.2f} s",
+          flush=True)
 
 
 # A priced model name, as a user of a provider (or of a proxy in front of one) has: litellm
