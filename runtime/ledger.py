@@ -18,7 +18,7 @@ import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from agentflow.compiler import schema
 from agentflow.compiler.hashing import canonical_json, digest
@@ -102,6 +102,44 @@ def rerun_reason(last: NodeState | None, def_hash: str | None, inputs: dict) -> 
     return "no stored result"
 
 
+class BatchedReads:
+    """One store read for every key asked for in one turn of the event loop, the items of a
+    fan-out asking together: a read per key cost a round trip to the store's thread each, and
+    for a reader (`--dry-run`) a re-attach of the database and a replay of any log a killed run
+    left (hours at 50k nodes). `read(keys)` gives what it found, by key."""
+
+    def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, Any]]]) -> None:
+        self._read = read
+        self._waiting: dict[str, list[asyncio.Future]] = {}
+
+    async def get(self, key: str) -> Any:
+        """What the read found for `key`, or None."""
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._start)
+        future = loop.create_future()
+        self._waiting.setdefault(key, []).append(future)
+        return await future
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting, {}
+
+        async def run() -> None:
+            try:
+                found = await self._read(list(batch))
+            except BaseException as err:  # every waiter sees the failure
+                for futures in batch.values():
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(err)
+                return
+            for key, futures in batch.items():
+                for f in futures:
+                    if not f.done():
+                        f.set_result(found.get(key))
+        asyncio.ensure_future(run())
+
+
 class Ledger:
     def __init__(self, store: Store, run_id: str, *, dry_run: bool = False, durability: str = "strict") -> None:
         self.store = store
@@ -112,8 +150,8 @@ class Ledger:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-store")
         self.resumed: dict[str, NodeState] = {}
         self.previous: dict[str, dict] = {}
-        self._lookups: dict[str, list[asyncio.Future]] = {}
-        self._lookup_scheduled = False
+        self._results = BatchedReads(lambda keys: self._io(self.store.lookup_results, keys))
+        self._last_records = BatchedReads(lambda ids: self._io(self.store.last_node_records, self.flow, ids))
         # What `has_result` found, kept for `reused`: a reuse costs no second query.
         self._found: dict[str, tuple] = {}
         self._flush_waiters: list[asyncio.Future] = []
@@ -188,37 +226,13 @@ class Ledger:
     async def _lookup(self, key: str):
         if self.preloaded.answers(key):
             return self.preloaded.result(key)
-        future = asyncio.get_running_loop().create_future()
-        self._lookups.setdefault(key, []).append(future)
-        if not self._lookup_scheduled:
-            self._lookup_scheduled = True
-            asyncio.get_running_loop().call_soon(self._run_lookups)
-        return await future
-
-    def _run_lookups(self) -> None:
-        batch, self._lookups, self._lookup_scheduled = self._lookups, {}, False
-
-        async def run() -> None:
-            try:
-                found = await self._io(self.store.lookup_results, list(batch))
-            except BaseException as err:  # every waiter sees the failure
-                for futures in batch.values():
-                    for f in futures:
-                        if not f.done():
-                            f.set_exception(err)
-                return
-            for key, futures in batch.items():
-                for f in futures:
-                    if not f.done():
-                        f.set_result(found.get(key))
-        asyncio.ensure_future(run())
+        return await self._results.get(key)
 
     async def explain(self, node_id: str, def_hash: str, inputs: dict, *, cacheable: bool) -> str:
         """Why a node must run: the cause a user can act on."""
         if not cacheable:
             return "not cacheable (cache = false or --no-cache)"
-        records = await self._io(lambda: self.store.last_node_records(self.flow, [node_id]))
-        return rerun_reason(records.get(node_id), def_hash, inputs)
+        return rerun_reason(await self._last_records.get(node_id), def_hash, inputs)
 
     # ------------------------------------------------------------ node records
 

@@ -11,7 +11,7 @@ import pytest
 from agentflow.compiler.hashing import canonical_json, digest
 from agentflow.runtime.engine import NodeOutcome
 from agentflow.runtime.history import list_runs, run_statuses
-from agentflow.runtime.ledger import SESSION_STEP, Ledger, child_workflow_of
+from agentflow.runtime.ledger import SESSION_STEP, BatchedReads, Ledger, child_workflow_of
 from agentflow.runtime.store import Store, StoreError
 from engine_support import DB, compiled, ledger_over
 
@@ -171,3 +171,23 @@ def test_a_node_is_shown_in_the_innermost_child_workflow_that_ran_it():
     assert child_workflow_of("main/v[40]/y", children) is None  # another chunk's item
     assert child_workflow_of("main/v[25]/y/a.b#10", children) == chunk  # not a prefix at a boundary
     assert child_workflow_of("main/w", children) is None
+
+
+def test_reads_asked_for_in_one_loop_turn_are_one_read_and_a_failure_reaches_every_waiter() -> None:
+    reads: list[list[str]] = []
+
+    async def read(keys: list[str]) -> dict[str, str]:
+        reads.append(keys)
+        if "boom" in keys:
+            raise StoreError("the database went away")
+        return {k: k.upper() for k in keys if k != "missing"}
+
+    async def main() -> None:
+        batched = BatchedReads(read)
+        assert await asyncio.gather(*(batched.get(k) for k in ("a", "missing", "a", "c"))) == ["A", None, "A", "C"]
+        assert reads == [["a", "missing", "c"]]
+        assert await batched.get("d") == "D" and reads[-1] == ["d"]  # a later turn: a read of its own
+        failed = await asyncio.gather(batched.get("boom"), batched.get("e"), return_exceptions=True)
+        assert [type(f) for f in failed] == [StoreError, StoreError] and reads[-1] == ["boom", "e"]
+
+    asyncio.run(main())
