@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from agentflow.compiler.errors import UsageError
 from agentflow.compiler.hashing import escape_surrogates
@@ -185,7 +186,7 @@ def print_nodes(run: dict, nodes: list[dict], as_json: bool) -> None:
 RICH_TABLE_ROWS = 500
 
 
-def print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], title: str | None = None) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None) -> None:
     """Rows under their headers, as rich lays out a table without borders; a long table in
     the same columns, aligned, without rich's measuring (and without its wrapping of wide
     columns to the terminal)."""
