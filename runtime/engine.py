@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from agentflow.compiler import schema
 from agentflow.compiler.hashing import canonical_json, definition_hash, digest, value_hash
@@ -148,6 +149,7 @@ class Engine:
         self._tool_specs: dict[str, Any] = {}
         self._tool_context: ToolContext | None = None
         self.calls_left: int | None = None  # in a program's engine: the calls it may still start
+        self._breathe_at = 0.0  # see `breathe`
 
     def nested(self, nodes: dict[str, schema.Node], top: str, max_calls: int) -> "Engine":
         """This run's engine over other node templates (a program's, its top level `top`): the
@@ -387,7 +389,7 @@ class Engine:
             except DryRunStop as stop:  # --dry-run decides every item, not only those before it
                 unknown.append(stop)
 
-        values = await fan_out(len(items), item, 1 if node.get("sequential") else FAN_OUT_WINDOW)
+        values = await fan_out(len(items), item, 1 if node.get("sequential") else FAN_OUT_WINDOW, self.breathe)
         if unknown:
             raise unknown[0]
         return values
@@ -466,6 +468,16 @@ class Engine:
                 transcript = await self.ledger.session_hash(role)
                 return await self._call(iid, kind, target, args, role, transcript, nested, contained)
         return await self._call(iid, kind, target, args, role, "", nested, contained)
+
+    async def breathe(self) -> None:
+        """Let the event loop run, if it last did over BREATHE_S ago: `fan_out` calls it between
+        items. Items whose calls never suspend (a trivial async tool, a result reused from
+        memory) would otherwise keep the loop for a whole fan-out, and a cancelled run (Ctrl-C)
+        went on to the last of 100k items, as a cancellation reaches a task where it waits."""
+        now = time.monotonic()
+        if now >= self._breathe_at:
+            self._breathe_at = now + BREATHE_S
+            await asyncio.sleep(0)
 
     async def _call(self, iid, kind, target, args, role, extra, nested, contained) -> Any:
         key, def_hash, inputs = self.node_key(kind, target, args, extra)
@@ -550,14 +562,17 @@ def by_scope(nodes: dict[str, schema.Node], top: str) -> dict[str, list[tuple[st
     return scopes
 
 
+BREATHE_S = 0.01  # a fan-out lets the event loop in at least this often (`Engine.breathe`)
+
 # Items of one `for` in flight at once. Far above any useful concurrency (calls beyond it
 # wait for a slot anyway, and reused items' lookups are batched per loop turn), yet it
 # bounds the memory of a fan-out of 100k items to a few thousand live bodies.
 FAN_OUT_WINDOW = 2048
 
 
-async def fan_out(count: int, item, window: int) -> list:
-    """`[await item(i) for i in range(count)]`, with up to `window` items running at once.
+async def fan_out(count: int, item, window: int, breathe: Callable[[], Awaitable[None]] | None = None) -> list:
+    """`[await item(i) for i in range(count)]`, with up to `window` items running at once, and
+    `await breathe()` between two items of a lane (see `Engine.breathe`).
 
     Lanes pull the next index from one shared iterator, so items start in index order and
     the schedule is deterministic (a Temporal workflow replays it). After a failure no new
@@ -573,6 +588,8 @@ async def fan_out(count: int, item, window: int) -> list:
                 return
             try:
                 values[i] = await item(i)
+                if breathe is not None:
+                    await breathe()
             except NodeWaiting as waiting:
                 waits.append(waiting)
             except Exception as err:

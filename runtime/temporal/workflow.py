@@ -327,6 +327,10 @@ class WorkflowEngine(Engine):
         self.children: set[str] = set()
         self.delegations: set[str] = set()  # ids of delegated calls whose loops run in child workflows
 
+    async def breathe(self) -> None:
+        """Nothing: workflow code reads no clock, and Temporal delivers a cancellation to the
+        workflow between its activations, whatever its calls do."""
+
     def code_version(self, tool_name: str) -> str:
         return self._code_versions[tool_name]
 
