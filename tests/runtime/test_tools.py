@@ -314,6 +314,69 @@ def test_python_timeout_sync_and_async(ctx):
         run(call_tool(py_tool("slow:raises_timeout", timeout=5), {}, ctx))
 
 
+def test_timeouts_of_many_calls_in_one_loop_each_hold_their_own(ctx):
+    """Calls of several timeout lengths at once: each call that outlives its own timeout
+    times out, on time; the others (shorter, or with longer timeouts) return their values;
+    a call cancelled by someone else is cancelled, not timed out."""
+    write(ctx.spec_dir / "mixed.py", """
+        import asyncio, time
+        async def nap(s: float):
+            await asyncio.sleep(s)
+            return s
+        def doze(s: float):
+            time.sleep(s)
+            return s
+    """)
+
+    async def main():
+        calls = [call_tool(py_tool("mixed:nap", ("s",), timeout=0.3), {"s": 5}, ctx),
+                 call_tool(py_tool("mixed:doze", ("s",), timeout=0.3), {"s": 1}, ctx),
+                 call_tool(py_tool("mixed:nap", ("s",), timeout=2), {"s": 0.6}, ctx),
+                 call_tool(py_tool("mixed:nap", ("s",), timeout=0.3), {"s": 0.1}, ctx),
+                 *(call_tool(py_tool("mixed:nap", ("s",)), {"s": 0.01 * (i % 5)}, ctx) for i in range(200))]
+        start = time.monotonic()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        elapsed = time.monotonic() - start
+        stopped = asyncio.ensure_future(call_tool(py_tool("mixed:nap", ("s",), timeout=0.3), {"s": 5}, ctx))
+        await asyncio.sleep(0.1)
+        stopped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopped
+        assert not asyncio.current_task().cancelling()
+        return outcomes, elapsed
+
+    outcomes, elapsed = run(main())
+    assert [str(o) for o in outcomes[:2]] == ["tool t timed out after 0.3s"] * 2
+    assert outcomes[2:4] == [0.6, 0.1]
+    assert outcomes[4:] == [0.01 * (i % 5) for i in range(200)]
+    assert elapsed < 2.0
+
+
+def test_ended_calls_do_not_accumulate_under_a_long_timeout(ctx):
+    """20,000 quick calls under the default 10-minute timeout: what their deadlines leave
+    behind stays bounded, not one entry per call until the timeout passes."""
+    import tracemalloc
+
+    write(ctx.spec_dir / "quick.py", """
+        async def f(i: int):
+            return i
+    """)
+    spec = py_tool("quick:f", ("i",))
+
+    async def main():
+        tracemalloc.start()
+        try:
+            for i in range(20_000):
+                assert await call_tool(spec, {"i": i}, ctx) == i
+            snapshot = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        workers = tracemalloc.Filter(True, "*runtime/tools/workers.py")
+        return sum(stat.size for stat in snapshot.filter_traces([workers]).statistics("filename"))
+
+    assert run(main()) < 400_000  # ~2,000 deadlines at most; 20,000 would be over 2 MB
+
+
 def test_blocking_sync_tools_run_side_by_side_off_the_event_loop(ctx):
     write(ctx.spec_dir / "blocking.py", """
         import threading, time
