@@ -45,12 +45,12 @@ def node_detail(db: str, run_id: str, node_id: str) -> dict:
     with _reader(db) as store:
         if store.get_run(run_id) is None:
             raise _no_run(db, run_id)
-        rows = {n["node"]: n for n in store.run_nodes(run_id)}
-        journal = store.node_journal(run_id, node_id) if node_id in rows else None
+        row = next(iter(store.run_nodes(run_id, node_id)), None)
+        journal = store.node_journal(run_id, node_id) if row is not None else None
+        if journal is None:
+            raise UsageError(unknown_node_message(run_id, node_id, [n["node"] for n in store.run_nodes(run_id)]))
         under = child_workflow_key(run_id, "")
         children = {key[len(under):]: json.loads(value) for key, value in store.meta_under(under).items()}
-    if journal is None:
-        raise UsageError(unknown_node_message(run_id, node_id, list(rows)))
     from .ledger import PROMPT_STEP, SESSION_STEP, structure_key
     messages: list[dict] = []
     for step in journal["steps"]:
@@ -58,7 +58,7 @@ def node_detail(db: str, run_id: str, node_id: str) -> dict:
             messages += step["messages"]
         elif step.get("role") != SESSION_STEP:
             messages.append(step)
-    detail = {**rows[node_id], "messages": messages}
+    detail = {**row, "messages": messages}
     workflow = child_workflow_of(node_id, children)
     if workflow is not None:  # a Temporal run's node that ran in a child workflow
         detail["workflow"] = workflow

@@ -124,6 +124,13 @@ class Queries(BatchedWriter):
                 self._rows_of[run_id] = set(states)
         return states
 
+    def node_state(self, run_id: str, node_id: str) -> NodeState | None:
+        """One node's record in a run (as `run_node_states` has it), or None."""
+        row = self._read(lambda con: con.execute(
+            f"SELECT {self._NODE_COLS} FROM _node_runs WHERE run_id = $1 AND node_id = $2",
+            [run_id, node_id]).fetchone())
+        return None if row is None else self._node_state(row)
+
     def last_node_records(self, flow: str, node_ids: Iterable[str] | None = None, *,
                           exclude_run: str | None = None) -> dict[str, NodeState]:
         """The newest record of each node in earlier runs of a flow (that had a key), to
@@ -307,15 +314,17 @@ class Queries(BatchedWriter):
         found = self._runs(where, [flow, entry], limit=1)
         return found[0] if found else None
 
-    def run_nodes(self, run_id: str) -> list[dict]:
-        """Each node of a run for `show`: status, reused or not, attempts, duration, tokens, cost,
-        error. The nodes a dead run (see `list_runs`) left running read `cancelled`."""
+    def run_nodes(self, run_id: str, node_id: str | None = None) -> list[dict]:
+        """Each node of a run for `show` (or only `node_id`'s, one of 100k without reading the
+        others): status, reused or not, attempts, duration, tokens, cost, error. The nodes a
+        dead run (see `list_runs`) left running read `cancelled`."""
         def query(con: duckdb.DuckDBPyConnection) -> tuple[tuple | None, list[tuple]]:
             run = con.execute("SELECT status, pid FROM _runs WHERE run_id = $1", [run_id]).fetchone()
             return run, con.execute(
                 "SELECT node_id, role, status, cached, attempts, duration_ms, prompt_tokens, completion_tokens, "
                 "cost_usd, llm_calls, error, started_at, finished_at FROM _node_runs WHERE run_id = $1 "
-                "ORDER BY started_at NULLS LAST, node_id", [run_id]).fetchall()
+                "AND ($2::VARCHAR IS NULL OR node_id = $2) ORDER BY started_at NULLS LAST, node_id",
+                [run_id, node_id]).fetchall()
 
         run, rows = self._read(query)
         died = run is not None and _died(run[0], run[1], self._live_writer_pid())

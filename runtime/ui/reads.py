@@ -122,10 +122,10 @@ def node_view(db: str, run_id: str, node_id: str) -> dict:
     prompt, messages, output, and why it was reused or run."""
     with Store.open_reader(db) as store:
         run = store.get_run(run_id)
-        row = next((n for n in store.run_nodes(run_id) if n["node"] == node_id), None) if run else None
+        row = next(iter(store.run_nodes(run_id, node_id)), None) if run else None
         if run is None or row is None:
             raise NotFound(f"run {run_id} has no node {node_id}")
-        state = store.run_node_states(run_id).get(node_id)
+        state = store.node_state(run_id, node_id)
         key = state.key if state else None
         stored = store.lookup_results([key]).get(key) if key and row["status"] == "succeeded" else None
         turns = [t.payload for t in store.load_turns(run_id, node_id)]

@@ -113,6 +113,45 @@ def test_clicking_a_node_shows_its_messages_and_a_fan_out_expands(tmp_path, brow
         screenshot(browser, "ui-tool-call")
 
 
+BIG_FAN_OUT = """
+tool check(i: int) -> int {
+  python = "checks:check"
+}
+
+choreography main(items: list[int]) -> list[int] {
+  results = for i in items {
+    yield check(i)
+  }
+  return results
+}
+"""
+
+
+def test_a_big_fan_out_is_counted_by_status_and_lists_its_failures_first(tmp_path, browser):
+    """450 instances, the last of them failed: the details count them by status and list
+    200, the failed one first; the page does not build a list of every instance (at 100k
+    that took it ~10 s, at every redraw)."""
+    write(tmp_path / "flow.agentflow", BIG_FAN_OUT)
+    write(tmp_path / "checks.py", "def check(i):\n    if i == 449:\n        raise ValueError('no 449')\n    return i\n")
+    done = af(tmp_path, "run", "flow.agentflow", "--input", f"items={list(range(450))}")
+    assert done.returncode == 3, done.stderr
+    run_id = json.loads(af(tmp_path, "runs", "--json").stdout)[0]["run_id"]
+    fan_out, failed = "main/results[*]/yield@1", "main/results[449]/yield@1"
+    with ui_server(tmp_path) as url:
+        browser.get(f"{url}/runs/{run_id}")
+        click_box(browser, fan_out)
+        details = wait_for(browser, lambda d: "450 instance(s)" in d.find_element(*css("#details")).text
+                           and d.find_element(*css("#details")), "the fan-out's details")
+        assert "(1 failed, 449 succeeded)" in details.text
+        listed = [li.text for li in browser.find_elements(*css("ul.instances li"))]
+        assert len(listed) == 200
+        assert listed[0] == f"{failed} failed" and listed[1] == "main/results[0]/yield@1 succeeded"
+        assert f"250 more not listed: agentflow show {run_id} lists every instance." in details.text
+        screenshot(browser, "ui-big-fan-out")
+        browser.find_element(*css("ul.instances li a")).click()
+        wait_for(browser, lambda d: "no 449" in d.find_element(*css("#details")).text, "the failed instance's error")
+
+
 def test_a_live_run_updates_on_the_page(tmp_path, browser):
     proc, run_id = start_held_run(tmp_path)
     try:

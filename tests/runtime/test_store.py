@@ -94,6 +94,9 @@ def test_round_trip_of_batches(db: Path) -> None:
         assert states["main/plan"].key == "k-plan" and states["main/plan"].output_hash == vh
         assert states["main/plan"].input_hashes == {"topic": "h-topic"} and states["main/plan"].def_hash == "d1"
         assert states["main/code"].output_hash is None
+        # one node alone (the page and `show RUN NODE` ask for one of maybe 100k)
+        assert r.run_nodes("r1", "main/plan") == [plan] and r.run_nodes("r1", "main/nothing") == []
+        assert r.node_state("r1", "main/plan") == states["main/plan"] and r.node_state("r1", "main/nothing") is None
 
         assert r.lookup_results(["k-plan", "k-code"]) == {"k-plan": ({"modules": ["a", "b"]}, vh)}
         assert [(t.seq, t.kind, t.payload) for t in r.load_turns("r1", "main/plan")] == [

@@ -155,16 +155,33 @@ function toggleExpand(state, template) {
   refresh(state).catch(showError);
 }
 
+// A fan-out may have 100k instances: the details count them by status and list the first
+// LISTED, those that need a look (failed, waiting, running, ...) before the others; a list of
+// them all took the page ~10 s to build, and it is built again at every redraw.
+const LISTED = 200;
+const LIST_FIRST = ["failed", "waiting", "running", "cancelled", "pending"];
+
 function fanOutDetails(state, template) {
   const items = Object.entries(state.view.statuses).filter(([id]) => templateOf(id) === template);
-  return [
+  const counts = {};
+  for (const [, status] of items) counts[status] = (counts[status] || 0) + 1;
+  const rank = (status) => (LIST_FIRST.includes(status) ? LIST_FIRST.indexOf(status) : LIST_FIRST.length);
+  const listed = items.map((item, i) => [rank(item[1]), i, item]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .slice(0, LISTED).map(([, , item]) => item);
+  const byStatus = Object.entries(counts).sort((a, b) => rank(a[0]) - rank(b[0])).map(([s, n]) => `${n} ${s}`);
+  const out = [
     el("h2", {}, template),
-    el("p", {}, `A fan-out: ${items.length} instance(s) in this run.`),
+    el("p", {}, `A fan-out: ${items.length} instance(s) in this run` + (items.length ? ` (${byStatus.join(", ")}).` : ".")),
     el("button", {id: "expand", onclick: () => toggleExpand(state, template)},
       state.expand.has(template) ? "collapse in the graph" : "expand in the graph"),
-    el("ul", {class: "instances"}, ...items.map(([id, status]) =>
+    el("ul", {class: "instances"}, ...listed.map(([id, status]) =>
       el("li", {}, el("a", {href: "#", onclick: (e) => { e.preventDefault(); select(state, id); }}, id), ` ${status}`))),
   ];
+  if (items.length > listed.length) {
+    out.push(el("p", {class: "more"}, `${items.length - listed.length} more not listed: ` +
+      `agentflow show ${state.runId} lists every instance.`));
+  }
+  return out;
 }
 
 function section(title, ...content) {
