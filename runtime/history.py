@@ -47,7 +47,7 @@ def node_detail(db: str, run_id: str, node_id: str) -> dict:
             raise _no_run(db, run_id)
         row = next(iter(store.run_nodes(run_id, node_id)), None)
         journal = store.node_journal(run_id, node_id) if row is not None else None
-        if journal is None:
+        if row is None or journal is None:
             raise UsageError(unknown_node_message(run_id, node_id, [n["node"] for n in store.run_nodes(run_id)]))
         under = child_workflow_key(run_id, "")
         children = {key[len(under):]: json.loads(value) for key, value in store.meta_under(under).items()}
