@@ -318,24 +318,36 @@ class Queries(BatchedWriter):
         """Each node of a run for `show` (or only `node_id`'s, one of 100k without reading the
         others): status, reused or not, attempts, duration, tokens, cost, error. The nodes a
         dead run (see `list_runs`) left running read `cancelled`."""
-        def query(con: duckdb.DuckDBPyConnection) -> tuple[tuple | None, list[tuple]]:
-            run = con.execute("SELECT status, pid FROM _runs WHERE run_id = $1", [run_id]).fetchone()
-            return run, con.execute(
-                "SELECT node_id, role, status, cached, attempts, duration_ms, prompt_tokens, completion_tokens, "
-                "cost_usd, llm_calls, error, started_at, finished_at FROM _node_runs WHERE run_id = $1 "
-                "AND ($2::VARCHAR IS NULL OR node_id = $2) ORDER BY started_at NULLS LAST, node_id",
-                [run_id, node_id]).fetchall()
-
-        run, rows = self._read(query)
-        died = run is not None and _died(run[0], run[1], self._live_writer_pid())
+        died, rows = self._node_rows(
+            run_id, "node_id, status, role, cached, attempts, duration_ms, prompt_tokens, completion_tokens, "
+                    "cost_usd, llm_calls, error, started_at, finished_at", node_id)
         nodes = []
-        for n, role, st, c, a, d, p, ct, cost, calls, e, s, f in rows:
+        for n, st, role, c, a, d, p, ct, cost, calls, e, s, f in rows:
             if died and st == "running":
                 st, e = "cancelled", DIED_ERROR
             nodes.append({"node": n, "role": role, "status": st, "cached": bool(c), "attempts": a,
                           "duration_ms": d, "prompt_tokens": p, "completion_tokens": ct, "cost_usd": cost,
                           "llm_calls": calls, "error": e, "started_at": _aware(s), "finished_at": _aware(f)})
         return nodes
+
+    def run_statuses(self, run_id: str) -> dict[str, tuple[str, bool]]:
+        """node id -> (status, reused) of each node of a run, as `run_nodes` has them: what
+        `agentflow ui` reads every second, without the rest of the rows (at 100k nodes those
+        took 0.5 s, the file held from the writer meanwhile)."""
+        died, rows = self._node_rows(run_id, "node_id, status, cached")
+        return {n: ("cancelled" if died and st == "running" else st, bool(c)) for n, st, c in rows}
+
+    def _node_rows(self, run_id: str, columns: str, node_id: str | None = None) -> tuple[bool, list[tuple]]:
+        """(whether the run died, its nodes' `columns`, node id then status first), in the
+        order `show` lists them."""
+        def query(con: duckdb.DuckDBPyConnection) -> tuple[tuple | None, list[tuple]]:
+            run = con.execute("SELECT status, pid FROM _runs WHERE run_id = $1", [run_id]).fetchone()
+            return run, con.execute(
+                f"SELECT {columns} FROM _node_runs WHERE run_id = $1 AND ($2::VARCHAR IS NULL OR node_id = $2) "
+                "ORDER BY started_at NULLS LAST, node_id", [run_id, node_id]).fetchall()
+
+        run, rows = self._read(query)
+        return run is not None and _died(run[0], run[1], self._live_writer_pid()), rows
 
     def check_consistency(self) -> list[str]:
         """Problems found in the database (empty when sound): the schema version, the

@@ -54,9 +54,9 @@ def list_runs(db: str) -> list[dict]:
         return [run_summary(r) for r in store.list_runs()]
 
 
-def shown_status(node: dict) -> str:
+def shown_status(status: str, cached: bool) -> str:
     """A node's status as the page colours it: a reused node is `cached`."""
-    return "cached" if node["cached"] and node["status"] == "succeeded" else node["status"]
+    return "cached" if cached and status == "succeeded" else status
 
 
 def run_view(db: str, run_id: str, plans: dict[str, dict | None]) -> dict:
@@ -67,10 +67,10 @@ def run_view(db: str, run_id: str, plans: dict[str, dict | None]) -> dict:
         run = store.get_run(run_id)
         if run is None:
             raise NotFound(f"there is no run {run_id} in {db}")
-        nodes = store.run_nodes(run_id)
+        nodes = store.run_statuses(run_id)
         if run["plan_hash"] not in plans:
             plans[run["plan_hash"]] = stored_plan(store, run)
-    statuses = {n["node"]: shown_status(n) for n in nodes}
+    statuses = {node: shown_status(status, cached) for node, (status, cached) in nodes.items()}
     return {"run": run_summary(run), "inputs": plain(run["inputs"]), "plan": plans[run["plan_hash"]],
             "statuses": statuses,
             "version": digest("ui", json.dumps([run["status"], sorted(statuses.items())]))}
@@ -136,7 +136,8 @@ def node_view(db: str, run_id: str, node_id: str) -> dict:
             last = store.last_node_records(run["flow"], [node_id], exclude_run=run_id).get(node_id)
     args = {n: i["value"] for n, i in inputs.items()} if all(i["known"] for i in inputs.values()) else None
     return plain({
-        **row, "status": shown_status(row), "run_id": run_id, "template": template_id(node_id), "key": key,
+        **row, "status": shown_status(row["status"], row["cached"]), "run_id": run_id,
+        "template": template_id(node_id), "key": key,
         "inputs": inputs, "prompt": journaled_prompt(turns) or prompt_texts(plan, node_id, args),
         "messages": [t for t in turns if t.get("role") not in (SESSION_STEP, PROMPT_STEP)],
         "output": stored[0] if stored else None, "has_output": stored is not None,

@@ -231,6 +231,8 @@ def test_a_killed_run_reads_interrupted_a_live_one_running_and_resume_completes_
     assert "interrupted" in ok(af(tmp_path, "show", run_id)).stdout.splitlines()[0]
     nodes = _assert_nothing_running(tmp_path, run_id)
     assert nodes["main/each[0]/held"]["status"] == "cancelled"
+    with Store.open_reader(tmp_path / DB) as store:  # as `agentflow ui` colours them
+        assert store.run_statuses(run_id) == {n: (r["status"], r["cached"]) for n, r in nodes.items()}
 
     # the next writer records it: the public view says so too
     ok(af(tmp_path, "run", "flow.agentflow", "--entry", "pair", "--input", "x=other"))

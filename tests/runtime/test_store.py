@@ -96,6 +96,7 @@ def test_round_trip_of_batches(db: Path) -> None:
         assert states["main/code"].output_hash is None
         # one node alone (the page and `show RUN NODE` ask for one of maybe 100k)
         assert r.run_nodes("r1", "main/plan") == [plan] and r.run_nodes("r1", "main/nothing") == []
+        assert r.run_statuses("r1") == {n: (x["status"], x["cached"]) for n, x in nodes.items()}
         assert r.node_state("r1", "main/plan") == states["main/plan"] and r.node_state("r1", "main/nothing") is None
 
         assert r.lookup_results(["k-plan", "k-code"]) == {"k-plan": ({"modules": ["a", "b"]}, vh)}
