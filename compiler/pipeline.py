@@ -117,7 +117,7 @@ def _os_error_words(err: OSError) -> str:
 
 
 @contextmanager
-def _collector_paused():
+def collector_paused():
     """Pauses the cyclic garbage collector. The pipeline allocates a great many objects and
     no reference cycles, so the collector's passes would only rescan them (a third of the
     compile time of a large spec). On the way out they join the oldest generation, as a
@@ -137,7 +137,7 @@ def _collector_paused():
 
 
 def compile_source(source: SourceFile, entry: str | None = None) -> Compilation:
-    with _collector_paused():
+    with collector_paused():
         return _compile(source, entry)
 
 

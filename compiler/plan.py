@@ -360,4 +360,4 @@ def build_plan(program: ast.Program, symbols: Symbols, entry: str, source_name: 
             table = tasks if node["kind"] == "task" else tools
             node["definition_hash"] = table[node["target"]]["definition_hash"]
             lowering.graph.add_node(node_id, definition_hash=node["definition_hash"])
-    return Plan(data, lowering.graph)
+    return Plan.of(data, lowering.graph)

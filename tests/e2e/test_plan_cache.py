@@ -79,6 +79,9 @@ def test_a_run_from_a_cached_plan_is_the_run_of_the_compiled_one(tmp_path):
     warm = ok(af(tmp_path, "run", "flow.agentflow", "--input", "topic=tea", "--no-cache", env=env(cache)))
     assert len(plans(cache)) == 1
     assert json.loads(warm.stdout) == json.loads(cold.stdout)
+    # the cached plan carries the hash the compiled one has (the cache keeps it beside the plan)
+    hashes = [r["plan_hash"] for r in json.loads(ok(af(tmp_path, "runs", "--json", env=env(cache))).stdout)]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
     graph_cold = ok(af(tmp_path, "graph", "flow.agentflow", "--format", "json", env=env(tmp_path / "none")))
     graph_warm = ok(af(tmp_path, "graph", "flow.agentflow", "--format", "json", env=env(cache)))
     assert graph_warm.stdout == graph_cold.stdout
