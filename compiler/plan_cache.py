@@ -3,8 +3,8 @@
 A compilation is a pure function of the spec's name and text, the entry choreography and the
 compiler itself (its modules, its grammar, the lark it parses with, the Python that runs it).
 Those are the key: any change to one compiles afresh. Only compilations without errors are
-kept (their plan, its hash, graph and warnings); a spec with errors is compiled every time, so its
-diagnostics always come from the compiler.
+kept (their plan, its hash, graph and warnings); a spec with errors is compiled every time, so
+its diagnostics always come from the compiler.
 
 The cache is a directory of one file per key: `$AGENTFLOW_CACHE_DIR/plans`, else
 `$XDG_CACHE_HOME/agentflow/plans`, else `~/.cache/agentflow/plans`; `AGENTFLOW_PLAN_CACHE=0`

@@ -89,7 +89,7 @@ def timed_out(spec: ToolSpec) -> TransientToolError:
 async def with_timeout(spec: ToolSpec, awaitable: Any) -> Any:
     """`awaitable` within the tool's timeout, awaited in the caller's task: once it passes, the
     task is cancelled and the call raises the tool's timeout error (as `asyncio.timeout`
-    would, at a tenth of its cost: see `Deadlines`)."""
+    would, at under half its cost: see `Deadlines`)."""
     deadlines = _deadlines_of(asyncio.get_running_loop())
     deadline = deadlines.start(timeout_of(spec))
     try:

@@ -165,9 +165,12 @@ function fanOutDetails(state, template) {
   const items = Object.entries(state.view.statuses).filter(([id]) => templateOf(id) === template);
   const counts = {};
   for (const [, status] of items) counts[status] = (counts[status] || 0) + 1;
-  const rank = (status) => (LIST_FIRST.includes(status) ? LIST_FIRST.indexOf(status) : LIST_FIRST.length);
-  const listed = items.map((item, i) => [rank(item[1]), i, item]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
-    .slice(0, LISTED).map(([, , item]) => item);
+  const rank = (status) => {
+    const at = LIST_FIRST.indexOf(status);
+    return at < 0 ? LIST_FIRST.length : at;
+  };
+  // sort is stable: within a status, instances keep their order
+  const listed = [...items].sort((a, b) => rank(a[1]) - rank(b[1])).slice(0, LISTED);
   const byStatus = Object.entries(counts).sort((a, b) => rank(a[0]) - rank(b[0])).map(([s, n]) => `${n} ${s}`);
   const out = [
     el("h2", {}, template),
