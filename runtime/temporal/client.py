@@ -61,8 +61,20 @@ from .codec import BlobMissing
 from .scale import scale_settings
 from .worker import TemporalError, connect
 
+# The client polls a workflow that has just recorded something, or asked a lookup, again after
+# POLL_MIN_S, and doubles the wait after each poll that finds nothing, up to POLL_S: a run
+# whose nodes follow each other quickly has its lookups answered in tens of milliseconds (a
+# node downstream of one that ran waits on one), while a run busy in long calls is asked
+# twice a second, as before. A fixed 0.5 s made each such lookup wait 0.25 s on average.
+POLL_MIN_S = 0.05
 POLL_S = 0.5
 QUERY_TIMEOUT_S = 10.0
+
+
+def next_poll_wait(wait: float, found: bool) -> float:
+    """How long to wait before the next poll, after one that waited `wait` and `found`
+    records or lookups (or not)."""
+    return POLL_MIN_S if found else min(2 * wait, POLL_S)
 
 
 @dataclass(frozen=True)
@@ -359,11 +371,14 @@ class _Follower:
         """Records the workflow's events until it ends: (status, value, failure). Ctrl-C or
         SIGTERM cancels the workflow, or with `stop_cancels` false leaves it running (`detached`)."""
         result_task = asyncio.ensure_future(handle.result())
+        wait = POLL_MIN_S
         try:
             while not result_task.done():
-                await asyncio.wait({result_task}, timeout=POLL_S)
+                await asyncio.wait({result_task}, timeout=wait)
                 if not result_task.done():
+                    seen = (self.cursor, len(self.answered))
                     await self.poll(handle)
+                    wait = next_poll_wait(wait, (self.cursor, len(self.answered)) != seen)
                     if self.only_people_left():  # the workflow waits on without this client
                         result_task.cancel()
                         return "waiting", None, None

@@ -1,10 +1,13 @@
 """Temporal figures (issue 16): a dev server and 2 workers, trivial python-tool fan-outs.
 
-    python tests/bench/bench_temporal.py [--overhead 1000] [--fanout 20000] [--concurrency 16]
+    python tests/bench/bench_temporal.py [--overhead 1000] [--chain 50] [--fanout 20000] [--concurrency 16]
 
 Cases, one line of figures each:
   overhead  N nodes on the local engine and on Temporal (the same plan, a fresh database
             each): wall times and the per-node overhead of Temporal over the local engine
+  chain     N steps, each needing the one before, cold on both engines: on Temporal every
+            step after the first waits on a lookup its client answers, so this measures
+            how soon a client answers one
   fanout    N items to completion on Temporal (chunks of AGENTFLOW_TEMPORAL_CHUNK, default
             1,000): wall time, and the largest history of any workflow of the run (the
             run's, or a chunk's) in events and in bytes
@@ -27,7 +30,7 @@ HERE = Path(__file__).parent
 TEMPORAL_TESTS = HERE.parent / "temporal"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(TEMPORAL_TESTS))
-from gen import BENCH_ENV, BENCH_TOOLS, fanout_program  # noqa: E402
+from gen import BENCH_ENV, BENCH_TOOLS, chain_program, fanout_program  # noqa: E402
 from temporal_support import free_port, temporal_binary  # noqa: E402
 
 # the workers of the Temporal tests (their conftest is no importable module name here)
@@ -60,9 +63,14 @@ def start_server(logs: Path) -> tuple[subprocess.Popen, str]:
 
 
 def run(work: Path, n: int, *extra: str) -> float:
+    """Wall seconds of a fan-out of `n` items, in a fresh database."""
     (work / "in.json").write_text(json.dumps({"items": list(range(n))}))
+    return run_spec(work, "fan.agentflow", "--inputs", "in.json", *extra)
+
+
+def run_spec(work: Path, spec: str, *extra: str) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "agentflow", "run", "fan.agentflow", "--inputs", "in.json",
+    proc = subprocess.run([sys.executable, "-m", "agentflow", "run", spec,
                            "--db", f"{time.monotonic_ns()}.duckdb", *extra], cwd=work, env=BENCH_ENV,
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -92,6 +100,7 @@ def largest_history(address: str, since: float) -> tuple[int, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--overhead", type=int, default=1000)
+    parser.add_argument("--chain", type=int, default=50)
     parser.add_argument("--fanout", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
@@ -99,6 +108,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "fan.agentflow").write_text(fanout_program())
         (work / "benchtools.py").write_text(BENCH_TOOLS)
+        (work / "chain.agentflow").write_text(chain_program(args.chain or 1))
         server, address = start_server(work)
         workers = cluster.start_workers(cluster.Server(address, server), "bench", work / "blobs", work, ("b1", "b2"),
                                         concurrency=args.concurrency)
@@ -111,6 +121,12 @@ def main() -> None:
                 remote = run(work, n, *engine)
                 print(f"overhead N={n}: local {local:.1f} s, temporal {remote:.1f} s, "
                       f"{(remote - local) / n * 1000:.1f} ms per node over the local engine", flush=True)
+            if args.chain:
+                n = args.chain
+                local = run_spec(work, "chain.agentflow")
+                remote = run_spec(work, "chain.agentflow", *engine)
+                print(f"chain    N={n}: local {local:.1f} s, temporal {remote:.1f} s, "
+                      f"{(remote - local) / n * 1000:.0f} ms per step over the local engine", flush=True)
             if args.fanout:
                 n, since = args.fanout, time.time()
                 wall = run(work, n, *engine)

@@ -437,6 +437,17 @@ def test_stored_results_reached_only_at_run_time_are_reused(cluster, tmp_path):
         "relay/v": ("succeeded", False), "relay/first": ("succeeded", True), "relay/second": ("succeeded", True)}
 
 
+def test_the_client_polls_again_soon_after_finding_something_and_backs_off_while_nothing_comes():
+    """A lookup waits for the client's next poll: right after a poll that brought records or
+    lookups the next comes within 50 ms; quiet polls double the wait, up to 0.5 s."""
+    from agentflow.runtime.temporal.client import POLL_MIN_S, POLL_S, next_poll_wait
+    waits = [POLL_MIN_S]
+    for _ in range(5):
+        waits.append(next_poll_wait(waits[-1], found=False))
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5])
+    assert next_poll_wait(POLL_S, found=True) == POLL_MIN_S
+
+
 def test_a_tool_result_too_large_to_store_fails_its_node_as_locally(cluster, tmp_path):
     """The worker refuses a result over the stored-value bound (the local ledger refuses it
     too): the run fails there, with the local message, instead of going on with a value its
