@@ -79,7 +79,7 @@ def waiting_node(store: Store, run_id: str, node_id: str) -> Waiting:
     run = store.get_run(run_id)
     if run is None:
         raise NotAnswerable(f"there is no run {run_id} in the database; `agentflow runs` lists them")
-    state = store.run_node_states(run_id).get(node_id)
+    state = store.node_state(run_id, node_id)
     if state is None:
         raise NotAnswerable(f"run {run_id} has no node {node_id}; `agentflow show {run_id}` lists its nodes")
     if state.status != "waiting":

@@ -26,7 +26,7 @@ from agentflow.compiler.hashing import canonical_json, digest
 from . import faults
 from .engine import NodeFailure, NodeOutcome
 from .inputs import InputError
-from .store import NO_VALUE, AgentRecipe, NodeState, Preloaded, Store, ValueTooLarge, result_too_large
+from .store import NO_VALUE, AgentRecipe, NodeProgress, NodeState, Preloaded, Store, ValueTooLarge, result_too_large
 
 
 # The journal step in which a session call records what it adds to its role's session.
@@ -148,7 +148,7 @@ class Ledger:
         self.durability = durability
         self.preloaded = Preloaded({}, None)  # nothing in memory: every lookup asks the store
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentflow-store")
-        self.resumed: dict[str, NodeState] = {}
+        self.resumed: dict[str, NodeProgress] = {}
         self.previous: dict[str, dict] = {}
         self._results = BatchedReads(lambda keys: self._io(self.store.lookup_results, keys))
         self._last_records = BatchedReads(lambda ids: self._io(self.store.last_node_records, self.flow, ids))
@@ -174,7 +174,7 @@ class Ledger:
         self.flow = plan["flow"]
         self.session_roles = schema.session_roles(plan)
         if resuming:
-            self.resumed = await self._io(self.store.run_node_states, self.run_id)
+            self.resumed = await self._io(self.store.run_progress, self.run_id)
         self.agents = schema.persistent_agents(plan)
         for agent in sorted(set(self.agents.values())):
             calls, stored = await self._io(self.store.agent_memory, agent, self.run_id if resuming else None)
@@ -359,7 +359,7 @@ class Ledger:
     async def restart_failed(self) -> None:
         """What `open` does on `--resume`, again for failures recorded since (those of a
         Temporal execution that `reattach` drained): each failed node starts over."""
-        self._forget_failed_journals(await self._io(self.store.run_node_states, self.run_id))
+        self._forget_failed_journals(await self._io(self.store.run_progress, self.run_id))
         await self.flush()
 
     def _forget_failed_journals(self, states: dict) -> None:

@@ -86,7 +86,7 @@ class _NoHistory:
     def latest_run(self, *args, **kwargs) -> None:
         return None
 
-    def run_node_states(self, run_id: str) -> dict:
+    def run_progress(self, run_id: str) -> dict:
         return {}
 
     def agent_memory(self, agent: str, resumed_run: str | None = None) -> tuple[list, set]:

@@ -28,7 +28,7 @@ from .access import IDLE_DETACH_S, READ_TIMEOUT_S, READER_YIELD_S, WRITE_ATTACH_
 from .errors import StoreError, StoreLocked, StoreNotADatabase, StoreSchemaError
 from .queries import Queries
 from .records import (DIED_ERROR, AgentRecipe, FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, MAX_VALUE_BYTES, NO_VALUE,
-                      RUN_STATUSES, STATUSES, WRAPPED, NodeState, Preloaded, Turn, ValueTooLarge, bounded_json,
+                      RUN_STATUSES, STATUSES, WRAPPED, NodeProgress, NodeState, Preloaded, Turn, ValueTooLarge, bounded_json,
                       result_too_large)
 from .schema import PUBLIC_VIEWS, SCHEMA_VERSION
 from .writes import AUTO_FLUSH_MAX_S, AUTO_FLUSH_S, JANITOR_TICK_S
@@ -36,7 +36,7 @@ from .writes import AUTO_FLUSH_MAX_S, AUTO_FLUSH_S, JANITOR_TICK_S
 __all__ = [
     "AgentRecipe", "AUTO_FLUSH_MAX_S", "AUTO_FLUSH_S", "DIED_ERROR", "FINAL_NODE_STATUSES", "FINAL_RUN_STATUSES",
     "IDLE_DETACH_S", "JANITOR_TICK_S", "MAX_VALUE_BYTES", "NO_VALUE", "PUBLIC_VIEWS", "Preloaded", "READER_YIELD_S", "READ_TIMEOUT_S",
-    "RUN_STATUSES", "SCHEMA_VERSION", "STATUSES", "WRAPPED", "WRITE_ATTACH_TIMEOUT_S", "NodeState",
+    "RUN_STATUSES", "SCHEMA_VERSION", "STATUSES", "WRAPPED", "WRITE_ATTACH_TIMEOUT_S", "NodeProgress", "NodeState",
     "Store", "StoreError", "StoreLocked", "StoreNotADatabase", "StoreSchemaError", "Turn", "ValueTooLarge", "bounded_json", "result_too_large",
 ]
 

@@ -13,8 +13,8 @@ and `agentflow show` must read. So:
   live in-memory instance ~0.6 ms. So each `Store` owns one in-memory instance and
   ATTACHes the file to it. The writer stays attached while it is busy (back-to-back
   flushes then cost one commit each, not open + checkpoint + close), and detaches,
-  which checkpoints the WAL into the file, once idle for `IDLE_DETACH_S` or as soon
-  as a reader asks.
+  which checkpoints the WAL into the file, once idle for `IDLE_DETACH_S` with a log
+  under `IDLE_DETACH_MAX_WAL_BYTES`, or as soon as a reader asks.
 * **Readers ask through `<db>.wait`.** A reader holds `flock(LOCK_SH)` on it while it
   waits and reads; the writer tests it with a non-blocking `LOCK_EX` (microseconds)
   before each flush and from a janitor thread every `JANITOR_TICK_S`, detaches, and
@@ -50,6 +50,13 @@ from . import schema
 from .errors import StoreEmpty, StoreError, StoreLocked, StoreNotADatabase, translate
 
 IDLE_DETACH_S = 0.2  # writer lets go of the file after this long without a flush
+# ... unless its write-ahead log has reached this size. Letting go checkpoints the log, which
+# cuts the run's rows into a row group of their own, and a later checkpoint rewrites whole
+# the row groups it can merge: a run resumed after a kill (whose log it replayed) let go as it
+# started, and its closing checkpoint then rewrote ~350k rows of earlier runs (+190 MB, 2-4 s).
+# A waiting reader still gets the file at once; other programs wait for the run to go idle
+# with a smaller log, or to end.
+IDLE_DETACH_MAX_WAL_BYTES = 8 << 20
 READER_YIELD_S = 1.0  # a writer waits at most this long for waiting readers
 READ_TIMEOUT_S = 5.0  # a reader gives up after this long
 WRITE_ATTACH_TIMEOUT_S = 10.0  # a writer waits this long for another program to let go

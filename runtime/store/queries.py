@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import duckdb
 
-from .records import DIED_ERROR, RUN_STATUSES, STATUSES, AgentRecipe, NodeState, Preloaded, Turn, loaded
+from .records import DIED_ERROR, RUN_STATUSES, STATUSES, AgentRecipe, NodeProgress, NodeState, Preloaded, Turn, loaded
 from .schema import PUBLIC_VIEWS, SCHEMA_VERSION
 from .writes import BatchedWriter
 
@@ -111,21 +111,23 @@ class Queries(BatchedWriter):
         return NodeState(run_id, node_id, role, status, cached, attempts, key, def_hash, input_hash,
                          None if input_hashes is None else json.loads(input_hashes), output_hash, error)
 
-    def run_node_states(self, run_id: str) -> dict[str, NodeState]:
-        """Every node a run recorded, by node id: what `--resume` reuses or re-runs.
+    def run_progress(self, run_id: str) -> dict[str, NodeProgress]:
+        """The status and key of every node a run recorded, by node id: what `--resume`
+        reuses or re-runs (`node_state` reads one node whole).
 
         The writer remembers which rows the run has (it is the only writer): the nodes a
         resumed run adds are then appended like a new run's, not upserted (~5x the cost)."""
         rows = self._read(lambda con: con.execute(
-            f"SELECT {self._NODE_COLS} FROM _node_runs WHERE run_id = $1", [run_id]).fetchall())
-        states = {r[1]: self._node_state(r) for r in rows}
+            "SELECT node_id, status, key FROM _node_runs WHERE run_id = $1", [run_id]).fetchall())
+        shared = {status: status for status in STATUSES}  # one string per status, not per node
+        progress = {node: NodeProgress(shared.get(status, status), key) for node, status, key in rows}
         if self.writer:
             with self._mu:
-                self._rows_of[run_id] = set(states)
-        return states
+                self._rows_of[run_id] = set(progress)
+        return progress
 
     def node_state(self, run_id: str, node_id: str) -> NodeState | None:
-        """One node's record in a run (as `run_node_states` has it), or None."""
+        """One node's whole record in a run, or None."""
         row = self._read(lambda con: con.execute(
             f"SELECT {self._NODE_COLS} FROM _node_runs WHERE run_id = $1 AND node_id = $2",
             [run_id, node_id]).fetchone())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentflow.compiler.hashing import canonical_json
 
@@ -15,6 +15,15 @@ FINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled", "waiting")
 RUN_STATUSES = STATUSES + ("interrupted",)  # interrupted: its process died before it could say
 DIED_ERROR = "interrupted: the run's process died"  # the error of a node that was running then
 NO_VALUE: Any = object()  # a value not given (None is JSON null)
+
+
+class NodeProgress(NamedTuple):
+    """How far a run got with one node: what `--resume` reuses (a succeeded node's key) or
+    runs again. Two fields, not a whole `NodeState`: a resume holds one for every node its
+    run recorded (29 MB for 100k nodes, against 106 MB as `NodeState`s)."""
+
+    status: str
+    key: str | None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import duckdb
 from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from .. import faults
-from .access import IDLE_DETACH_S, FileAccess
+from .access import IDLE_DETACH_MAX_WAL_BYTES, IDLE_DETACH_S, FileAccess
 from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, AgentRecipe, bounded,
                       bounded_json, canonical_text, ordered_json, storable, to_json)
 from .schema import PUBLIC_VIEWS, one_transaction
@@ -864,6 +864,7 @@ class BatchedWriter(FileAccess):
                         if not self._stop.is_set():
                             self._flush_locked()
                 if self._attached and (time.monotonic() - self._last_io >= IDLE_DETACH_S
+                                       and self._wal_bytes() < IDLE_DETACH_MAX_WAL_BYTES
                                        or self._readers_waiting()):
                     if self._io.acquire(blocking=False):
                         try:

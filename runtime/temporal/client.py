@@ -354,7 +354,7 @@ class _Follower:
         """Which calls run and which nodes wait, as recorded before this client re-attached."""
         from ..human import QUESTION
         store, loop = self.ledger.store, asyncio.get_running_loop()
-        states = await loop.run_in_executor(self.ledger.pool, store.run_node_states, self.ledger.run_id)
+        states = await loop.run_in_executor(self.ledger.pool, store.run_progress, self.ledger.run_id)
         self.running = {n for n, st in states.items() if st.status == "running" and st.key}
         for n, st in states.items():
             if st.status == "waiting" and st.key:  # a call that delegated to a person asks nothing itself

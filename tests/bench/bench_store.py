@@ -63,8 +63,8 @@ def main() -> None:
             t, found = timed(lambda: store.lookup_results(keys))
             figure(f"lookup_results({n:,} keys), writer, values parsed", t, n)
             assert len(found) == n
-            t, states = timed(lambda: store.run_node_states("r1"))
-            figure(f"run_node_states, {n:,} nodes", t, n)
+            t, states = timed(lambda: store.run_progress("r1"))
+            figure(f"run_progress, {n:,} nodes", t, n)
             assert len(states) == n
             store.close()
             reader = Store.open_reader(db)

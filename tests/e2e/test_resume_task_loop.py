@@ -176,7 +176,7 @@ def test_a_call_that_died_after_journaling_its_session_step_adds_it_once(tmp_pat
     expected = result_json(ok(af(flow, "run", "flow.agentflow")))
     run_id = last_run(flow)["run_id"]
     with Store.open_writer(flow / DB) as store:
-        key = store.run_node_states(run_id)["main/a"].key
+        key = store.run_progress(run_id)["main/a"].key
         store.node_started(run_id, "main/a", role="scribe", key=key)
         store.flush()
 

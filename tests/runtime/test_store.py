@@ -18,6 +18,7 @@ import pytest
 from agentflow.compiler.hashing import value_hash
 from agentflow.runtime.store import (PUBLIC_VIEWS, SCHEMA_VERSION, Store, StoreError, StoreLocked,
                                      StoreSchemaError)
+from polling import wait_until
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -90,14 +91,17 @@ def test_round_trip_of_batches(db: Path) -> None:
         assert nodes["main/code"]["error"] == "boom" and nodes["main/code"]["role"] == "coder"
         assert nodes["main/review"]["status"] == "pending"
 
-        states = r.run_node_states("r1")
-        assert states["main/plan"].key == "k-plan" and states["main/plan"].output_hash == vh
-        assert states["main/plan"].input_hashes == {"topic": "h-topic"} and states["main/plan"].def_hash == "d1"
-        assert states["main/code"].output_hash is None
+        progress = r.run_progress("r1")
+        assert progress["main/plan"] == ("succeeded", "k-plan") and progress["main/review"] == ("pending", None)
+        assert set(progress) == set(nodes)
+        plan_state = r.node_state("r1", "main/plan")
+        assert plan_state is not None and plan_state.key == "k-plan" and plan_state.output_hash == vh
+        assert plan_state.input_hashes == {"topic": "h-topic"} and plan_state.def_hash == "d1"
+        assert r.node_state("r1", "main/code").output_hash is None
         # one node alone (the page and `show RUN NODE` ask for one of maybe 100k)
         assert r.run_nodes("r1", "main/plan") == [plan] and r.run_nodes("r1", "main/nothing") == []
         assert r.run_statuses("r1") == {n: (x["status"], x["cached"]) for n, x in nodes.items()}
-        assert r.node_state("r1", "main/plan") == states["main/plan"] and r.node_state("r1", "main/nothing") is None
+        assert r.node_state("r1", "main/nothing") is None
 
         assert r.lookup_results(["k-plan", "k-code"]) == {"k-plan": ({"modules": ["a", "b"]}, vh)}
         assert [(t.seq, t.kind, t.payload) for t in r.load_turns("r1", "main/plan")] == [
@@ -132,12 +136,13 @@ def test_one_row_commits_store_any_text_and_number_exactly(db: Path) -> None:
         s.flush()
     with Store.open_reader(db) as r:
         nodes = {n["node"]: n for n in r.run_nodes("r1")}
-        states = r.run_node_states("r1")
+        progress = r.run_progress("r1")
         for i, text in enumerate(AWKWARD):
             node = nodes[f"main/{text}"]
             assert (node["role"], node["duration_ms"], node["prompt_tokens"]) == (text, 1500, 2 ** 40)
             assert node["cost_usd"] == pytest.approx(0.1 + i)
-            state = states[f"main/{text}"]
+            state = r.node_state("r1", f"main/{text}")
+            assert state is not None and progress[f"main/{text}"] == ("succeeded", state.key)
             assert (state.key, state.def_hash, state.input_hashes) == (f"k{i}{text}", text, {text: text})
             assert r.lookup_results([state.key])[state.key][0] == {text: [text, i, -0.5, None, True]}
         assert nodes["main/bad"]["error"] == AWKWARD[3]
@@ -589,10 +594,10 @@ def test_kill_9_while_flushing_leaves_a_sound_database(tmp_path: Path, db: Path,
     assert committed > 0
     with Store.open_writer(db) as s:  # the lock is free and the file opens
         assert s.check_consistency() == []
-        states = s.run_node_states("k")
-        done = [n for n, st in states.items() if st.status == "succeeded"]
+        progress = s.run_progress("k")
+        done = [n for n, st in progress.items() if st.status == "succeeded"]
         assert len(done) >= committed  # every reported flush survived
-        assert len(s.lookup_results(states[n].key for n in done)) == len(done)
+        assert len(s.lookup_results(progress[n].key for n in done)) == len(done)
         assert len(s.load_turns("k", "n0")) == 1
 
 
@@ -650,6 +655,29 @@ def test_a_close_without_checkpoint_checkpoints_a_log_past_the_bound(db: Path,
     assert not wal.exists() or wal.stat().st_size == 0  # checkpointed into the file
     with Store.open_reader(db) as r:
         assert r.finished_run("fp-r1") == ("r1", [1]) and r.finished_run("fp-r2") == ("r2", [2])
+
+
+def test_an_idle_writer_checkpoints_a_small_log_and_keeps_a_large_one(db: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle, a writer lets go of the file and checkpoints its log, so that programs that do
+    not ask (the duckdb CLI) can open it; not with a log of IDLE_DETACH_MAX_WAL_BYTES or more,
+    whose checkpoint would cut the run's rows in row groups a later checkpoint rewrites."""
+    from agentflow.runtime.store import writes
+    wal = db.with_name(db.name + ".wal")
+    monkeypatch.setattr(writes, "IDLE_DETACH_MAX_WAL_BYTES", 1)  # any log is large
+    s = Store.open_writer(db)
+    try:
+        _stored_run(s, "r1", "f", {"main/a": 1})
+        s.flush()
+        time.sleep(10 * writes.IDLE_DETACH_S)
+        assert wal.stat().st_size > 0  # idle for long, and still in the log
+        monkeypatch.setattr(writes, "IDLE_DETACH_MAX_WAL_BYTES", 8 << 20)
+        wait_until(lambda: not wal.exists() or wal.stat().st_size == 0, timeout=5,
+                   what="the idle writer to checkpoint its small log")
+        with duckdb.connect(str(db), read_only=True) as con:  # another program opens the file
+            assert con.execute("SELECT status FROM runs WHERE run_id = 'r1'").fetchall() == [("succeeded",)]
+    finally:
+        s.close()
 
 
 # ---------------------------------------------------------------- schema versions
@@ -781,7 +809,7 @@ def test_copy_run_records_a_finished_run_again_in_one_go(db: Path) -> None:
         assert (run["status"], run["nodes"], run["succeeded"], run["cached"]) == ("succeeded", 2, 2, 2)
         assert s.finished_run("fp-r1") == ("r2", [1, 2])  # the newest run with the fingerprint
         assert s.load_session("r2", "w") == s.load_session("r1", "w") == [{"role": "user", "content": "hi"}]
-        assert s.run_node_states("r2")["main/a"].key == "k-r1-main/a"
+        assert s.run_progress("r2")["main/a"].key == "k-r1-main/a"
         assert s.check_consistency() == []
 
 
