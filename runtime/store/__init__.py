@@ -28,8 +28,8 @@ from .access import IDLE_DETACH_S, READ_TIMEOUT_S, READER_YIELD_S, WRITE_ATTACH_
 from .errors import StoreError, StoreLocked, StoreNotADatabase, StoreSchemaError
 from .queries import Queries
 from .records import (DIED_ERROR, AgentRecipe, FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, MAX_VALUE_BYTES, NO_VALUE,
-                      RUN_STATUSES, STATUSES, WRAPPED, NodeProgress, NodeState, Preloaded, Turn, ValueTooLarge, bounded_json,
-                      result_too_large)
+                      RUN_STATUSES, STATUSES, WRAPPED, NodeProgress, NodeState, Preloaded, Turn, ValueTooLarge,
+                      bounded_json, result_too_large)
 from .schema import PUBLIC_VIEWS, SCHEMA_VERSION
 from .writes import AUTO_FLUSH_MAX_S, AUTO_FLUSH_S, JANITOR_TICK_S
 

@@ -863,8 +863,8 @@ class BatchedWriter(FileAccess):
                     with self._io:
                         if not self._stop.is_set():
                             self._flush_locked()
-                if self._attached and (time.monotonic() - self._last_io >= IDLE_DETACH_S
-                                       and self._wal_bytes() < IDLE_DETACH_MAX_WAL_BYTES
+                if self._attached and ((time.monotonic() - self._last_io >= IDLE_DETACH_S
+                                        and self._wal_bytes() < IDLE_DETACH_MAX_WAL_BYTES)
                                        or self._readers_waiting()):
                     if self._io.acquire(blocking=False):
                         try:
