@@ -155,16 +155,19 @@ def _parse_json_output(spec: ToolSpec, text: str) -> Any:
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """Kill the process and its process group, then reap it."""
+    """Kill the process and its process group, then reap it. Not with `proc.kill()` where
+    the group can be killed: it polls first, and when the child has just died that poll
+    reaps it, racing asyncio's child watcher, which then logs `Unknown child process pid N,
+    will report returncode 255` on the user's stderr."""
     if proc.returncode is None:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, AttributeError):
-            pass
-        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own group: the process and its children
+        except AttributeError:  # no process groups on this system
             proc.kill()
         except ProcessLookupError:
-            pass
+            pass  # it has exited: the watcher reaps it
+        except PermissionError:
+            pass  # not ours to signal (a setuid program): nothing more to try
     else:
         try:  # the leader is gone; children it left in its group still get killed
             os.killpg(proc.pid, signal.SIGKILL)
