@@ -662,7 +662,7 @@ def test_an_idle_writer_checkpoints_a_small_log_and_keeps_a_large_one(db: Path,
     """Idle, a writer lets go of the file and checkpoints its log, so that programs that do
     not ask (the duckdb CLI) can open it; not with a log of IDLE_DETACH_MAX_WAL_BYTES or more,
     whose checkpoint would cut the run's rows in row groups a later checkpoint rewrites."""
-    from agentflow.runtime.store import writes
+    from agentflow.runtime.store import access, writes
     wal = db.with_name(db.name + ".wal")
     monkeypatch.setattr(writes, "IDLE_DETACH_MAX_WAL_BYTES", 1)  # any log is large
     s = Store.open_writer(db)
@@ -671,7 +671,7 @@ def test_an_idle_writer_checkpoints_a_small_log_and_keeps_a_large_one(db: Path,
         s.flush()
         time.sleep(10 * writes.IDLE_DETACH_S)
         assert wal.stat().st_size > 0  # idle for long, and still in the log
-        monkeypatch.setattr(writes, "IDLE_DETACH_MAX_WAL_BYTES", 8 << 20)
+        monkeypatch.setattr(writes, "IDLE_DETACH_MAX_WAL_BYTES", access.IDLE_DETACH_MAX_WAL_BYTES)  # the real bound
         wait_until(lambda: not wal.exists() or wal.stat().st_size == 0, timeout=5,
                    what="the idle writer to checkpoint its small log")
         with duckdb.connect(str(db), read_only=True) as con:  # another program opens the file
