@@ -81,6 +81,8 @@ class AnyT:
 Type = Union[Prim, ListT, RecordT, StructT, LiteralT, OptionalT, NullT, AnyT]
 STR, INT, FLOAT, BOOL, JSON = (Prim(n) for n in PRIMITIVES)
 NULL, ANY = NullT(), AnyT()
+# Made once: every call of a tool reads its parameters' types.
+_NAMED_TYPES: dict[str, Type] = {"null": NULL, "unknown": ANY, **{t.name: t for t in (STR, INT, FLOAT, BOOL, JSON)}}
 
 TypeTable = Mapping[str, tuple[tuple[str, Type], ...]]  # record name -> fields
 
@@ -236,8 +238,7 @@ def type_to_json(t: Type) -> Any:
 
 def type_from_json(data: Any) -> Type:
     if isinstance(data, str):
-        named: dict[str, Type] = {"null": NULL, "unknown": ANY}
-        return named.get(data) or Prim(data)
+        return _NAMED_TYPES.get(data) or Prim(data)
     (kind, value), = data.items()
     if kind == "list":
         return ListT(type_from_json(value))

@@ -31,13 +31,17 @@ from .ports import NodeExecutor, Reporter, RunLedger
 if TYPE_CHECKING:  # tools loads only once a run calls one
     from .tools import ToolContext
 
-_SEPARATOR = re.compile(r"[/\[#]")
+# Where an id is cut into the ids it nests in: before each `[`, `#` and `/`, but the `/`
+# after a `for` item (`[2]/`), whose loop is cut at its `[` already.
+_CUT = re.compile(r"[\[#]|(?<!\])/")
 
 
 def enclosing(instance_id: str) -> list[str]:
-    """The prefixes a node id nests in: `main/r[2]/a#1/x` -> `main`, `main/r`, `main/r[2]`,
-    `main/r[2]/a`, `main/r[2]/a#1` (among them the ids of its enclosing structures)."""
-    return [instance_id[:m.start()] for m in _SEPARATOR.finditer(instance_id)]
+    """The ids a node id nests in that can be structures: `main/r[2]/a#1/x` -> `main`,
+    `main/r`, `main/r[2]/a`, `main/r[2]/a#1` (a repeat's iteration, or a program). A `for`
+    item (`main/r[2]`) is left out: it is no structure, and a fan-out of 100k items would
+    keep 100k of them in `Engine.ran_inside`."""
+    return [instance_id[:m.start()] for m in _CUT.finditer(instance_id)]
 
 
 @dataclass(frozen=True)

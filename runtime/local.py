@@ -5,13 +5,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .engine import Engine, NodeFailure, NodeJob, NodeOutcome, NodeWaiting
+from .models import ModelRequest, ModelResponse, TransientModelError, client_for
+from .retry import retrying
+from .task import TaskCall, ToolInterrupted, interrupted_tool_node, run_tool, tool_node_started
 from .tools import ToolError, TransientToolError, call_tool
 
-if TYPE_CHECKING:  # the model clients and tenacity load once a run calls something
+if TYPE_CHECKING:
     from agentflow.compiler.schema import CompiledProgram
-
-    from .models import ModelRequest, ModelResponse
-    from .task import TaskCall
 
 
 class LocalExecutor:
@@ -19,7 +19,6 @@ class LocalExecutor:
         self.ask = ask  # `run --interactive`: asks a person on the terminal (human.TerminalAsker)
 
     async def execute(self, engine: Engine, job: NodeJob) -> NodeOutcome:
-        from .task import TaskCall, ToolInterrupted, interrupted_tool_node, run_tool, tool_node_started
         if job.kind == "task":
             if engine.is_human(job.kind, job.target):
                 return await self.human(engine, job)
@@ -33,8 +32,6 @@ class LocalExecutor:
             raise NodeFailure(job.node_id, None, str(err)) from None
 
     async def complete(self, call: TaskCall, request: ModelRequest) -> ModelResponse:
-        from .models import TransientModelError, client_for
-        from .retry import retrying
         client = client_for(request.model)
         tries = 0
 
@@ -52,7 +49,6 @@ class LocalExecutor:
         return compile_program(source, engine.plan, target, call_id)
 
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
-        from .retry import retrying
         spec = engine.tool_spec(name)
         return await retrying(engine.plan["tools"][name]["retries"], TransientToolError,
                               lambda: call_tool(spec, args, engine.tool_context()))

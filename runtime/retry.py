@@ -1,14 +1,17 @@
 """Exponential backoff with jitter for transient failures (tenacity does the work), or the
-wait the failure itself asks for (a provider's Retry-After, see `TransientModelError`)."""
+wait the failure itself asks for (a provider's Retry-After, see `TransientModelError`).
+
+tenacity is imported at the first retry: a run whose calls all succeed at once never pays
+its import (~8 ms), and this module is cheap enough for the executor to import up front."""
 from __future__ import annotations
 
 import asyncio
 import os
 import random
-from typing import Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, \
-    wait_exponential_jitter
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 # The first wait, in seconds; AGENTFLOW_BACKOFF_BASE lets tests and benchmarks shorten it.
@@ -27,6 +30,7 @@ class _HintOrBackoff:
     """tenacity's wait: the failed attempt's hint, else exponential backoff with jitter."""
 
     def __init__(self) -> None:
+        from tenacity import wait_exponential_jitter
         self.backoff = wait_exponential_jitter(multiplier=BACKOFF_BASE, max=BACKOFF_MAX, jitter=BACKOFF_BASE)
 
     def __call__(self, state: RetryCallState) -> float:
@@ -45,6 +49,7 @@ async def retrying(retries: int, transient: type[BaseException], fn: Callable[[]
             raise
         first_wait = hinted_wait(error, BACKOFF_BASE * (1 + random.random()))
     await asyncio.sleep(first_wait)
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
     async for attempt in AsyncRetrying(retry=retry_if_exception_type(transient),
                                        stop=stop_after_attempt(max(0, retries)),
                                        wait=_HintOrBackoff(), reraise=True):

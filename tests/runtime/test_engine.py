@@ -79,6 +79,17 @@ def test_a_changed_input_runs_only_the_calls_whose_key_changed(tmp_path):
     assert second.value[0] == first.value[0] and second.value[1] != first.value[1]
 
 
+def test_a_call_marks_the_structures_it_runs_in_but_not_its_for_item():
+    """What decides whether a structure was reused (`Engine.ran_inside`): a loop, a repeat and
+    its iteration, a program; a `for` item is no structure, and a fan-out of 100k items kept
+    100k of them."""
+    assert engine_module.enclosing("main/r[2]/a#1/x") == ["main", "main/r", "main/r[2]/a", "main/r[2]/a#1"]
+    assert engine_module.enclosing("main/r[2]/s[13]/x") == ["main", "main/r", "main/r[2]/s"]
+    assert engine_module.enclosing("main/c/program#1/y") == ["main", "main/c", "main/c/program", "main/c/program#1"]
+    assert engine_module.enclosing("main/r[5]") == ["main", "main/r"]  # a Temporal chunk's first item
+    assert engine_module.enclosing("main") == []
+
+
 def test_no_cache_runs_every_call_again(tmp_path):
     run_plan(FAN_OUT, tmp_path, {"items": ["p"]}, run_id="run-1")
     again = run_plan(FAN_OUT, tmp_path, {"items": ["p"]}, run_id="run-2", no_cache=True)
