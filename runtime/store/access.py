@@ -367,10 +367,15 @@ class FileAccess:
             raise self._translate(err) from None
 
     def _instance(self) -> duckdb.DuckDBPyConnection:
-        """A new in-memory DuckDB instance to attach the file to."""
-        if not self.writer:
-            return duckdb.connect(":memory:")
-        return duckdb.connect(":memory:", config={**WRITER_CONFIG, "temp_directory": f"{self.path}.tmp"})
+        """A new in-memory DuckDB instance to attach the file to. DuckDB draws a progress bar
+        on standard output for a query that runs over 2 s (a checkpoint, `show` of a huge
+        run), where a run prints only its result: its session never draws one."""
+        if self.writer:
+            con = duckdb.connect(":memory:", config={**WRITER_CONFIG, "temp_directory": f"{self.path}.tmp"})
+        else:
+            con = duckdb.connect(":memory:")
+        con.execute("SET enable_progress_bar = false; SET enable_progress_bar_print = false")
+        return con
 
     def _translate(self, err: duckdb.Error) -> StoreError:
         return translate(err, self._shown())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -46,6 +47,41 @@ from .schema import PUBLIC_VIEWS, one_transaction
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
 AUTO_FLUSH_MAX_S = 0.75  # and facts this old in any case
 JANITOR_TICK_S = 0.02
+# While a writer's janitor runs, the interpreter lets a thread that waits for the GIL have it
+# after this long, not CPython's 5 ms. Each DuckDB statement gives the GIL back and takes it
+# again several times, and an event loop busy with short steps keeps the GIL: each take cost
+# the janitor a whole interval, a one-row commit took ~50 ms instead of under 1, and a run's
+# results were committed 0.4-1.8 s after they were made instead of ~0.1 s. A loop that lets
+# go of the GIL only for a moment (each turn's `select()`), more often than the interval,
+# starved the janitor for minutes: its waits restart at every such moment. So the interval
+# must be shorter than a loop's steps (~0.1 ms).
+WRITER_SWITCH_INTERVAL_S = 20e-6
+
+
+class _FastSwitching:
+    """The interpreter's switch interval held at WRITER_SWITCH_INTERVAL_S while any writer's
+    janitor runs in this process, and put back as it was when the last one stops."""
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._holders = 0
+        self._previous = 0.0
+
+    def hold(self) -> None:
+        with self._mu:
+            if self._holders == 0:
+                self._previous = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._previous, WRITER_SWITCH_INTERVAL_S))
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._mu:
+            self._holders -= 1
+            if self._holders == 0:
+                sys.setswitchinterval(self._previous)
+
+
+_FAST_SWITCHING = _FastSwitching()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -337,8 +373,20 @@ class BatchedWriter(FileAccess):
         self._commit_after = max(0.0, seconds - JANITOR_TICK_S)
 
     def _start_janitor(self) -> None:
-        self._janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
-        self._janitor.start()
+        janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
+        janitor.start()
+        self._janitor = janitor
+        _FAST_SWITCHING.hold()
+
+    def _stop_janitor(self) -> None:
+        """Stops the janitor (the caller commits what is left in the buffer)."""
+        self._stop.set()
+        janitor, self._janitor = self._janitor, None
+        if janitor is None:
+            return
+        if janitor is not threading.current_thread():
+            janitor.join()
+        _FAST_SWITCHING.release()
 
     # ------------------------------------------------------------ buffering (writer)
 

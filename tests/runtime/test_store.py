@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -678,6 +679,42 @@ def test_an_idle_writer_checkpoints_a_small_log_and_keeps_a_large_one(db: Path,
             assert con.execute("SELECT status FROM runs WHERE run_id = 'r1'").fetchall() == [("succeeded",)]
     finally:
         s.close()
+
+
+def test_a_busy_event_loop_does_not_hold_back_the_group_commits(db: Path) -> None:
+    """An event loop busy with short steps keeps the GIL but for a moment at each turn's
+    `select()`. The janitor's commits must still come about a group window after the facts:
+    at CPython's 5 ms switch interval a commit waited for minutes, and a kill lost all of it."""
+    previous = sys.getswitchinterval()
+    s = Store.open_writer(db)
+    try:
+        s.commit_within(0.1)
+        for run in range(3):
+            s.begin_run(f"r{run}", flow="f", entry="main", plan_hash="p", inputs={}, fingerprint=None)
+            for i in range(200):
+                s.node_started(f"r{run}", f"main/x[{i}]", role=None, key=f"k{run}-{i}")
+                s.node_finished(f"r{run}", f"main/x[{i}]", status="succeeded", value=i)
+            buffered, started = s._version, time.monotonic()
+            while s._committed < buffered and time.monotonic() - started < 10:
+                x = 0
+                for j in range(2000):  # a step: ~0.1 ms of Python
+                    x += j
+                select.select([], [], [], 0)  # the loop's turn
+            assert time.monotonic() - started < 1.0, "the janitor's commit waited for the busy loop"
+    finally:
+        s.close()
+    assert sys.getswitchinterval() == previous  # put back once no writer runs
+
+
+def test_a_long_query_draws_no_progress_bar_on_standard_output(db: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """DuckDB draws a progress bar on standard output for a query over `progress_bar_time`
+    (2 s): standard output holds a run's result alone, and `--json` output."""
+    with Store.open_writer(db) as s:
+        def long_query(con: duckdb.DuckDBPyConnection) -> int:
+            con.execute("SET progress_bar_time = 0")  # as if the query ran for long
+            return con.execute("SELECT count(*) FROM range(3000) a, range(3000) b").fetchone()[0]
+        assert s._read(long_query) == 9_000_000
+    assert capfd.readouterr().out == ""
 
 
 # ---------------------------------------------------------------- schema versions
