@@ -21,6 +21,7 @@ One job per module:
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from .access import IDLE_DETACH_S, READ_TIMEOUT_S, READER_YIELD_S, WRITE_ATTACH_TIMEOUT_S
@@ -76,7 +77,9 @@ class Store(Queries):
             return
         try:
             if self.writer:
-                self._stop_janitor()
+                self._stop.set()
+                if self._janitor is not None and self._janitor is not threading.current_thread():
+                    self._janitor.join()
                 self.commit_buffered()
         finally:
             self._release(checkpoint=checkpoint)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ import duckdb
 from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from .. import faults
-from .access import IDLE_DETACH_MAX_WAL_BYTES, IDLE_DETACH_S, FileAccess
+from .access import IDLE_DETACH_MAX_WAL_BYTES, IDLE_DETACH_S, PROMPT_SWITCHING, FileAccess
 from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, AgentRecipe, bounded,
                       bounded_json, canonical_text, ordered_json, storable, to_json)
 from .schema import PUBLIC_VIEWS, one_transaction
@@ -47,41 +46,6 @@ from .schema import PUBLIC_VIEWS, one_transaction
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
 AUTO_FLUSH_MAX_S = 0.75  # and facts this old in any case
 JANITOR_TICK_S = 0.02
-# While a writer's janitor runs, the interpreter lets a thread that waits for the GIL have it
-# after this long, not CPython's 5 ms. Each DuckDB statement gives the GIL back and takes it
-# again several times, and an event loop busy with short steps keeps the GIL: each take cost
-# the janitor a whole interval, a one-row commit took ~50 ms instead of under 1, and a run's
-# results were committed 0.4-1.8 s after they were made instead of ~0.1 s. A loop that lets
-# go of the GIL only for a moment (each turn's `select()`), more often than the interval,
-# starved the janitor for minutes: its waits restart at every such moment. So the interval
-# must be shorter than a loop's steps (~0.1 ms).
-WRITER_SWITCH_INTERVAL_S = 20e-6
-
-
-class _FastSwitching:
-    """The interpreter's switch interval held at WRITER_SWITCH_INTERVAL_S while any writer's
-    janitor runs in this process, and put back as it was when the last one stops."""
-
-    def __init__(self) -> None:
-        self._mu = threading.Lock()
-        self._holders = 0
-        self._previous = 0.0
-
-    def hold(self) -> None:
-        with self._mu:
-            if self._holders == 0:
-                self._previous = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._previous, WRITER_SWITCH_INTERVAL_S))
-            self._holders += 1
-
-    def release(self) -> None:
-        with self._mu:
-            self._holders -= 1
-            if self._holders == 0:
-                sys.setswitchinterval(self._previous)
-
-
-_FAST_SWITCHING = _FastSwitching()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -366,27 +330,21 @@ class BatchedWriter(FileAccess):
         self._janitor: threading.Thread | None = None
         self._background_error: BaseException | None = None  # the janitor's last failure
         self._commit_after = AUTO_FLUSH_MAX_S  # the janitor commits facts this old in any case
+        self._commit_due = False  # facts wait for the janitor: PROMPT_SWITCHING is held
 
     def commit_within(self, seconds: float) -> None:
         """Group commit: buffered facts commit at most `seconds` after the first of them,
         whether or not anyone calls `flush()` (the janitor commits them)."""
         self._commit_after = max(0.0, seconds - JANITOR_TICK_S)
 
-    def _start_janitor(self) -> None:
-        janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
-        janitor.start()
-        self._janitor = janitor
-        _FAST_SWITCHING.hold()
+    def _release(self, remove_made_files: bool = False, checkpoint: bool = True) -> None:
+        super()._release(remove_made_files, checkpoint)
+        with self._mu:
+            self._commit_done()  # a store closed with facts due (a failed write) keeps no hold
 
-    def _stop_janitor(self) -> None:
-        """Stops the janitor (the caller commits what is left in the buffer)."""
-        self._stop.set()
-        janitor, self._janitor = self._janitor, None
-        if janitor is None:
-            return
-        if janitor is not threading.current_thread():
-            janitor.join()
-        _FAST_SWITCHING.release()
+    def _start_janitor(self) -> None:
+        self._janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
+        self._janitor.start()
 
     # ------------------------------------------------------------ buffering (writer)
 
@@ -401,7 +359,17 @@ class BatchedWriter(FileAccess):
         self._buf.last = time.monotonic()
         if self._buf.since is None:
             self._buf.since = self._buf.last
+        elif not self._commit_due and self._buf.last - self._buf.since >= self._commit_after:
+            self._commit_due = True  # until the janitor has committed them (`_commit_done`)
+            PROMPT_SWITCHING.hold()
         return self._buf
+
+    def _commit_done(self) -> None:
+        """Facts that were due are committed: the switch interval goes back, and is short
+        again when the next ones fall due. Caller holds `_mu`."""
+        if self._commit_due:
+            self._commit_due = False
+            PROMPT_SWITCHING.release()
 
     def _node(self, buf: _Batch, run_id: str, node_id: str) -> _NodeUpdate:
         upd = buf.nodes.get((run_id, node_id))
@@ -700,18 +668,22 @@ class BatchedWriter(FileAccess):
                 return
             if self._buf.empty():
                 self._committed = self._buf.version or self._committed
+                self._commit_done()
                 return
             batch, self._buf = self._buf, _Batch()
             self._buf.version = self._version
         try:
-            self._attach()
-            self._write(batch)
+            with PROMPT_SWITCHING:
+                self._attach()
+                self._write(batch)
         except BaseException:
             with self._mu:
                 self._buf = batch.absorb_newer(self._buf)
             raise
         self._committed = max(self._committed, batch.version)
         self._last_io = time.monotonic()
+        with self._mu:
+            self._commit_done()
 
     def _write(self, b: _Batch) -> None:
         """One transaction. Rows are appended with plain INSERTs where they are known to be
