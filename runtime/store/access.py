@@ -86,51 +86,6 @@ WAL_CHECKPOINT_BYTES = 128 << 20
 WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "threads": 1, "wal_autocheckpoint": f"{WAL_CHECKPOINT_BYTES >> 20}MB"}
 
-# While the store's thread has DuckDB work to do, the interpreter lets a thread that waits
-# for the GIL have it after this long, not CPython's 5 ms. A statement gives the GIL back and
-# takes it again several times, and an event loop busy with short steps keeps it: each take
-# cost the store's thread a whole interval, a one-row commit took ~50 ms instead of under 1,
-# and a run's results were committed 0.6-1.8 s after they were made instead of ~0.1 s. A loop
-# that lets go of the GIL only for a moment (each turn's `select()`), more often than the
-# interval, starved a commit for minutes: a waiter's clock restarts at every such moment. So
-# the interval is shorter than a loop's steps (~0.1 ms), and only while work waits or runs
-# (`PROMPT_SWITCHING`): held for a whole run, the switching cost a fan-out of sync tools (32
-# worker threads) ~50% more CPU.
-DUCKDB_SWITCH_INTERVAL_S = 20e-6
-
-
-class _PromptSwitching:
-    """The switch interval held at DUCKDB_SWITCH_INTERVAL_S from `hold()` to `release()` (or
-    within `with PROMPT_SWITCHING:`), by any thread, and put back as it was once nothing of
-    this process holds it."""
-
-    def __init__(self) -> None:
-        self._mu = threading.Lock()
-        self._holds = 0
-        self._previous = 0.0
-
-    def hold(self) -> None:
-        with self._mu:
-            if self._holds == 0:
-                self._previous = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._previous, DUCKDB_SWITCH_INTERVAL_S))
-            self._holds += 1
-
-    def release(self) -> None:
-        with self._mu:
-            self._holds -= 1
-            if self._holds == 0:
-                sys.setswitchinterval(self._previous)
-
-    def __enter__(self) -> None:
-        self.hold()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-PROMPT_SWITCHING = _PromptSwitching()
-
 _T = TypeVar("_T")
 _DUCK_PID = re.compile(r"held in (.*?) \(PID (\d+)\)")
 
@@ -432,7 +387,7 @@ class FileAccess:
         if self._closed:
             raise StoreError("the store is closed")
         if self.writer:
-            with self._io, PROMPT_SWITCHING:
+            with self._io:
                 if flush:
                     self._flush_locked()
                 self._attach()
@@ -442,7 +397,7 @@ class FileAccess:
             local = _WRITERS.get(str(self.path))
         if local is not None and not local._closed:
             return local._read(query)
-        with self._io, PROMPT_SWITCHING:
+        with self._io:
             signalled = self._signal_wait()
             try:
                 self._attach_checked()

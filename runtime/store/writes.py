@@ -38,7 +38,7 @@ import duckdb
 from agentflow.compiler.hashing import canonical_json, digest, escape_surrogates
 
 from .. import faults
-from .access import IDLE_DETACH_MAX_WAL_BYTES, IDLE_DETACH_S, PROMPT_SWITCHING, FileAccess
+from .access import IDLE_DETACH_MAX_WAL_BYTES, IDLE_DETACH_S, FileAccess
 from .records import (FINAL_NODE_STATUSES, FINAL_RUN_STATUSES, NO_VALUE, AgentRecipe, bounded,
                       bounded_json, canonical_text, ordered_json, storable, to_json)
 from .schema import PUBLIC_VIEWS, one_transaction
@@ -330,17 +330,11 @@ class BatchedWriter(FileAccess):
         self._janitor: threading.Thread | None = None
         self._background_error: BaseException | None = None  # the janitor's last failure
         self._commit_after = AUTO_FLUSH_MAX_S  # the janitor commits facts this old in any case
-        self._commit_due = False  # facts wait for the janitor: PROMPT_SWITCHING is held
 
     def commit_within(self, seconds: float) -> None:
         """Group commit: buffered facts commit at most `seconds` after the first of them,
         whether or not anyone calls `flush()` (the janitor commits them)."""
         self._commit_after = max(0.0, seconds - JANITOR_TICK_S)
-
-    def _release(self, remove_made_files: bool = False, checkpoint: bool = True) -> None:
-        super()._release(remove_made_files, checkpoint)
-        with self._mu:
-            self._commit_done()  # a store closed with facts due (a failed write) keeps no hold
 
     def _start_janitor(self) -> None:
         self._janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
@@ -359,17 +353,7 @@ class BatchedWriter(FileAccess):
         self._buf.last = time.monotonic()
         if self._buf.since is None:
             self._buf.since = self._buf.last
-        elif not self._commit_due and self._buf.last - self._buf.since >= self._commit_after:
-            self._commit_due = True  # until the janitor has committed them (`_commit_done`)
-            PROMPT_SWITCHING.hold()
         return self._buf
-
-    def _commit_done(self) -> None:
-        """Facts that were due are committed: the switch interval goes back, and is short
-        again when the next ones fall due. Caller holds `_mu`."""
-        if self._commit_due:
-            self._commit_due = False
-            PROMPT_SWITCHING.release()
 
     def _node(self, buf: _Batch, run_id: str, node_id: str) -> _NodeUpdate:
         upd = buf.nodes.get((run_id, node_id))
@@ -668,22 +652,18 @@ class BatchedWriter(FileAccess):
                 return
             if self._buf.empty():
                 self._committed = self._buf.version or self._committed
-                self._commit_done()
                 return
             batch, self._buf = self._buf, _Batch()
             self._buf.version = self._version
         try:
-            with PROMPT_SWITCHING:
-                self._attach()
-                self._write(batch)
+            self._attach()
+            self._write(batch)
         except BaseException:
             with self._mu:
                 self._buf = batch.absorb_newer(self._buf)
             raise
         self._committed = max(self._committed, batch.version)
         self._last_io = time.monotonic()
-        with self._mu:
-            self._commit_done()
 
     def _write(self, b: _Batch) -> None:
         """One transaction. Rows are appended with plain INSERTs where they are known to be

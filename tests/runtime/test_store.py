@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -679,33 +678,6 @@ def test_an_idle_writer_checkpoints_a_small_log_and_keeps_a_large_one(db: Path,
             assert con.execute("SELECT status FROM runs WHERE run_id = 'r1'").fetchall() == [("succeeded",)]
     finally:
         s.close()
-
-
-def test_a_busy_event_loop_does_not_hold_back_the_group_commits(db: Path) -> None:
-    """A run's event loop busy with short steps, each recording a node, keeps the GIL but for
-    a moment at each turn's `select()`. The janitor's commits must still come about a group
-    window after the facts: at CPython's 5 ms switch interval a commit waited for minutes, and
-    a kill would have lost all of it."""
-    previous = sys.getswitchinterval()
-    s = Store.open_writer(db)
-    try:
-        s.commit_within(0.1)
-        s.begin_run("r", flow="f", entry="main", plan_hash="p", inputs={}, fingerprint=None)
-        for step in range(3):
-            first, started = s._version + 1, time.monotonic()
-            i = 0
-            while s._committed < first and time.monotonic() - started < 10:
-                x = 0
-                for j in range(2000):  # a step: ~0.1 ms of Python
-                    x += j
-                s.node_started("r", f"main/s{step}/{i}", role=None, key=f"k{step}-{i}")
-                s.node_finished("r", f"main/s{step}/{i}", status="succeeded", value=x)
-                i += 1
-                select.select([], [], [], 0)  # the loop's turn
-            assert time.monotonic() - started < 1.0, "the janitor's commit waited for the busy loop"
-    finally:
-        s.close()
-    assert sys.getswitchinterval() == previous  # put back once nothing waits for a commit
 
 
 def test_a_long_query_draws_no_progress_bar_on_standard_output(db: Path, capfd: pytest.CaptureFixture[str]) -> None:

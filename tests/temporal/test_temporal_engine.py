@@ -374,7 +374,9 @@ def test_ctrl_c_or_sigterm_cancels_the_workflow_and_its_activities(cluster, tmp_
         wait_until(lambda: processes_with(tag, "time.sleep"), what="the tool process to start")
         wf_id = started_workflow(db)
         client.send_signal(signum)
-        client.wait(30)
+        # beyond the client's own bounds: it waits up to 30 s for the cancelled workflow to
+        # end, then queries its records (10 s); a loaded CI machine once took over 30 s
+        client.wait(60)
     finally:
         stop(client)
     out, err = texts(client)
