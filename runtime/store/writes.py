@@ -46,6 +46,11 @@ from .schema import PUBLIC_VIEWS, one_transaction
 AUTO_FLUSH_S = 0.25  # the janitor flushes facts this old once no new one came for 50 ms,
 AUTO_FLUSH_MAX_S = 0.75  # and facts this old in any case
 JANITOR_TICK_S = 0.02
+# Under group commit, costly facts (a task-loop step; a model call or the result of a call
+# that took COSTLY_CALL_US or longer) this much past their window are committed by the thread
+# that records the next node's end, not left to the janitor: see `_keep_up`.
+OVERDUE_S = 0.05
+COSTLY_CALL_US = 10_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
@@ -137,6 +142,7 @@ class _Batch:
         self.version = 0
         self.since: float | None = None  # monotonic time of the first and the last fact
         self.last = 0.0
+        self.costly = False  # holds a fact that costs a model call or a slow call to redo
 
     def empty(self) -> bool:
         return not (self.runs or self.nodes or self.results or self.llm_calls or self.turns
@@ -166,6 +172,7 @@ class _Batch:
         self.version = max(self.version, newer.version)
         self.since = min((s for s in (self.since, newer.since) if s is not None), default=None)
         self.last = max(self.last, newer.last)
+        self.costly = self.costly or newer.costly
         return self
 
 
@@ -319,7 +326,7 @@ class BatchedWriter(FileAccess):
         self._buf = _Batch()
         self._version = 0
         self._committed = 0
-        self._open_nodes: dict[tuple[str, str], str] = {}  # started, not finished: key
+        self._open_nodes: dict[tuple[str, str], tuple[str, int]] = {}  # started, not finished: key, start
         self._turn_next: dict[tuple[str, str], int] = {}
         self._session_next: dict[tuple[str, str], int] = {}
         self._fresh_runs: set[str] = set()  # begun by this writer, absent before
@@ -330,11 +337,13 @@ class BatchedWriter(FileAccess):
         self._janitor: threading.Thread | None = None
         self._background_error: BaseException | None = None  # the janitor's last failure
         self._commit_after = AUTO_FLUSH_MAX_S  # the janitor commits facts this old in any case
+        self._overdue_after = math.inf  # a fact this old is committed by the next one's thread
 
     def commit_within(self, seconds: float) -> None:
         """Group commit: buffered facts commit at most `seconds` after the first of them,
         whether or not anyone calls `flush()` (the janitor commits them)."""
         self._commit_after = max(0.0, seconds - JANITOR_TICK_S)
+        self._overdue_after = seconds + OVERDUE_S
 
     def _start_janitor(self) -> None:
         self._janitor = threading.Thread(target=self._janitor_loop, name="agentflow-store", daemon=True)
@@ -354,6 +363,24 @@ class BatchedWriter(FileAccess):
         if self._buf.since is None:
             self._buf.since = self._buf.last
         return self._buf
+
+    def _keep_up(self) -> None:
+        """Group commit's bound for costly facts when the janitor is late: a node's end
+        commits, on the caller's thread, what has waited past its window if it includes a
+        task-loop step, or a model call or a call's result that took 10 ms or longer.
+
+        The janitor may get the GIL late: DuckDB's client takes it back between the steps of
+        each statement, and a thread waiting for it beside an event loop busy with trivial
+        calls waits out a switch interval each time, or longer (the loop's `select()` lets go
+        of the GIL too briefly to hand it over). Commits then lag by 0.5-1.9 s in 10k-node
+        runs. The busy thread commits itself, or, if the janitor is mid-commit, waits for it
+        on a lock, which hands the janitor the GIL. Only for costly facts: a commit on the
+        loop's thread costs the loop ~45 us a node (+10-35% on a fan-out of trivial calls),
+        and trivial results cost as little to compute again after a kill. Unlocked reads: a
+        stale one at worst commits early or late by a fact."""
+        buf = self._buf
+        if buf.costly and buf.since is not None and buf.last - buf.since >= self._overdue_after:
+            self.commit_buffered()
 
     def _node(self, buf: _Batch, run_id: str, node_id: str) -> _NodeUpdate:
         upd = buf.nodes.get((run_id, node_id))
@@ -404,10 +431,11 @@ class BatchedWriter(FileAccess):
         """A node starts running; its key, definition and input hashes explain later re-runs."""
         with self._mu:
             upd = self._node(self._buffer(), run_id, node_id)
-            upd.identity(role, key, def_hash, input_hash, input_hashes, _utc(at))
+            started = _utc(at)
+            upd.identity(role, key, def_hash, input_hash, input_hashes, started)
             upd.state("running", False, attempts, None, None, None)
             if key is not None:
-                self._open_nodes[(run_id, node_id)] = key
+                self._open_nodes[(run_id, node_id)] = (key, started)
 
     def node_finished(self, run_id: str, node_id: str, *, status: str, value: Any = NO_VALUE,
                       value_hash: str | None = None, error: str | None = None,
@@ -432,8 +460,10 @@ class BatchedWriter(FileAccess):
         finished = _utc(at)
         with self._mu:
             buf = self._buffer()
-            key = key or self._open_nodes.pop((run_id, node_id), None)
-            self._open_nodes.pop((run_id, node_id), None)
+            opened = self._open_nodes.pop((run_id, node_id), None)
+            if opened is not None:
+                key = key or opened[0]
+                buf.costly = buf.costly or finished - opened[1] >= COSTLY_CALL_US
             if status == "succeeded":
                 if key is None:
                     raise ValueError(f"node_finished({node_id!r}, status='succeeded') needs the "
@@ -443,6 +473,7 @@ class BatchedWriter(FileAccess):
             upd.identity(role, key, None, None, None, None)
             upd.state(status, cached and status == "succeeded", attempts, finished, error,
                       value_hash if status == "succeeded" else None)
+        self._keep_up()
         return value_hash
 
     def node_reused(self, run_id: str, node_id: str, *, role: str | None, key: str, value_hash: str,
@@ -454,6 +485,7 @@ class BatchedWriter(FileAccess):
             upd = self._node(self._buffer(), run_id, node_id)
             upd.identity(role, key, def_hash, input_hash, input_hashes, now)
             upd.state("succeeded", True, 0, now, None, value_hash)
+        self._keep_up()
 
     def record_llm_call(self, run_id: str, node_id: str | None, *, model: str, prompt_tokens: int = 0,
                         completion_tokens: int = 0, cost_usd: float | None = 0.0,
@@ -466,6 +498,8 @@ class BatchedWriter(FileAccess):
             buf.llm_calls.append((run_id, node_id, model, int(prompt_tokens or 0),
                                   int(completion_tokens or 0), float(cost_usd or 0.0),
                                   None if latency_ms is None else float(latency_ms), bool(cached), now))
+            if not cached and (latency_ms is None or latency_ms * 1000 >= COSTLY_CALL_US):
+                buf.costly = True
             if node_id is not None and not cached:
                 upd = self._node(buf, run_id, node_id)
                 upd.d_prompt += int(prompt_tokens or 0)
@@ -478,7 +512,10 @@ class BatchedWriter(FileAccess):
         """Journal one step of a task call, so an interrupted call resumes at that step."""
         text = to_json(payload)
         with self._mu:
-            self._buffer().turns.append((run_id, node_id, key, kind, text, _utc(at)))
+            buf = self._buffer()
+            buf.turns.append((run_id, node_id, key, kind, text, _utc(at)))
+            buf.costly = True
+        self._keep_up()
 
     def reset_turns(self, run_id: str, node_id: str) -> None:
         """Forget a node's journal (e.g. before re-running a node that failed)."""

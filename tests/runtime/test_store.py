@@ -344,6 +344,35 @@ def test_group_commit_from_many_threads(db: Path) -> None:
         assert len(commits) < 160  # callers shared commits
 
 
+@pytest.mark.parametrize("costly, committed", [
+    ("a slow call's result", True), ("a model call", True), ("a task-loop step", True),
+    ("a quick call's result", False), ("an instant (scripted) model call", False)])
+def test_group_commit_writes_costly_facts_on_the_recording_thread_when_the_janitor_is_late(
+        db: Path, costly: str, committed: bool) -> None:
+    """A janitor starved of the GIL (test_rerun_and_durability.py has the real case) is stood
+    in for by a stopped one: costly facts past their window commit at the next node's end, on
+    the thread that records it; trivial ones wait for the janitor, as cheap to redo."""
+    with Store.open_writer(db) as s:
+        s.commit_within(0.1)
+        s.begin_run("r", flow="f", entry="main", plan_hash="p", inputs={})
+        s.flush()
+        assert s._janitor is not None
+        s._stop.set()
+        s._janitor.join()
+        started = datetime.now(timezone.utc) - timedelta(seconds=0.05 if costly == "a slow call's result" else 0)
+        s.node_started("r", "a", role="w", key="ka", at=started)
+        if costly == "a model call":
+            s.record_llm_call("r", "a", model="m", latency_ms=800.0)
+        elif costly == "an instant (scripted) model call":
+            s.record_llm_call("r", "a", model="scripted", latency_ms=0.1)
+        elif costly == "a task-loop step":
+            s.append_turn("r", "a", key="ka", kind="assistant", payload={"content": "hi"})
+        s.node_finished("r", "a", status="succeeded", value=1)
+        time.sleep(0.2)  # the window passes
+        s.node_reused("r", "b", role="w", key="kb", value_hash=value_hash(1))
+        assert s._buf.empty() is committed
+
+
 def test_reader_in_the_writing_process_reads_through_the_writer(db: Path) -> None:
     with Store.open_writer(db) as s:
         s.begin_run("r", flow="f", entry="main", plan_hash="p", inputs={})
