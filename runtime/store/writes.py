@@ -375,11 +375,13 @@ class BatchedWriter(FileAccess):
         of the GIL too briefly to hand it over). Commits then lag by 0.5-1.9 s in 10k-node
         runs. The busy thread commits itself, or, if the janitor is mid-commit, waits for it
         on a lock, which hands the janitor the GIL. Only for costly facts: a commit on the
-        loop's thread costs the loop ~45 us a node (+10-35% on a fan-out of trivial calls),
-        and trivial results cost as little to compute again after a kill. Unlocked reads: a
-        stale one at worst commits early or late by a fact."""
+        loop's thread costs the loop ~45 us a node (+10-36% on a fan-out of trivial calls),
+        and trivial results cost as little to compute again after a kill. Inside
+        `commits_held()` nothing commits, so nothing waits either. Unlocked reads: a stale
+        one at worst commits early or late by a fact."""
         buf = self._buf
-        if buf.costly and buf.since is not None and buf.last - buf.since >= self._overdue_after:
+        overdue = buf.since is not None and buf.last - buf.since >= self._overdue_after
+        if overdue and buf.costly and not self._holds:
             self.commit_buffered()
 
     def _node(self, buf: _Batch, run_id: str, node_id: str) -> _NodeUpdate:
