@@ -124,6 +124,8 @@ def test_slow_results_commit_within_the_window_beside_an_event_loop_busy_with_tr
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     killed_at = time.monotonic()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
+    assert any(killed_at - at > 0.5 for at in finished.values()), "no slow call finished in time to be checked"
     with duckdb.connect(str(tmp_path / DB), read_only=True) as con:
         stored = {int(re.search(r"\[(\d+)\]", node).group(1)) for (node,) in con.execute(
             "SELECT node_id FROM node_runs WHERE status = 'succeeded' AND node_id LIKE 'main/marks[%'").fetchall()}
