@@ -337,7 +337,7 @@ class BatchedWriter(FileAccess):
         self._janitor: threading.Thread | None = None
         self._background_error: BaseException | None = None  # the janitor's last failure
         self._commit_after = AUTO_FLUSH_MAX_S  # the janitor commits facts this old in any case
-        self._overdue_after = math.inf  # a fact this old is committed by the next one's thread
+        self._overdue_after = math.inf  # a costly batch this old is committed by the next node's end
 
     def commit_within(self, seconds: float) -> None:
         """Group commit: buffered facts commit at most `seconds` after the first of them,
@@ -380,8 +380,8 @@ class BatchedWriter(FileAccess):
         `commits_held()` nothing commits, so nothing waits either. Unlocked reads: a stale
         one at worst commits early or late by a fact."""
         buf = self._buf
-        overdue = buf.since is not None and buf.last - buf.since >= self._overdue_after
-        if overdue and buf.costly and not self._holds:
+        if buf.costly and not self._holds and buf.since is not None and \
+                buf.last - buf.since >= self._overdue_after:
             self.commit_buffered()
 
     def _node(self, buf: _Batch, run_id: str, node_id: str) -> _NodeUpdate:
