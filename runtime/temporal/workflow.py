@@ -501,8 +501,8 @@ class TemporalExecutor(LocalExecutor):
         retries = call.entry["retries"]
         payload = {"request": wire.request_to_wire(replace(request, attempt=call.attempts)), "retries": retries}
         try:
-            result = await workflow.execute_activity(wire.MODEL_ACTIVITY, payload,
-                                                     **self._options(retries, call.entry["timeout"]))
+            result = await activity_result(wire.MODEL_ACTIVITY, payload,
+                                           self._options(retries, call.entry["timeout"]))
         except ActivityError as err:
             _raise_if_cancelled(err)
             attempts, message, permanent = _failure(err, retries + 1)
@@ -514,7 +514,7 @@ class TemporalExecutor(LocalExecutor):
     async def compile_program(self, engine: Engine, source: str, target: str, call_id: str) -> schema.CompiledProgram | str:
         """A model's program, compiled by an activity (the parser stays out of the workflow)."""
         payload = {"source": source, "plan": engine.plan, "target": target, "call_id": call_id}
-        result = await workflow.execute_activity(wire.PROGRAM_ACTIVITY, payload, **self._options(0, None))
+        result = await activity_result(wire.PROGRAM_ACTIVITY, payload, self._options(0, None))
         return result["program"]
 
     async def call_tool(self, engine: Engine, name: str, args: dict) -> Any:
@@ -529,14 +529,47 @@ class TemporalExecutor(LocalExecutor):
                    "spec_dir": str(engine.options.spec_dir), "workspace": str(engine.options.workspace),
                    "once": once}
         try:
-            result = await workflow.execute_activity(wire.TOOL_ACTIVITY, payload,
-                                                     **self._options(retries, entry["timeout"], once=once))
+            result = await activity_result(wire.TOOL_ACTIVITY, payload,
+                                           self._options(retries, entry["timeout"], once=once))
         except ActivityError as err:
             _raise_if_cancelled(err)
             if once and isinstance(err.cause, TemporalTimeout):
                 raise ToolInterrupted(name) from None
             raise ToolError(_failure(err, retries + 1)[1], tool=name) from None
         return result["value"]
+
+
+async def activity_result(name: str, payload: dict, options: dict) -> dict:
+    """An activity's result, as `workflow.execute_activity` gives it, except when the call is
+    cancelled (Ctrl-C, SIGTERM, a failing sibling) while the activity runs.
+
+    The activity is then asked to stop and waited for. One that finished all the same (a
+    python function cannot be stopped; its result can arrive with the cancellation) keeps its
+    result: it is returned, so the task loop journals it and `--resume` does not pay for it
+    again, and the cancellation is asked again, to stop the call at its next wait. Left to
+    the SDK, such a result is dropped (it came with the cancellation) or swallows the
+    cancellation, and the cancelled run goes on to its end."""
+    task = asyncio.current_task()
+    assert task is not None, "workflow code runs in a task"
+    if task.cancelling():  # this call kept a result on its way out: it starts nothing more
+        raise asyncio.CancelledError()
+    handle = workflow.start_activity(name, payload, **options)
+    try:
+        return await asyncio.shield(handle)
+    except asyncio.CancelledError:
+        pass
+    while not handle.done():
+        with contextlib.suppress(asyncio.CancelledError):  # once asked, the call stops once
+            # Conditions are checked once the workflow's loop is idle: a result that came
+            # with the cancellation has then reached `handle`, which must not be cancelled
+            # after it did (the SDK would drop the result).
+            await workflow.wait_condition(lambda: True)
+            handle.cancel()
+            await asyncio.wait([handle])
+    if handle.cancelled() or handle.exception() is not None:
+        raise asyncio.CancelledError()
+    task.cancel()
+    return handle.result()
 
 
 def _raise_if_cancelled(err: ActivityError) -> None:

@@ -4,11 +4,12 @@ Checked: the example specs give the local engine's result (scripted model, and l
 our OpenAI-protocol server); activities run on both workers; a worker killed with SIGKILL in
 the middle of an activity does not stop the run; a rerun reuses everything from DuckDB and
 starts no activity; a client killed and started again with `--resume` re-attaches to the same
-workflow; Ctrl-C cancels the workflow and kills the running tool; a 3 MB tool output (above
-Temporal's 2 MB payload limit) travels through the blob directory, not the history; stored
-results reached only at run time are looked up through the client and reused (session steps
-included), also by a client that re-attaches; `--resume` of a failed run starts the failed
-task over. Runs no client follows: a lookup nobody answers times out and its node runs; a
+workflow; Ctrl-C cancels the workflow and kills the running tool, while a python tool that
+finishes before it hears the cancellation keeps its result and nothing starts after it; a 3 MB
+tool output (above Temporal's 2 MB payload limit) travels through the blob directory, not the
+history; stored results reached only at run time are looked up through the client and reused
+(session steps included), also by a client that re-attaches; `--resume` of a failed run starts
+the failed task over. Runs no client follows: a lookup nobody answers times out and its node runs; a
 `--detach`ed run finishes on the workers and `collect` records it as a following client would
 (a failed one as failed, which one `--resume` restarts); Ctrl-C of `collect` leaves the run
 running.
@@ -388,6 +389,66 @@ def test_ctrl_c_or_sigterm_cancels_the_workflow_and_its_activities(cluster, tmp_
     run = last_run(db)
     assert run["status"] == "cancelled"
     assert "running" not in {r["status"] for r in nodes(db, run["run_id"]).values()}
+
+
+SLOW_MARKS = """
+import time
+from pathlib import Path
+
+def mark(x):
+    log = Path(__file__).with_name("calls.log")
+    with open(log, "a") as f:
+        f.write(f"start {x}\\n")
+    time.sleep(1.5)
+    with open(log, "a") as f:
+        f.write(f"mark {x}\\n")
+    return f"marked {x}"
+"""
+
+SLOW_MARKS_SPEC = """
+defaults { model = "scripted:script.json" }
+tool mark(x: str) -> str {
+  python = "tools:mark"
+  description = "Marks a value, slowly."
+}
+role m {
+  tools = [mark]
+  task work(q: str) -> str { prompt = "WORK {q}" }
+}
+choreography main() -> json {
+  r = m.work("go")
+  return r
+}
+"""
+
+
+def test_ctrl_c_while_a_tool_that_cannot_hear_it_runs_keeps_its_result_and_starts_nothing_more(cluster, tmp_path):
+    """The tool's activity heartbeats every 30 s, so it finishes before it hears the cancel:
+    its result is kept (resume does not run it again) and the turn's next tools never start."""
+    (tmp_path / "tools.py").write_text(SLOW_MARKS)
+    (tmp_path / "flow.agentflow").write_text(SLOW_MARKS_SPEC)
+    calls = [{"name": "mark", "arguments": {"x": str(n)}} for n in (1, 2, 3)]
+    (tmp_path / "script.json").write_text(json.dumps({"rules": [
+        {"task": "m.work", "turn": 1, "tool_calls": calls},
+        {"task": "m.work", "turn": 2, "content": "three marks done"}]}))
+    log = tmp_path / "calls.log"
+    args = ["run", "flow.agentflow", "--db", "t.duckdb", *cluster.run_args()]
+    env = base_env(AGENTFLOW_TEMPORAL_HEARTBEAT="30")
+    client = af_start(tmp_path, *args, env=env)
+    try:
+        wait_until(lambda: log.exists() and "start 1" in log.read_text(), what="the first tool to start")
+        client.send_signal(signal.SIGINT)
+        client.wait(60)
+    finally:
+        stop(client)
+    assert client.returncode == 130, texts(client)[1][-3000:]
+    from temporalio.client import WorkflowExecutionStatus
+    assert describe(cluster.server.address, workflow_of(tmp_path / "t.duckdb")).status == WorkflowExecutionStatus.CANCELED
+    time.sleep(2)  # long enough for a second tool to start, were the run going on
+    assert log.read_text().split("\n") == ["start 1", "mark 1", ""]
+    resumed = ok(af(tmp_path, *args, "--resume", env=env))
+    assert json.loads(resumed.stdout) == "three marks done"
+    assert [line for line in log.read_text().splitlines() if line.startswith("mark")] == ["mark 1", "mark 2", "mark 3"]
 
 
 def test_large_payloads_go_through_the_blob_directory(cluster, tmp_path):
