@@ -25,9 +25,10 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import functools
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -413,9 +414,10 @@ class WorkflowEngine(Engine):
                          items=[chunk["start"], chunk["start"] + len(chunk["items"])] if chunk else None)
         self.children.add(child_id)
         try:
-            result = await workflow.execute_child_workflow(
-                workflow_type, config, id=child_id,
-                cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED)
+            result = await kept_result(
+                functools.partial(workflow.start_child_workflow, workflow_type, config, id=child_id,
+                                  cancellation_type=workflow.ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED),
+                says_cancelled=lambda result: result["status"] == "cancelled")
         finally:
             self.children.discard(child_id)
         for event in result["events"]:
@@ -540,20 +542,30 @@ class TemporalExecutor(LocalExecutor):
 
 
 async def activity_result(name: str, payload: dict, options: dict) -> dict:
-    """An activity's result, as `workflow.execute_activity` gives it, except when the call is
-    cancelled (Ctrl-C, SIGTERM, a failing sibling) while the activity runs.
+    """An activity's result, kept through a cancellation as `kept_result` keeps it."""
+    async def start() -> asyncio.Task:
+        return workflow.start_activity(name, payload, **options)
+    return await kept_result(start)
 
-    The activity is then asked to stop and waited for. One that finished all the same (a
-    python function cannot be stopped; its result can arrive with the cancellation) keeps its
+
+async def kept_result(start: Callable[[], Awaitable[asyncio.Task]],
+                      says_cancelled: Callable[[Any], bool] = lambda result: False) -> Any:
+    """The result of the activity or child workflow `start` starts, as awaiting its handle
+    gives it, except when the call is cancelled (Ctrl-C, SIGTERM, a failing sibling) while
+    the activity or child runs.
+
+    It is then asked to stop and waited for. One that finished all the same (a python
+    function cannot be stopped; its result can arrive with the cancellation) keeps its
     result: it is returned, so the task loop journals it and `--resume` does not pay for it
-    again, and the cancellation is asked again, to stop the call at its next wait. Left to
-    the SDK, such a result is dropped (it came with the cancellation) or swallows the
-    cancellation, and the cancelled run goes on to its end."""
+    again, and the cancellation is asked again, to stop the caller at its next wait (unless
+    the result `says_cancelled`: the caller raises it). Left to the SDK, such a result is
+    dropped (it came with the cancellation) or swallows the cancellation, and the cancelled
+    run goes on to its end."""
     task = asyncio.current_task()
     assert task is not None, "workflow code runs in a task"
     if task.cancelling():  # this call kept a result on its way out: it starts nothing more
         raise asyncio.CancelledError()
-    handle = workflow.start_activity(name, payload, **options)
+    handle = await start()
     try:
         return await asyncio.shield(handle)
     except asyncio.CancelledError:
@@ -568,7 +580,8 @@ async def activity_result(name: str, payload: dict, options: dict) -> dict:
             await asyncio.wait([handle])
     if handle.cancelled() or handle.exception() is not None:
         raise asyncio.CancelledError()
-    task.cancel()
+    if not says_cancelled(handle.result()):
+        task.cancel()
     return handle.result()
 
 
@@ -631,7 +644,10 @@ class _Workflow:
                 await self._hand_over(engine, config)
         except asyncio.CancelledError:
             work.cancel()
-            return await work
+            await asyncio.wait([work])
+            # A call that kept its result asks to be cancelled again (`kept_result`): when the
+            # work ends before another wait, asyncio ends it cancelled and drops its outcome.
+            return self._ended(engine, "cancelled") if work.cancelled() else work.result()
         return work.result()
 
     def _engine(self, config: dict, carried: dict) -> WorkflowEngine:
@@ -668,6 +684,10 @@ class _Workflow:
             status = "failed"
             failure = {"node_id": "", "role": None, "message": f"internal error: {type(err).__name__}: {err}",
                        "attempts": 1}
+        return self._ended(engine, status, value, failure)
+
+    def _ended(self, engine: WorkflowEngine, status: str, value: Any = None, failure: dict | None = None) -> dict:
+        """The outcome: a child's carries its records to its parent."""
         return {"status": status, "value": value, "failure": failure, "failed_nodes": engine.failed_nodes,
                 "ran": bool(engine.ran_inside), "events": self.records.events, "base": self.records.base}
 
