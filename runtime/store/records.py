@@ -95,10 +95,14 @@ class Preloaded:
         return key in self.values or (self.others is not None and hash(key) not in self.others)
 
     def result(self, key: str) -> tuple[Any, str] | None:
-        """(value, value hash) preloaded for `key`, or None."""
-        found = self.values.get(key)
+        """(value, value hash) preloaded for `key`, or None. A result is handed out once, then
+        left to the store (a second call with the same key asks it): the values of a 100k-node
+        rerun are let go as it goes, not held to its end."""
+        found = self.values.pop(key, None)
         if found is None:
             return None
+        if self.others is not None:
+            self.others.add(hash(key))
         value_hash, _, text = found.partition(" ")
         return loaded(text), value_hash
 

@@ -160,6 +160,32 @@ def test_a_rerun_answers_lookups_from_what_it_preloaded(tmp_path: Path) -> None:
     assert asyncio.run(rerun()) == (True, False)
 
 
+def test_calls_with_one_key_all_reuse_its_result_though_memory_hands_it_out_once(tmp_path: Path) -> None:
+    """Identical calls of a rerun (a `for` over repeated items): the first takes the preloaded
+    result, the others find it in the store."""
+    db = tmp_path / "agentflow.duckdb"
+    with Store.open_writer(db) as s:
+        s.begin_run("r1", flow="f", entry="main", plan_hash="p", inputs={})
+        s.node_started("r1", "main/a", role=None, key="k-a")
+        s.node_finished("r1", "main/a", status="succeeded", value={"v": 1})
+        s.finish_run("r1", "succeeded")
+
+    async def rerun() -> list:
+        store = Store.open_writer(db)
+        try:
+            ledger = Ledger(store, "r2")
+            await ledger.open(BARE_PLAN, "p", {}, resuming=False)
+            found = await asyncio.gather(*(ledger.has_result("k-a") for _ in range(3)))
+            values = [await ledger.reused(f"main/v[{i}]/a", None, "k-a", "def", {}) for i in range(3)]
+            again = [await ledger.has_result("k-a"), await ledger.reused("main/w", None, "k-a", "def", {})]
+            await ledger.close("succeeded")
+            return [found, values, again]
+        finally:
+            store.close()
+
+    assert asyncio.run(rerun()) == [[True] * 3, [{"v": 1}] * 3, [True, {"v": 1}]]
+
+
 def test_a_node_is_shown_in_the_innermost_child_workflow_that_ran_it():
     root = "agentflow-f-r"
     chunk, inner = f"{root}/main/v[20:40]", f"{root}/main/v[20:40]/main/v[25]/y/a.b#1"

@@ -832,6 +832,7 @@ def test_preload_gives_the_flows_results_by_key_within_its_bounds(db: Path) -> N
         found = s.preload_results("f", 100, 1 << 20, 100)
         assert set(found.values) == {"k-r1-main/a", "k-r1-main/b"}
         assert found.result("k-r1-main/b") == ({"x": "two words"}, value_hash({"x": "two words"}))
+        assert not found.answers("k-r1-main/b")  # handed out once, then let go: the store answers
         assert found.answers("k-unknown") and found.result("k-unknown") is None  # known missing
         assert not found.answers("k-r2-main/a")  # stored by another flow: the store answers
         found.stored("k-unknown")  # stored during the run: from now on the store answers
