@@ -88,21 +88,24 @@ def fanout_cases(n: int, tmp: Path, tools: str) -> None:
     # resume: fresh inputs (salt), killed when half of its nodes are stored
     resume_args = run + ["--input", f"salt={10 * n}"]  # values no earlier run stored
     proc = subprocess.Popen([sys.executable, "-m", "agentflow", *resume_args], cwd=work,
-                            env={**ENV, "AGENTFLOW_PROGRESS_INTERVAL": "0.1"},
+                            env={**ENV, "AGENTFLOW_PROGRESS_INTERVAL": "0.02"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     done, tail = 0, []
-    for line in proc.stderr:  # ` progress  DONE/TOTAL done (...)` every 0.1 s
+    for line in proc.stderr:  # ` progress  DONE/TOTAL done (...)` every 0.02 s
         tail = (tail + [line])[-5:]
         if line.startswith(" progress  "):
             done = int(line.split()[1].split("/")[0])
         if done >= n // 2:
             break
     proc.send_signal(signal.SIGKILL)
-    if proc.wait() != -signal.SIGKILL:
-        raise SystemExit(f"the run to interrupt ended by itself ({proc.returncode}):\n{''.join(tail)}")
-    resumed, resumed_rss, _ = agentflow(resume_args + ["--resume"], work)
-    print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)  "
-          f"peak RSS {resumed_rss} MB", flush=True)
+    if proc.wait() == -signal.SIGKILL:
+        resumed, resumed_rss, _ = agentflow(resume_args + ["--resume"], work)
+        print(f"resume  N={n:>6}: {resumed:6.2f} s  (killed after {done} nodes, then --resume)  "
+              f"peak RSS {resumed_rss} MB", flush=True)
+    elif proc.returncode == 0:  # a small fan-out on a fast machine: nothing left to resume
+        print(f"resume  N={n:>6}: none (the run finished before it was killed half-way)", flush=True)
+    else:
+        raise SystemExit(f"the run to interrupt failed ({proc.returncode}):\n{''.join(tail)}")
     listed, _, _ = agentflow(["runs"], work)
     runs = json.loads(subprocess.run([sys.executable, "-m", "agentflow", "runs", "--json"], cwd=work, env=ENV,
                                      capture_output=True, text=True, check=True).stdout)
