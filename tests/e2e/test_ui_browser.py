@@ -72,8 +72,14 @@ def box(driver, node_id: str):
 
 
 def click_box(driver, node_id: str) -> None:
-    driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))",
-                          box(driver, node_id))
+    """Finds the box and clicks it in one script: the page may redraw its graph between two
+    calls (a run's status changed), which leaves a box found by an earlier call stale."""
+    wait_for(driver, lambda d: d.execute_script(
+        "const box = document.getElementById(arguments[0]);"
+        "if (box === null) return false;"
+        "box.dispatchEvent(new MouseEvent('click', {bubbles: true}));"
+        "return true;",
+        f"n:{node_id}"), f"the box of {node_id} to click")
 
 
 def test_the_list_shows_the_runs_and_opens_one(tmp_path, browser):
