@@ -5,7 +5,8 @@
                                     [--llm 20x500@10,1000x50@100] [--tools sync|async]
 
 Cases, one line of figures each:
-  cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead
+  cold    N trivial python-tool nodes in a `for` fan-out: wall time, per-node overhead; the
+          first run compiles, then the same first run in a copy reads the plan it cached
   no-op   the same again, nothing changed: no work to do (the finished run is copied)
   rerun   the same with an input no node reads: every node looked up and reused
   resume  a run killed half-way (SIGKILL), then --resume: wall time and peak RSS of the resume
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,12 +49,12 @@ from gen import BENCH_ENV, BENCH_TOOLS, BENCH_TOOLS_ASYNC, chain_program, fanout
 ENV = {**BENCH_ENV, "AGENTFLOW_BACKOFF_BASE": "0.05"}
 
 
-def agentflow(args: list[str], cwd: Path) -> tuple[float, int, float]:
+def agentflow(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, float]:
     """(wall seconds, peak RSS in MB, CPU seconds (user + system)) of this child alone: on a
     shared machine its CPU time says more than its wall time."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=ENV,
+        proc = subprocess.Popen([sys.executable, "-m", "agentflow", *args], cwd=cwd, env=env or ENV,
                                 stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
         wall = time.perf_counter() - start
@@ -65,7 +67,9 @@ def agentflow(args: list[str], cwd: Path) -> tuple[float, int, float]:
 
 
 def startup(cwd: Path) -> float:
-    return min(agentflow(["compile", "fan.agentflow"], cwd)[0] for _ in range(3))
+    """A compile's whole process, plan cache off: it leaves no plan for the cold run to read."""
+    uncached = {**ENV, "AGENTFLOW_PLAN_CACHE": "off"}
+    return min(agentflow(["compile", "fan.agentflow"], cwd, uncached)[0] for _ in range(3))
 
 
 def fanout_cases(n: int, tmp: Path, tools: str) -> None:
@@ -79,6 +83,11 @@ def fanout_cases(n: int, tmp: Path, tools: str) -> None:
     cold, rss, cpu = agentflow(run, work)
     print(f"cold    N={n:>6}: {cold:6.2f} s  ({(cold - base) / n * 1e3:.3f} ms/node over a {base:.2f} s "
           f"compile)  CPU {cpu:.2f} s  peak RSS {rss} MB", flush=True)
+    compiled = tmp / f"fan{n}-compiled"  # the same first run, after `agentflow compile` (plan cached)
+    shutil.copytree(work, compiled, ignore=shutil.ignore_patterns(".agentflow"))
+    warm, _, cpu = agentflow(run, compiled)
+    print(f"cold    N={n:>6}: {warm:6.2f} s  (its plan compiled before, by the run above)  CPU {cpu:.2f} s",
+          flush=True)
     rerun, rerun_rss, cpu = agentflow(run, work)
     print(f"no-op   N={n:>6}: {rerun:6.2f} s  (nothing changed: no work to do)  CPU {cpu:.2f} s  "
           f"peak RSS {rerun_rss} MB", flush=True)
