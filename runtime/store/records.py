@@ -98,11 +98,10 @@ class Preloaded:
         """(value, value hash) preloaded for `key`, or None. A result is handed out once, then
         left to the store (a second call with the same key asks it): the values of a 100k-node
         rerun are let go as it goes, not held to its end."""
-        found = self.values.pop(key, None)
+        found = self.values.get(key)
         if found is None:
             return None
-        if self.others is not None:
-            self.others.add(hash(key))
+        self.stored(key)  # from now on the store answers it, as for a result stored in the run
         value_hash, _, text = found.partition(" ")
         return loaded(text), value_hash
 
