@@ -139,13 +139,19 @@ def test_reusing_a_session_call_replays_what_it_added_to_its_session(tmp_path):
 BARE_PLAN: Any = {"flow": "f", "entry": "main", "roles": {}}  # what `Ledger.open` reads of a plan
 
 
-def test_a_rerun_answers_lookups_from_what_it_preloaded(tmp_path: Path) -> None:
+def one_result_stored(tmp_path: Path) -> Path:
+    """A database whose run `r1` of flow `f` stored `{"v": 1}` under key `k-a`."""
     db = tmp_path / "agentflow.duckdb"
     with Store.open_writer(db) as s:
         s.begin_run("r1", flow="f", entry="main", plan_hash="p", inputs={})
         s.node_started("r1", "main/a", role=None, key="k-a")
         s.node_finished("r1", "main/a", status="succeeded", value={"v": 1})
         s.finish_run("r1", "succeeded")
+    return db
+
+
+def test_a_rerun_answers_lookups_from_what_it_preloaded(tmp_path: Path) -> None:
+    db = one_result_stored(tmp_path)
 
     async def rerun() -> tuple[bool, bool]:
         store = Store.open_writer(db)
@@ -163,12 +169,7 @@ def test_a_rerun_answers_lookups_from_what_it_preloaded(tmp_path: Path) -> None:
 def test_calls_with_one_key_all_reuse_its_result_though_memory_hands_it_out_once(tmp_path: Path) -> None:
     """Identical calls of a rerun (a `for` over repeated items): the first takes the preloaded
     result, the others find it in the store."""
-    db = tmp_path / "agentflow.duckdb"
-    with Store.open_writer(db) as s:
-        s.begin_run("r1", flow="f", entry="main", plan_hash="p", inputs={})
-        s.node_started("r1", "main/a", role=None, key="k-a")
-        s.node_finished("r1", "main/a", status="succeeded", value={"v": 1})
-        s.finish_run("r1", "succeeded")
+    db = one_result_stored(tmp_path)
 
     async def rerun() -> list:
         store = Store.open_writer(db)
